@@ -1,0 +1,14 @@
+//! OpenAI-compatible wire types: what clients send and what they receive.
+
+mod request;
+mod response;
+
+pub use request::{
+    ChatRequest, Content, ContentPart, FunctionCall, ImageUrl, Message, Role, ToolCall,
+    write_json_string,
+};
+pub use response::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta,
+    FinishReason, FunctionDelta, FunctionOut, ModelList, ModelObject, PromptTokensDetails,
+    ToolCallDelta, ToolCallOut, Usage,
+};

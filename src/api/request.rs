@@ -1,0 +1,452 @@
+//! The ingress request of `POST /v1/chat/completions`.
+//!
+//! [`ChatRequest`] keeps every top-level field as raw JSON in its original
+//! order and extracts only what the gateway decides on (model, stream, usage
+//! option, token caps). Forwarding to an OpenAI-compatible target then
+//! rewrites one or two fields and copies the rest byte for byte: unknown
+//! fields pass through unchanged, numbers keep their exact spelling, and the
+//! hot path never builds a `serde_json::Value` tree. Typed messages
+//! ([`Message`]) are parsed only by adapters that translate.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::GatewayError;
+
+/// A parsed chat-completions request that borrows from the body bytes.
+#[derive(Debug)]
+pub struct ChatRequest<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The model name the client asked for (a public alias in the config).
+    pub model: Cow<'a, str>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage: true`.
+    pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`, when given.
+    pub max_tokens: Option<u64>,
+}
+
+impl<'a> ChatRequest<'a> {
+    /// Parses and validates the body. Errors are 400s naming the parameter.
+    pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
+        let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
+            message: format!("body is not UTF-8 ({e})"),
+        })?;
+        let RawObject(fields) =
+            serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
+                message: e.to_string(),
+            })?;
+        let mut req = ChatRequest {
+            fields,
+            model: Cow::Borrowed(""),
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+        };
+        req.model = match req.get("model") {
+            None => return Err(invalid("You must provide a model parameter.", "model")),
+            Some(raw) => match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+                Ok(m) if !m.trim().is_empty() => m,
+                _ => return Err(invalid("`model` must be a non-empty string.", "model")),
+            },
+        };
+        match req.get("messages").map(|raw| raw.get().trim_start()) {
+            None => {
+                return Err(invalid(
+                    "You must provide a messages parameter.",
+                    "messages",
+                ));
+            }
+            Some(raw) if !raw.starts_with('[') => {
+                return Err(invalid("`messages` must be an array.", "messages"));
+            }
+            Some(raw) if raw[1..].trim_start().starts_with(']') => {
+                return Err(invalid(
+                    "`messages` must contain at least one message.",
+                    "messages",
+                ));
+            }
+            Some(_) => {}
+        }
+        req.stream = req.parse_field::<Option<bool>>("stream")?.unwrap_or(false);
+        if let Some(opts) = req.parse_field::<Option<StreamOptions>>("stream_options")? {
+            req.include_usage = opts.include_usage.unwrap_or(false);
+        }
+        let cap = |name: &str| req.parse_field::<Option<u64>>(name);
+        req.max_tokens = match cap("max_completion_tokens")? {
+            Some(n) => Some(n),
+            None => cap("max_tokens")?,
+        };
+        Ok(req)
+    }
+
+    /// The raw JSON of a top-level field.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.
+    pub fn parse_field<T: Deserialize<'a> + Default>(&self, key: &str) -> Result<T, GatewayError> {
+        match self.get(key) {
+            None => Ok(T::default()),
+            Some(raw) => {
+                serde_json::from_str(raw.get()).map_err(|e| GatewayError::InvalidRequest {
+                    message: format!("Invalid type for `{key}`: {e}"),
+                    param: Some(key.to_owned()),
+                })
+            }
+        }
+    }
+
+    /// The typed messages, for adapters that translate them.
+    pub fn messages(&self) -> Result<Vec<Message>, GatewayError> {
+        self.parse_field("messages")
+    }
+
+    /// The body for an OpenAI-compatible upstream: the original fields in
+    /// their order with `model` replaced, and, for streams, usage requested
+    /// (the gateway needs it to account; the client sees it only if it asked).
+    pub fn to_openai_body(&self, upstream_model: &str) -> Vec<u8> {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
+        out.push(b'{');
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        for (key, raw) in &self.fields {
+            match key.as_ref() {
+                "model" => {
+                    sep(&mut out);
+                    out.extend_from_slice(b"\"model\":");
+                    write_json_string(&mut out, upstream_model);
+                }
+                "stream_options" if self.stream => {} // rewritten below
+                _ => {
+                    sep(&mut out);
+                    write_json_string(&mut out, key);
+                    out.push(b':');
+                    out.extend_from_slice(raw.get().as_bytes());
+                }
+            }
+        }
+        if self.stream {
+            sep(&mut out);
+            out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true}");
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+fn invalid(message: &str, param: &str) -> GatewayError {
+    GatewayError::InvalidRequest {
+        message: message.to_owned(),
+        param: Some(param.to_owned()),
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping is exact and allocation-free into a Vec.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// A JSON object as an ordered list of (key, raw value); a repeated key
+/// keeps its last value, as `JSON.parse` and Python's `json` do.
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(16);
+                while let Some(Key(k)) = map.next_key()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    match fields.iter_mut().find(|(old, _)| *old == k) {
+                        Some(slot) => slot.1 = v,
+                        None => fields.push((k, v)),
+                    }
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A key that borrows from the input unless it contains escapes (serde's own
+/// `Cow<str>` always allocates).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A message of the conversation.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Text or parts; absent or null for assistant messages with tool calls.
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// Optional participant name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tool calls an assistant message made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// For `tool` messages: the call this answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// The author of a message.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions (older name).
+    System,
+    /// Instructions (newer name for reasoning models).
+    Developer,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+    /// A legacy function result.
+    Function,
+}
+
+/// Message content: a string or a list of parts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Multi-part content (text, images, ...).
+    Parts(Vec<ContentPart>),
+}
+
+impl Content {
+    /// The text of the content, parts joined; images and other parts skipped.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Content::Text(s) => Cow::Borrowed(s),
+            Content::Parts(parts) => Cow::Owned(
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(""),
+            ),
+        }
+    }
+}
+
+/// One part of multi-part content.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// A text part.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image by URL or data URI.
+    ImageUrl {
+        /// The image reference.
+        image_url: ImageUrl,
+    },
+    /// Any other part type (audio, files, ...), kept opaque.
+    #[serde(other)]
+    Other,
+}
+
+/// An image reference.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ImageUrl {
+    /// `https://...` or `data:image/png;base64,...`.
+    pub url: String,
+    /// `low`, `high` or `auto`.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// A tool call in an assistant message.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ToolCall {
+    /// The call's id, echoed by the tool message that answers it.
+    pub id: String,
+    /// The function called.
+    pub function: FunctionCall,
+}
+
+/// A function name and its JSON-encoded arguments.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// The arguments as a JSON string.
+    pub arguments: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parse(v: &str) -> Result<ChatRequest<'_>, GatewayError> {
+        ChatRequest::parse(v.as_bytes())
+    }
+
+    #[test]
+    fn extracts_the_fields_the_gateway_decides_on() {
+        let r = parse(
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],
+                "stream":true,"stream_options":{"include_usage":true},"max_tokens":50}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model, "gpt-4o");
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.max_tokens, Some(50));
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens() {
+        let r = parse(r#"{"model":"m","messages":[{}],"max_tokens":5,"max_completion_tokens":9}"#)
+            .unwrap();
+        assert_eq!(r.max_tokens, Some(9));
+    }
+
+    #[test]
+    fn openai_body_rewrites_model_and_keeps_everything_else_exactly() {
+        let body = r#"{"temperature":0.70,"model":"alias","messages":[{"role":"user","content":"h\u00e9"}],"x_custom":{"a":[1,2]},"seed":12345678901234567890}"#;
+        let out = parse(body).unwrap().to_openai_body("gpt-4o-mini");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            r#"{"temperature":0.70,"model":"gpt-4o-mini","messages":[{"role":"user","content":"h\u00e9"}],"x_custom":{"a":[1,2]},"seed":12345678901234567890}"#
+        );
+    }
+
+    #[test]
+    fn stream_body_always_asks_for_usage() {
+        let out = parse(r#"{"model":"a","stream":true,"stream_options":{"include_usage":false},"messages":[{}]}"#)
+            .unwrap()
+            .to_openai_body("b");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"model":"b","stream":true,"messages":[{}],"stream_options":{"include_usage":true}})
+        );
+    }
+
+    #[test]
+    fn repeated_key_keeps_the_last_value() {
+        let r = parse(r#"{"model":"a","messages":[{}],"model":"b"}"#).unwrap();
+        assert_eq!(r.model, "b");
+        let v: Value = serde_json::from_slice(&r.to_openai_body("c")).unwrap();
+        assert_eq!(v, json!({"model":"c","messages":[{}]}));
+    }
+
+    #[test]
+    fn escaped_keys_are_understood() {
+        let r = parse(r#"{"mod\u0065l":"a","messages":[{}]}"#).unwrap();
+        assert_eq!(r.model, "a");
+    }
+
+    #[test]
+    fn invalid_requests_name_the_parameter() {
+        let param = |body: &str| match parse(body) {
+            Err(GatewayError::InvalidRequest { param, .. }) => param.unwrap(),
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        };
+        assert_eq!(param(r#"{"messages":[{}]}"#), "model");
+        assert_eq!(param(r#"{"model":"","messages":[{}]}"#), "model");
+        assert_eq!(param(r#"{"model":3,"messages":[{}]}"#), "model");
+        assert_eq!(param(r#"{"model":"m"}"#), "messages");
+        assert_eq!(param(r#"{"model":"m","messages":{}}"#), "messages");
+        assert_eq!(param(r#"{"model":"m","messages":[ ]}"#), "messages");
+        assert_eq!(
+            param(r#"{"model":"m","messages":[{}],"stream":"yes"}"#),
+            "stream"
+        );
+        assert_eq!(
+            param(r#"{"model":"m","messages":[{}],"max_tokens":-1}"#),
+            "max_tokens"
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_invalid_json() {
+        for body in ["", "{", "[1]", "{\"model\":}", "\u{0}"] {
+            assert!(
+                matches!(parse(body), Err(GatewayError::InvalidJson { .. })),
+                "{body:?}"
+            );
+        }
+        assert!(matches!(
+            ChatRequest::parse(b"\xff\xfe"),
+            Err(GatewayError::InvalidJson { .. })
+        ));
+    }
+
+    #[test]
+    fn typed_messages_cover_parts_and_tool_calls() {
+        let r = parse(
+            r#"{"model":"m","messages":[
+              {"role":"system","content":"be brief"},
+              {"role":"user","content":[{"type":"text","text":"what is "},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA=="}},{"type":"text","text":"this?"},{"type":"input_audio","input_audio":{}}]},
+              {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+              {"role":"tool","tool_call_id":"c1","content":"42"}]}"#,
+        )
+        .unwrap();
+        let m = r.messages().unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].content.as_ref().unwrap().text(), "what is this?");
+        assert_eq!(m[2].tool_calls.as_ref().unwrap()[0].function.name, "f");
+        assert_eq!(m[3].role, Role::Tool);
+    }
+}

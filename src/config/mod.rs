@@ -1,0 +1,349 @@
+//! The routing config: one versioned JSON document, kept in Workers KV.
+//!
+//! [`Config::from_json`] is the only way in: serde types with
+//! `deny_unknown_fields`, then [`Config::validate`] for what types cannot say.
+//! Every error names the path of the bad value
+//! (`models.gpt-4o.targets[1].provider: unknown provider "opnai"`), and the
+//! edge never swaps a rejected document in for the last good one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The config bundled into the worker, used while KV holds none (or none valid).
+pub const DEFAULT_JSON: &str = include_str!("default.json");
+
+/// The schema version this gateway reads.
+pub const VERSION: u32 = 1;
+
+/// The whole routing config.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Schema version; must be [`VERSION`].
+    pub version: u32,
+    /// Free-form label of this revision (a date, a commit), reported back by
+    /// the admin API so operators can tell which document is live.
+    #[serde(default)]
+    pub revision: String,
+    /// Upstream providers by name.
+    pub providers: BTreeMap<String, Provider>,
+    /// Public model names (what clients send as `model`) and their targets.
+    pub models: BTreeMap<String, Model>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One upstream provider account or deployment.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// Wire format and vendor preset.
+    pub kind: ProviderKind,
+    /// Base URL; defaults to the vendor's. Required for `azure` and
+    /// `openai-compatible`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Name of the Worker secret holding the API key; defaults to the
+    /// vendor's usual name (`OPENAI_API_KEY`, ...). A provider whose secret is
+    /// not set is disabled, so a fresh deploy serves only what it has keys for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
+    /// Azure OpenAI `api-version` query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Extra static headers sent upstream (e.g. OpenRouter's `HTTP-Referer`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Wire format and vendor preset of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// api.openai.com.
+    Openai,
+    /// Azure OpenAI: per-deployment URLs, `api-key` header, `api-version`.
+    Azure,
+    /// Groq (OpenAI-compatible).
+    Groq,
+    /// Mistral (OpenAI-compatible).
+    Mistral,
+    /// DeepSeek (OpenAI-compatible).
+    Deepseek,
+    /// Together AI (OpenAI-compatible).
+    Together,
+    /// Fireworks AI (OpenAI-compatible).
+    Fireworks,
+    /// OpenRouter (OpenAI-compatible).
+    Openrouter,
+    /// xAI (OpenAI-compatible).
+    Xai,
+    /// Perplexity (OpenAI-compatible).
+    Perplexity,
+    /// Any OpenAI-compatible server at `base_url` (Ollama, vLLM, LM Studio).
+    OpenaiCompatible,
+    /// The built-in deterministic demo model: no network, no key.
+    Mock,
+}
+
+/// A public model name and where it is served.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Targets in priority order; failover walks them.
+    pub targets: Vec<Target>,
+}
+
+/// One provider deployment of a model.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// A key of `providers`.
+    pub provider: String,
+    /// The provider-side model name (the deployment name for Azure).
+    pub model: String,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> u64 {
+    // Room for a few base64 images; well under the Workers request limit.
+    8 * 1024 * 1024
+}
+
+/// One problem in a config document, with the path of the bad value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path, e.g. `models.gpt-4o.targets[1].provider`; empty for the root.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a document. Every problem found is returned.
+    pub fn from_json(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            vec![ConfigError {
+                path: if path == "." { String::new() } else { path },
+                message: e.into_inner().to_string(),
+            }]
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The bundled default. It is checked by a unit test, so this cannot fail
+    /// in a released build.
+    pub fn bundled() -> Config {
+        Config::from_json(DEFAULT_JSON)
+            .unwrap_or_else(|errors| panic!("the bundled default config is invalid: {errors:?}"))
+    }
+
+    /// Checks what the types cannot express.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = vec![];
+        let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+        if self.version != VERSION {
+            err(
+                "version".into(),
+                format!("unsupported version {}, expected {VERSION}", self.version),
+            );
+        }
+        if self.models.is_empty() {
+            err("models".into(), "at least one model is required".into());
+        }
+        if self.limits.max_body_bytes == 0 {
+            err(
+                "limits.max_body_bytes".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        for (name, p) in &self.providers {
+            let path = format!("providers.{name}");
+            match (&p.base_url, p.kind) {
+                (None, ProviderKind::Azure | ProviderKind::OpenaiCompatible) => err(
+                    format!("{path}.base_url"),
+                    format!("required for kind {:?}", p.kind),
+                ),
+                (Some(_), ProviderKind::Mock) => err(
+                    format!("{path}.base_url"),
+                    "the mock provider has no URL".into(),
+                ),
+                (Some(url), _) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                    err(
+                        format!("{path}.base_url"),
+                        format!("must start with https:// or http://, got {url:?}"),
+                    )
+                }
+                _ => {}
+            }
+            if let Some(secret) = &p.api_key_secret
+                && (secret.is_empty()
+                    || !secret
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            {
+                err(
+                    format!("{path}.api_key_secret"),
+                    format!("must be a secret name of letters, digits and _, got {secret:?}"),
+                );
+            }
+            for header in p.headers.keys() {
+                let lower = header.to_ascii_lowercase();
+                if lower == "authorization"
+                    || lower == "api-key"
+                    || lower == "x-api-key"
+                    || lower == "x-goog-api-key"
+                {
+                    err(
+                        format!("{path}.headers.{header}"),
+                        "credentials belong in a secret, not in the config".into(),
+                    );
+                }
+            }
+        }
+        for (name, m) in &self.models {
+            let path = format!("models.{name}");
+            if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+                err(
+                    path.clone(),
+                    "model names must be non-empty and contain no spaces".into(),
+                );
+            }
+            if m.targets.is_empty() {
+                err(
+                    format!("{path}.targets"),
+                    "at least one target is required".into(),
+                );
+            }
+            for (i, t) in m.targets.iter().enumerate() {
+                let tpath = format!("{path}.targets[{i}]");
+                if !self.providers.contains_key(&t.provider) {
+                    err(
+                        format!("{tpath}.provider"),
+                        format!("unknown provider {:?}", t.provider),
+                    );
+                }
+                if t.model.trim().is_empty() {
+                    err(format!("{tpath}.model"), "must not be empty".into());
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_json(text) {
+            Ok(_) => vec![],
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn bundled_default_is_valid_and_serves_demo() {
+        let c = Config::bundled();
+        let demo = &c.models["demo"].targets[0];
+        assert_eq!(c.providers[&demo.provider].kind, ProviderKind::Mock);
+    }
+
+    #[test]
+    fn unknown_provider_is_named_by_path() {
+        let e = errors(
+            r#"{"version":1,"providers":{"openai":{"kind":"openai"}},
+                "models":{"gpt-4o":{"targets":[{"provider":"openai","model":"a"},{"provider":"opnai","model":"b"}]}}}"#,
+        );
+        assert_eq!(
+            e,
+            [r#"models.gpt-4o.targets[1].provider: unknown provider "opnai""#]
+        );
+    }
+
+    #[test]
+    fn serde_errors_carry_the_path() {
+        let e = errors(r#"{"version":1,"providers":{"x":{"kind":"opnai"}},"models":{}}"#);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("providers.x.kind: unknown variant `opnai`"),
+            "{e:?}"
+        );
+        let e = errors(r#"{"version":1,"providers":{},"models":{"m":{"targets":[],"weight":1}}}"#);
+        assert!(
+            e[0].starts_with("models.m.weight: unknown field `weight`"),
+            "{e:?}"
+        );
+        let e = errors("[]");
+        assert!(
+            e[0].starts_with("invalid length 0, expected struct Config"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let e = errors(
+            r#"{"version":2,"providers":{"az":{"kind":"azure"},"c":{"kind":"openai","base_url":"ftp://x","headers":{"Authorization":"k"}}},
+                "models":{"m":{"targets":[]}},"limits":{"max_body_bytes":0}}"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "version: unsupported version 2, expected 1",
+                "limits.max_body_bytes: must be greater than 0",
+                "providers.az.base_url: required for kind Azure",
+                r#"providers.c.base_url: must start with https:// or http://, got "ftp://x""#,
+                "providers.c.headers.Authorization: credentials belong in a secret, not in the config",
+                "models.m.targets: at least one target is required",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let c = Config::from_json(
+            r#"{"version":1,"providers":{"d":{"kind":"mock"}},"models":{"m":{"targets":[{"provider":"d","model":"x"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.revision, "");
+    }
+}

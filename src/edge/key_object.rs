@@ -1,0 +1,80 @@
+//! The per-key Durable Object: a thin shell over [`crate::limits`].
+//!
+//! One object per gateway key (named by the key's fingerprint), SQLite-backed.
+//! Each call decodes a [`Command`], applies it to the pure [`KeyState`] with
+//! the current time, and saves the state in the same synchronous step. The
+//! SQL API is synchronous, so no other request can interleave between the
+//! read, the decision and the write: admissions are exact under concurrency.
+
+use std::cell::RefCell;
+
+use worker::{
+    Date, DurableObject, Env, Request, Response, Result, SqlStorage, State, durable_object,
+};
+
+use crate::limits::{Command, KeyState};
+
+/// The Durable Object class (`KEY_OBJECTS` binding).
+#[durable_object]
+pub struct KeyObject {
+    state: State,
+    /// The state as last saved; loaded on first use.
+    cache: RefCell<Option<KeyState>>,
+}
+
+impl DurableObject for KeyObject {
+    fn new(state: State, _env: Env) -> Self {
+        KeyObject {
+            state,
+            cache: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let command: Command = match req.json().await {
+            Ok(c) => c,
+            Err(e) => return Response::error(format!("bad command: {e}"), 400),
+        };
+        // From here to the save there is no await: the step is atomic.
+        let sql = self.state.storage().sql();
+        let mut cache = self.cache.borrow_mut();
+        let state = match cache.as_mut() {
+            Some(s) => s,
+            None => cache.insert(load(&sql)?),
+        };
+        let (reply, changed) = state.apply(&command, Date::now().as_millis());
+        if changed {
+            save(&sql, state)?;
+        }
+        Response::from_json(&reply)
+    }
+}
+
+fn load(sql: &SqlStorage) -> Result<KeyState> {
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS key_state (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL)",
+        None,
+    )?;
+    #[derive(serde::Deserialize)]
+    struct Row {
+        json: String,
+    }
+    let rows: Vec<Row> = sql
+        .exec("SELECT json FROM key_state WHERE id = 1", None)?
+        .to_array()?;
+    match rows.first() {
+        Some(row) => {
+            serde_json::from_str(&row.json).map_err(|e| worker::Error::RustError(e.to_string()))
+        }
+        None => Ok(KeyState::default()),
+    }
+}
+
+fn save(sql: &SqlStorage, state: &KeyState) -> Result<()> {
+    let json = serde_json::to_string(state).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    sql.exec(
+        "INSERT INTO key_state (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json",
+        vec![json.into()],
+    )?;
+    Ok(())
+}

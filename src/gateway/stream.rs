@@ -1,0 +1,121 @@
+//! Streams from provider bytes to client bytes.
+//!
+//! [`Translated`] parses upstream SSE incrementally and runs each event
+//! through the provider's translator as it arrives: nothing is buffered
+//! beyond one partial event. It yields `Err` when the upstream breaks or
+//! reports an error, so the failover loop can still move on while nothing has
+//! reached the client. Once committed, [`into_client_stream`] turns such an
+//! error into an OpenAI-style error event and a clean end, so a broken stream
+//! never looks complete and never hangs.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt, stream};
+
+use crate::error::GatewayError;
+use crate::http::ByteStream;
+use crate::providers::StreamTranslator;
+use crate::sse::{SseParser, encode_data};
+
+/// Upstream SSE -> translated client bytes, chunk by chunk.
+pub struct Translated {
+    provider: String,
+    upstream: ByteStream,
+    parser: SseParser,
+    translator: Box<dyn StreamTranslator>,
+    /// An error to yield after the bytes that preceded it.
+    pending_error: Option<GatewayError>,
+    ended: bool,
+}
+
+impl Translated {
+    /// Wraps an upstream body.
+    pub fn new(
+        provider: &str,
+        upstream: ByteStream,
+        translator: Box<dyn StreamTranslator>,
+    ) -> Self {
+        Translated {
+            provider: provider.to_owned(),
+            upstream,
+            parser: SseParser::new(),
+            translator,
+            pending_error: None,
+            ended: false,
+        }
+    }
+
+    /// Runs every complete event through the translator.
+    fn drain_events(&mut self, out: &mut Vec<u8>, at_eof: bool) {
+        loop {
+            let ev = if at_eof {
+                self.parser.finish()
+            } else {
+                self.parser.next_event()
+            };
+            let Some(ev) = ev else { break };
+            if let Err(e) = self.translator.on_event(ev, out) {
+                self.pending_error = Some(e);
+                self.ended = true;
+                return;
+            }
+        }
+        if at_eof {
+            self.ended = true;
+            if let Err(e) = self.translator.on_end(out) {
+                self.pending_error = Some(e);
+            }
+        }
+    }
+}
+
+impl Stream for Translated {
+    type Item = Result<Vec<u8>, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(this.pending_error.take().map(Err));
+            }
+            let mut out = Vec::new();
+            match this.upstream.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(bytes))) => {
+                    this.parser.push(&bytes);
+                    this.drain_events(&mut out, false);
+                }
+                Poll::Ready(Some(Err(message))) => {
+                    this.ended = true;
+                    this.pending_error = Some(GatewayError::UpstreamUnreachable {
+                        provider: std::mem::take(&mut this.provider),
+                        message,
+                    });
+                }
+                Poll::Ready(None) => this.drain_events(&mut out, true),
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+        }
+    }
+}
+
+/// The client-facing stream once the first bytes are committed: `first`,
+/// then the rest, with an error rendered as a final `data: {"error":...}`
+/// event (what the OpenAI SDKs raise on) and no `[DONE]`.
+pub fn into_client_stream(first: Vec<u8>, rest: Translated) -> ByteStream {
+    let rest = rest.map(|item| match item {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => Ok(error_event(&e)),
+    });
+    Box::pin(stream::once(async move { Ok(first) }).chain(rest))
+}
+
+/// An in-stream error event in OpenAI's shape.
+pub fn error_event(e: &GatewayError) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_data(&mut out, &e.to_body());
+    out
+}

@@ -1,0 +1,357 @@
+//! The request path driven natively through a scripted [`Upstream`].
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::task::Poll;
+
+use futures::channel::mpsc;
+use futures::executor::block_on;
+use futures::{StreamExt, poll, stream};
+use serde_json::Value;
+
+use super::*;
+
+/// What the fake upstream does for one request.
+enum Script {
+    /// Answer with a status, headers and body.
+    Reply(u16, Vec<(&'static str, &'static str)>, Vec<Vec<u8>>),
+    /// Answer 200 and then break the body after these chunks.
+    BrokenBody(Vec<Vec<u8>>),
+    /// Fail to connect.
+    Transport(&'static str),
+    /// Answer 200 with a body fed through a channel by the test.
+    Channel(mpsc::UnboundedReceiver<Result<Vec<u8>, String>>),
+}
+
+#[derive(Default)]
+struct Scripted {
+    script: RefCell<VecDeque<Script>>,
+    seen: RefCell<Vec<UpstreamRequest>>,
+}
+
+impl Scripted {
+    fn new(script: Vec<Script>) -> Self {
+        Scripted {
+            script: RefCell::new(script.into()),
+            seen: RefCell::default(),
+        }
+    }
+}
+
+impl Upstream for Scripted {
+    async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
+        self.seen.borrow_mut().push(req);
+        let step = self
+            .script
+            .borrow_mut()
+            .pop_front()
+            .expect("no scripted response left");
+        let ok = |status, headers: Vec<(&str, &str)>, body: ByteStream| UpstreamResponse {
+            status,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            body,
+        };
+        match step {
+            Script::Reply(status, headers, chunks) => Ok(ok(
+                status,
+                headers,
+                Box::pin(stream::iter(chunks.into_iter().map(Ok))),
+            )),
+            Script::BrokenBody(chunks) => {
+                let broken = "connection reset".to_owned();
+                let items = chunks.into_iter().map(Ok).chain([Err(broken)]);
+                Ok(ok(200, vec![], Box::pin(stream::iter(items))))
+            }
+            Script::Transport(msg) => Err(msg.to_owned()),
+            Script::Channel(rx) => Ok(ok(200, vec![], Box::pin(rx))),
+        }
+    }
+}
+
+const CONFIG: &str = r#"{"version":1,
+  "providers":{"a":{"kind":"openai","base_url":"http://a.test/v1","api_key_secret":"A_KEY"},
+               "b":{"kind":"openai-compatible","base_url":"http://b.test/v1"},
+               "demo":{"kind":"mock"}},
+  "models":{"m":{"targets":[{"provider":"a","model":"ma"},{"provider":"b","model":"mb"}]},
+            "demo":{"targets":[{"provider":"demo","model":"demo-1"}]},
+            "solo":{"targets":[{"provider":"a","model":"ma"}]}}}"#;
+
+fn secret(name: &str) -> Option<String> {
+    (name == "A_KEY").then(|| "sk-provider-secret-a".to_owned())
+}
+
+fn run(up: &Scripted, body: &str) -> Result<Reply, GatewayError> {
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 1_700_000_000_000,
+        secret: &secret,
+    };
+    block_on(chat_completions(up, &config, &ctx, body.as_bytes()))
+}
+
+fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn full_body(r: Reply) -> Vec<u8> {
+    match r.body {
+        ReplyBody::Full(b) => b,
+        ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+    }
+}
+
+const NON_STREAM: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM: &str = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const COMPLETION: &str = r#"{"id":"c","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+
+fn chunk(text: &str) -> Vec<u8> {
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n").into_bytes()
+}
+
+fn finish_chunks() -> Vec<u8> {
+    b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n".to_vec()
+}
+
+#[test]
+fn fails_over_on_503_to_the_next_target() {
+    let up = Scripted::new(vec![
+        Script::Reply(
+            503,
+            vec![],
+            vec![b"{\"error\":{\"message\":\"down\"}}".to_vec()],
+        ),
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+    ]);
+    let reply = run(&up, NON_STREAM).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-model"), Some("mb"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+    assert_eq!(reply.usage, Some(Usage::new(3, 4, None)));
+    let seen = up.seen.borrow();
+    assert_eq!(seen[0].url, "http://a.test/v1/chat/completions");
+    assert!(
+        seen[0]
+            .headers
+            .contains(&("authorization".into(), "Bearer sk-provider-secret-a".into()))
+    );
+    assert_eq!(seen[1].url, "http://b.test/v1/chat/completions");
+    assert!(!seen[1].headers.iter().any(|(k, _)| k == "authorization"));
+    let body: Value = serde_json::from_slice(&seen[1].body).unwrap();
+    assert_eq!(body["model"], "mb");
+}
+
+#[test]
+fn fails_over_on_connect_error_and_invalid_json() {
+    let up = Scripted::new(vec![
+        Script::Transport("connection refused"),
+        Script::Reply(200, vec![], vec![b"{\"id\": invalid".to_vec()]),
+    ]);
+    let err = run(&up, NON_STREAM).err().unwrap();
+    match &err {
+        GatewayError::AllTargetsFailed { attempts } => {
+            assert_eq!(attempts.len(), 2);
+            assert_eq!(attempts[0].provider, "a");
+            assert_eq!(attempts[0].status, None);
+            assert!(attempts[0].reason.contains("connection refused"));
+            assert!(attempts[1].reason.contains("not a chat completion"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.status(), 503);
+}
+
+#[test]
+fn does_not_fail_over_on_400() {
+    let up = Scripted::new(vec![Script::Reply(
+        400,
+        vec![],
+        vec![b"{\"error\":{\"message\":\"bad temperature\"}}".to_vec()],
+    )]);
+    let err = run(&up, NON_STREAM).err().unwrap();
+    assert_eq!(err.status(), 400);
+    assert!(err.to_string().contains("bad temperature"));
+    assert_eq!(up.seen.borrow().len(), 1);
+}
+
+#[test]
+fn single_target_429_keeps_status_and_retry_after() {
+    let up = Scripted::new(vec![Script::Reply(
+        429,
+        vec![("retry-after", "7")],
+        vec![b"{\"error\":{\"message\":\"slow down\"}}".to_vec()],
+    )]);
+    let err = run(
+        &up,
+        r#"{"model":"solo","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .err()
+    .unwrap();
+    let reply = Reply::error(&err);
+    assert_eq!(reply.status, 429);
+    assert_eq!(header(&reply, "retry-after"), Some("7"));
+}
+
+#[test]
+fn provider_key_echoed_in_an_error_is_redacted() {
+    let up = Scripted::new(vec![Script::Reply(
+        401,
+        vec![],
+        vec![
+            b"{\"error\":{\"message\":\"Incorrect API key provided: sk-provider-secret-a\"}}"
+                .to_vec(),
+        ],
+    )]);
+    let err = run(&up, NON_STREAM).err().unwrap();
+    let body = String::from_utf8(err.to_body()).unwrap();
+    assert!(!body.contains("sk-provider-secret-a"), "{body}");
+    assert!(body.contains("[redacted]"));
+    assert_eq!(err.status(), 502);
+}
+
+#[test]
+fn stream_that_breaks_before_its_first_byte_fails_over() {
+    let mut second = chunk("Hello");
+    second.extend(finish_chunks());
+    let up = Scripted::new(vec![
+        Script::BrokenBody(vec![]),
+        Script::Reply(200, vec![], vec![second]),
+    ]);
+    let reply = run(&up, STREAM).unwrap();
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+    let text = String::from_utf8(full_body(reply)).unwrap();
+    assert!(
+        text.contains("Hello") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("prompt_tokens"),
+        "usage was not asked for: {text}"
+    );
+}
+
+#[test]
+fn stream_that_breaks_after_its_first_byte_ends_with_an_error_event() {
+    let up = Scripted::new(vec![Script::BrokenBody(vec![chunk("Hel")])]);
+    let reply = run(&up, STREAM).unwrap();
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(full_body(reply)).unwrap();
+    assert!(text.starts_with("data: {\"choices\""), "{text}");
+    assert!(text.contains("\"error\":{"), "{text}");
+    assert!(text.contains("connection reset"), "{text}");
+    assert!(
+        !text.contains("[DONE]"),
+        "a broken stream must not look complete: {text}"
+    );
+}
+
+#[test]
+fn stream_cut_cleanly_mid_answer_is_reported_not_completed() {
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![chunk("Hel"), chunk("lo")],
+    )]);
+    let text = String::from_utf8(full_body(run(&up, STREAM).unwrap())).unwrap();
+    assert!(
+        text.contains("ended before the answer was complete"),
+        "{text}"
+    );
+    assert!(!text.contains("[DONE]"));
+}
+
+#[test]
+fn stream_is_passed_through_chunk_by_chunk() {
+    let (tx, rx) = mpsc::unbounded();
+    tx.unbounded_send(Ok(chunk("one"))).unwrap();
+    let up = Scripted::new(vec![Script::Channel(rx)]);
+    let reply = run(&up, STREAM).unwrap();
+    let ReplyBody::Stream(mut body) = reply.body else {
+        panic!("not a stream")
+    };
+    block_on(async {
+        let first = body.next().await.unwrap().unwrap();
+        assert!(String::from_utf8(first).unwrap().contains("one"));
+        // Nothing more has arrived upstream, so nothing is ready downstream.
+        assert!(matches!(poll!(body.next()), Poll::Pending));
+        // Half an event is not forwarded until it completes.
+        let second = chunk("two");
+        let (a, b) = second.split_at(10);
+        tx.unbounded_send(Ok(a.to_vec())).unwrap();
+        assert!(matches!(poll!(body.next()), Poll::Pending));
+        tx.unbounded_send(Ok(b.to_vec())).unwrap();
+        let got = body.next().await.unwrap().unwrap();
+        assert_eq!(got, second);
+        tx.unbounded_send(Ok(finish_chunks())).unwrap();
+        drop(tx);
+        let rest = body.map(Result::unwrap).concat().await;
+        assert!(
+            String::from_utf8(rest)
+                .unwrap()
+                .ends_with("data: [DONE]\n\n")
+        );
+    });
+}
+
+#[test]
+fn demo_model_answers_without_the_network() {
+    let up = Scripted::new(vec![]);
+    let reply = run(
+        &up,
+        r#"{"model":"demo","messages":[{"role":"user","content":"ping"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("demo"));
+    let v: Value = serde_json::from_slice(&full_body(reply)).unwrap();
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("ping")
+    );
+    assert!(up.seen.borrow().is_empty());
+}
+
+#[test]
+fn unknown_model_is_404_before_any_upstream_call() {
+    let up = Scripted::new(vec![]);
+    let err = run(
+        &up,
+        r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.status(), 404);
+    assert_eq!(Reply::error(&err).status, 404);
+}
+
+#[test]
+fn routes_map_methods_and_paths() {
+    assert_eq!(
+        route("POST", "/v1/chat/completions"),
+        Ok(Route::ChatCompletions)
+    );
+    assert_eq!(
+        route("POST", "/v1/chat/completions/"),
+        Ok(Route::ChatCompletions)
+    );
+    assert_eq!(
+        route("GET", "/v1/models/meta-llama%2Fx"),
+        Ok(Route::Model("meta-llama/x".into()))
+    );
+    assert_eq!(route("HEAD", "/health"), Ok(Route::Health));
+    assert_eq!(route("PUT", "/admin/config"), Ok(Route::AdminConfig));
+    let e = route("GET", "/v1/chat/completions").unwrap_err();
+    assert_eq!(e.status(), 405);
+    let reply = Reply::error(&e);
+    assert_eq!(header(&reply, "allow"), Some("POST"));
+    assert_eq!(route("GET", "/v2/nothing").unwrap_err().status(), 404);
+    assert_eq!(route("GET", "/v1/models/"), Ok(Route::Models));
+    assert_eq!(percent_decode("a%2"), "a%2");
+}

@@ -1,0 +1,88 @@
+//! The one seam between the pure core and the network.
+//!
+//! [`Upstream`] sends an [`UpstreamRequest`] and returns a status, the few
+//! headers the gateway reads, and a byte stream. `edge` implements it with the
+//! Workers `fetch`; tests implement it with scripted fakes, so failover,
+//! translation and streaming run natively.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+
+/// A body arriving chunk by chunk; an `Err` is the transport's message (the
+/// core knows which provider it came from). Not `Send`: Workers are
+/// single-threaded.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
+
+/// Response headers the gateway reads from providers. The edge copies only
+/// these out of the runtime, so each response costs a handful of lookups.
+pub const UPSTREAM_HEADERS: [&str; 3] = ["content-type", "retry-after", "retry-after-ms"];
+
+/// An outbound request to a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRequest {
+    /// `POST` or `GET`.
+    pub method: &'static str,
+    /// Full URL, query included.
+    pub url: String,
+    /// Headers, credentials included (never logged).
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// A provider's response, body not yet read.
+pub struct UpstreamResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Lower-case names from [`UPSTREAM_HEADERS`] that were present.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: ByteStream,
+}
+
+impl UpstreamResponse {
+    /// A header's value by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Seconds to wait from `retry-after-ms` or `retry-after` (seconds form;
+    /// an HTTP date is rare from APIs and is ignored).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        if let Some(ms) = self
+            .header("retry-after-ms")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            return Some((ms / 1000.0).ceil().max(0.0) as u64);
+        }
+        self.header("retry-after")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|s| s.ceil().max(0.0) as u64)
+    }
+
+    /// Reads the whole body, refusing more than `limit` bytes.
+    pub async fn collect(self, limit: usize) -> Result<Vec<u8>, String> {
+        let mut body = self.body;
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            if out.len() + chunk.len() > limit {
+                return Err(format!("response body larger than {limit} bytes"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+/// Sends requests to providers. A transport failure (DNS, connect, reset) is
+/// an `Err` with the transport's message; any HTTP status is an `Ok`.
+#[allow(async_fn_in_trait)] // Workers futures are not Send, and need not be.
+pub trait Upstream {
+    /// Sends one request.
+    async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String>;
+}

@@ -1,0 +1,180 @@
+//! Provider adapters: one file per wire format.
+//!
+//! - [`openai`] — the OpenAI chat-completions format and its vendors, as presets.
+//! - [`mock`]   — the built-in demo model, served inside the worker.
+//!
+//! The functions here dispatch on the provider's wire format so the gateway
+//! core never matches on vendors.
+
+pub mod mock;
+pub mod openai;
+
+use crate::api::{ChatRequest, Usage};
+use crate::config::{Provider, ProviderKind};
+use crate::error::GatewayError;
+use crate::http::UpstreamRequest;
+use crate::sse::SseEvent;
+
+/// A config target resolved to its provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'c> {
+    /// The provider's name in the config.
+    pub name: &'c str,
+    /// The provider's settings.
+    pub provider: &'c Provider,
+    /// The provider-side model name.
+    pub model: &'c str,
+}
+
+/// Turns one provider's stream events into OpenAI chunk bytes.
+pub trait StreamTranslator {
+    /// Handles one upstream event, appending client bytes to `out`. An `Err`
+    /// is an in-stream provider error; the stream ends after it.
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError>;
+    /// The upstream ended. Appends closing bytes, or returns an `Err` when
+    /// the answer was incomplete.
+    fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError>;
+    /// Usage reported so far.
+    fn usage(&self) -> Option<Usage>;
+}
+
+/// The secret holding this provider's key, if it takes one.
+pub fn api_key_secret(p: &Provider) -> Option<&str> {
+    p.api_key_secret
+        .as_deref()
+        .or_else(|| openai::preset(p.kind).and_then(|preset| preset.secret))
+}
+
+/// Builds the upstream request for a chat completion.
+pub fn build_chat_request(
+    target: &Target<'_>,
+    req: &ChatRequest<'_>,
+    api_key: Option<&str>,
+) -> Result<UpstreamRequest, GatewayError> {
+    match openai::preset(target.provider.kind) {
+        Some(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
+        None => Err(GatewayError::Internal {
+            message: format!("no adapter for provider kind {:?}", target.provider.kind),
+        }),
+    }
+}
+
+/// Converts a 2xx non-stream body to the client's body, and reads usage.
+pub fn chat_response(
+    target: &Target<'_>,
+    body: Vec<u8>,
+) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
+    let usage = openai::read_chat_response(target, &body)?;
+    Ok((body, usage))
+}
+
+/// The translator for a streamed answer.
+pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>) -> Box<dyn StreamTranslator> {
+    Box::new(openai::PassThrough::new(target, req.include_usage))
+}
+
+/// Maps a non-2xx response to the gateway's error.
+pub fn error_from_response(
+    target: &Target<'_>,
+    status: u16,
+    retry_after: Option<u64>,
+    body: &[u8],
+) -> GatewayError {
+    match target.provider.kind {
+        ProviderKind::Openai
+        | ProviderKind::Azure
+        | ProviderKind::Groq
+        | ProviderKind::Mistral
+        | ProviderKind::Deepseek
+        | ProviderKind::Together
+        | ProviderKind::Fireworks
+        | ProviderKind::Openrouter
+        | ProviderKind::Xai
+        | ProviderKind::Perplexity
+        | ProviderKind::OpenaiCompatible
+        | ProviderKind::Mock => openai::error_from_body(target.name, status, retry_after, body),
+    }
+}
+
+/// A bounded, printable excerpt of a body that is not the expected JSON.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let text = text.trim();
+    if text.is_empty() {
+        "(empty body)".to_owned()
+    } else if body.len() > MAX {
+        format!("{text}…")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Whether the JSON text has a `"field"` key whose value starts with `first`
+/// (`{` for an object, `"` for a string), whitespace allowed. A cheap test
+/// that spares most stream chunks a full parse; a false positive only costs
+/// that parse.
+pub(crate) fn field_value_starts_with(json: &str, field: &str, first: u8) -> bool {
+    let bytes = json.as_bytes();
+    let mut from = 0;
+    while let Some(i) = json[from..].find(field) {
+        let start = from + i;
+        let end = start + field.len();
+        from = end;
+        if start == 0 || bytes[start - 1] != b'"' || bytes.get(end) != Some(&b'"') {
+            continue;
+        }
+        let mut rest = bytes[end + 1..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        if rest.next() != Some(&b':') {
+            continue;
+        }
+        if rest.find(|b| !b.is_ascii_whitespace()) == Some(&first) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_value_test_tolerates_whitespace_and_rejects_null() {
+        assert!(field_value_starts_with(
+            r#"{"usage":{"a":1}}"#,
+            "usage",
+            b'{'
+        ));
+        assert!(field_value_starts_with(r#"{"usage" : { }}"#, "usage", b'{'));
+        assert!(!field_value_starts_with(r#"{"usage":null}"#, "usage", b'{'));
+        assert!(!field_value_starts_with(
+            r#"{"content":"usage"}"#,
+            "usage",
+            b'{'
+        ));
+        assert!(field_value_starts_with(
+            r#"{"x":"usage","usage":{}}"#,
+            "usage",
+            b'{'
+        ));
+        assert!(field_value_starts_with(
+            r#"{"finish_reason": "stop"}"#,
+            "finish_reason",
+            b'"'
+        ));
+        assert!(!field_value_starts_with(
+            r#"{"finish_reason":null}"#,
+            "finish_reason",
+            b'"'
+        ));
+    }
+
+    #[test]
+    fn excerpt_is_bounded() {
+        assert_eq!(excerpt(b"  "), "(empty body)");
+        assert_eq!(excerpt(&[b'a'; 500]).chars().count(), 201);
+    }
+}

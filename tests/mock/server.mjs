@@ -1,0 +1,856 @@
+// Mock LLM provider for the gateway's end-to-end tests and benchmarks.
+//
+// Speaks the OpenAI (chat completions, embeddings, models), Anthropic
+// Messages and Google Gemini wire formats, streaming and not, and injects
+// faults chosen per request through "directives" (see README.md). Every
+// non-control request is recorded so tests can assert what the gateway sent
+// upstream. Node standard library only; binds 127.0.0.1 only.
+//
+//   import { startMock } from './server.mjs';
+//   const mock = await startMock();            // mock.url, mock.requests
+//   ...
+//   await mock.close();
+//
+// Standalone: `node tests/mock/server.mjs --port 0` prints {"port":N}.
+
+import http from 'node:http';
+import { realpathSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+const DEFAULT_TEXT = 'Hello from the mock provider.';
+const DEFAULT_CHUNKS = 4;
+const DEFAULT_DRIP_INTERVAL_MS = 100;
+const MAX_RECORDED_BODY_BYTES = 64 * 1024;
+const DEFAULT_MAX_REQUESTS = 10_000;
+const EMBEDDING_DIMS = 8;
+const MOCK_PREFIX = '/_mock/';
+const CONTROL_PREFIX = '/_control/';
+
+// ---------------------------------------------------------------------------
+// Directives
+// ---------------------------------------------------------------------------
+
+/** Parses `k=v,k2=v2`. A bare key means `key=1`. Values stay strings. */
+function parseDirectives(text, decodeValues) {
+  const out = {};
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    const key = (eq === -1 ? part : part.slice(0, eq)).trim();
+    if (!key) continue;
+    const value = eq === -1 ? '1' : part.slice(eq + 1);
+    out[key] = decodeValues ? safeDecode(value) : value;
+  }
+  return out;
+}
+
+/** `x-mock-retry-after: 2` and `x-mock-retry_after: 2` both mean `retry_after=2`. */
+function headerDirectives(headers) {
+  let out = null;
+  for (const name in headers) {
+    if (name.startsWith('x-mock-')) (out ??= {})[name.slice(7).replaceAll('-', '_')] = headers[name];
+  }
+  return out;
+}
+
+/** `gpt-4o;status=429` -> { name: 'gpt-4o', directives: { status: '429' } }. */
+function splitModel(model) {
+  if (typeof model !== 'string') return { name: model, directives: null };
+  const i = model.indexOf(';');
+  if (i === -1) return { name: model, directives: null };
+  return { name: model.slice(0, i), directives: parseDirectives(model.slice(i + 1), false) };
+}
+
+function safeDecode(s) {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+function int(value, fallback) {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  return Number.isFinite(n) ? Math.trunc(n) : fallback;
+}
+
+function flag(value) {
+  return value !== undefined && value !== '' && value !== '0' && value !== 'false';
+}
+
+/** Fault knobs; -1 means "off" for the counters so `sent === cutAfter` never matches. */
+function faultsOf(d, stream) {
+  const drip = stream && flag(d.drip);
+  const interval = int(d.interval_ms, 0);
+  return {
+    drip,
+    firstByteDelay: int(d.first_byte_delay_ms, 0),
+    // A drip without a positive interval would be a synchronous infinite loop.
+    interval: drip && interval <= 0 ? DEFAULT_DRIP_INTERVAL_MS : interval,
+    cutAfter: int(d.cut_after, -1),
+    errorAfter: int(d.error_after, -1),
+    malformed: flag(d.malformed),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------
+
+// Greedy model segment, so the action is whatever follows the last ':'.
+const GEMINI_PATH = /\/models\/([^/]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$/;
+
+/** Routes by path suffix so any base-URL prefix (Azure, Groq, Vertex...) works. */
+function resolveRoute(method, path) {
+  if (method === 'POST') {
+    const g = GEMINI_PATH.exec(path);
+    if (g) {
+      const embed = g[2] === 'embedContent' || g[2] === 'batchEmbedContents';
+      return { format: embed ? 'gemini-embeddings' : 'gemini', action: g[2], rawModel: g[1] };
+    }
+    if (path.endsWith('/chat/completions')) return { format: 'openai' };
+    if (path.endsWith('/messages')) return { format: 'anthropic' };
+    if (path.endsWith('/embeddings')) return { format: 'embeddings' };
+  } else if (method === 'GET' && path.endsWith('/models')) {
+    return { format: 'models' };
+  }
+  return { format: 'unknown' };
+}
+
+// ---------------------------------------------------------------------------
+// Request text: token counts, echo, tool names
+// ---------------------------------------------------------------------------
+
+/** Text of a message content / part list in any of the three formats. */
+function textOf(value, sep) {
+  if (typeof value === 'string') return value;
+  if (Array.isArray(value)) {
+    let out = '';
+    for (const item of value) {
+      const t = textOf(item, sep);
+      if (t) out = out ? out + sep + t : t;
+    }
+    return out;
+  }
+  if (value && typeof value === 'object') {
+    if (typeof value.text === 'string') return value.text;
+    if (value.content !== undefined) return textOf(value.content, sep); // Anthropic tool_result
+    if (value.parts !== undefined) return textOf(value.parts, sep); // Gemini Content
+  }
+  return '';
+}
+
+function countWords(s) {
+  const m = s.match(/\S+/g);
+  return m ? m.length : 0;
+}
+
+/** All prompt text (system included), for the deterministic prompt token count. */
+function promptText(format, body) {
+  if (format === 'gemini') return textOf([body.systemInstruction, body.contents], ' ');
+  if (format === 'anthropic') return textOf([body.system, body.messages], ' ');
+  return textOf(body.messages, ' ');
+}
+
+function lastUserText(format, body) {
+  const list = format === 'gemini' ? body.contents : body.messages;
+  if (!Array.isArray(list)) return '';
+  for (let i = list.length - 1; i >= 0; i--) {
+    const m = list[i];
+    if (format === 'gemini' && m && (m.role === 'user' || m.role === undefined)) return textOf(m.parts, '');
+    if (format !== 'gemini' && m?.role === 'user') return textOf(m.content, '');
+  }
+  return '';
+}
+
+function toolNames(format, body) {
+  if (!Array.isArray(body.tools)) return [];
+  let names;
+  if (format === 'openai') names = body.tools.map((t) => t?.function?.name);
+  else if (format === 'anthropic') names = body.tools.map((t) => t?.name);
+  else names = body.tools.flatMap((t) => t?.functionDeclarations ?? t?.function_declarations ?? []).map((f) => f?.name);
+  return names.filter((n) => typeof n === 'string' && n);
+}
+
+// ---------------------------------------------------------------------------
+// Content plan: what the assistant "says", shared by all three formats
+// ---------------------------------------------------------------------------
+
+/** Splits `s` into `n` (<= s.length) roughly equal, non-empty pieces. */
+function splitEven(s, n) {
+  const chars = Array.from(s); // code points, so no piece splits a surrogate pair
+  const pieces = [];
+  for (let i = 0; i < n; i++) {
+    pieces.push(chars.slice(Math.floor((i * chars.length) / n), Math.floor(((i + 1) * chars.length) / n)).join(''));
+  }
+  return pieces;
+}
+
+/** `n` non-empty pieces; text too short for that is replaced by "tok0 tok1 ...". */
+function splitText(text, n) {
+  if (Array.from(text).length >= n) return splitEven(text, n);
+  return Array.from({ length: n }, (_, i) => (i === 0 ? 'tok0' : ` tok${i}`));
+}
+
+/** Drip: the planned pieces, then more forever. */
+function* endless(pieces) {
+  yield* pieces;
+  for (let k = 0; ; k++) yield ` drip${k}`;
+}
+
+/**
+ * Everything a response needs, independent of wire format:
+ * text (null when the reply is tool calls only), its pieces, tool calls,
+ * canonical finish (stop|length|content_filter|tool|<raw>), P and C.
+ */
+function planReply(format, body, d, { seq, model, drip }) {
+  const chunks = Math.max(1, int(d.chunks, DEFAULT_CHUNKS));
+  const nTools = drip ? 0 : Math.max(0, int(d.tools, 0));
+  let text = d.text;
+  if (text === undefined && flag(d.echo)) text = lastUserText(format, body) || undefined;
+  // With tools the reply is tool calls only, unless text was asked for explicitly.
+  const withText = nTools === 0 || text !== undefined;
+  const pieces = withText ? splitText(text ?? DEFAULT_TEXT, chunks) : [];
+
+  const names = toolNames(format, body);
+  const tools = [];
+  for (let i = 0; i < nTools; i++) {
+    const args = { city: 'Paris', call: i };
+    const argsJson = JSON.stringify(args);
+    tools.push({
+      index: i,
+      name: names.length ? names[i % names.length] : 'get_weather',
+      args,
+      argsJson,
+      argPieces: splitEven(argsJson, Math.min(argsJson.length, Math.max(2, chunks))),
+    });
+  }
+
+  // Gemini sends each function call whole, so it counts as one piece there.
+  let completion = pieces.length;
+  for (const t of tools) completion += format === 'gemini' ? 1 : t.argPieces.length;
+
+  return {
+    seq,
+    model,
+    created: Math.floor(Date.now() / 1000),
+    text: withText ? pieces.join('') : null,
+    pieces: drip ? endless(pieces) : pieces,
+    tools,
+    finish: d.finish ?? (nTools ? 'tool' : 'stop'),
+    promptTokens: countWords(promptText(format, body)) + 1,
+    completionTokens: completion,
+    usage: d.usage === undefined || flag(d.usage),
+    cached: Math.max(0, int(d.cached, 0)),
+  };
+}
+
+const mapFinish = (table, finish) => table[finish] ?? finish;
+
+/** Frames of a stream; content frames are the ones the fault counters count. */
+const meta = (data) => ({ data, content: false });
+const piece = (data) => ({ data, content: true });
+const sseData = (obj) => `data: ${JSON.stringify(obj)}\n\n`;
+
+// ---------------------------------------------------------------------------
+// OpenAI
+// ---------------------------------------------------------------------------
+
+const OPENAI_FINISH = { stop: 'stop', length: 'length', content_filter: 'content_filter', tool: 'tool_calls' };
+
+function openaiUsage(p) {
+  return {
+    prompt_tokens: p.promptTokens,
+    completion_tokens: p.completionTokens,
+    total_tokens: p.promptTokens + p.completionTokens,
+    prompt_tokens_details: { cached_tokens: p.cached },
+    completion_tokens_details: { reasoning_tokens: 0 },
+  };
+}
+
+function openaiCompletion(p) {
+  const message = { role: 'assistant', content: p.text, refusal: null };
+  if (p.tools.length) {
+    message.tool_calls = p.tools.map((t) => ({
+      id: `call_mock_${t.index}`,
+      type: 'function',
+      function: { name: t.name, arguments: t.argsJson },
+    }));
+  }
+  const out = {
+    id: `chatcmpl-mock-${p.seq}`,
+    object: 'chat.completion',
+    created: p.created,
+    model: p.model,
+    system_fingerprint: 'fp_mock',
+    choices: [{ index: 0, message, logprobs: null, finish_reason: mapFinish(OPENAI_FINISH, p.finish) }],
+  };
+  if (p.usage) out.usage = openaiUsage(p);
+  return out;
+}
+
+function* openaiFrames(p, includeUsage) {
+  const base = { id: `chatcmpl-mock-${p.seq}`, object: 'chat.completion.chunk', created: p.created, model: p.model, system_fingerprint: 'fp_mock' };
+  const chunk = (delta, finish = null) => {
+    const c = { ...base, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] };
+    if (includeUsage) c.usage = null;
+    return sseData(c);
+  };
+  yield meta(chunk({ role: 'assistant', content: p.text === null ? null : '' }));
+  for (const text of p.pieces) yield piece(chunk({ content: text }));
+  for (const t of p.tools) {
+    const i = t.index;
+    yield meta(chunk({ tool_calls: [{ index: i, id: `call_mock_${i}`, type: 'function', function: { name: t.name, arguments: '' } }] }));
+    for (const args of t.argPieces) yield piece(chunk({ tool_calls: [{ index: i, function: { arguments: args } }] }));
+  }
+  yield meta(chunk({}, mapFinish(OPENAI_FINISH, p.finish)));
+  if (includeUsage) yield meta(sseData({ ...base, choices: [], usage: openaiUsage(p) }));
+  yield meta('data: [DONE]\n\n');
+}
+
+function openaiStream(p, body) {
+  return {
+    contentType: 'text/event-stream',
+    frames: openaiFrames(p, p.usage && body.stream_options?.include_usage === true),
+    malformedFrame: 'data: {"broken json\n\n',
+    errorFrame: () => sseData({ error: { message: '[mock] injected stream error', type: 'server_error', code: null, param: null } }),
+  };
+}
+
+function openaiError(status, message, code) {
+  let type = 'invalid_request_error';
+  let defaultCode = 'invalid_request_error';
+  if (status === 401) defaultCode = 'invalid_api_key';
+  else if (status === 403) defaultCode = 'permission_denied';
+  else if (status === 404) defaultCode = 'not_found';
+  else if (status === 429) [type, defaultCode] = ['requests', 'rate_limit_exceeded'];
+  else if (status >= 500) [type, defaultCode] = ['server_error', 'server_error'];
+  return { error: { message, type, param: null, code: code ?? defaultCode } };
+}
+
+/** `input` may be a string, an array of strings, a token array or an array of token arrays. */
+function openaiEmbeddings(body, model) {
+  const input = body.input;
+  let inputs = [];
+  if (typeof input === 'string') inputs = [input];
+  else if (Array.isArray(input)) inputs = input.length && input.every((x) => typeof x === 'number') ? [input] : input;
+  let tokens = 1;
+  for (const x of inputs) tokens += typeof x === 'string' ? countWords(x) : Array.isArray(x) ? x.length : 0;
+  const base64 = body.encoding_format === 'base64'; // the official OpenAI SDKs ask for this by default
+  return {
+    object: 'list',
+    data: inputs.map((x, index) => {
+      const values = embeddingVector(x);
+      return { object: 'embedding', index, embedding: base64 ? Buffer.from(new Float32Array(values).buffer).toString('base64') : values };
+    }),
+    model,
+    usage: { prompt_tokens: tokens, total_tokens: tokens },
+  };
+}
+
+const MODELS_LIST = JSON.stringify({ object: 'list', data: [{ id: 'mock-model', object: 'model', created: 0, owned_by: 'mock' }] });
+
+/** Deterministic: the same input always embeds to the same 8 floats in [-1, 1]. */
+function embeddingVector(input) {
+  const key = typeof input === 'string' ? input : JSON.stringify(input);
+  let h = 0x811c9dc5; // FNV-1a seed, then xorshift32 per dimension
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  h ||= 1;
+  const values = [];
+  for (let i = 0; i < EMBEDDING_DIMS; i++) {
+    h ^= h << 13;
+    h ^= h >>> 17;
+    h ^= h << 5;
+    values.push(Math.round(((h >>> 0) / 2 ** 32) * 2e6 - 1e6) / 1e6);
+  }
+  return values;
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic
+// ---------------------------------------------------------------------------
+
+const ANTHROPIC_STOP = { stop: 'end_turn', length: 'max_tokens', content_filter: 'refusal', tool: 'tool_use', tool_calls: 'tool_use' };
+
+/** usage=0 cannot drop Anthropic's usage (it is required), so it drops the optional cache fields. */
+function anthropicUsage(p, outputTokens) {
+  const u = { input_tokens: p.promptTokens, output_tokens: outputTokens };
+  if (p.usage) {
+    u.cache_creation_input_tokens = 0;
+    u.cache_read_input_tokens = p.cached;
+  }
+  return u;
+}
+
+function anthropicMessage(p) {
+  const content = [];
+  if (p.text !== null) content.push({ type: 'text', text: p.text });
+  for (const t of p.tools) content.push({ type: 'tool_use', id: `toolu_mock_${t.index}`, name: t.name, input: t.args });
+  return {
+    id: `msg_mock_${p.seq}`,
+    type: 'message',
+    role: 'assistant',
+    model: p.model,
+    content,
+    stop_reason: mapFinish(ANTHROPIC_STOP, p.finish),
+    stop_sequence: null,
+    usage: anthropicUsage(p, p.completionTokens),
+  };
+}
+
+const anthropicEvent = (obj) => `event: ${obj.type}\ndata: ${JSON.stringify(obj)}\n\n`;
+
+function* anthropicFrames(p) {
+  yield meta(anthropicEvent({
+    type: 'message_start',
+    message: { id: `msg_mock_${p.seq}`, type: 'message', role: 'assistant', model: p.model, content: [], stop_reason: null, stop_sequence: null, usage: anthropicUsage(p, 1) },
+  }));
+  yield meta(anthropicEvent({ type: 'ping' }));
+  let index = 0;
+  if (p.text !== null) {
+    yield meta(anthropicEvent({ type: 'content_block_start', index, content_block: { type: 'text', text: '' } }));
+    for (const text of p.pieces) yield piece(anthropicEvent({ type: 'content_block_delta', index, delta: { type: 'text_delta', text } }));
+    yield meta(anthropicEvent({ type: 'content_block_stop', index }));
+    index++;
+  }
+  for (const t of p.tools) {
+    yield meta(anthropicEvent({ type: 'content_block_start', index, content_block: { type: 'tool_use', id: `toolu_mock_${t.index}`, name: t.name, input: {} } }));
+    for (const json of t.argPieces) yield piece(anthropicEvent({ type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: json } }));
+    yield meta(anthropicEvent({ type: 'content_block_stop', index }));
+    index++;
+  }
+  yield meta(anthropicEvent({
+    type: 'message_delta',
+    delta: { stop_reason: mapFinish(ANTHROPIC_STOP, p.finish), stop_sequence: null },
+    usage: { output_tokens: p.completionTokens },
+  }));
+  yield meta(anthropicEvent({ type: 'message_stop' }));
+}
+
+function anthropicStream(p) {
+  return {
+    contentType: 'text/event-stream',
+    frames: anthropicFrames(p),
+    malformedFrame: 'event: content_block_delta\ndata: {"broken json\n\n',
+    errorFrame: () => anthropicEvent({ type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } }),
+  };
+}
+
+function anthropicError(status, message) {
+  const types = { 400: 'invalid_request_error', 401: 'authentication_error', 403: 'permission_error', 404: 'not_found_error', 413: 'request_too_large', 429: 'rate_limit_error', 529: 'overloaded_error' };
+  const type = types[status] ?? (status >= 500 ? 'api_error' : 'invalid_request_error');
+  return { type: 'error', error: { type, message } };
+}
+
+// ---------------------------------------------------------------------------
+// Gemini
+// ---------------------------------------------------------------------------
+
+const GEMINI_FINISH = { stop: 'STOP', length: 'MAX_TOKENS', content_filter: 'SAFETY', tool: 'STOP' };
+
+function geminiResponse(p, parts, final) {
+  const candidate = { content: { parts, role: 'model' } };
+  if (final) candidate.finishReason = mapFinish(GEMINI_FINISH, p.finish);
+  candidate.index = 0;
+  const out = { candidates: [candidate] };
+  if (final && p.usage) {
+    out.usageMetadata = { promptTokenCount: p.promptTokens, candidatesTokenCount: p.completionTokens, totalTokenCount: p.promptTokens + p.completionTokens };
+    if (p.cached) out.usageMetadata.cachedContentTokenCount = p.cached;
+  }
+  out.modelVersion = p.model;
+  out.responseId = `mock-${p.seq}`;
+  return out;
+}
+
+function* geminiParts(p) {
+  for (const text of p.pieces) yield { text };
+  for (const t of p.tools) yield { functionCall: { name: t.name, args: t.args } };
+}
+
+function geminiCompletion(p) {
+  const parts = p.text === null ? [] : [{ text: p.text }];
+  for (const t of p.tools) parts.push({ functionCall: { name: t.name, args: t.args } });
+  return geminiResponse(p, parts, true);
+}
+
+/** Yields [item, isLast]; one item of lookahead, so it works on endless (drip) iterables. */
+function* withLast(iterable) {
+  const it = iterable[Symbol.iterator]();
+  let cur = it.next();
+  while (!cur.done) {
+    const next = it.next();
+    yield [cur.value, next.done === true];
+    cur = next;
+  }
+}
+
+/**
+ * `alt=sse`: SSE with CRLF CRLF separators and no [DONE]. Otherwise Gemini
+ * streams one JSON array whose elements arrive progressively.
+ */
+function geminiStream(p, sse) {
+  const wrap = sse ? (json) => `data: ${json}\r\n\r\n` : (json, first) => (first ? '[' : ',\r\n') + json;
+  function* frames() {
+    let first = true;
+    for (const [part, last] of withLast(geminiParts(p))) {
+      yield piece(wrap(JSON.stringify(geminiResponse(p, [part], last)), first));
+      first = false;
+    }
+    if (!sse) yield meta(']');
+  }
+  const error = JSON.stringify({ error: { code: 500, message: '[mock] injected stream error', status: 'INTERNAL' } });
+  return {
+    contentType: sse ? 'text/event-stream' : 'application/json',
+    frames: frames(),
+    malformedFrame: sse ? 'data: {"broken json\r\n\r\n' : ',\r\n{"broken json',
+    errorFrame: (sent) => (sse ? wrap(error) : wrap(error, sent === 0) + ']'),
+  };
+}
+
+function geminiEmbeddings(action, body) {
+  if (action === 'embedContent') return { embedding: { values: embeddingVector(textOf(body.content, '')) } };
+  const requests = Array.isArray(body.requests) ? body.requests : [];
+  return { embeddings: requests.map((r) => ({ values: embeddingVector(textOf(r?.content, '')) })) };
+}
+
+function geminiError(status, message) {
+  const statuses = { 400: 'INVALID_ARGUMENT', 401: 'UNAUTHENTICATED', 403: 'PERMISSION_DENIED', 404: 'NOT_FOUND', 429: 'RESOURCE_EXHAUSTED', 500: 'INTERNAL', 503: 'UNAVAILABLE', 504: 'DEADLINE_EXCEEDED' };
+  return { error: { code: status, message, status: statuses[status] ?? (status >= 500 ? 'INTERNAL' : 'INVALID_ARGUMENT') } };
+}
+
+function errorBody(format, status) {
+  const reason = status === 529 ? 'Overloaded' : http.STATUS_CODES[status] ?? 'Error';
+  const message = `[mock] ${status} ${reason}`;
+  if (format === 'anthropic') return anthropicError(status, message);
+  if (format === 'gemini' || format === 'gemini-embeddings') return geminiError(status, message);
+  return openaiError(status, message);
+}
+
+// ---------------------------------------------------------------------------
+// Response writers
+// ---------------------------------------------------------------------------
+
+/** Resolves once everything written so far has been handed to the socket. */
+const flushed = (res) => new Promise((resolve) => res.write('', resolve));
+
+async function sendBody(res, status, headers, body, faults, pause) {
+  headers['content-type'] = 'application/json';
+  headers['content-length'] = Buffer.byteLength(body);
+  res.writeHead(status, headers);
+  if (faults.firstByteDelay > 0) {
+    res.flushHeaders();
+    await pause(faults.firstByteDelay);
+  }
+  if (status === 200 && faults.cutAfter >= 0) {
+    // Promise the full length, deliver half of it, then drop the connection.
+    res.write(body.slice(0, body.length >> 1));
+    await flushed(res);
+    res.destroy();
+    return;
+  }
+  res.end(body);
+}
+
+/**
+ * Writes a stream frame by frame (one res.write each, so each can be flushed
+ * on its own), applying the content-counting faults: interval_ms between
+ * content frames, malformed after the first, and cut_after / error_after
+ * after the N-th (N = 0: before the first).
+ */
+async function sendStream(res, headers, stream, faults, pause) {
+  headers['content-type'] = stream.contentType;
+  headers['cache-control'] = 'no-cache';
+  res.writeHead(200, headers);
+  if (faults.firstByteDelay > 0) {
+    res.flushHeaders();
+    await pause(faults.firstByteDelay);
+  }
+  let sent = 0;
+  const halt = async () => {
+    if (sent === faults.cutAfter) {
+      await flushed(res);
+      res.destroy(); // no terminal chunk: the client sees a truncated body
+      return true;
+    }
+    if (sent === faults.errorAfter) {
+      res.end(stream.errorFrame(sent));
+      return true;
+    }
+    return false;
+  };
+  for (const frame of stream.frames) {
+    if (!frame.content) {
+      res.write(frame.data);
+      continue;
+    }
+    if (sent === 0 && (await halt())) return;
+    // Throws AbortError once the client is gone, which is what stops a drip.
+    if (sent > 0 && faults.interval > 0) await pause(faults.interval);
+    res.write(frame.data);
+    sent++;
+    if (sent === 1 && faults.malformed) res.write(stream.malformedFrame);
+    if (await halt()) return;
+  }
+  res.end();
+}
+
+// ---------------------------------------------------------------------------
+// Request handling
+// ---------------------------------------------------------------------------
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function parseBody(buf) {
+  if (buf.length === 0) return null;
+  const text = buf.toString('utf8');
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function sendJson(res, status, value) {
+  const body = typeof value === 'string' ? value : JSON.stringify(value);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/**
+ * Returns `pause(ms)`, a sleep that rejects with an AbortError as soon as the
+ * response closes (the client went away, or close() destroyed the socket), so
+ * no delay or drip outlives its connection. The AbortController is created on
+ * first use: it is measurable overhead on the plain, undelayed path.
+ */
+function pauser(res) {
+  let signal = null;
+  return (ms) => {
+    if (signal === null) {
+      const ac = new AbortController();
+      if (res.socket === null || res.socket.destroyed) ac.abort();
+      else res.once('close', () => ac.abort());
+      signal = ac.signal;
+    }
+    return sleep(ms, undefined, { signal });
+  };
+}
+
+/** status, or for fail_first the failure status while the counter lasts. */
+function effectiveStatus(state, d, method, path) {
+  const status = int(d.status, 200);
+  if (d.fail_first === undefined) return status;
+  const key = `${method} ${path} ${Object.keys(d).sort().map((k) => `${k}=${d[k]}`).join(',')}`;
+  const count = state.failCounts.get(key) ?? 0;
+  state.failCounts.set(key, count + 1);
+  if (count >= int(d.fail_first, 0)) return 200;
+  return status === 200 ? 503 : status;
+}
+
+function handleControl(state, req, res, path, search) {
+  req.resume();
+  const { method } = req;
+  if (path === '/_control/health' && method === 'GET') return sendJson(res, 200, { ok: true });
+  if (path === '/_control/requests' && method === 'GET') {
+    const since = Number(new URLSearchParams(search).get('since')) || 0;
+    return sendJson(res, 200, state.requests.filter((r) => r.seq > since));
+  }
+  if (path === '/_control/requests' && method === 'DELETE') {
+    state.requests.length = 0;
+    return sendJson(res, 200, { ok: true });
+  }
+  if (path === '/_control/reset' && method === 'POST') {
+    state.requests.length = 0;
+    state.failCounts.clear();
+    return sendJson(res, 200, { ok: true });
+  }
+  return sendJson(res, 404, openaiError(404, `[mock] no control route ${method} ${path}`, 'unknown_url'));
+}
+
+async function handle(state, req, res) {
+  const url = req.url;
+  const q = url.indexOf('?');
+  const rawPath = q === -1 ? url : url.slice(0, q);
+  const search = q === -1 ? '' : url.slice(q + 1);
+  if (rawPath.startsWith(CONTROL_PREFIX)) return handleControl(state, req, res, rawPath, search);
+
+  let path = rawPath;
+  let pathDirectives = null;
+  if (rawPath.startsWith(MOCK_PREFIX)) {
+    const end = rawPath.indexOf('/', MOCK_PREFIX.length);
+    pathDirectives = parseDirectives(rawPath.slice(MOCK_PREFIX.length, end === -1 ? undefined : end), true);
+    path = end === -1 ? '/' : rawPath.slice(end);
+  }
+
+  const buf = await readBody(req);
+  const body = parseBody(buf);
+  const json = body && typeof body === 'object' && !Array.isArray(body) ? body : {};
+  const route = resolveRoute(req.method, path);
+  const { name, directives: modelDirectives } = splitModel(route.rawModel !== undefined ? safeDecode(route.rawModel) : json.model);
+  const model = name ?? 'mock-model';
+  // Later sources win: path prefix < model suffix < x-mock-* headers.
+  const d = { ...pathDirectives, ...modelDirectives, ...headerDirectives(req.headers) };
+  const query = Object.fromEntries(new URLSearchParams(search));
+
+  const seq = ++state.seq;
+  state.record({
+    seq,
+    t: Date.now(),
+    method: req.method,
+    path,
+    rawPath,
+    query,
+    headers: req.headers,
+    body: buf.length > MAX_RECORDED_BODY_BYTES ? { truncated: true, length: buf.length } : body,
+    directives: d,
+    format: route.format,
+  });
+
+  const status = effectiveStatus(state, d, req.method, path);
+  const pause = pauser(res);
+  const headersDelay = int(d.headers_delay_ms, 0);
+  if (headersDelay > 0) await pause(headersDelay);
+
+  const { format } = route;
+  const stream = format === 'gemini' ? route.action === 'streamGenerateContent' : (format === 'openai' || format === 'anthropic') && json.stream === true;
+  const faults = faultsOf(d, stream);
+  const headers = { 'x-mock-seq': String(seq) };
+
+  if (format === 'unknown') {
+    return sendBody(res, 404, headers, JSON.stringify(openaiError(404, `Invalid URL (${req.method} ${path})`, 'unknown_url')), faults, pause);
+  }
+  if (status !== 200) {
+    if (d.retry_after !== undefined) headers['retry-after'] = d.retry_after;
+    return sendBody(res, status, headers, JSON.stringify(errorBody(format, status)), faults, pause);
+  }
+  if (!stream && flag(d.invalid_json)) return sendBody(res, 200, headers, '{"id": invalid', faults, pause);
+
+  let payload;
+  if (format === 'models') {
+    payload = MODELS_LIST;
+  } else if (format === 'embeddings') {
+    payload = JSON.stringify(openaiEmbeddings(json, model));
+  } else if (format === 'gemini-embeddings') {
+    payload = JSON.stringify(geminiEmbeddings(route.action, json));
+  } else {
+    const plan = planReply(format, json, d, { seq, model, drip: faults.drip });
+    if (stream) {
+      let s;
+      if (format === 'openai') s = openaiStream(plan, json);
+      else if (format === 'anthropic') s = anthropicStream(plan);
+      else s = geminiStream(plan, query.alt === 'sse');
+      return sendStream(res, headers, s, faults, pause);
+    }
+    const reply = format === 'openai' ? openaiCompletion(plan) : format === 'anthropic' ? anthropicMessage(plan) : geminiCompletion(plan);
+    payload = JSON.stringify(reply);
+  }
+  return sendBody(res, 200, headers, payload, faults, pause);
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+/**
+ * Starts the mock on 127.0.0.1. `maxRequests` caps the recording (oldest
+ * dropped first). Returns { port, url, requests, clear(), close() }.
+ */
+export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS } = {}) {
+  const requests = [];
+  const state = {
+    seq: 0, // never reset, so `?since=` stays meaningful across clears
+    requests,
+    failCounts: new Map(),
+    record(entry) {
+      requests.push(entry);
+      if (requests.length > maxRequests) requests.splice(0, requests.length - maxRequests);
+    },
+  };
+
+  const server = http.createServer({ noDelay: true }, (req, res) => {
+    handle(state, req, res).catch((err) => {
+      if (err?.name === 'AbortError') return; // the client left during a delay or stream
+      console.error('[mock] handler error:', err);
+      if (!res.headersSent) sendJson(res, 500, openaiError(500, `[mock] internal error: ${err?.message}`));
+      else res.destroy();
+    });
+  });
+  // Longer than typical client pools' idle time, so a reused connection is not
+  // closed under the client mid-benchmark.
+  server.keepAliveTimeout = 30_000;
+
+  // Tracked so close() can end drips and idle keep-alive connections at once.
+  const sockets = new Set();
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+
+  const actualPort = server.address().port;
+  let closing = null;
+  return {
+    port: actualPort,
+    url: `http://127.0.0.1:${actualPort}`,
+    requests,
+    clear() {
+      requests.length = 0;
+    },
+    close() {
+      closing ??= new Promise((resolve) => {
+        server.close(() => resolve());
+        for (const socket of sockets) socket.destroy();
+      });
+      return closing;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// CLI: node tests/mock/server.mjs [--port N]
+// ---------------------------------------------------------------------------
+
+function isMain() {
+  if (!process.argv[1]) return false;
+  try {
+    return realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) {
+  const args = process.argv.slice(2);
+  let port = 0;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--port') port = Number(args[++i]);
+    else if (args[i].startsWith('--port=')) port = Number(args[i].slice('--port='.length));
+    else {
+      console.error(`usage: node server.mjs [--port N]  (unknown argument: ${args[i]})`);
+      process.exit(2);
+    }
+  }
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    console.error(`invalid --port: ${port}`);
+    process.exit(2);
+  }
+  const mock = await startMock({ port });
+  process.stdout.write(`${JSON.stringify({ port: mock.port })}\n`);
+  const stop = () => mock.close().then(() => process.exit(0));
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
