@@ -332,6 +332,116 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
+/// A tool the model may call (`tools[]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Tool {
+    /// Always `function` today.
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    /// The function's declaration.
+    pub function: FunctionDef,
+}
+
+fn function_kind() -> String {
+    "function".to_owned()
+}
+
+/// A function declaration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct FunctionDef {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
+    /// OpenAI structured-outputs strictness.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode or one named function.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `"auto"`, `"none"` or `"required"`.
+    Mode(ToolChoiceMode),
+    /// `{"type":"function","function":{"name":...}}`.
+    Named {
+        /// The function to call.
+        function: NamedFunction,
+    },
+}
+
+/// The modes of `tool_choice`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    /// The model decides.
+    Auto,
+    /// No tool calls.
+    None,
+    /// At least one tool call.
+    Required,
+}
+
+/// A function named by `tool_choice`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct NamedFunction {
+    /// Its name.
+    pub name: String,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Plain text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// The schema of a `json_schema` response format.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct JsonSchemaFormat {
+    /// The schema's name.
+    pub name: String,
+    /// The JSON Schema.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// Strict adherence.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `stop`: one sequence or several.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop sequence.
+    One(String),
+    /// Up to four.
+    Many(Vec<String>),
+}
+
+impl Stop {
+    /// The sequences as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +558,31 @@ mod tests {
         assert_eq!(m[1].content.as_ref().unwrap().text(), "what is this?");
         assert_eq!(m[2].tool_calls.as_ref().unwrap()[0].function.name, "f");
         assert_eq!(m[3].role, Role::Tool);
+    }
+
+    #[test]
+    fn tools_tool_choice_response_format_and_stop_parse() {
+        let r = parse(
+            r#"{"model":"m","messages":[{}],
+              "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],
+              "tool_choice":{"type":"function","function":{"name":"get_weather"}},
+              "response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object"},"strict":true}},
+              "stop":"END"}"#,
+        )
+        .unwrap();
+        let tools: Option<Vec<Tool>> = r.parse_field("tools").unwrap();
+        assert_eq!(tools.unwrap()[0].function.name, "get_weather");
+        let choice: Option<ToolChoice> = r.parse_field("tool_choice").unwrap();
+        assert!(
+            matches!(choice, Some(ToolChoice::Named { function }) if function.name == "get_weather")
+        );
+        let auto: ToolChoice = serde_json::from_str(r#""required""#).unwrap();
+        assert_eq!(auto, ToolChoice::Mode(ToolChoiceMode::Required));
+        let format: Option<ResponseFormat> = r.parse_field("response_format").unwrap();
+        assert!(
+            matches!(format, Some(ResponseFormat::JsonSchema { json_schema }) if json_schema.strict == Some(true))
+        );
+        let stop: Option<Stop> = r.parse_field("stop").unwrap();
+        assert_eq!(stop.unwrap().into_vec(), ["END"]);
     }
 }
