@@ -75,6 +75,20 @@ pub enum GatewayError {
         /// Why the key was refused (never echoes the key).
         message: String,
     },
+    /// The key's rate or concurrency limit is reached.
+    RateLimited {
+        /// Which limit, in a sentence.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after: Option<u64>,
+    },
+    /// The key's budget would be exceeded.
+    BudgetExceeded {
+        /// Which budget, in a sentence.
+        message: String,
+        /// Seconds until the budget window resets (none for a lifetime budget).
+        retry_after: Option<u64>,
+    },
     /// The model is not configured, or no provider for it is enabled.
     ModelNotFound {
         /// The model name the client asked for.
@@ -127,6 +141,7 @@ impl GatewayError {
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
             Self::BodyTooLarge { .. } => 413,
             Self::Unauthorized { .. } => 401,
+            Self::RateLimited { .. } | Self::BudgetExceeded { .. } => 429,
             // A provider's 4xx is the caller's problem and is passed on as
             // is; its 5xx becomes 502 (the gateway got a bad answer) except
             // for statuses that carry meaning the SDKs act on.
@@ -160,6 +175,8 @@ impl GatewayError {
             | Self::InvalidRequest { .. }
             | Self::BodyTooLarge { .. }
             | Self::Unauthorized { .. }
+            | Self::RateLimited { .. }
+            | Self::BudgetExceeded { .. }
             | Self::ModelNotFound { .. }
             | Self::AllTargetsFailed { .. }
             | Self::Internal { .. } => false,
@@ -177,6 +194,8 @@ impl GatewayError {
             | Self::InvalidRequest { .. }
             | Self::BodyTooLarge { .. }
             | Self::Unauthorized { .. }
+            | Self::RateLimited { .. }
+            | Self::BudgetExceeded { .. }
             | Self::ModelNotFound { .. } => Side::Client,
             Self::Upstream { .. }
             | Self::UpstreamUnreachable { .. }
@@ -196,6 +215,8 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. } => "invalid_request_error",
             Self::Unauthorized { .. } => "authentication_error",
+            Self::RateLimited { .. } => "rate_limit_error",
+            Self::BudgetExceeded { .. } => "insufficient_quota",
             Self::Upstream { status, .. } => match status {
                 429 => "rate_limit_error",
                 400..=499 => "invalid_request_error",
@@ -223,6 +244,8 @@ impl GatewayError {
             Self::InvalidRequest { .. } => "invalid_value",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::Unauthorized { .. } => "invalid_api_key",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::BudgetExceeded { .. } => "insufficient_quota",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::Upstream { status, .. } => match status {
                 429 => "rate_limit_exceeded",
@@ -247,6 +270,8 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::BodyTooLarge { .. }
             | Self::Unauthorized { .. }
+            | Self::RateLimited { .. }
+            | Self::BudgetExceeded { .. }
             | Self::Upstream { .. }
             | Self::UpstreamUnreachable { .. }
             | Self::UpstreamInvalidResponse { .. }
@@ -258,7 +283,9 @@ impl GatewayError {
     /// Seconds the client should wait before retrying, for `Retry-After`.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::Upstream { retry_after, .. } => *retry_after,
+            Self::Upstream { retry_after, .. }
+            | Self::RateLimited { retry_after, .. }
+            | Self::BudgetExceeded { retry_after, .. } => *retry_after,
             Self::AllTargetsFailed { .. } if self.status() == 429 => Some(1),
             _ => None,
         }
@@ -343,7 +370,9 @@ impl fmt::Display for GatewayError {
                     "The request body is larger than the limit of {limit} bytes."
                 )
             }
-            Self::Unauthorized { message } => f.write_str(message),
+            Self::Unauthorized { message }
+            | Self::RateLimited { message, .. }
+            | Self::BudgetExceeded { message, .. } => f.write_str(message),
             Self::ModelNotFound { model } => write!(
                 f,
                 "The model `{model}` does not exist or you do not have access to it."

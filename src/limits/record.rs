@@ -1,0 +1,277 @@
+//! What a virtual key is: its record (stored by its Durable Object) and the
+//! admin API's shapes for creating, viewing and changing it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::money::Money;
+
+/// Request and token rate limits; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Requests in any sliding 60-second window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u64>,
+    /// Input + output tokens in any sliding 60-second window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+}
+
+/// Spending caps in USD; `None` is uncapped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    /// Per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<Money>,
+    /// Per UTC calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<Money>,
+    /// Over the key's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_usd: Option<Money>,
+}
+
+/// The settings an admin chooses for a key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// A label.
+    pub name: String,
+    /// Who holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The team it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// A tier name routing rules can match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Public model names it may use; `None` is all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+    /// Jurisdictions its requests may be served in; `None` is anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_regions: Option<Vec<String>>,
+    /// Rate limits.
+    #[serde(default)]
+    pub limits: RateLimits,
+    /// Budgets.
+    #[serde(default)]
+    pub budgets: Budgets,
+    /// Unix ms after which it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A changed subset of [`KeySettings`]: present fields replace, `null`
+/// clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    /// New name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// New owner (`null` clears).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub owner: Option<Option<String>>,
+    /// New team (`null` clears).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub team: Option<Option<String>>,
+    /// New tier (`null` clears).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tier: Option<Option<String>>,
+    /// New tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// New model scope (`null`: all models).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_models: Option<Option<Vec<String>>>,
+    /// New region scope (`null`: anywhere).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_regions: Option<Option<Vec<String>>>,
+    /// New rate limits (replace all four).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
+    /// New budgets (replace all three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<Budgets>,
+    /// New expiry (`null`: never).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at_ms: Option<Option<u64>>,
+}
+
+/// Tells a present `null` (`Some(None)`) from an absent field (`None`).
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl KeySettings {
+    /// Applies a patch.
+    pub fn apply(&mut self, p: KeyPatch) {
+        if let Some(v) = p.name {
+            self.name = v;
+        }
+        if let Some(v) = p.owner {
+            self.owner = v;
+        }
+        if let Some(v) = p.team {
+            self.team = v;
+        }
+        if let Some(v) = p.tier {
+            self.tier = v;
+        }
+        if let Some(v) = p.tags {
+            self.tags = v;
+        }
+        if let Some(v) = p.allowed_models {
+            self.allowed_models = v;
+        }
+        if let Some(v) = p.allowed_regions {
+            self.allowed_regions = v;
+        }
+        if let Some(v) = p.limits {
+            self.limits = v;
+        }
+        if let Some(v) = p.budgets {
+            self.budgets = v;
+        }
+        if let Some(v) = p.expires_at_ms {
+            self.expires_at_ms = v;
+        }
+    }
+}
+
+/// A key as its Durable Object stores it. The secret itself is never
+/// stored: only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The public id (part of the secret's prefix; names the Durable Object).
+    pub id: String,
+    /// The admin's settings.
+    pub settings: KeySettings,
+    /// SHA-256 of the full secret, hex.
+    pub secret_hash: String,
+    /// A recognisable, non-secret fragment: `sk-gw-<id>_…<last 4>`.
+    pub secret_hint: String,
+    /// Revoked keys are refused.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Unix ms.
+    pub created_ms: u64,
+    /// Unix ms of the last change.
+    pub updated_ms: u64,
+}
+
+/// What the admin API shows of a key (no hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// The public id.
+    pub id: String,
+    /// Always `gateway.key`.
+    pub object: String,
+    /// `sk-gw-<id>_…<last 4>`.
+    pub secret_hint: String,
+    /// Revoked or not.
+    pub revoked: bool,
+    /// Unix ms.
+    pub created_ms: u64,
+    /// Unix ms.
+    pub updated_ms: u64,
+    /// The settings.
+    #[serde(flatten)]
+    pub settings: KeySettings,
+}
+
+impl From<&KeyRecord> for KeyView {
+    fn from(r: &KeyRecord) -> Self {
+        KeyView {
+            id: r.id.clone(),
+            object: "gateway.key".to_owned(),
+            secret_hint: r.secret_hint.clone(),
+            revoked: r.revoked,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            settings: r.settings.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_tells_null_from_absent() {
+        let mut s = KeySettings {
+            name: "a".into(),
+            owner: Some("o".into()),
+            allowed_models: Some(vec!["m".into()]),
+            ..KeySettings::default()
+        };
+        let p: KeyPatch =
+            serde_json::from_str(r#"{"owner":null,"budgets":{"daily_usd":2}}"#).unwrap();
+        s.apply(p);
+        assert_eq!(s.owner, None);
+        assert_eq!(
+            s.allowed_models,
+            Some(vec!["m".into()]),
+            "absent field unchanged"
+        );
+        assert_eq!(s.budgets.daily_usd, Money::from_usd(2.0));
+        assert!(serde_json::from_str::<KeyPatch>(r#"{"secret_hash":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn view_never_shows_the_hash() {
+        let r = KeyRecord {
+            id: "abc".into(),
+            settings: KeySettings::default(),
+            secret_hash: "deadbeef".into(),
+            secret_hint: "sk-gw-abc_…1234".into(),
+            revoked: false,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        let json = serde_json::to_string(&KeyView::from(&r)).unwrap();
+        assert!(!json.contains("deadbeef"), "{json}");
+        assert!(json.contains("\"object\":\"gateway.key\""));
+    }
+}
