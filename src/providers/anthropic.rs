@@ -540,7 +540,7 @@ fn openai_messages_to_anthropic(
             }
         };
         if blocks.is_empty() {
-            continue; // an assistant message with neither text nor calls says nothing
+            continue; // a message with no content (nor calls) says nothing
         }
         match turns.last_mut() {
             Some((last, prev)) if *last == role => prev.extend(blocks),
@@ -1138,5 +1138,813 @@ pub fn error_from_body(
         status,
         message,
         retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use futures::executor::block_on;
+    use futures::{StreamExt, stream};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::{Config, Provider, ProviderKind};
+    use crate::gateway::{self, Ctx, ReplyBody};
+    use crate::http::{Upstream, UpstreamResponse};
+    use crate::sse::SseParser;
+
+    /// A golden file under `tests/fixtures/anthropic/`.
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/anthropic/",
+                $name
+            ))
+        };
+    }
+
+    const NOW_S: u64 = 1_700_000_000;
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    fn provider(json: &str) -> Provider {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn target(p: &Provider) -> Target<'_> {
+        Target {
+            name: "anthropic",
+            provider: p,
+            model: MODEL,
+        }
+    }
+
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// The Messages body for an OpenAI request body.
+    fn translate_request(body: &str) -> Result<Value, GatewayError> {
+        let req = ChatRequest::parse(body.as_bytes()).unwrap();
+        chat_request_to_messages_body(&req, MODEL).map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// The 400's parameter and message.
+    fn rejection(body: &str) -> (String, String) {
+        match translate_request(body) {
+            Err(GatewayError::InvalidRequest { message, param }) => (param.unwrap(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    // ---- Requests ----------------------------------------------------------------
+
+    #[test]
+    fn golden_requests_translate_exactly() {
+        let cases = [
+            (
+                "text",
+                fixture!("request_text.openai.json"),
+                fixture!("request_text.anthropic.json"),
+            ),
+            (
+                "system_multi_turn",
+                fixture!("request_system_multi_turn.openai.json"),
+                fixture!("request_system_multi_turn.anthropic.json"),
+            ),
+            (
+                "tool_call",
+                fixture!("request_tool_call.openai.json"),
+                fixture!("request_tool_call.anthropic.json"),
+            ),
+            (
+                "tool_result_round_trip",
+                fixture!("request_tool_result_round_trip.openai.json"),
+                fixture!("request_tool_result_round_trip.anthropic.json"),
+            ),
+            (
+                "image_input",
+                fixture!("request_image_input.openai.json"),
+                fixture!("request_image_input.anthropic.json"),
+            ),
+            (
+                "json_schema",
+                fixture!("request_json_schema.openai.json"),
+                fixture!("request_json_schema.anthropic.json"),
+            ),
+            (
+                "json_object",
+                fixture!("request_json_object.openai.json"),
+                fixture!("request_json_object.anthropic.json"),
+            ),
+        ];
+        for (name, openai, anthropic) in cases {
+            assert_eq!(
+                translate_request(openai).unwrap(),
+                json(anthropic),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_goes_to_v1_messages_with_key_and_version_headers() {
+        let p = provider(r#"{"kind":"anthropic","headers":{"anthropic-beta":"x-2025"}}"#);
+        let req = ChatRequest::parse(fixture!("request_system_multi_turn.openai.json").as_bytes())
+            .unwrap();
+        let up = build_chat_request(&target(&p), &req, Some("sk-ant-1")).unwrap();
+        assert_eq!(up.method, "POST");
+        assert_eq!(up.url, "https://api.anthropic.com/v1/messages");
+        let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            up.headers,
+            [
+                h("content-type", "application/json"),
+                h("anthropic-version", "2023-06-01"),
+                h("accept", "text/event-stream"),
+                h("x-api-key", "sk-ant-1"),
+                h("anthropic-beta", "x-2025"),
+            ]
+        );
+        assert!(!up.headers.iter().any(|(k, _)| k == "authorization"));
+
+        let p = provider(r#"{"kind":"anthropic","base_url":"http://127.0.0.1:9/_mock/chunks=2/"}"#);
+        let req = ChatRequest::parse(fixture!("request_text.openai.json").as_bytes()).unwrap();
+        let up = build_chat_request(&target(&p), &req, None).unwrap();
+        assert_eq!(up.url, "http://127.0.0.1:9/_mock/chunks=2/v1/messages");
+        assert!(
+            !up.headers
+                .iter()
+                .any(|(k, _)| k == "x-api-key" || k == "accept")
+        );
+    }
+
+    #[test]
+    fn temperature_up_to_1_passes_and_above_is_clamped() {
+        let t = |t: &str| {
+            translate_request(&format!(
+                r#"{{"model":"c","messages":[{{"role":"user","content":"x"}}],"temperature":{t}}}"#
+            ))
+            .unwrap()["temperature"]
+                .clone()
+        };
+        assert_eq!(t("0.7"), json!(0.7));
+        assert_eq!(t("1"), json!(1.0));
+        assert_eq!(t("2"), json!(1.0));
+        assert_eq!(t("0"), json!(0.0));
+    }
+
+    #[test]
+    fn system_messages_anywhere_join_into_system() {
+        let v = translate_request(
+            r#"{"model":"c","messages":[{"role":"user","content":"a"},{"role":"system","content":"one"},
+               {"role":"assistant","content":"b"},{"role":"developer","content":"two"},{"role":"user","content":"c"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v["system"], "one\n\ntwo");
+        assert_eq!(
+            v["messages"],
+            json!([{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":"c"}])
+        );
+    }
+
+    #[test]
+    fn conversation_opening_with_assistant_is_sent_as_is() {
+        let v = translate_request(
+            r#"{"model":"c","messages":[{"role":"assistant","content":"Hi, how can I help?"},{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([{"role":"assistant","content":"Hi, how can I help?"},{"role":"user","content":"x"}])
+        );
+    }
+
+    #[test]
+    fn n_above_1_is_rejected() {
+        let (param, message) =
+            rejection(r#"{"model":"c","messages":[{"role":"user","content":"x"}],"n":2}"#);
+        assert_eq!(param, "n");
+        assert_eq!(message, "n > 1 is not supported by provider kind anthropic");
+    }
+
+    #[test]
+    fn invalid_tool_call_arguments_are_rejected_naming_messages() {
+        for args in [r#""{\"city\":""#, r#""[1,2]""#, r#""42""#] {
+            let (param, message) = rejection(&format!(
+                r#"{{"model":"c","messages":[{{"role":"user","content":"x"}},
+                   {{"role":"assistant","tool_calls":[{{"id":"t","type":"function","function":{{"name":"f","arguments":{args}}}}}]}}]}}"#
+            ));
+            assert_eq!(param, "messages");
+            assert!(
+                message.starts_with(
+                    "messages[1].tool_calls[0].function.arguments must be a JSON object"
+                ),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_content_is_rejected_not_dropped() {
+        let cases = [
+            // An audio part.
+            r#"{"model":"c","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}}]}]}"#,
+            // An image that is neither https nor base64 data.
+            r#"{"model":"c","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"ftp://x/y.png"}}]}]}"#,
+            r#"{"model":"c","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/svg+xml,<svg/>"}}]}]}"#,
+            // An image in a system message.
+            r#"{"model":"c","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]},{"role":"user","content":"x"}]}"#,
+            // Legacy function messages, and a tool message without its call id.
+            r#"{"model":"c","messages":[{"role":"function","name":"f","content":"1"}]}"#,
+            r#"{"model":"c","messages":[{"role":"tool","content":"1"}]}"#,
+        ];
+        for body in cases {
+            let (param, message) = rejection(body);
+            assert_eq!(param, "messages", "{body}");
+            assert!(message.contains("messages[0]"), "{message}");
+        }
+        let (param, _) = rejection(
+            r#"{"model":"c","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]}"#,
+        );
+        assert_eq!(param, "functions");
+        let (param, message) = rejection(
+            r#"{"model":"c","messages":[{"role":"user","content":"x"}],"tools":[{"type":"custom","function":{"name":"f"}}]}"#,
+        );
+        assert_eq!(param, "tools");
+        assert!(message.contains("custom"), "{message}");
+    }
+
+    const TOOLS: &str = r#""tools":[{"type":"function","function":{"name":"get_weather"}}]"#;
+    const SCHEMA: &str = r#""response_format":{"type":"json_schema","json_schema":{"name":"person","schema":{"type":"object"}}}"#;
+
+    fn with(extra: &str) -> Value {
+        translate_request(&format!(
+            r#"{{"model":"c","messages":[{{"role":"user","content":"x"}}],{extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn tool_choice_modes_map_and_parallel_false_disables_parallel_use() {
+        assert_eq!(
+            with(&format!(r#"{TOOLS},"tool_choice":"auto""#))["tool_choice"],
+            json!({"type":"auto"})
+        );
+        assert_eq!(
+            with(&format!(r#"{TOOLS},"tool_choice":"none""#))["tool_choice"],
+            json!({"type":"none"})
+        );
+        assert_eq!(
+            with(&format!(r#"{TOOLS},"parallel_tool_calls":false"#))["tool_choice"],
+            json!({"type":"auto","disable_parallel_tool_use":true})
+        );
+        assert_eq!(
+            with(&format!(
+                r#"{TOOLS},"parallel_tool_calls":false,"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}}"#
+            ))["tool_choice"],
+            json!({"type":"tool","name":"get_weather","disable_parallel_tool_use":true})
+        );
+        assert!(
+            with(&format!(r#"{TOOLS},"parallel_tool_calls":true"#))
+                .get("tool_choice")
+                .is_none()
+        );
+        // No tools: a tool choice has nothing to choose from.
+        let v = with(r#""tool_choice":"required","parallel_tool_calls":false"#);
+        assert!(
+            v.get("tool_choice").is_none() && v.get("tools").is_none(),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn json_schema_with_client_tools_lets_the_model_pick_a_tool() {
+        let v = with(&format!("{TOOLS},{SCHEMA}"));
+        assert_eq!(v["tool_choice"], json!({"type":"any"}));
+        let names: Vec<&str> = v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["get_weather", "person"]);
+        // A named client choice stands; `none` leaves only the schema tool.
+        let v = with(&format!(
+            r#"{TOOLS},{SCHEMA},"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}}"#
+        ));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type":"tool","name":"get_weather"})
+        );
+        let v = with(&format!(r#"{TOOLS},{SCHEMA},"tool_choice":"none""#));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type":"tool","name":"person","disable_parallel_tool_use":true})
+        );
+        // The schema's name must not shadow a client tool.
+        let (param, _) = rejection(&format!(
+            r#"{{"model":"c","messages":[{{"role":"user","content":"x"}}],{TOOLS},"response_format":{{"type":"json_schema","json_schema":{{"name":"get_weather"}}}}}}"#
+        ));
+        assert_eq!(param, "response_format");
+    }
+
+    #[test]
+    fn safety_identifier_is_the_user_id_when_user_is_absent() {
+        assert_eq!(
+            with(r#""safety_identifier":"h-1""#)["metadata"],
+            json!({"user_id":"h-1"})
+        );
+        assert_eq!(
+            with(r#""safety_identifier":"h-1","user":"u-1""#)["metadata"],
+            json!({"user_id":"u-1"})
+        );
+    }
+
+    // ---- Responses -------------------------------------------------------------
+
+    const PLAIN: &str = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}]}"#;
+
+    fn translate_response(req: &str, body: &str) -> (Value, Option<Usage>) {
+        let p = provider(r#"{"kind":"anthropic"}"#);
+        let req = ChatRequest::parse(req.as_bytes()).unwrap();
+        let (out, usage) = chat_response(&target(&p), &req, body.as_bytes(), NOW_S).unwrap();
+        (serde_json::from_slice(&out).unwrap(), usage)
+    }
+
+    #[test]
+    fn golden_responses_translate_exactly() {
+        let json_schema = fixture!("request_json_schema.openai.json");
+        let cases = [
+            (
+                "text",
+                PLAIN,
+                fixture!("response_text.anthropic.json"),
+                fixture!("response_text.openai.json"),
+            ),
+            (
+                "tool_call",
+                PLAIN,
+                fixture!("response_tool_call.anthropic.json"),
+                fixture!("response_tool_call.openai.json"),
+            ),
+            (
+                "parallel_tool_calls",
+                PLAIN,
+                fixture!("response_parallel_tool_calls.anthropic.json"),
+                fixture!("response_parallel_tool_calls.openai.json"),
+            ),
+            (
+                "json_schema",
+                json_schema,
+                fixture!("response_json_schema.anthropic.json"),
+                fixture!("response_json_schema.openai.json"),
+            ),
+            (
+                "length",
+                PLAIN,
+                fixture!("response_length.anthropic.json"),
+                fixture!("response_length.openai.json"),
+            ),
+            (
+                "refusal",
+                PLAIN,
+                fixture!("response_refusal.anthropic.json"),
+                fixture!("response_refusal.openai.json"),
+            ),
+        ];
+        for (name, req, anthropic, openai) in cases {
+            let (got, usage) = translate_response(req, anthropic);
+            let want = json(openai);
+            assert_eq!(got, want, "{name}");
+            let want_usage: Usage = serde_json::from_value(want["usage"].clone()).unwrap();
+            assert_eq!(usage, Some(want_usage), "{name}");
+        }
+    }
+
+    #[test]
+    fn cache_reads_and_writes_count_as_prompt_tokens() {
+        let (_, usage) = translate_response(PLAIN, fixture!("response_text.anthropic.json"));
+        // 12 uncached + 3 written + 5 read.
+        assert_eq!(usage, Some(Usage::new(20, 4, Some(5))));
+    }
+
+    #[test]
+    fn stop_reasons_map_to_finish_reasons() {
+        let f = anthropic_stop_reason_to_finish_reason;
+        assert_eq!(f("end_turn"), FinishReason::Stop);
+        assert_eq!(f("stop_sequence"), FinishReason::Stop);
+        assert_eq!(f("pause_turn"), FinishReason::Stop);
+        assert_eq!(f("max_tokens"), FinishReason::Length);
+        assert_eq!(f("tool_use"), FinishReason::ToolCalls);
+        assert_eq!(f("refusal"), FinishReason::ContentFilter);
+        assert_eq!(f("something_new"), FinishReason::Stop);
+    }
+
+    #[test]
+    fn compact_json_keeps_strings_and_order() {
+        assert_eq!(
+            compact_json("{ \"b\" : [1, 2],\n \"a\": \"x y \\\" }\" }"),
+            r#"{"b":[1,2],"a":"x y \" }"}"#
+        );
+        assert_eq!(compact_json(r#"{"a":"\\"}"#), r#"{"a":"\\"}"#);
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_message_is_retryable() {
+        let p = provider(r#"{"kind":"anthropic"}"#);
+        let req = ChatRequest::parse(PLAIN.as_bytes()).unwrap();
+        let e = chat_response(&target(&p), &req, b"{\"id\": invalid", NOW_S).unwrap_err();
+        assert!(matches!(e, GatewayError::UpstreamInvalidResponse { .. }));
+        assert!(e.is_retryable());
+    }
+
+    // ---- Streams ---------------------------------------------------------------
+
+    const STREAM_PLAIN: &str =
+        r#"{"model":"claude","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    const STREAM_USAGE: &str = r#"{"model":"claude","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    const STREAM_JSON: &str = r#"{"model":"claude","stream":true,"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"person","schema":{"type":"object"}}}}"#;
+
+    /// (scenario, OpenAI request, Anthropic stream, expected client bytes).
+    const STREAMS: [(&str, &str, &str, &str); 7] = [
+        (
+            "text",
+            STREAM_USAGE,
+            fixture!("stream_text.anthropic.sse"),
+            fixture!("stream_text.openai.sse"),
+        ),
+        (
+            "tool_call",
+            STREAM_PLAIN,
+            fixture!("stream_tool_call.anthropic.sse"),
+            fixture!("stream_tool_call.openai.sse"),
+        ),
+        (
+            "parallel_tool_calls",
+            STREAM_USAGE,
+            fixture!("stream_parallel_tool_calls.anthropic.sse"),
+            fixture!("stream_parallel_tool_calls.openai.sse"),
+        ),
+        (
+            "json_schema",
+            STREAM_JSON,
+            fixture!("stream_json_schema.anthropic.sse"),
+            fixture!("stream_json_schema.openai.sse"),
+        ),
+        (
+            "length",
+            STREAM_PLAIN,
+            fixture!("stream_length.anthropic.sse"),
+            fixture!("stream_length.openai.sse"),
+        ),
+        (
+            "refusal",
+            STREAM_PLAIN,
+            fixture!("stream_refusal.anthropic.sse"),
+            fixture!("stream_refusal.openai.sse"),
+        ),
+        (
+            "error_mid_stream",
+            STREAM_PLAIN,
+            fixture!("stream_error_mid_stream.anthropic.sse"),
+            fixture!("stream_error_mid_stream.openai.sse"),
+        ),
+    ];
+
+    /// Runs `chunks` through the SSE parser and a translator as the gateway
+    /// does, an error rendered as the client's error event. Returns the
+    /// client bytes and the translator.
+    fn run_stream(req: &str, chunks: &[&[u8]]) -> (String, EventsToChunks) {
+        let p = provider(r#"{"kind":"anthropic"}"#);
+        let req = ChatRequest::parse(req.as_bytes()).unwrap();
+        let mut t = EventsToChunks::new(&target(&p), &req, NOW_S);
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        'feed: for chunk in chunks {
+            parser.push(chunk);
+            while let Some(ev) = parser.next_event() {
+                result = t.on_event(ev, &mut out);
+                if result.is_err() {
+                    break 'feed;
+                }
+            }
+        }
+        if result.is_ok() {
+            while let Some(ev) = parser.finish() {
+                result = t.on_event(ev, &mut out);
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = t.on_end(&mut out);
+        }
+        if let Err(e) = result {
+            out.extend(gateway::error_event(&e));
+        }
+        (String::from_utf8(out).unwrap(), t)
+    }
+
+    #[test]
+    fn golden_streams_translate_exactly() {
+        for (name, req, input, want) in STREAMS {
+            let (got, _) = run_stream(req, &[input.as_bytes()]);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn golden_streams_survive_every_split_and_byte_by_byte() {
+        for (name, req, input, want) in STREAMS {
+            let input = input.as_bytes();
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                let (got, _) = run_stream(req, &[a, b]);
+                assert_eq!(got, want, "{name} split at {i}");
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(run_stream(req, &bytes).0, want, "{name} byte by byte");
+        }
+    }
+
+    #[test]
+    fn each_event_yields_its_chunk_at_once() {
+        let (_, req, input, want) = STREAMS[2];
+        let p = provider(r#"{"kind":"anthropic"}"#);
+        let req = ChatRequest::parse(req.as_bytes()).unwrap();
+        let mut t = EventsToChunks::new(&target(&p), &req, NOW_S);
+        let mut parser = SseParser::new();
+        parser.push(input.as_bytes());
+        let mut out = Vec::new();
+        while let Some(ev) = parser.next_event() {
+            let kind = json(&ev.data)["type"].as_str().unwrap().to_owned();
+            // Only pings, block ends and text block starts say nothing new.
+            let silent = kind == "ping"
+                || kind == "content_block_stop"
+                || (kind == "content_block_start" && !ev.data.contains("tool_use"));
+            let before = out.len();
+            t.on_event(ev, &mut out).unwrap();
+            assert_eq!(out.len() > before, !silent, "{kind}");
+        }
+        t.on_end(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn stream_usage_is_tracked_whether_or_not_the_client_asked() {
+        let (_, req, input, _) = STREAMS[0];
+        let (_, t) = run_stream(req, &[input.as_bytes()]);
+        assert_eq!(t.usage(), Some(Usage::new(20, 6, Some(5))));
+        let (out, t) = run_stream(STREAM_PLAIN, &[input.as_bytes()]);
+        assert_eq!(t.usage(), Some(Usage::new(20, 6, Some(5))));
+        assert!(!out.contains("usage"), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn stream_ending_before_message_stop_is_an_error() {
+        let input = fixture!("stream_text.anthropic.sse");
+        let cut = &input[..input.find("event: message_delta").unwrap()];
+        let (out, _) = run_stream(STREAM_PLAIN, &[cut.as_bytes()]);
+        assert!(out.contains("Bonjour"));
+        assert!(out.contains("stream ended before message_stop"), "{out}");
+        assert!(!out.contains("[DONE]"));
+    }
+
+    #[test]
+    fn in_stream_errors_are_retryable_upstream_errors() {
+        let p = provider(r#"{"kind":"anthropic"}"#);
+        let req = ChatRequest::parse(STREAM_PLAIN.as_bytes()).unwrap();
+        let event = |data: &str| SseEvent {
+            event: Some("error".into()),
+            data: data.into(),
+        };
+        let mut t = EventsToChunks::new(&target(&p), &req, NOW_S);
+        let e = t
+            .on_event(
+                event(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+                &mut vec![],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, GatewayError::Upstream { status: 529, .. }),
+            "{e:?}"
+        );
+        assert!(e.is_retryable());
+        let e = t
+            .on_event(
+                event(r#"{"type":"error","error":{"type":"api_error","message":"Internal"}}"#),
+                &mut vec![],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, GatewayError::Upstream { status: 500, .. }),
+            "{e:?}"
+        );
+        let e = t
+            .on_event(event(r#"{"type":"content_block_delta","#), &mut vec![])
+            .unwrap_err();
+        assert!(
+            matches!(e, GatewayError::UpstreamInvalidResponse { .. }),
+            "{e:?}"
+        );
+    }
+
+    // ---- Errors ----------------------------------------------------------------
+
+    #[test]
+    fn golden_error_bodies_map_to_the_client_error() {
+        let e = error_from_body(
+            "anthropic",
+            529,
+            None,
+            fixture!("error_overloaded.anthropic.json").as_bytes(),
+        );
+        assert!(e.is_retryable());
+        assert_eq!(e.status(), 502);
+        assert_eq!(
+            json(std::str::from_utf8(&e.to_body()).unwrap()),
+            json(fixture!("error_overloaded.openai.json"))
+        );
+
+        let e = error_from_body(
+            "anthropic",
+            400,
+            None,
+            fixture!("error_invalid_request.anthropic.json").as_bytes(),
+        );
+        assert!(!e.is_retryable());
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            json(std::str::from_utf8(&e.to_body()).unwrap()),
+            json(fixture!("error_invalid_request.openai.json"))
+        );
+
+        let e = error_from_body("anthropic", 502, Some(3), b"<html>bad gateway</html>");
+        assert_eq!(e.retry_after(), Some(3));
+        assert!(e.to_string().contains("<html>bad gateway</html>"));
+    }
+
+    // ---- Through the gateway ------------------------------------------------------
+
+    /// A fake upstream answering from a script, recording what it was sent.
+    struct Scripted {
+        replies: RefCell<VecDeque<(u16, Vec<Vec<u8>>)>>,
+        seen: RefCell<Vec<UpstreamRequest>>,
+    }
+
+    impl Scripted {
+        fn new(replies: Vec<(u16, Vec<Vec<u8>>)>) -> Self {
+            Scripted {
+                replies: RefCell::new(replies.into()),
+                seen: RefCell::default(),
+            }
+        }
+    }
+
+    impl Upstream for Scripted {
+        async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
+            self.seen.borrow_mut().push(req);
+            let (status, chunks) = self
+                .replies
+                .borrow_mut()
+                .pop_front()
+                .expect("no reply left");
+            Ok(UpstreamResponse {
+                status,
+                headers: vec![],
+                body: Box::pin(stream::iter(chunks.into_iter().map(Ok))),
+            })
+        }
+    }
+
+    const CONFIG: &str = r#"{"version":1,
+      "providers":{"anthropic":{"kind":"anthropic","base_url":"http://anthropic.test"},
+                   "b":{"kind":"openai-compatible","base_url":"http://b.test/v1"}},
+      "models":{"claude":{"targets":[{"provider":"anthropic","model":"claude-sonnet-4-5"},{"provider":"b","model":"mb"}]}}}"#;
+
+    fn run_gateway(up: &Scripted, body: &str) -> Result<gateway::Reply, GatewayError> {
+        let config = Config::from_json(CONFIG).unwrap();
+        let secret = |name: &str| (name == SECRET).then(|| "sk-ant-secret-key".to_owned());
+        let ctx = Ctx {
+            now_ms: NOW_S * 1000 + 999,
+            secret: &secret,
+        };
+        block_on(gateway::chat_completions(
+            up,
+            &config,
+            &ctx,
+            body.as_bytes(),
+        ))
+    }
+
+    fn body_of(reply: gateway::Reply) -> String {
+        let bytes = match reply.body {
+            ReplyBody::Full(b) => b,
+            ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+        };
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn default_secret_and_kind_name() {
+        let p = provider(r#"{"kind":"anthropic"}"#);
+        assert_eq!(p.kind, ProviderKind::Anthropic);
+        assert_eq!(super::super::api_key_secret(&p), Some("ANTHROPIC_API_KEY"));
+        let c = Config::bundled();
+        assert_eq!(c.providers["anthropic"].kind, ProviderKind::Anthropic);
+        assert!(c.models.contains_key("claude-sonnet-4-5"));
+    }
+
+    #[test]
+    fn gateway_translates_a_completion_end_to_end() {
+        let up = Scripted::new(vec![(
+            200,
+            vec![fixture!("response_text.anthropic.json").as_bytes().to_vec()],
+        )]);
+        let reply = run_gateway(&up, PLAIN).unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.usage, Some(Usage::new(20, 4, Some(5))));
+        assert_eq!(
+            json(&body_of(reply)),
+            json(fixture!("response_text.openai.json"))
+        );
+        let seen = up.seen.borrow();
+        assert_eq!(seen[0].url, "http://anthropic.test/v1/messages");
+        assert!(
+            seen[0]
+                .headers
+                .contains(&("x-api-key".into(), "sk-ant-secret-key".into()))
+        );
+        assert!(
+            seen[0]
+                .headers
+                .contains(&("anthropic-version".into(), "2023-06-01".into()))
+        );
+        let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+        assert_eq!(
+            sent,
+            json!({"model":"claude-sonnet-4-5","max_tokens":4096,"messages":[{"role":"user","content":"hi"}]})
+        );
+    }
+
+    #[test]
+    fn gateway_translates_a_stream_end_to_end() {
+        let input = fixture!("stream_text.anthropic.sse").as_bytes();
+        let chunks = input.chunks(7).map(<[u8]>::to_vec).collect();
+        let up = Scripted::new(vec![(200, chunks)]);
+        let reply = run_gateway(&up, STREAM_USAGE).unwrap();
+        assert_eq!(body_of(reply), fixture!("stream_text.openai.sse"));
+        let sent: Value = serde_json::from_slice(&up.seen.borrow()[0].body).unwrap();
+        assert_eq!(sent["stream"], true);
+        assert!(sent.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn gateway_fails_over_on_529_overloaded() {
+        let completion = r#"{"id":"c","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let up = Scripted::new(vec![
+            (
+                529,
+                vec![
+                    fixture!("error_overloaded.anthropic.json")
+                        .as_bytes()
+                        .to_vec(),
+                ],
+            ),
+            (200, vec![completion.as_bytes().to_vec()]),
+        ]);
+        let reply = run_gateway(&up, PLAIN).unwrap();
+        let attempts = reply
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "x-gateway-attempts")
+            .map(|(_, v)| v.clone());
+        assert_eq!(attempts.as_deref(), Some("2"));
+        assert_eq!(up.seen.borrow()[1].url, "http://b.test/v1/chat/completions");
+    }
+
+    #[test]
+    fn gateway_fails_over_when_overloaded_before_any_content() {
+        // The error arrives with the first upstream bytes, before the client
+        // has been sent anything, so another target can still answer.
+        let up = Scripted::new(vec![
+            (
+                200,
+                vec![b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".to_vec()],
+            ),
+            (
+                200,
+                vec![b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n".to_vec()],
+            ),
+        ]);
+        let reply = run_gateway(&up, STREAM_PLAIN).unwrap();
+        assert!(body_of(reply).contains("\"ok\""));
     }
 }
