@@ -83,6 +83,8 @@ pub enum ProviderKind {
     Xai,
     /// Perplexity (OpenAI-compatible).
     Perplexity,
+    /// Anthropic's Messages API (its own wire format, translated).
+    Anthropic,
     /// Any OpenAI-compatible server at `base_url` (Ollama, vLLM, LM Studio).
     OpenaiCompatible,
     /// The built-in deterministic demo model: no network, no key.

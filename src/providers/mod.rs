@@ -1,11 +1,13 @@
 //! Provider adapters: one file per wire format.
 //!
 //! - [`openai`] — the OpenAI chat-completions format and its vendors, as presets.
+//! - [`anthropic`] — the Anthropic Messages format, translated both ways.
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
 //! core never matches on vendors.
 
+pub mod anthropic;
 pub mod mock;
 pub mod openai;
 
@@ -40,9 +42,10 @@ pub trait StreamTranslator {
 
 /// The secret holding this provider's key, if it takes one.
 pub fn api_key_secret(p: &Provider) -> Option<&str> {
-    p.api_key_secret
-        .as_deref()
-        .or_else(|| openai::preset(p.kind).and_then(|preset| preset.secret))
+    p.api_key_secret.as_deref().or_else(|| match p.kind {
+        ProviderKind::Anthropic => Some(anthropic::SECRET),
+        kind => openai::preset(kind).and_then(|preset| preset.secret),
+    })
 }
 
 /// Builds the upstream request for a chat completion.
@@ -51,6 +54,9 @@ pub fn build_chat_request(
     req: &ChatRequest<'_>,
     api_key: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
+    if target.provider.kind == ProviderKind::Anthropic {
+        return anthropic::build_chat_request(target, req, api_key);
+    }
     match openai::preset(target.provider.kind) {
         Some(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
         None => Err(GatewayError::Internal {
@@ -60,16 +66,31 @@ pub fn build_chat_request(
 }
 
 /// Converts a 2xx non-stream body to the client's body, and reads usage.
+/// Translating adapters need the request (what was asked for) and the time
+/// (`now_s`, Unix seconds: the completion's `created`).
 pub fn chat_response(
     target: &Target<'_>,
+    req: &ChatRequest<'_>,
     body: Vec<u8>,
+    now_s: u64,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
+    if target.provider.kind == ProviderKind::Anthropic {
+        return anthropic::chat_response(target, req, &body, now_s);
+    }
     let usage = openai::read_chat_response(target, &body)?;
     Ok((body, usage))
 }
 
-/// The translator for a streamed answer.
-pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>) -> Box<dyn StreamTranslator> {
+/// The translator for a streamed answer; `now_s` (Unix seconds) is the
+/// `created` of chunks a translating adapter builds.
+pub fn stream_translator(
+    target: &Target<'_>,
+    req: &ChatRequest<'_>,
+    now_s: u64,
+) -> Box<dyn StreamTranslator> {
+    if target.provider.kind == ProviderKind::Anthropic {
+        return Box::new(anthropic::EventsToChunks::new(target, req, now_s));
+    }
     Box::new(openai::PassThrough::new(target, req.include_usage))
 }
 
@@ -93,6 +114,9 @@ pub fn error_from_response(
         | ProviderKind::Perplexity
         | ProviderKind::OpenaiCompatible
         | ProviderKind::Mock => openai::error_from_body(target.name, status, retry_after, body),
+        ProviderKind::Anthropic => {
+            anthropic::error_from_body(target.name, status, retry_after, body)
+        }
     }
 }
 
