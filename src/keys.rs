@@ -1,10 +1,107 @@
 //! Gateway keys: reading them from a request, checking them, naming them.
 //!
 //! Clients send `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key`
-//! (Anthropic SDKs). A key is never logged or stored in clear: the gateway
-//! refers to it by its [`fingerprint`], which also names its Durable Object.
+//! (Anthropic SDKs). Two kinds of key exist:
+//!
+//! - **Virtual keys**, made by the admin API: `sk-gw-<id>_<secret>`. The id
+//!   names the key's Durable Object, which stores the SHA-256 of the whole
+//!   key and decides every admission, so revoking is immediate everywhere
+//!   and rotating (new secret, same id) keeps the key's budget and usage.
+//! - **Static keys** from the `GATEWAY_KEYS` secret (bootstrap and local
+//!   development): checked in constant time, no limits, their object named
+//!   by the key's [`fingerprint`].
+//!
+//! A key is never logged or stored in clear.
 
 use sha2::{Digest, Sha256};
+
+/// The prefix of virtual keys.
+pub const VIRTUAL_PREFIX: &str = "sk-gw-";
+
+/// Who a presented key claims to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// One of `GATEWAY_KEYS`.
+    Static {
+        /// Its Durable Object's name.
+        object: String,
+    },
+    /// A virtual key, still to be verified by its object.
+    Virtual {
+        /// The public id.
+        id: String,
+        /// SHA-256 of the whole key, hex.
+        secret_hash: String,
+    },
+}
+
+impl KeyRef {
+    /// The name of the key's Durable Object.
+    pub fn object_name(&self) -> String {
+        match self {
+            KeyRef::Static { object } => object.clone(),
+            KeyRef::Virtual { id, .. } => virtual_object_name(id),
+        }
+    }
+}
+
+/// The Durable Object name of a virtual key's id.
+pub fn virtual_object_name(id: &str) -> String {
+    format!("vk:{id}")
+}
+
+/// The object that lists every virtual key for the admin API.
+pub const REGISTRY_OBJECT: &str = "registry";
+
+/// Classifies a presented key: a static key if it is one of `static_keys`,
+/// else a virtual key if it has the virtual form; `None` otherwise.
+pub fn resolve(key: &str, static_keys: &str) -> Option<KeyRef> {
+    if is_allowed(key, static_keys) {
+        return Some(KeyRef::Static {
+            object: format!("sk:{}", fingerprint(key)),
+        });
+    }
+    let id = parse_virtual_id(key)?;
+    Some(KeyRef::Virtual {
+        id: id.to_owned(),
+        secret_hash: hash_key(key),
+    })
+}
+
+/// The id of a well-formed virtual key.
+pub fn parse_virtual_id(key: &str) -> Option<&str> {
+    let (id, secret) = key.strip_prefix(VIRTUAL_PREFIX)?.split_once('_')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, 16) && hex(secret, 48)).then_some(id)
+}
+
+/// A new virtual key from 32 random bytes: its id and the key itself.
+pub fn new_virtual_key(random: &[u8; 32]) -> (String, String) {
+    let id = hex(&random[..8]);
+    let key = format!("{VIRTUAL_PREFIX}{id}_{}", hex(&random[8..]));
+    (id, key)
+}
+
+/// A secret from 24 random bytes for an existing id (rotation).
+pub fn rotated_key(id: &str, random: &[u8; 24]) -> String {
+    format!("{VIRTUAL_PREFIX}{id}_{}", hex(random))
+}
+
+/// SHA-256 of a key, hex: what a virtual key's object stores.
+pub fn hash_key(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// A recognisable, non-secret rendering: `sk-gw-<id>_…<last 4>`.
+pub fn hint(key: &str) -> String {
+    match (
+        parse_virtual_id(key),
+        key.get(key.len().saturating_sub(4)..),
+    ) {
+        (Some(id), Some(tail)) => format!("{VIRTUAL_PREFIX}{id}_…{tail}"),
+        _ => "…".to_owned(),
+    }
+}
 
 /// The key from `Authorization: Bearer` or `x-api-key`, if any.
 pub fn presented_key<'a>(
@@ -81,6 +178,47 @@ mod tests {
         assert!(!is_allowed("sk-", "sk-a,sk-b"));
         assert!(!is_allowed("sk-ab", "sk-a,sk-b"));
         assert!(!is_allowed("", ",,"));
+    }
+
+    #[test]
+    fn virtual_keys_carry_their_id_and_verify_by_hash() {
+        let (id, key) = new_virtual_key(&[7u8; 32]);
+        assert_eq!(id, "0707070707070707");
+        assert_eq!(key.len(), VIRTUAL_PREFIX.len() + 16 + 1 + 48);
+        assert_eq!(parse_virtual_id(&key), Some(id.as_str()));
+        match resolve(&key, "sk-static") {
+            Some(KeyRef::Virtual {
+                id: got,
+                secret_hash,
+            }) => {
+                assert_eq!(got, id);
+                assert_eq!(secret_hash, hash_key(&key));
+                assert_eq!(secret_hash.len(), 64);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hint(&key), format!("sk-gw-{id}_…0707"));
+        let rotated = rotated_key(&id, &[9u8; 24]);
+        assert_eq!(parse_virtual_id(&rotated), Some(id.as_str()));
+        assert_ne!(hash_key(&rotated), hash_key(&key));
+    }
+
+    #[test]
+    fn malformed_and_static_keys_resolve_as_such() {
+        assert!(matches!(
+            resolve("sk-static", "sk-static"),
+            Some(KeyRef::Static { .. })
+        ));
+        assert_eq!(resolve("sk-other", "sk-static"), None);
+        for bad in [
+            "sk-gw-",
+            "sk-gw-abc_def",
+            "sk-gw-zzzzzzzzzzzzzzzz_000000000000000000000000000000000000000000000000",
+        ] {
+            assert_eq!(parse_virtual_id(bad), None, "{bad}");
+        }
+        let static_ref = resolve("sk-static", "sk-static").unwrap();
+        assert!(static_ref.object_name().starts_with("sk:key_"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::Pricing;
+
 /// The config bundled into the worker, used while KV holds none (or none valid).
 pub const DEFAULT_JSON: &str = include_str!("default.json");
 
@@ -57,6 +59,48 @@ pub struct Provider {
     /// Extra static headers sent upstream (e.g. OpenRouter's `HTTP-Referer`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// What the gateway knows of each provider-side model: prices (for
+    /// budgets) and the output cap (for worst-case reservations).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelInfo>,
+}
+
+/// Facts about one provider-side model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    /// USD per million cached input tokens (the input price when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
+    /// The most output tokens one answer can have; bounds the reservation of
+    /// a request that sets no `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+}
+
+impl ModelInfo {
+    /// The prices.
+    pub fn pricing(&self) -> Pricing {
+        Pricing {
+            input_per_mtok: self.input_per_mtok,
+            output_per_mtok: self.output_per_mtok,
+            cached_input_per_mtok: self.cached_input_per_mtok,
+        }
+    }
+}
+
+impl Provider {
+    /// Facts about a provider-side model; all zero when not configured
+    /// (an unpriced model costs nothing against budgets).
+    pub fn model_info(&self, model: &str) -> ModelInfo {
+        self.models.get(model).copied().unwrap_or_default()
+    }
 }
 
 /// Wire format and vendor preset of a provider.
@@ -220,6 +264,14 @@ impl Config {
                     format!("{path}.api_key_secret"),
                     format!("must be a secret name of letters, digits and _, got {secret:?}"),
                 );
+            }
+            for (model, info) in &p.models {
+                if !info.pricing().is_valid() {
+                    err(
+                        format!("{path}.models.{model}"),
+                        "prices must be finite and not negative".into(),
+                    );
+                }
             }
             for header in p.headers.keys() {
                 let lower = header.to_ascii_lowercase();

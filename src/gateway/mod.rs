@@ -13,12 +13,13 @@ mod stream;
 
 use futures::StreamExt;
 
-pub use stream::{Translated, error_event, into_client_stream};
+pub use stream::{StreamEnd, StreamOutcome, Translated, error_event, into_client_stream};
 
 use crate::api::{ChatRequest, Usage};
 use crate::config::{Config, ProviderKind};
 use crate::error::{Attempt, GatewayError};
 use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::limits::{Money, Pricing, UsageEvent};
 use crate::providers::{self, Target, mock};
 use crate::routing::{self, Candidate, SecretLookup};
 
@@ -113,6 +114,8 @@ pub struct Reply {
     pub body: ReplyBody,
     /// Usage known when the reply was built (non-streamed answers).
     pub usage: Option<Usage>,
+    /// The target that answered (proxied answers).
+    pub served: Option<Served>,
 }
 
 /// A whole body or a stream.
@@ -131,6 +134,7 @@ impl Reply {
             headers: vec![("content-type", "application/json".to_owned())],
             body: ReplyBody::Full(body),
             usage: None,
+            served: None,
         }
     }
 
@@ -165,29 +169,119 @@ pub struct Ctx<'a> {
     pub secret: SecretLookup<'a>,
 }
 
-/// `POST /v1/chat/completions`: route, send, fail over, translate.
+/// A parsed request and its candidates, ready to be admitted and sent.
+pub struct Prepared<'a> {
+    /// The request.
+    pub req: ChatRequest<'a>,
+    /// Where it may go, best first.
+    pub candidates: Vec<Candidate<'a>>,
+    /// The body's size, an upper bound of its input tokens.
+    body_len: usize,
+    /// Image parts, whose tokens the bytes do not bound.
+    images: usize,
+}
+
+/// Output tokens assumed for a request that sets no `max_tokens` on a model
+/// whose cap is not configured.
+pub const DEFAULT_OUTPUT_CAP: u64 = 4_096;
+/// Input tokens assumed per image (OpenAI's largest high-detail image is
+/// under 3,000).
+const TOKENS_PER_IMAGE: u64 = 3_000;
+
+/// Parses the request and finds its candidates (404 for an unknown model).
+pub fn prepare<'a>(
+    config: &'a Config,
+    ctx: &Ctx<'_>,
+    body: &'a [u8],
+) -> Result<Prepared<'a>, GatewayError> {
+    let req = ChatRequest::parse(body)?;
+    let candidates = routing::candidates(config, &req.model, ctx.secret)?;
+    let images = req
+        .get("messages")
+        .map_or(0, |raw| count_keys(raw.get(), "\"image_url\""));
+    Ok(Prepared {
+        req,
+        candidates,
+        body_len: body.len(),
+        images,
+    })
+}
+
+/// How often `key` (quoted) occurs as an object key in JSON text: followed
+/// by a colon, unlike the same string as a value.
+fn count_keys(json: &str, key: &str) -> usize {
+    json.match_indices(key)
+        .filter(|(i, _)| json[i + key.len()..].trim_start().starts_with(':'))
+        .count()
+}
+
+impl Prepared<'_> {
+    /// The most this request can cost on any of its candidates, and the most
+    /// tokens it can use. Input is bounded by the body's bytes (a token is
+    /// at least one byte of text) plus an allowance per image; output by
+    /// `max_tokens`, else the model's configured cap.
+    pub fn worst_case(&self) -> (Money, u64) {
+        let input = self.body_len as u64 + self.images as u64 * TOKENS_PER_IMAGE;
+        let mut cost = Money::ZERO;
+        let mut tokens = 0;
+        for c in &self.candidates {
+            let info = c.target.provider.model_info(c.target.model);
+            let output = self
+                .req
+                .max_tokens
+                .or(info.max_output_tokens)
+                .unwrap_or(DEFAULT_OUTPUT_CAP);
+            cost = cost.max(info.pricing().cost(input, output, 0));
+            tokens = tokens.max(input + output);
+        }
+        (cost, tokens)
+    }
+
+    /// An input-token estimate for answers whose usage never arrived (four
+    /// bytes a token, the usual average).
+    pub fn input_estimate(&self) -> u64 {
+        (self.body_len as u64).div_ceil(4) + self.images as u64 * TOKENS_PER_IMAGE
+    }
+}
+
+/// `POST /v1/chat/completions` in one call: prepare, then dispatch.
 pub async fn chat_completions<U: Upstream>(
     upstream: &U,
     config: &Config,
     ctx: &Ctx<'_>,
     body: &[u8],
 ) -> Result<Reply, GatewayError> {
-    let req = ChatRequest::parse(body)?;
-    let candidates = routing::candidates(config, &req.model, ctx.secret)?;
+    let prepared = prepare(config, ctx, body)?;
+    dispatch(upstream, ctx, &prepared, None).await
+}
+
+/// Walks the candidates: send, and on a retryable failure move to the next.
+/// `on_stream_end` is given to the stream that is committed to the client.
+pub async fn dispatch<U: Upstream>(
+    upstream: &U,
+    ctx: &Ctx<'_>,
+    prepared: &Prepared<'_>,
+    mut on_stream_end: Option<StreamEnd>,
+) -> Result<Reply, GatewayError> {
     let mut attempts: Vec<(Attempt, GatewayError)> = Vec::new();
-    for cand in &candidates {
+    for cand in &prepared.candidates {
         let tried = attempts.len() + 1;
-        match try_candidate(upstream, ctx, &req, cand).await {
+        match try_candidate(upstream, ctx, &prepared.req, cand, &mut on_stream_end).await {
             Ok(mut reply) => {
+                let t = &cand.target;
                 reply
                     .headers
-                    .push(("x-gateway-provider", cand.target.name.to_owned()));
-                reply
-                    .headers
-                    .push(("x-gateway-model", cand.target.model.to_owned()));
+                    .push(("x-gateway-provider", t.name.to_owned()));
+                reply.headers.push(("x-gateway-model", t.model.to_owned()));
                 reply
                     .headers
                     .push(("x-gateway-attempts", tried.to_string()));
+                reply.served = Some(Served {
+                    provider: t.name.to_owned(),
+                    model: t.model.to_owned(),
+                    pricing: t.provider.model_info(t.model).pricing(),
+                    attempts: tried,
+                });
                 return Ok(reply);
             }
             Err(e) if e.is_retryable() => {
@@ -206,12 +300,57 @@ pub async fn chat_completions<U: Upstream>(
     })
 }
 
+/// What to charge for an answer, and its usage record: the provider's
+/// reported usage at the serving target's prices; when usage never arrived
+/// (a cut stream, a client that went away), an estimate of what was sent.
+/// Nothing is charged when no target answered.
+pub fn settlement(
+    prepared: &Prepared<'_>,
+    served: Option<&Served>,
+    usage: Option<Usage>,
+    events: u64,
+    error: bool,
+) -> (Money, UsageEvent) {
+    let (input, output, cached) = match (served, usage) {
+        (None, _) => (0, 0, 0),
+        (Some(_), Some(u)) => (
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+        ),
+        (Some(_), None) => (prepared.input_estimate(), events, 0),
+    };
+    let cost = served.map_or(Money::ZERO, |s| s.pricing.cost(input, output, cached));
+    let event = UsageEvent {
+        model: prepared.req.model.to_string(),
+        input_tokens: input,
+        output_tokens: output,
+        cached_tokens: cached,
+        error,
+    };
+    (cost, event)
+}
+
+/// Which target answered, and at what prices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    /// Provider name from the config.
+    pub provider: String,
+    /// The provider-side model.
+    pub model: String,
+    /// Its prices.
+    pub pricing: Pricing,
+    /// Attempts it took (1 = the first candidate answered).
+    pub attempts: usize,
+}
+
 /// One attempt at one candidate.
 async fn try_candidate<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     req: &ChatRequest<'_>,
     cand: &Candidate<'_>,
+    on_stream_end: &mut Option<StreamEnd>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
@@ -227,7 +366,11 @@ async fn try_candidate<U: Upstream>(
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
         let mut translated = Translated::new(target.name, resp.body, translator);
         return match translated.next().await {
-            Some(Ok(first)) => Ok(stream_reply(into_client_stream(first, translated))),
+            Some(Ok(first)) => Ok(stream_reply(into_client_stream(
+                first,
+                translated,
+                on_stream_end.take(),
+            ))),
             Some(Err(e)) => Err(redact(e, cand.api_key.as_deref())),
             None => Err(GatewayError::UpstreamInvalidResponse {
                 provider: target.name.to_owned(),
@@ -278,6 +421,7 @@ fn stream_reply(body: ByteStream) -> Reply {
         ],
         body: ReplyBody::Stream(body),
         usage: None,
+        served: None,
     }
 }
 

@@ -11,8 +11,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt};
 
+use crate::api::Usage;
 use crate::error::GatewayError;
 use crate::http::ByteStream;
 use crate::providers::StreamTranslator;
@@ -27,6 +28,9 @@ pub struct Translated {
     /// An error to yield after the bytes that preceded it.
     pending_error: Option<GatewayError>,
     ended: bool,
+    /// Upstream events handled: an output-token estimate when a stream is
+    /// cut before its usage arrives (providers send about a token an event).
+    events: u64,
 }
 
 impl Translated {
@@ -43,7 +47,13 @@ impl Translated {
             translator,
             pending_error: None,
             ended: false,
+            events: 0,
         }
+    }
+
+    /// Usage the provider reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.translator.usage()
     }
 
     /// Runs every complete event through the translator.
@@ -55,6 +65,7 @@ impl Translated {
                 self.parser.next_event()
             };
             let Some(ev) = ev else { break };
+            self.events += 1;
             if let Err(e) = self.translator.on_event(ev, out) {
                 self.pending_error = Some(e);
                 self.ended = true;
@@ -102,15 +113,86 @@ impl Stream for Translated {
     }
 }
 
+/// How a committed stream ended, for settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOutcome {
+    /// Usage the provider reported, if it did before the end.
+    pub usage: Option<Usage>,
+    /// Upstream events handled.
+    pub events: u64,
+    /// The answer ended normally (not cut, not an error, not abandoned).
+    pub complete: bool,
+}
+
+/// Called once when a committed stream ends, fails, or is dropped because
+/// the client went away.
+pub type StreamEnd = Box<dyn FnOnce(StreamOutcome)>;
+
 /// The client-facing stream once the first bytes are committed: `first`,
 /// then the rest, with an error rendered as a final `data: {"error":...}`
 /// event (what the OpenAI SDKs raise on) and no `[DONE]`.
-pub fn into_client_stream(first: Vec<u8>, rest: Translated) -> ByteStream {
-    let rest = rest.map(|item| match item {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => Ok(error_event(&e)),
-    });
-    Box::pin(stream::once(async move { Ok(first) }).chain(rest))
+pub fn into_client_stream(
+    first: Vec<u8>,
+    rest: Translated,
+    on_end: Option<StreamEnd>,
+) -> ByteStream {
+    Box::pin(ClientStream {
+        first: Some(first),
+        rest,
+        failed: false,
+        on_end,
+    })
+}
+
+struct ClientStream {
+    first: Option<Vec<u8>>,
+    rest: Translated,
+    failed: bool,
+    on_end: Option<StreamEnd>,
+}
+
+impl ClientStream {
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(StreamOutcome {
+                usage: self.rest.usage(),
+                events: self.rest.events,
+                complete,
+            });
+        }
+    }
+}
+
+impl Stream for ClientStream {
+    type Item = Result<Vec<u8>, String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        match this.rest.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(bytes))),
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = true;
+                Poll::Ready(Some(Ok(error_event(&e))))
+            }
+            Poll::Ready(None) => {
+                let complete = !this.failed;
+                this.finish(complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for ClientStream {
+    /// The client went away (or the runtime dropped the body): settle for
+    /// what was sent.
+    fn drop(&mut self) {
+        self.finish(false);
+    }
 }
 
 /// An in-stream error event in OpenAI's shape.

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::task::Poll;
 
 use futures::channel::mpsc;
@@ -354,4 +355,141 @@ fn routes_map_methods_and_paths() {
     assert_eq!(route("GET", "/v2/nothing").unwrap_err().status(), 404);
     assert_eq!(route("GET", "/v1/models/"), Ok(Route::Models));
     assert_eq!(percent_decode("a%2"), "a%2");
+}
+
+#[test]
+fn worst_case_takes_the_dearest_candidate_and_the_output_cap() {
+    let config = Config::from_json(
+        r#"{"version":1,
+          "providers":{"cheap":{"kind":"openai-compatible","base_url":"http://a.test/v1","models":{"c":{"input_per_mtok":1,"output_per_mtok":2,"max_output_tokens":100}}},
+                       "dear":{"kind":"openai-compatible","base_url":"http://b.test/v1","models":{"d":{"input_per_mtok":10,"output_per_mtok":20}}}},
+          "models":{"m":{"targets":[{"provider":"cheap","model":"c"},{"provider":"dear","model":"d"}]}}}"#,
+    )
+    .unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        secret: &secret,
+    };
+    let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let p = prepare(&config, &ctx, body).unwrap();
+    let input = body.len() as u64;
+    let (cost, tokens) = p.worst_case();
+    // The dear target with the default output cap is the worst case.
+    assert_eq!(
+        cost,
+        Pricing {
+            input_per_mtok: 10.0,
+            output_per_mtok: 20.0,
+            cached_input_per_mtok: None
+        }
+        .cost(input, DEFAULT_OUTPUT_CAP, 0)
+    );
+    assert_eq!(tokens, input + DEFAULT_OUTPUT_CAP);
+    let capped = br#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#;
+    let p = prepare(&config, &ctx, capped).unwrap();
+    assert_eq!(p.worst_case().1, capped.len() as u64 + 3_000 + 7);
+}
+
+#[test]
+fn settlement_charges_reported_usage_or_an_estimate() {
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        secret: &secret,
+    };
+    let p = prepare(&config, &ctx, NON_STREAM.as_bytes()).unwrap();
+    let served = Served {
+        provider: "a".into(),
+        model: "ma".into(),
+        pricing: Pricing {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+            cached_input_per_mtok: Some(0.5),
+        },
+        attempts: 1,
+    };
+    let (cost, ev) = settlement(
+        &p,
+        Some(&served),
+        Some(Usage::new(1_000, 10, Some(400))),
+        99,
+        false,
+    );
+    assert_eq!(cost, served.pricing.cost(1_000, 10, 400));
+    assert_eq!(
+        (
+            ev.model.as_str(),
+            ev.input_tokens,
+            ev.output_tokens,
+            ev.cached_tokens
+        ),
+        ("m", 1_000, 10, 400)
+    );
+    let (_, ev) = settlement(&p, Some(&served), None, 12, true);
+    assert_eq!(
+        (ev.input_tokens, ev.output_tokens, ev.error),
+        (p.input_estimate(), 12, true)
+    );
+    assert_eq!(settlement(&p, None, None, 0, true).0, Money::ZERO);
+}
+
+fn recorder() -> (Rc<RefCell<Vec<StreamOutcome>>>, StreamEnd) {
+    let seen = Rc::new(RefCell::new(vec![]));
+    let sink = seen.clone();
+    (seen, Box::new(move |o| sink.borrow_mut().push(o)))
+}
+
+fn run_with_end(up: &Scripted, body: &str, end: StreamEnd) -> Reply {
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        secret: &secret,
+    };
+    let p = prepare(&config, &ctx, body.as_bytes()).unwrap();
+    block_on(dispatch(up, &ctx, &p, Some(end))).unwrap()
+}
+
+#[test]
+fn a_finished_stream_reports_its_usage_once() {
+    let mut body = chunk("Hi");
+    body.extend(finish_chunks());
+    let up = Scripted::new(vec![Script::Reply(200, vec![], vec![body])]);
+    let (seen, end) = recorder();
+    let reply = run_with_end(&up, STREAM, end);
+    assert_eq!(reply.served.as_ref().unwrap().provider, "a");
+    full_body(reply);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].complete);
+    assert_eq!(seen[0].usage, Some(Usage::new(1, 2, None)));
+}
+
+#[test]
+fn a_stream_the_client_abandons_reports_what_was_sent() {
+    let (tx, rx) = mpsc::unbounded();
+    tx.unbounded_send(Ok(chunk("one"))).unwrap();
+    let up = Scripted::new(vec![Script::Channel(rx)]);
+    let (seen, end) = recorder();
+    let reply = run_with_end(&up, STREAM, end);
+    let ReplyBody::Stream(mut body) = reply.body else {
+        panic!("not a stream")
+    };
+    block_on(body.next()).unwrap().unwrap();
+    assert!(seen.borrow().is_empty());
+    drop(body);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].complete, seen[0].events, seen[0].usage),
+        (false, 1, None)
+    );
+}
+
+#[test]
+fn a_broken_stream_reports_incomplete() {
+    let up = Scripted::new(vec![Script::BrokenBody(vec![chunk("Hel")])]);
+    let (seen, end) = recorder();
+    full_body(run_with_end(&up, STREAM, end));
+    assert_eq!(seen.borrow().len(), 1);
+    assert!(!seen.borrow()[0].complete);
 }
