@@ -4,7 +4,8 @@ mod request;
 mod response;
 
 pub use request::{
-    ChatRequest, Content, ContentPart, FunctionCall, ImageUrl, Message, Role, ToolCall,
+    ChatRequest, Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, JsonSchemaFormat,
+    Message, NamedFunction, ResponseFormat, Role, Stop, Tool, ToolCall, ToolChoice, ToolChoiceMode,
     write_json_string,
 };
 pub use response::{

@@ -224,7 +224,7 @@ async fn try_candidate<U: Upstream>(
         return Err(redact(e, cand.api_key.as_deref()));
     }
     if req.stream {
-        let translator = providers::stream_translator(target, req);
+        let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
         let mut translated = Translated::new(target.name, resp.body, translator);
         return match translated.next().await {
             Some(Ok(first)) => Ok(stream_reply(into_client_stream(first, translated))),
@@ -241,7 +241,7 @@ async fn try_candidate<U: Upstream>(
             message,
         }
     })?;
-    let (body, usage) = providers::chat_response(target, body)?;
+    let (body, usage) = providers::chat_response(target, body, ctx.now_ms / 1000)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)

@@ -1,11 +1,13 @@
 //! Provider adapters: one file per wire format.
 //!
 //! - [`openai`] — the OpenAI chat-completions format and its vendors, as presets.
+//! - [`gemini`] — Google Gemini's `generateContent`, translated both ways.
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
 //! core never matches on vendors.
 
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 
@@ -40,9 +42,10 @@ pub trait StreamTranslator {
 
 /// The secret holding this provider's key, if it takes one.
 pub fn api_key_secret(p: &Provider) -> Option<&str> {
-    p.api_key_secret
-        .as_deref()
-        .or_else(|| openai::preset(p.kind).and_then(|preset| preset.secret))
+    p.api_key_secret.as_deref().or_else(|| match p.kind {
+        ProviderKind::Gemini => Some(gemini::DEFAULT_SECRET),
+        kind => openai::preset(kind).and_then(|preset| preset.secret),
+    })
 }
 
 /// Builds the upstream request for a chat completion.
@@ -51,6 +54,9 @@ pub fn build_chat_request(
     req: &ChatRequest<'_>,
     api_key: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
+    if target.provider.kind == ProviderKind::Gemini {
+        return gemini::build_chat_request(target, req, api_key);
+    }
     match openai::preset(target.provider.kind) {
         Some(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
         None => Err(GatewayError::Internal {
@@ -60,16 +66,29 @@ pub fn build_chat_request(
 }
 
 /// Converts a 2xx non-stream body to the client's body, and reads usage.
+/// `now_s` (Unix seconds) dates completions the gateway builds itself.
 pub fn chat_response(
     target: &Target<'_>,
     body: Vec<u8>,
+    now_s: u64,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
+    if target.provider.kind == ProviderKind::Gemini {
+        return gemini::read_chat_response(target, &body, now_s);
+    }
     let usage = openai::read_chat_response(target, &body)?;
     Ok((body, usage))
 }
 
-/// The translator for a streamed answer.
-pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>) -> Box<dyn StreamTranslator> {
+/// The translator for a streamed answer. `now_s` (Unix seconds) dates the
+/// chunks of translated streams, which carry no time of their own.
+pub fn stream_translator(
+    target: &Target<'_>,
+    req: &ChatRequest<'_>,
+    now_s: u64,
+) -> Box<dyn StreamTranslator> {
+    if target.provider.kind == ProviderKind::Gemini {
+        return Box::new(gemini::GeminiStream::new(target, req.include_usage, now_s));
+    }
     Box::new(openai::PassThrough::new(target, req.include_usage))
 }
 
@@ -93,6 +112,7 @@ pub fn error_from_response(
         | ProviderKind::Perplexity
         | ProviderKind::OpenaiCompatible
         | ProviderKind::Mock => openai::error_from_body(target.name, status, retry_after, body),
+        ProviderKind::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
     }
 }
 
@@ -108,6 +128,13 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     } else {
         text.to_owned()
     }
+}
+
+/// FNV-1a: a stable id from bytes, with no randomness to pass in.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether the JSON text has a `"field"` key whose value starts with `first`

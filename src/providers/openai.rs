@@ -78,6 +78,8 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
             auth: Auth::Bearer,
             secret: None,
         }),
+        // Its own wire format: see `super::gemini`.
+        ProviderKind::Gemini => None,
     }
 }
 
@@ -295,7 +297,8 @@ mod tests {
     fn every_openai_compatible_kind_has_a_preset() {
         let c = Config::bundled();
         for p in c.providers.values() {
-            assert!(preset(p.kind).is_some(), "{:?}", p.kind);
+            let own_format = matches!(p.kind, ProviderKind::Gemini);
+            assert_eq!(preset(p.kind).is_some(), !own_format, "{:?}", p.kind);
         }
     }
 
