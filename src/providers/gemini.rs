@@ -1274,6 +1274,9 @@ mod tests {
     use serde_json::{Value, json};
 
     /// A fixture's text, by file name (given in pieces, joined).
+    /// Unix seconds every translated answer in these tests is dated with.
+    const NOW: u64 = 1_700_000_000;
+
     macro_rules! fixture {
         ($($part:literal),+) => {
             include_str!(concat!(
@@ -1519,6 +1522,84 @@ mod tests {
         assert_eq!(
             body,
             json!({"contents":[{"role":"user","parts":[{"text":"x"}]}]})
+        );
+    }
+
+    // -- response parsing
+
+    macro_rules! response_case {
+        ($name:literal) => {
+            (
+                $name,
+                fixture!("response_", $name, ".gemini.json"),
+                fixture!("response_", $name, ".openai.json"),
+            )
+        };
+    }
+
+    fn completion(body: &str) -> Result<(Value, Option<Usage>), GatewayError> {
+        let p = provider(r#"{"kind":"gemini"}"#);
+        let (bytes, usage) = read_chat_response(&target(&p, "gemini-x"), body.as_bytes(), NOW)?;
+        Ok((serde_json::from_slice(&bytes).unwrap(), usage))
+    }
+
+    #[test]
+    fn response_fixtures_translate_exactly() {
+        let cases = [
+            response_case!("text"),
+            response_case!("thoughts_and_cache"),
+            response_case!("tool_call"),
+            response_case!("parallel_tool_calls"),
+            response_case!("max_tokens"),
+            response_case!("safety"),
+            response_case!("prompt_blocked"),
+            response_case!("candidates"),
+        ];
+        for (name, gemini, openai) in cases {
+            let (got, usage) = completion(gemini).unwrap();
+            assert_eq!(got, json(openai), "scenario {name}");
+            // The usage the gateway accounts is the usage the client sees.
+            let shown: Option<Usage> = serde_json::from_value(got["usage"].clone()).ok();
+            assert_eq!(usage, shown, "scenario {name}");
+        }
+    }
+
+    #[test]
+    fn missing_response_id_and_model_are_derived_deterministically() {
+        let body = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f"}}]},"finishReason":"STOP"}]}"#;
+        let (a, usage) = completion(body).unwrap();
+        let (b, _) = completion(body).unwrap();
+        assert_eq!(a, b);
+        let id = a["id"].as_str().unwrap();
+        assert!(
+            id.starts_with("chatcmpl-gemini-") && id.len() == "chatcmpl-gemini-".len() + 16,
+            "{id}"
+        );
+        let call = &a["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["id"], format!("call_{}_0", &id["chatcmpl-".len()..]));
+        assert_eq!(call["function"]["arguments"], "{}");
+        assert_eq!(a["model"], "gemini-x");
+        assert_eq!(usage, None);
+        assert!(a.get("usage").is_none());
+    }
+
+    #[test]
+    fn invalid_or_empty_answers_are_retryable_upstream_failures() {
+        for body in ["{\"candidates\": oops", "[]", "{}"] {
+            let e = completion(body).unwrap_err();
+            assert!(
+                matches!(e, GatewayError::UpstreamInvalidResponse { .. }),
+                "{body}: {e:?}"
+            );
+            assert!(e.is_retryable());
+        }
+    }
+
+    #[test]
+    fn compact_json_keeps_strings_and_order() {
+        assert_eq!(
+            compact_json("{\n  \"b\" : [1, 2.50],\n  \"a\": \"x \\\" y\\\\\",\"c\":{ }\n}"),
+            r#"{"b":[1,2.50],"a":"x \" y\\","c":{}}"#
         );
     }
 }
