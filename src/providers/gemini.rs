@@ -1141,14 +1141,14 @@ impl StreamTranslator for GeminiStream {
         }
         match serde_json::from_str::<GenerateContentResponse<'_>>(data) {
             Ok(resp) => self.translate(data, resp, out),
-            // An error wrapped in an array, as Gemini's JSON-array streams do.
-            Err(_) if data.starts_with('[') && parse_error(data.as_bytes()).is_some() => {
-                Err(error_from_body(&self.provider, 500, None, data.as_bytes()))
-            }
-            Err(e) => Err(GatewayError::UpstreamInvalidResponse {
-                provider: self.provider.clone(),
-                message: format!("invalid stream event: {e}"),
-            }),
+            // An error wrapped in an array, as Gemini's JSON-array streams send it.
+            Err(e) => match parse_error(data.as_bytes()) {
+                Some(detail) => Err(detail.into_error(&self.provider, None, None)),
+                None => Err(GatewayError::UpstreamInvalidResponse {
+                    provider: self.provider.clone(),
+                    message: format!("invalid stream event: {e}"),
+                }),
+            },
         }
     }
 
@@ -1271,6 +1271,8 @@ impl ErrorDetail {
 mod tests {
     use super::*;
     use crate::config::Provider;
+    use crate::gateway::error_event;
+    use crate::sse::SseParser;
     use serde_json::{Value, json};
 
     /// A fixture's text, by file name (given in pieces, joined).
@@ -1601,5 +1603,169 @@ mod tests {
             compact_json("{\n  \"b\" : [1, 2.50],\n  \"a\": \"x \\\" y\\\\\",\"c\":{ }\n}"),
             r#"{"b":[1,2.50],"a":"x \" y\\","c":{}}"#
         );
+    }
+
+    // -- stream decoding
+
+    macro_rules! stream_case {
+        ($name:literal, $include_usage:expr) => {
+            (
+                $name,
+                fixture!("stream_", $name, ".gemini.sse"),
+                fixture!("stream_", $name, ".openai.sse"),
+                $include_usage,
+            )
+        };
+    }
+
+    /// Feeds `chunks` through the SSE parser and a fresh translator, and
+    /// returns what the client receives (an error as the gateway renders it).
+    fn translate_stream(chunks: &[&[u8]], include_usage: bool) -> (String, Option<Usage>) {
+        let p = provider(r#"{"kind":"gemini"}"#);
+        let mut t = GeminiStream::new(&target(&p, "gemini-x"), include_usage, NOW);
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for chunk in chunks {
+            parser.push(chunk);
+            while result.is_ok()
+                && let Some(ev) = parser.next_event()
+            {
+                result = t.on_event(ev, &mut out);
+            }
+        }
+        while result.is_ok()
+            && let Some(ev) = parser.finish()
+        {
+            result = t.on_event(ev, &mut out);
+        }
+        if result.is_ok() {
+            result = t.on_end(&mut out);
+        }
+        if let Err(e) = result {
+            out.extend(error_event(&e));
+        }
+        (String::from_utf8(out).unwrap(), t.usage())
+    }
+
+    #[test]
+    fn stream_fixtures_translate_exactly_at_every_split() {
+        let cases = [
+            stream_case!("text", true),
+            stream_case!("tool_call", false),
+            stream_case!("parallel_tool_calls", false),
+            stream_case!("mock_parallel_tool_calls", true),
+            stream_case!("max_tokens", false),
+            stream_case!("safety", true),
+            stream_case!("prompt_blocked", true),
+            stream_case!("error_mid_stream", true),
+        ];
+        for (name, gemini, openai, include_usage) in cases {
+            let input = gemini.as_bytes();
+            assert!(
+                input.windows(4).any(|w| w == b"\r\n\r\n"),
+                "{name}: Gemini separates events with CRLF CRLF"
+            );
+            let (whole, usage) = translate_stream(&[input], include_usage);
+            assert_eq!(whole, openai, "scenario {name}");
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(
+                    translate_stream(&[a, b], include_usage),
+                    (whole.clone(), usage),
+                    "scenario {name}, split at {i}"
+                );
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(
+                translate_stream(&bytes, include_usage),
+                (whole, usage),
+                "scenario {name}, byte by byte"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_usage_counts_thoughts_and_is_shown_only_when_asked() {
+        let input = fixture!("stream_text.gemini.sse").as_bytes();
+        let (out, usage) = translate_stream(&[input], false);
+        assert_eq!(usage, Some(Usage::new(4, 25, None)));
+        assert!(!out.contains("usage"), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert!(
+            !out.contains("The user greets me"),
+            "thoughts are not content: {out}"
+        );
+    }
+
+    #[test]
+    fn stream_that_ends_before_finish_reason_is_an_error() {
+        let input = fixture!("stream_text.gemini.sse");
+        let cut = &input[..input.rfind("data:").unwrap()];
+        let (out, usage) = translate_stream(&[cut.as_bytes()], true);
+        assert!(out.contains("stream ended before finishReason"), "{out}");
+        assert!(
+            !out.contains("[DONE]") && !out.contains("finish_reason\":\"stop"),
+            "{out}"
+        );
+        assert_eq!(usage, None);
+        let (empty, _) = translate_stream(&[], false);
+        assert!(
+            empty.contains("stream ended before finishReason"),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn in_stream_errors_carry_their_status() {
+        let p = provider(r#"{"kind":"gemini"}"#);
+        let ev = |data: &str| SseEvent {
+            event: None,
+            data: data.to_owned(),
+        };
+        for (data, status) in [
+            (
+                r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#,
+                429,
+            ),
+            (
+                r#"{"error":{"message":"slow","status":"DEADLINE_EXCEEDED"}}"#,
+                504,
+            ),
+            (
+                r#"[{"error":{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}}]"#,
+                500,
+            ),
+            (r#"{"error":{"code":0,"message":"?"}}"#, 500),
+        ] {
+            let mut t = GeminiStream::new(&target(&p, "m"), false, NOW);
+            match t.on_event(ev(data), &mut Vec::new()) {
+                Err(GatewayError::Upstream { status: got, .. }) => {
+                    assert_eq!(got, status, "{data}")
+                }
+                other => panic!("{data}: {other:?}"),
+            }
+        }
+        let mut t = GeminiStream::new(&target(&p, "m"), false, NOW);
+        assert!(matches!(
+            t.on_event(ev("{\"broken json"), &mut Vec::new()),
+            Err(GatewayError::UpstreamInvalidResponse { .. })
+        ));
+    }
+
+    #[test]
+    fn events_after_the_finish_only_update_usage() {
+        let input = concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]},\"finishReason\":\"STOP\"}],\"responseId\":\"x\"}\r\n\r\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"late\"}]}}],\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":1}}\r\n\r\n",
+        );
+        let (out, usage) = translate_stream(&[input.as_bytes()], true);
+        assert!(!out.contains("late"), "{out}");
+        assert_eq!(usage, Some(Usage::new(2, 1, None)));
+        assert!(
+            out.contains("\"model\":\"gemini-x\""),
+            "the config's model without modelVersion: {out}"
+        );
+        assert!(out.contains("\"prompt_tokens\":2"), "{out}");
     }
 }
