@@ -355,12 +355,13 @@ struct UsageMetadata {
     cached_content_token_count: Option<u64>,
 }
 
-/// `{"error":{...}}`, alone or wrapped in an array.
+/// `{"error":{...}}`, alone or wrapped in an array. The array is tried
+/// first: serde also reads a struct from an array of its fields.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ErrorEnvelope {
-    One(ErrorBody),
     Many(Vec<ErrorBody>),
+    One(ErrorBody),
 }
 
 #[derive(Deserialize)]
@@ -381,12 +382,15 @@ struct ErrorDetail {
     details: Vec<ErrorDetailEntry>,
 }
 
+/// One of `details[]`: `RetryInfo` has `retryDelay`, `ErrorInfo` a `reason`.
 #[derive(Deserialize)]
 struct ErrorDetailEntry {
     #[serde(rename = "@type", default)]
     kind: Option<String>,
     #[serde(rename = "retryDelay", default)]
     retry_delay: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 // ---- Request building ----------------------------------------------------------
@@ -1211,11 +1215,22 @@ impl ErrorDetail {
         http_status: Option<u16>,
         retry_after: Option<u64>,
     ) -> GatewayError {
-        let status = http_status.unwrap_or_else(|| self.http_status());
+        // Gemini reports a bad key as 400 INVALID_ARGUMENT. It is the
+        // gateway's key, not the caller's request, so it is treated as the
+        // 401 it means (the client then sees 502 `upstream_auth_failed`).
+        let bad_key = self
+            .details
+            .iter()
+            .any(|d| d.reason.as_deref() == Some("API_KEY_INVALID"));
+        let status = if bad_key {
+            401
+        } else {
+            http_status.unwrap_or_else(|| self.http_status())
+        };
         let retry_after = retry_after.or_else(|| self.retry_delay_secs());
         let message = match (self.status, self.message) {
-            (Some(s), Some(m)) => format!("{s}: {m}"),
-            (None, Some(m)) => m,
+            (Some(s), Some(m)) => format!("{s}: {}", m.trim_end()),
+            (None, Some(m)) => m.trim_end().to_owned(),
             (Some(s), None) => s,
             (None, None) => "(no message)".to_owned(),
         };
@@ -1734,7 +1749,7 @@ mod tests {
             ),
             (
                 r#"[{"error":{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}}]"#,
-                500,
+                400,
             ),
             (r#"{"error":{"code":0,"message":"?"}}"#, 500),
         ] {
@@ -1767,5 +1782,74 @@ mod tests {
             "the config's model without modelVersion: {out}"
         );
         assert!(out.contains("\"prompt_tokens\":2"), "{out}");
+    }
+
+    // -- error mapping
+
+    #[test]
+    fn error_fixtures_map_to_openai_error_bodies() {
+        let cases = [
+            (
+                "rate_limited",
+                429,
+                fixture!("error_rate_limited.gemini.json"),
+                fixture!("error_rate_limited.openai.json"),
+            ),
+            (
+                "array_wrapped",
+                400,
+                fixture!("error_array_wrapped.gemini.json"),
+                fixture!("error_array_wrapped.openai.json"),
+            ),
+        ];
+        for (name, status, gemini, openai) in cases {
+            let e = error_from_body("gemini", status, None, gemini.as_bytes());
+            assert_eq!(e.status(), status, "scenario {name}");
+            assert_eq!(
+                json(&String::from_utf8(e.to_body()).unwrap()),
+                json(openai),
+                "scenario {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limit_waits_for_the_header_else_the_retry_info_delay() {
+        let body = fixture!("error_rate_limited.gemini.json").as_bytes();
+        let e = error_from_body("gemini", 429, None, body);
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(26));
+        assert_eq!(
+            error_from_body("gemini", 429, Some(3), body).retry_after(),
+            Some(3)
+        );
+        let fractional = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.2s"}]}}"#;
+        assert_eq!(
+            error_from_body("gemini", 429, None, fractional).retry_after(),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_rejected_key_is_the_gateways_problem_not_the_callers() {
+        let body = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT",
+            "details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        let e = error_from_body("gemini", 400, None, body);
+        assert_eq!(e.status(), 502);
+        assert!(!e.is_retryable());
+        assert!(
+            String::from_utf8(e.to_body())
+                .unwrap()
+                .contains("upstream_auth_failed")
+        );
+    }
+
+    #[test]
+    fn non_json_error_bodies_become_bounded_excerpts() {
+        let e = error_from_body("gemini", 502, None, b"<html>Bad Gateway</html>");
+        assert!(e.to_string().contains("<html>Bad Gateway</html>"));
+        assert!(e.is_retryable());
+        let e = error_from_body("gemini", 500, None, br#"{"error":"flat"}"#);
+        assert!(e.to_string().contains(r#"{"error":"flat"}"#), "{e}");
     }
 }
