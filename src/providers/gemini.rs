@@ -44,12 +44,15 @@
 //!
 //! Choices made, and why:
 //!
-//! - Schemas go to `parametersJsonSchema` and `responseJsonSchema`, which take
-//!   JSON Schema as is, rather than `parameters` / `responseSchema`, which take
-//!   Google's OpenAPI subset and reject keywords OpenAI schemas use
-//!   (`additionalProperties`, `$ref`, type arrays). Schemas are copied byte for
-//!   byte, so their property order, which Gemini follows when it writes JSON,
-//!   is the client's.
+//! - Schemas go to `parametersJsonSchema` and `responseJsonSchema`, which
+//!   Google documents as taking JSON Schema, rather than `parameters` /
+//!   `responseSchema`, which take its OpenAPI-subset `Schema` and lack
+//!   keywords OpenAI clients send (`additionalProperties`, `$ref` / `$defs`,
+//!   type arrays such as `["string","null"]`); no schema rewriting is needed.
+//!   Gemini ignores the JSON Schema features it does not support. Schemas are
+//!   copied byte for byte, so the client's property order survives (a
+//!   `serde_json::Value` would sort it, and models tend to write keys in
+//!   schema order).
 //! - A tool result whose content is a JSON object is sent as the
 //!   `functionResponse.response` itself; anything else as `{"content": text}`
 //!   (Gemini treats a response without `output`/`error` keys as the output).
@@ -79,6 +82,7 @@
 //! decoding, error mapping, tests.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -445,7 +449,7 @@ fn model_path_segment(model: &str) -> Cow<'_, str> {
         if safe(b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}"); // writing to a String cannot fail
         }
     }
     Cow::Owned(out)
@@ -1571,6 +1575,8 @@ mod tests {
             response_case!("safety"),
             response_case!("prompt_blocked"),
             response_case!("candidates"),
+            // Recorded from tests/mock (`tools=1,text=...`): the two must interoperate.
+            response_case!("mock_tool_call"),
         ];
         for (name, gemini, openai) in cases {
             let (got, usage) = completion(gemini).unwrap();
@@ -1669,6 +1675,7 @@ mod tests {
             stream_case!("text", true),
             stream_case!("tool_call", false),
             stream_case!("parallel_tool_calls", false),
+            // Recorded from tests/mock (`tools=2,chunks=2`).
             stream_case!("mock_parallel_tool_calls", true),
             stream_case!("max_tokens", false),
             stream_case!("safety", true),
