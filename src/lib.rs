@@ -15,8 +15,8 @@
 //! - [`config`]    — routing config: serde types, the bundled default,
 //!   validation with path-named errors.
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
-//!   Anthropic Messages, the built-in demo model): request building, response
-//!   and stream translation, error mapping.
+//!   Anthropic Messages, Google Gemini, the built-in demo model): request
+//!   building, response and stream translation, error mapping.
 //! - [`routing`]   — config + request -> ordered candidate list.
 //! - [`limits`]    — per-key state machines (counters now; rate limits and
 //!   budgets next), time passed in.

@@ -131,6 +131,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Any OpenAI-compatible server at `base_url` (Ollama, vLLM, LM Studio).
     OpenaiCompatible,
+    /// Google Gemini's `generateContent` format (AI Studio / Gemini API).
+    Gemini,
     /// The built-in deterministic demo model: no network, no key.
     Mock,
 }

@@ -75,13 +75,19 @@ impl Upstream for Scripted {
 const CONFIG: &str = r#"{"version":1,
   "providers":{"a":{"kind":"openai","base_url":"http://a.test/v1","api_key_secret":"A_KEY"},
                "b":{"kind":"openai-compatible","base_url":"http://b.test/v1"},
+               "g":{"kind":"gemini","base_url":"http://g.test/v1beta"},
                "demo":{"kind":"mock"}},
   "models":{"m":{"targets":[{"provider":"a","model":"ma"},{"provider":"b","model":"mb"}]},
+            "gm":{"targets":[{"provider":"g","model":"gemini-2.5-flash"},{"provider":"b","model":"mb"}]},
             "demo":{"targets":[{"provider":"demo","model":"demo-1"}]},
             "solo":{"targets":[{"provider":"a","model":"ma"}]}}}"#;
 
 fn secret(name: &str) -> Option<String> {
-    (name == "A_KEY").then(|| "sk-provider-secret-a".to_owned())
+    match name {
+        "A_KEY" => Some("sk-provider-secret-a".to_owned()),
+        "GEMINI_API_KEY" => Some("AIza-provider-secret-g".to_owned()),
+        _ => None,
+    }
 }
 
 fn run(up: &Scripted, body: &str) -> Result<Reply, GatewayError> {
@@ -298,6 +304,94 @@ fn stream_is_passed_through_chunk_by_chunk() {
                 .ends_with("data: [DONE]\n\n")
         );
     });
+}
+
+#[test]
+fn gemini_target_is_translated_both_ways() {
+    let answer = br#"{"candidates":[{"content":{"parts":[{"text":"Bonjour"}],"role":"model"},"finishReason":"STOP","index":0}],
+        "usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":1,"totalTokenCount":4},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
+    let up = Scripted::new(vec![Script::Reply(200, vec![], vec![answer.to_vec()])]);
+    let reply = run(
+        &up,
+        r#"{"model":"gm","messages":[{"role":"system","content":"French."},{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("g"));
+    assert_eq!(reply.usage, Some(Usage::new(3, 1, None)));
+    let v: Value = serde_json::from_slice(&full_body(reply)).unwrap();
+    assert_eq!(v["id"], "chatcmpl-r1");
+    assert_eq!(v["created"], 1_700_000_000);
+    assert_eq!(v["choices"][0]["message"]["content"], "Bonjour");
+    let seen = up.seen.borrow();
+    assert_eq!(
+        seen[0].url,
+        "http://g.test/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert!(
+        seen[0]
+            .headers
+            .contains(&("x-goog-api-key".into(), "AIza-provider-secret-g".into()))
+    );
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["systemInstruction"]["parts"][0]["text"], "French.");
+}
+
+#[test]
+fn gemini_stream_is_translated_as_it_arrives() {
+    // Gemini separates events with CRLF CRLF and sends no [DONE].
+    let event = |json: &str| format!("data: {json}\r\n\r\n").into_bytes();
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![
+            event(
+                r#"{"candidates":[{"content":{"parts":[{"text":"Bon"}]},"index":0}],"responseId":"r2"}"#,
+            ),
+            event(
+                r#"{"candidates":[{"content":{"parts":[{"text":"jour"}]},"finishReason":"STOP","index":0}]}"#,
+            ),
+        ],
+    )]);
+    let reply = run(
+        &up,
+        r#"{"model":"gm","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    let text = String::from_utf8(full_body(reply)).unwrap();
+    assert!(
+        up.seen.borrow()[0]
+            .url
+            .ends_with(":streamGenerateContent?alt=sse")
+    );
+    assert!(
+        text.starts_with(
+            r#"data: {"id":"chatcmpl-r2","object":"chat.completion.chunk","created":1700000000,"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"content\":\"Bon\"") && text.contains("\"content\":\"jour\""),
+        "{text}"
+    );
+    assert!(text.contains("\"finish_reason\":\"stop\""), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+#[test]
+fn gemini_rate_limit_fails_over_to_the_next_target() {
+    let limited = br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED",
+        "details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"20s"}]}}"#;
+    let up = Scripted::new(vec![
+        Script::Reply(429, vec![], vec![limited.to_vec()]),
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+    ]);
+    let reply = run(
+        &up,
+        r#"{"model":"gm","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
 }
 
 #[test]

@@ -157,7 +157,7 @@ pub enum Reply {
         rate: RateInfo,
     },
     /// The request is refused.
-    Denied(Denial),
+    Denied(Box<Denial>),
     /// A settlement was applied (`duplicate`: it had been already, or its
     /// reservation had expired and was charged as reserved).
     Settled {
@@ -170,7 +170,7 @@ pub enum Reply {
         next_alarm_ms: Option<u64>,
     },
     /// A key record.
-    Key(KeyView),
+    Key(Box<KeyView>),
     /// The registry's keys.
     Keys(Vec<KeyView>),
     /// A usage report.
@@ -389,10 +389,10 @@ impl KeyState {
                 }
                 let view = KeyView::from(&record);
                 self.record = Some(record);
-                (Reply::Key(view), true)
+                (Reply::Key(Box::new(view)), true)
             }
             Command::Get => match &self.record {
-                Some(r) => (Reply::Key(r.into()), false),
+                Some(r) => (Reply::Key(Box::new(r.into())), false),
                 None => (rejected(404, "no such key"), false),
             },
             Command::Update { patch } => self.edit(now_ms, |r| r.settings.apply(patch)),
@@ -421,7 +421,7 @@ impl KeyState {
             Some(r) => {
                 change(r);
                 r.updated_ms = now_ms;
-                (Reply::Key(KeyView::from(&*r)), true)
+                (Reply::Key(Box::new(KeyView::from(&*r))), true)
             }
         }
     }
@@ -431,7 +431,7 @@ impl KeyState {
         self.reservations.values().map(|r| r.expires_ms).min()
     }
 
-    fn check_auth(&self, auth: &Auth, now_ms: u64) -> Result<(), Denial> {
+    fn check_auth(&self, auth: &Auth, now_ms: u64) -> Result<(), Box<Denial>> {
         let deny =
             |reason, message: &str| Err(self.denial(reason, message.to_owned(), None, now_ms));
         match (auth, &self.record) {
@@ -461,7 +461,7 @@ impl KeyState {
         // redo, so a denial need not be saved.
         self.prune(now_ms);
         if let Err(d) = self.check_limits(&a, now_ms) {
-            return (Reply::Denied(*d), false);
+            return (Reply::Denied(d), false);
         }
         let id = self.next_reservation;
         self.next_reservation += 1;
@@ -517,42 +517,27 @@ impl KeyState {
         };
         let s = &record.settings;
         if let Some(models) = &s.allowed_models
-            && !models.iter().any(|m| *m == a.model)
+            && !models.contains(&a.model)
         {
             let msg = format!(
                 "The model `{}` does not exist or you do not have access to it.",
                 a.model
             );
-            return Err(Box::new(self.denial(
-                DenialReason::ModelNotAllowed,
-                msg,
-                None,
-                now_ms,
-            )));
+            return Err(self.denial(DenialReason::ModelNotAllowed, msg, None, now_ms));
         }
         let l = &s.limits;
         if let Some(max) = l.max_concurrent
             && self.reservations.len() as u64 >= max
         {
             let msg = format!("Too many requests in flight for this key (limit {max}).");
-            return Err(Box::new(self.denial(
-                DenialReason::ConcurrencyLimit,
-                msg,
-                Some(1_000),
-                now_ms,
-            )));
+            return Err(self.denial(DenialReason::ConcurrencyLimit, msg, Some(1_000), now_ms));
         }
         if let Some(rpm) = l.rpm
             && self.minute.len() as u64 >= rpm
         {
             let msg = format!("Rate limit reached: {rpm} requests per minute.");
             let wait = self.requests_reset_ms(rpm, now_ms);
-            return Err(Box::new(self.denial(
-                DenialReason::RequestLimit,
-                msg,
-                wait,
-                now_ms,
-            )));
+            return Err(self.denial(DenialReason::RequestLimit, msg, wait, now_ms));
         }
         if let Some(rpd) = l.rpd {
             let today = now_ms / DAY_MS;
@@ -564,12 +549,7 @@ impl KeyState {
             if used >= rpd {
                 let msg = format!("Rate limit reached: {rpd} requests per day.");
                 let wait = (today + 1) * DAY_MS - now_ms;
-                return Err(Box::new(self.denial(
-                    DenialReason::RequestLimit,
-                    msg,
-                    Some(wait),
-                    now_ms,
-                )));
+                return Err(self.denial(DenialReason::RequestLimit, msg, Some(wait), now_ms));
             }
         }
         if let Some(tpm) = l.tpm {
@@ -581,12 +561,7 @@ impl KeyState {
                 );
                 // A request larger than the whole window can never pass.
                 let wait = (a.tokens <= tpm).then(|| self.tokens_reset_ms(tpm, a.tokens, now_ms));
-                return Err(Box::new(self.denial(
-                    DenialReason::TokenLimit,
-                    msg,
-                    wait,
-                    now_ms,
-                )));
+                return Err(self.denial(DenialReason::TokenLimit, msg, wait, now_ms));
             }
         }
         let reserved = self.reserved();
@@ -615,12 +590,7 @@ impl KeyState {
                     a.reserve
                 );
                 let wait = reset.map(|t| t - now_ms);
-                return Err(Box::new(self.denial(
-                    DenialReason::BudgetExceeded,
-                    msg,
-                    wait,
-                    now_ms,
-                )));
+                return Err(self.denial(DenialReason::BudgetExceeded, msg, wait, now_ms));
             }
         }
         Ok(())
@@ -774,13 +744,13 @@ impl KeyState {
         message: String,
         retry_after_ms: Option<u64>,
         now_ms: u64,
-    ) -> Denial {
-        Denial {
+    ) -> Box<Denial> {
+        Box::new(Denial {
             reason,
             message,
             retry_after_ms,
             rate: self.rate_info(now_ms),
-        }
+        })
     }
 
     fn report(&self, now_ms: u64) -> UsageReport {

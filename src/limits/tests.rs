@@ -33,7 +33,7 @@ fn auth() -> Auth {
     }
 }
 
-fn admit_with(s: &mut KeyState, now: u64, reserve: Money, tokens: u64) -> Result<u64, Denial> {
+fn admit_with(s: &mut KeyState, now: u64, reserve: Money, tokens: u64) -> Result<u64, Box<Denial>> {
     let a = Admit {
         auth: auth(),
         model: "gpt".into(),
@@ -47,7 +47,7 @@ fn admit_with(s: &mut KeyState, now: u64, reserve: Money, tokens: u64) -> Result
     }
 }
 
-fn admit(s: &mut KeyState, now: u64) -> Result<u64, Denial> {
+fn admit(s: &mut KeyState, now: u64) -> Result<u64, Box<Denial>> {
     admit_with(s, now, Money::ZERO, 0)
 }
 
@@ -310,7 +310,7 @@ fn settled_total_never_exceeds_the_budget_when_costs_stay_within_reservations() 
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let reserve = Money(1 + (seed >> 40) % 2_000_000_000);
-        if seed % 3 == 0 && !open.is_empty() {
+        if seed.is_multiple_of(3) && !open.is_empty() {
             let (r, max) = open.remove((seed >> 20) as usize % open.len());
             settle(&mut s, r, Money((seed >> 8) % (max.0 + 1)), 1, 1);
         } else if let Ok(r) = admit_with(&mut s, NOON, reserve, 0) {

@@ -68,7 +68,7 @@ fn answer(body: &[u8], now_s: u64) -> Result<(Vec<Vec<u8>>, &'static str), Gatew
         words.len() as u64,
         Some(0),
     );
-    let id = format!("chatcmpl-demo-{:016x}", fnv1a(body));
+    let id = format!("chatcmpl-demo-{:016x}", super::fnv1a(body));
     let model = req.model.as_ref();
     if req.stream {
         Ok((
@@ -160,13 +160,6 @@ fn stream_events<'a>(
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain structs of strings and numbers always serialize.
     serde_json::to_vec(value).unwrap_or_default()
-}
-
-/// FNV-1a: a stable id per request body, with no randomness to pass in.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

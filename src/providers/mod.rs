@@ -2,12 +2,14 @@
 //!
 //! - [`openai`] — the OpenAI chat-completions format and its vendors, as presets.
 //! - [`anthropic`] — the Anthropic Messages format, translated both ways.
+//! - [`gemini`] — Google Gemini's `generateContent`, translated both ways.
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
 //! core never matches on vendors.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 
@@ -44,8 +46,29 @@ pub trait StreamTranslator {
 pub fn api_key_secret(p: &Provider) -> Option<&str> {
     p.api_key_secret.as_deref().or_else(|| match p.kind {
         ProviderKind::Anthropic => Some(anthropic::SECRET),
+        ProviderKind::Gemini => Some(gemini::DEFAULT_SECRET),
         kind => openai::preset(kind).and_then(|preset| preset.secret),
     })
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    /// OpenAI chat completions, with the vendor's preset.
+    OpenAi(openai::Preset),
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+}
+
+fn wire(kind: ProviderKind) -> Wire {
+    match kind {
+        ProviderKind::Anthropic => Wire::Anthropic,
+        ProviderKind::Gemini => Wire::Gemini,
+        // Every other kind has a preset (a unit test checks it).
+        other => Wire::OpenAi(openai::preset(other).unwrap_or(openai::GENERIC)),
+    }
 }
 
 /// Builds the upstream request for a chat completion.
@@ -54,14 +77,10 @@ pub fn build_chat_request(
     req: &ChatRequest<'_>,
     api_key: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    if target.provider.kind == ProviderKind::Anthropic {
-        return anthropic::build_chat_request(target, req, api_key);
-    }
-    match openai::preset(target.provider.kind) {
-        Some(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
-        None => Err(GatewayError::Internal {
-            message: format!("no adapter for provider kind {:?}", target.provider.kind),
-        }),
+    match wire(target.provider.kind) {
+        Wire::OpenAi(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
+        Wire::Anthropic => anthropic::build_chat_request(target, req, api_key),
+        Wire::Gemini => gemini::build_chat_request(target, req, api_key),
     }
 }
 
@@ -74,11 +93,14 @@ pub fn chat_response(
     body: Vec<u8>,
     now_s: u64,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
-    if target.provider.kind == ProviderKind::Anthropic {
-        return anthropic::chat_response(target, req, &body, now_s);
+    match wire(target.provider.kind) {
+        Wire::OpenAi(_) => {
+            let usage = openai::read_chat_response(target, &body)?;
+            Ok((body, usage))
+        }
+        Wire::Anthropic => anthropic::chat_response(target, req, &body, now_s),
+        Wire::Gemini => gemini::read_chat_response(target, &body, now_s),
     }
-    let usage = openai::read_chat_response(target, &body)?;
-    Ok((body, usage))
 }
 
 /// The translator for a streamed answer; `now_s` (Unix seconds) is the
@@ -88,10 +110,11 @@ pub fn stream_translator(
     req: &ChatRequest<'_>,
     now_s: u64,
 ) -> Box<dyn StreamTranslator> {
-    if target.provider.kind == ProviderKind::Anthropic {
-        return Box::new(anthropic::EventsToChunks::new(target, req, now_s));
+    match wire(target.provider.kind) {
+        Wire::OpenAi(_) => Box::new(openai::PassThrough::new(target, req.include_usage)),
+        Wire::Anthropic => Box::new(anthropic::EventsToChunks::new(target, req, now_s)),
+        Wire::Gemini => Box::new(gemini::GeminiStream::new(target, req.include_usage, now_s)),
     }
-    Box::new(openai::PassThrough::new(target, req.include_usage))
 }
 
 /// Maps a non-2xx response to the gateway's error.
@@ -101,22 +124,10 @@ pub fn error_from_response(
     retry_after: Option<u64>,
     body: &[u8],
 ) -> GatewayError {
-    match target.provider.kind {
-        ProviderKind::Openai
-        | ProviderKind::Azure
-        | ProviderKind::Groq
-        | ProviderKind::Mistral
-        | ProviderKind::Deepseek
-        | ProviderKind::Together
-        | ProviderKind::Fireworks
-        | ProviderKind::Openrouter
-        | ProviderKind::Xai
-        | ProviderKind::Perplexity
-        | ProviderKind::OpenaiCompatible
-        | ProviderKind::Mock => openai::error_from_body(target.name, status, retry_after, body),
-        ProviderKind::Anthropic => {
-            anthropic::error_from_body(target.name, status, retry_after, body)
-        }
+    match wire(target.provider.kind) {
+        Wire::OpenAi(_) => openai::error_from_body(target.name, status, retry_after, body),
+        Wire::Anthropic => anthropic::error_from_body(target.name, status, retry_after, body),
+        Wire::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
     }
 }
 
@@ -132,6 +143,13 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     } else {
         text.to_owned()
     }
+}
+
+/// FNV-1a: a stable id from bytes, with no randomness to pass in.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether the JSON text has a `"field"` key whose value starts with `first`

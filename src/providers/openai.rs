@@ -67,11 +67,7 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
         }),
         // Local servers (Ollama, vLLM) usually take no key; one is sent only
         // when the config names a secret.
-        ProviderKind::OpenaiCompatible => Some(Preset {
-            base_url: None,
-            auth: Auth::Bearer,
-            secret: None,
-        }),
+        ProviderKind::OpenaiCompatible => Some(GENERIC),
         // Not this wire format.
         ProviderKind::Anthropic => None,
         // The demo model speaks this wire format from inside the worker.
@@ -80,8 +76,18 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
             auth: Auth::Bearer,
             secret: None,
         }),
+        // Its own wire format: see `super::gemini`.
+        ProviderKind::Gemini => None,
     }
 }
+
+/// Any OpenAI-compatible server: `base_url` from the config, a bearer key
+/// only when the config names a secret.
+pub const GENERIC: Preset = Preset {
+    base_url: None,
+    auth: Auth::Bearer,
+    secret: None,
+};
 
 /// The Azure OpenAI `api-version` used when the config names none (GA).
 pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -296,12 +302,9 @@ mod tests {
     #[test]
     fn every_openai_compatible_kind_has_a_preset() {
         let c = Config::bundled();
-        for p in c
-            .providers
-            .values()
-            .filter(|p| p.kind != ProviderKind::Anthropic)
-        {
-            assert!(preset(p.kind).is_some(), "{:?}", p.kind);
+        for p in c.providers.values() {
+            let own_format = matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini);
+            assert_eq!(preset(p.kind).is_some(), !own_format, "{:?}", p.kind);
         }
     }
 
