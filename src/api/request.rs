@@ -34,26 +34,14 @@ pub struct ChatRequest<'a> {
 impl<'a> ChatRequest<'a> {
     /// Parses and validates the body. Errors are 400s naming the parameter.
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
-            message: format!("body is not UTF-8 ({e})"),
-        })?;
-        let RawObject(fields) =
-            serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
-                message: e.to_string(),
-            })?;
+        let fields = parse_object(body)?;
+        let model = model_of(&fields)?;
         let mut req = ChatRequest {
             fields,
-            model: Cow::Borrowed(""),
+            model,
             stream: false,
             include_usage: false,
             max_tokens: None,
-        };
-        req.model = match req.get("model") {
-            None => return Err(invalid("You must provide a model parameter.", "model")),
-            Some(raw) => match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
-                Ok(m) if !m.trim().is_empty() => m,
-                _ => return Err(invalid("`model` must be a non-empty string.", "model")),
-            },
         };
         match req.get("messages").map(|raw| raw.get().trim_start()) {
             None => {
@@ -87,20 +75,12 @@ impl<'a> ChatRequest<'a> {
 
     /// The raw JSON of a top-level field.
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+        field(&self.fields, key)
     }
 
     /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.
     pub fn parse_field<T: Deserialize<'a> + Default>(&self, key: &str) -> Result<T, GatewayError> {
-        match self.get(key) {
-            None => Ok(T::default()),
-            Some(raw) => {
-                serde_json::from_str(raw.get()).map_err(|e| GatewayError::InvalidRequest {
-                    message: format!("Invalid type for `{key}`: {e}"),
-                    param: Some(key.to_owned()),
-                })
-            }
-        }
+        parse_field(&self.fields, key)
     }
 
     /// The typed messages, for adapters that translate them.
@@ -112,45 +92,114 @@ impl<'a> ChatRequest<'a> {
     /// their order with `model` replaced, and, for streams, usage requested
     /// (the gateway needs it to account; the client sees it only if it asked).
     pub fn to_openai_body(&self, upstream_model: &str) -> Vec<u8> {
-        let size: usize = self
-            .fields
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum();
-        let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
-        out.push(b'{');
-        let mut first = true;
-        let mut sep = |out: &mut Vec<u8>| {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-        };
-        for (key, raw) in &self.fields {
-            match key.as_ref() {
-                "model" => {
-                    sep(&mut out);
-                    out.extend_from_slice(b"\"model\":");
-                    write_json_string(&mut out, upstream_model);
-                }
-                "stream_options" if self.stream => {} // rewritten below
-                _ => {
-                    sep(&mut out);
-                    write_json_string(&mut out, key);
-                    out.push(b':');
-                    out.extend_from_slice(raw.get().as_bytes());
-                }
-            }
-        }
         if self.stream {
-            sep(&mut out);
-            out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true}");
+            write_object(
+                &self.fields,
+                upstream_model,
+                Some("stream_options"),
+                b"\"stream_options\":{\"include_usage\":true}",
+            )
+        } else {
+            write_object(&self.fields, upstream_model, None, b"")
         }
-        out.push(b'}');
-        out
     }
 }
 
-fn invalid(message: &str, param: &str) -> GatewayError {
+/// Writes `fields` back as a JSON object in their order, `model` replaced
+/// by `upstream_model`, the field `skip` left out and `append` (a `"key":value`
+/// pair, or nothing) added last. Every other value is copied byte for byte.
+pub(super) fn write_object(
+    fields: &[(Cow<'_, str>, &RawValue)],
+    upstream_model: &str,
+    skip: Option<&str>,
+    append: &[u8],
+) -> Vec<u8> {
+    let size: usize = fields
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(size + upstream_model.len() + append.len() + 16);
+    out.push(b'{');
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+    };
+    for (key, raw) in fields {
+        match key.as_ref() {
+            "model" => {
+                sep(&mut out);
+                out.extend_from_slice(b"\"model\":");
+                write_json_string(&mut out, upstream_model);
+            }
+            k if Some(k) == skip => {}
+            _ => {
+                sep(&mut out);
+                write_json_string(&mut out, key);
+                out.push(b':');
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+        }
+    }
+    if !append.is_empty() {
+        sep(&mut out);
+        out.extend_from_slice(append);
+    }
+    out.push(b'}');
+    out
+}
+
+/// The body as an ordered list of top-level fields; a body that is not a
+/// JSON object is a 400 `invalid_json`.
+pub(super) fn parse_object(body: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, GatewayError> {
+    let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
+        message: format!("body is not UTF-8 ({e})"),
+    })?;
+    let RawObject(fields) = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
+        message: e.to_string(),
+    })?;
+    Ok(fields)
+}
+
+/// The raw value of a top-level field.
+pub(super) fn field<'a>(
+    fields: &[(Cow<'a, str>, &'a RawValue)],
+    key: &str,
+) -> Option<&'a RawValue> {
+    fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+/// Parses one top-level field into `T` (its default when absent); a type
+/// mismatch is a 400 naming it.
+pub(super) fn parse_field<'a, T: Deserialize<'a> + Default>(
+    fields: &[(Cow<'a, str>, &'a RawValue)],
+    key: &str,
+) -> Result<T, GatewayError> {
+    match field(fields, key) {
+        None => Ok(T::default()),
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| GatewayError::InvalidRequest {
+            message: format!("Invalid type for `{key}`: {e}"),
+            param: Some(key.to_owned()),
+        }),
+    }
+}
+
+/// The required, non-empty `model`.
+pub(super) fn model_of<'a>(
+    fields: &[(Cow<'a, str>, &'a RawValue)],
+) -> Result<Cow<'a, str>, GatewayError> {
+    match field(fields, "model") {
+        None => Err(invalid("You must provide a model parameter.", "model")),
+        Some(raw) => match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+            Ok(m) if !m.trim().is_empty() => Ok(m),
+            _ => Err(invalid("`model` must be a non-empty string.", "model")),
+        },
+    }
+}
+
+/// A 400 naming the parameter.
+pub(super) fn invalid(message: &str, param: &str) -> GatewayError {
     GatewayError::InvalidRequest {
         message: message.to_owned(),
         param: Some(param.to_owned()),
