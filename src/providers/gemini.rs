@@ -1,4 +1,5 @@
-//! Google Gemini's `generateContent` wire format, translated both ways.
+//! Google Gemini's `generateContent` wire format, translated both ways, and
+//! its `embedContent` / `batchEmbedContents` for embeddings.
 //!
 //! Requests go to `POST {base}/models/{model}:generateContent`, or
 //! `:streamGenerateContent?alt=sse` for streams, with the key in the
@@ -78,6 +79,23 @@
 //! - Parts the model writes that OpenAI cannot carry are skipped: thoughts
 //!   (`"thought": true`), `thoughtSignature`, inline data, code execution.
 //!
+//! # Embeddings
+//!
+//! | OpenAI `/v1/embeddings`   | Gemini                                                              |
+//! |---------------------------|---------------------------------------------------------------------|
+//! | `input` string            | `:embedContent` `{"content":{"parts":[{"text"}]}}`                  |
+//! | `input` array of strings  | `:batchEmbedContents` `{"requests":[{"model":"models/{model}","content":{...}}, ...]}`, answers in input order |
+//! | `input` token ids         | 400 (`input`): Gemini takes text only                               |
+//! | `dimensions`              | `outputDimensionality` (on every request of a batch)                |
+//! | `encoding_format`         | applied by the gateway: `float` as JSON numbers, `base64` as the base64 of little-endian float32 bytes |
+//! | `user`, anything else     | dropped                                                             |
+//!
+//! Gemini reports no token count for embeddings, so `usage.prompt_tokens`
+//! (and `total_tokens`) is an estimate, four bytes of input text a token,
+//! the same rule the gateway uses wherever a count is missing. A batch is
+//! sent as one request; Gemini takes at most 100 inputs in one and answers a
+//! longer list with a 400, which the client receives.
+//!
 //! Order: constants, wire types, request building, response parsing, stream
 //! decoding, error mapping, tests.
 
@@ -89,8 +107,9 @@ use serde_json::value::RawValue;
 
 use crate::api::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
-    Content, ContentPart, Delta, FinishReason, FunctionDelta, FunctionOut, Message, Role, Stop,
-    ToolCallDelta, ToolCallOut, ToolChoice, ToolChoiceMode, Usage,
+    Content, ContentPart, Delta, EmbeddingInput, EmbeddingList, EmbeddingsRequest, FinishReason,
+    FunctionDelta, FunctionOut, Message, Role, Stop, ToolCallDelta, ToolCallOut, ToolChoice,
+    ToolChoiceMode, Usage,
 };
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
@@ -247,6 +266,45 @@ impl GenerationConfig<'_> {
             && self.response_mime_type.is_none()
             && self.response_json_schema.is_none()
     }
+}
+
+/// `EmbedContentRequest`, alone (`:embedContent`, no `model`) or in a batch
+/// (where each names its model).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbedContentRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    content: EmbedContent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct EmbedContent<'a> {
+    parts: [Part<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct BatchEmbedContentsRequest<'a> {
+    requests: Vec<EmbedContentRequest<'a>>,
+}
+
+/// `EmbedContentResponse`.
+#[derive(Deserialize)]
+struct EmbedContentResponse {
+    embedding: ContentEmbedding,
+}
+
+/// `BatchEmbedContentsResponse`.
+#[derive(Deserialize)]
+struct BatchEmbedContentsResponse {
+    embeddings: Vec<ContentEmbedding>,
+}
+
+#[derive(Deserialize)]
+struct ContentEmbedding {
+    values: Vec<f64>,
 }
 
 /// An OpenAI tool as the client sent it. Unlike `api::Tool`, the schema stays
@@ -406,6 +464,33 @@ pub fn build_chat_request(
     api_key: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let body = openai_request_to_gemini(req)?;
+    let method = if req.stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    Ok(post(target, method, req.stream, api_key, body))
+}
+
+/// The upstream request for embeddings: one string to `:embedContent`, a
+/// list to `:batchEmbedContents`.
+pub fn build_embeddings_request(
+    target: &Target<'_>,
+    req: &EmbeddingsRequest<'_>,
+    api_key: Option<&str>,
+) -> Result<UpstreamRequest, GatewayError> {
+    let (method, body) = openai_embeddings_request_to_gemini(target, req)?;
+    Ok(post(target, method, false, api_key, body))
+}
+
+/// A POST to `{base}/models/{model}:{method}` with the key in its header.
+fn post(
+    target: &Target<'_>,
+    method: &str,
+    stream: bool,
+    api_key: Option<&str>,
+    body: Vec<u8>,
+) -> UpstreamRequest {
     let p = target.provider;
     let base = p
         .base_url
@@ -413,26 +498,21 @@ pub fn build_chat_request(
         .unwrap_or(DEFAULT_BASE_URL)
         .trim_end_matches('/');
     let model = model_path_segment(target.model);
-    let url = if req.stream {
-        format!("{base}/models/{model}:streamGenerateContent?alt=sse")
-    } else {
-        format!("{base}/models/{model}:generateContent")
-    };
     let mut headers = Vec::with_capacity(3 + p.headers.len());
     headers.push(("content-type".to_owned(), "application/json".to_owned()));
-    if req.stream {
+    if stream {
         headers.push(("accept".to_owned(), "text/event-stream".to_owned()));
     }
     if let Some(key) = api_key {
         headers.push((API_KEY_HEADER.to_owned(), key.to_owned()));
     }
     headers.extend(p.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(UpstreamRequest {
+    UpstreamRequest {
         method: "POST",
-        url,
+        url: format!("{base}/models/{model}:{method}"),
         headers,
         body,
-    })
+    }
 }
 
 /// The model as one URL path segment. A leading `models/` (how Google names
@@ -568,6 +648,56 @@ fn openai_request_to_gemini(req: &ChatRequest<'_>) -> Result<Vec<u8>, GatewayErr
     serde_json::to_vec(&body).map_err(|e| GatewayError::Internal {
         message: format!("serializing a Gemini request: {e}"),
     })
+}
+
+/// The Gemini method and body for an OpenAI embeddings request.
+fn openai_embeddings_request_to_gemini(
+    target: &Target<'_>,
+    req: &EmbeddingsRequest<'_>,
+) -> Result<(&'static str, Vec<u8>), GatewayError> {
+    let inputs = req.inputs()?;
+    let mut texts = Vec::with_capacity(inputs.len());
+    for input in &inputs {
+        match input {
+            EmbeddingInput::Text(text) => texts.push(text.as_str()),
+            EmbeddingInput::Tokens(_) => {
+                return Err(invalid(
+                    "Token-id inputs are not supported for Gemini targets; send text.",
+                    "input",
+                ));
+            }
+        }
+    }
+    let request = |model, text| EmbedContentRequest {
+        model,
+        content: EmbedContent {
+            parts: [Part::Text(Cow::Borrowed(text))],
+        },
+        output_dimensionality: req.dimensions,
+    };
+    let serialized = if req.batch {
+        let model = format!(
+            "models/{}",
+            target.model.strip_prefix("models/").unwrap_or(target.model)
+        );
+        let requests = texts
+            .into_iter()
+            .map(|text| request(Some(model.as_str()), text))
+            .collect();
+        (
+            "batchEmbedContents",
+            serde_json::to_vec(&BatchEmbedContentsRequest { requests }),
+        )
+    } else {
+        let text = texts.first().copied().unwrap_or_default();
+        ("embedContent", serde_json::to_vec(&request(None, text)))
+    };
+    match serialized {
+        (method, Ok(body)) => Ok((method, body)),
+        (_, Err(e)) => Err(GatewayError::Internal {
+            message: format!("serializing a Gemini embeddings request: {e}"),
+        }),
+    }
 }
 
 /// A numeric field as the client wrote it, once checked to be a `T`.
@@ -974,6 +1104,50 @@ fn gemini_finish_reason_to_finish_reason(reason: &str, called_tools: bool) -> Fi
         _ if called_tools => FinishReason::ToolCalls,
         _ => FinishReason::Stop,
     }
+}
+
+/// Translates a 2xx `embedContent` / `batchEmbedContents` body into OpenAI's
+/// embedding list, in the encoding the client asked for. Gemini reports no
+/// token count for embeddings, so usage is an estimate: four bytes of input
+/// text a token.
+pub fn read_embeddings_response(
+    target: &Target<'_>,
+    req: &EmbeddingsRequest<'_>,
+    body: &[u8],
+) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
+    let invalid_response = |message: String| GatewayError::UpstreamInvalidResponse {
+        provider: target.name.to_owned(),
+        message,
+    };
+    let inputs = req.inputs()?;
+    let vectors: Vec<Vec<f64>> = if req.batch {
+        let resp: BatchEmbedContentsResponse = serde_json::from_slice(body)
+            .map_err(|e| invalid_response(format!("not a BatchEmbedContentsResponse: {e}")))?;
+        resp.embeddings.into_iter().map(|e| e.values).collect()
+    } else {
+        let resp: EmbedContentResponse = serde_json::from_slice(body)
+            .map_err(|e| invalid_response(format!("not an EmbedContentResponse: {e}")))?;
+        vec![resp.embedding.values]
+    };
+    if vectors.len() != inputs.len() {
+        return Err(invalid_response(format!(
+            "{} embeddings for {} inputs",
+            vectors.len(),
+            inputs.len()
+        )));
+    }
+    let prompt_tokens = inputs
+        .iter()
+        .map(|input| match input {
+            EmbeddingInput::Text(text) => text.len().div_ceil(4) as u64,
+            EmbeddingInput::Tokens(tokens) => tokens.len() as u64,
+        })
+        .sum();
+    let list = EmbeddingList::new(target.model, vectors, req.encoding_format, prompt_tokens);
+    let bytes = serde_json::to_vec(&list).map_err(|e| GatewayError::Internal {
+        message: format!("serializing embeddings: {e}"),
+    })?;
+    Ok((bytes, Some(list.usage.into())))
 }
 
 // ---- Stream decoding ---------------------------------------------------------------
@@ -1789,6 +1963,150 @@ mod tests {
             "the config's model without modelVersion: {out}"
         );
         assert!(out.contains("\"prompt_tokens\":2"), "{out}");
+    }
+
+    // -- embeddings
+
+    fn embeddings_body(openai: &str, model: &str) -> Result<(&'static str, Value), GatewayError> {
+        let p = provider(r#"{"kind":"gemini"}"#);
+        let req = EmbeddingsRequest::parse(openai.as_bytes())?;
+        let (method, body) = openai_embeddings_request_to_gemini(&target(&p, model), &req)?;
+        Ok((method, serde_json::from_slice(&body).unwrap()))
+    }
+
+    #[test]
+    fn embeddings_requests_translate_exactly() {
+        assert_eq!(
+            embeddings_body(
+                fixture!("embed_request_text.openai.json"),
+                "gemini-embedding-001"
+            )
+            .unwrap(),
+            (
+                "embedContent",
+                json(fixture!("embed_request_text.gemini.json"))
+            )
+        );
+        // Google's own `models/` prefix is not doubled.
+        assert_eq!(
+            embeddings_body(
+                fixture!("embed_request_batch.openai.json"),
+                "models/gemini-embedding-001"
+            )
+            .unwrap(),
+            (
+                "batchEmbedContents",
+                json(fixture!("embed_request_batch.gemini.json"))
+            )
+        );
+    }
+
+    #[test]
+    fn embeddings_request_posts_to_the_method_with_the_key_in_a_header() {
+        let p = provider(r#"{"kind":"gemini","base_url":"http://127.0.0.1:9/v1beta/"}"#);
+        let req = EmbeddingsRequest::parse(br#"{"model":"e","input":["a"]}"#).unwrap();
+        let up =
+            build_embeddings_request(&target(&p, "gemini-embedding-001"), &req, Some("AIza-k"))
+                .unwrap();
+        assert_eq!(
+            up.url,
+            "http://127.0.0.1:9/v1beta/models/gemini-embedding-001:batchEmbedContents"
+        );
+        assert_eq!(
+            up.headers,
+            [
+                ("content-type".into(), "application/json".into()),
+                ("x-goog-api-key".into(), "AIza-k".into())
+            ]
+        );
+        let single =
+            EmbeddingsRequest::parse(br#"{"model":"e","input":"a","dimensions":3}"#).unwrap();
+        let up =
+            build_embeddings_request(&target(&p, "gemini-embedding-001"), &single, None).unwrap();
+        assert!(
+            up.url
+                .ends_with("/models/gemini-embedding-001:embedContent")
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&up.body).unwrap(),
+            json!({"content":{"parts":[{"text":"a"}]},"outputDimensionality":3})
+        );
+    }
+
+    #[test]
+    fn token_inputs_are_a_400_naming_input() {
+        for input in ["[1,2,3]", "[[1],[2]]"] {
+            let body = format!(r#"{{"model":"e","input":{input}}}"#);
+            assert_eq!(
+                param_of(embeddings_body(&body, "m").map(|(_, v)| v)),
+                "input",
+                "{input}"
+            );
+        }
+    }
+
+    fn embeddings_answer(
+        request: &str,
+        gemini: &str,
+    ) -> Result<(Value, Option<Usage>), GatewayError> {
+        let p = provider(r#"{"kind":"gemini"}"#);
+        let req = EmbeddingsRequest::parse(request.as_bytes()).unwrap();
+        let (bytes, usage) =
+            read_embeddings_response(&target(&p, "gemini-embedding-001"), &req, gemini.as_bytes())?;
+        Ok((serde_json::from_slice(&bytes).unwrap(), usage))
+    }
+
+    #[test]
+    fn embeddings_responses_translate_exactly() {
+        let batch_as_base64 = fixture!("embed_request_batch.openai.json").replacen(
+            '{',
+            r#"{"encoding_format":"base64","#,
+            1,
+        );
+        let cases = [
+            (
+                "text, floats",
+                fixture!("embed_request_text.openai.json").to_owned(),
+                fixture!("embed_response_text.gemini.json"),
+                fixture!("embed_response_text.openai.json"),
+            ),
+            (
+                "batch, base64",
+                batch_as_base64,
+                fixture!("embed_response_batch.gemini.json"),
+                fixture!("embed_response_batch.openai.json"),
+            ),
+            (
+                // Recorded from tests/mock: the two must interoperate.
+                "mock batch, floats",
+                r#"{"model":"e","input":["alpha","beta"]}"#.to_owned(),
+                fixture!("embed_response_mock_batch.gemini.json"),
+                fixture!("embed_response_mock_batch.openai.json"),
+            ),
+        ];
+        for (name, request, gemini, openai) in cases {
+            let (got, usage) = embeddings_answer(&request, gemini).unwrap();
+            assert_eq!(got, json(openai), "scenario {name}");
+            let shown = got["usage"]["prompt_tokens"].as_u64().unwrap();
+            assert_eq!(usage, Some(Usage::new(shown, 0, None)), "scenario {name}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_number_of_embeddings_is_a_retryable_upstream_failure() {
+        let batch = r#"{"model":"e","input":["a","b"]}"#;
+        for (request, gemini) in [
+            (batch, r#"{"embeddings":[{"values":[1]}]}"#),
+            (batch, r#"{"embedding":{"values":[1]}}"#),
+            (r#"{"model":"e","input":"a"}"#, r#"{"embedding":{}}"#),
+            (r#"{"model":"e","input":"a"}"#, "not json"),
+        ] {
+            let e = embeddings_answer(request, gemini).unwrap_err();
+            assert!(
+                matches!(e, GatewayError::UpstreamInvalidResponse { .. }) && e.is_retryable(),
+                "{gemini}: {e:?}"
+            );
+        }
     }
 
     // -- error mapping

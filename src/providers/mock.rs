@@ -5,7 +5,9 @@
 //! and it goes through the same path as every provider (routing, the
 //! OpenAI adapter, stream pass-through, accounting), so what works against
 //! it works end to end. It answers at once; the answer echoes the last user
-//! message so a caller can see its request arrived intact.
+//! message so a caller can see its request arrived intact. It embeds too
+//! (`/embeddings`): deterministic unit vectors, 8 dimensions unless
+//! `dimensions` asks otherwise.
 //!
 //! Order: constants, request reading, response building, tests.
 
@@ -13,7 +15,7 @@ use futures::stream;
 
 use crate::api::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice, Delta,
-    FinishReason, Role, Usage,
+    EmbeddingInput, EmbeddingList, EmbeddingsRequest, FinishReason, Role, Usage,
 };
 use crate::error::GatewayError;
 use crate::http::{UpstreamRequest, UpstreamResponse};
@@ -25,9 +27,21 @@ pub const BASE_URL: &str = "mock://demo";
 /// Longest echo of the user's message.
 const ECHO_CHARS: usize = 200;
 
-/// Answers an OpenAI chat-completions request. `now_s` is Unix seconds.
+/// Size of a demo embedding when the request sets no `dimensions`.
+const DEFAULT_DIMENSIONS: u32 = 8;
+
+/// Largest `dimensions` served (OpenAI's largest embedding model's size).
+const MAX_DIMENSIONS: u32 = 3072;
+
+/// Answers an OpenAI chat-completions or embeddings request. `now_s` is
+/// Unix seconds.
 pub fn respond(req: &UpstreamRequest, now_s: u64) -> UpstreamResponse {
-    match answer(&req.body, now_s) {
+    let result = if req.url.ends_with("/embeddings") {
+        embeddings_answer(&req.body).map(|body| (vec![body], "application/json"))
+    } else {
+        answer(&req.body, now_s)
+    };
+    match result {
         Ok((body, content_type)) => UpstreamResponse {
             status: 200,
             headers: vec![("content-type".to_owned(), content_type.to_owned())],
@@ -95,6 +109,62 @@ fn answer(body: &[u8], now_s: u64) -> Result<(Vec<Vec<u8>>, &'static str), Gatew
         };
         Ok((vec![to_json(&completion)], "application/json"))
     }
+}
+
+/// An embeddings list: one deterministic unit vector per input, so equal
+/// inputs embed equally and a client's similarity code has something real
+/// to work on.
+fn embeddings_answer(body: &[u8]) -> Result<Vec<u8>, GatewayError> {
+    let req = EmbeddingsRequest::parse(body)?;
+    let inputs = req.inputs()?;
+    let dimensions = req.dimensions.unwrap_or(DEFAULT_DIMENSIONS);
+    if dimensions > MAX_DIMENSIONS {
+        return Err(GatewayError::InvalidRequest {
+            message: format!("`dimensions` must be at most {MAX_DIMENSIONS}."),
+            param: Some("dimensions".to_owned()),
+        });
+    }
+    let mut tokens = 0;
+    let vectors = inputs
+        .iter()
+        .map(|input| {
+            let seed = match input {
+                EmbeddingInput::Text(text) => {
+                    tokens += text.chars().count().div_ceil(4).max(1) as u64;
+                    super::fnv1a(text.as_bytes())
+                }
+                EmbeddingInput::Tokens(ids) => {
+                    tokens += ids.len() as u64;
+                    let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
+                    super::fnv1a(&bytes)
+                }
+            };
+            unit_vector(seed, dimensions)
+        })
+        .collect();
+    let list = EmbeddingList::new(req.model.as_ref(), vectors, req.encoding_format, tokens);
+    Ok(to_json(&list))
+}
+
+/// `dimensions` values from a xorshift64 sequence, scaled to unit length and
+/// rounded to six decimals (short JSON; float32 keeps about seven digits).
+fn unit_vector(seed: u64, dimensions: u32) -> Vec<f64> {
+    let mut state = seed | 1;
+    let raw: Vec<f64> = (0..dimensions)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|v| v * v)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    raw.iter().map(|v| (v / norm * 1e6).round() / 1e6).collect()
 }
 
 /// Splits after each space, so the pieces concatenate back to `text`.
@@ -237,6 +307,54 @@ mod tests {
         assert_eq!(
             usage["completion_tokens"].as_u64().unwrap() as usize,
             split_words(&text).len()
+        );
+    }
+
+    fn embed(body: &str) -> (u16, Value) {
+        let resp = respond(
+            &UpstreamRequest {
+                method: "POST",
+                url: format!("{BASE_URL}/embeddings"),
+                headers: vec![],
+                body: body.as_bytes().to_vec(),
+            },
+            1,
+        );
+        let status = resp.status;
+        (status, serde_json::from_slice(&body_of(resp)).unwrap())
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors_in_either_encoding() {
+        let (status, v) = embed(r#"{"model":"demo-1","input":["same","other","same"]}"#);
+        assert_eq!(status, 200);
+        assert_eq!(v["object"], "list");
+        assert_eq!(v["model"], "demo-1");
+        let vectors: Vec<Vec<f64>> = (0..3)
+            .map(|i| serde_json::from_value(v["data"][i]["embedding"].clone()).unwrap())
+            .collect();
+        assert_eq!(vectors[0].len(), 8);
+        assert_eq!(vectors[0], vectors[2]);
+        assert_ne!(vectors[0], vectors[1]);
+        let norm: f64 = vectors[1].iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        assert_eq!(v["data"][2]["index"], 2);
+        assert_eq!(
+            v["usage"],
+            serde_json::json!({"prompt_tokens":4,"total_tokens":4})
+        );
+
+        let (_, b) = embed(r#"{"model":"demo-1","input":"same","encoding_format":"base64"}"#);
+        let expected = crate::api::f32_le_base64(vectors[0].iter().map(|&x| x as f32));
+        assert_eq!(b["data"][0]["embedding"], expected.as_str());
+
+        let (_, d) = embed(r#"{"model":"demo-1","input":[1,2,3],"dimensions":3}"#);
+        assert_eq!(d["data"][0]["embedding"].as_array().unwrap().len(), 3);
+        assert_eq!(d["usage"]["prompt_tokens"], 3);
+        let (status, e) = embed(r#"{"model":"demo-1","input":"x","dimensions":100000}"#);
+        assert_eq!(
+            (status, &e["error"]["param"]),
+            (400, &Value::from("dimensions"))
         );
     }
 

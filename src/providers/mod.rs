@@ -2,18 +2,22 @@
 //!
 //! - [`openai`] — the OpenAI chat-completions format and its vendors, as presets.
 //! - [`anthropic`] — the Anthropic Messages format, translated both ways.
-//! - [`gemini`] — Google Gemini's `generateContent`, translated both ways.
+//! - [`gemini`] — Google Gemini's `generateContent` and `embedContent`,
+//!   translated both ways.
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
-//! core never matches on vendors.
+//! core never matches on vendors: chat completions (`build_chat_request`,
+//! `chat_response`, `stream_translator`), embeddings (`supports_embeddings`,
+//! `build_embeddings_request`, `embeddings_response`) and errors
+//! (`error_from_response`, shared by both).
 
 pub mod anthropic;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
 
-use crate::api::{ChatRequest, Usage};
+use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Provider, ProviderKind};
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
@@ -114,6 +118,55 @@ pub fn stream_translator(
         Wire::OpenAi(_) => Box::new(openai::PassThrough::new(target, req.include_usage)),
         Wire::Anthropic => Box::new(anthropic::EventsToChunks::new(target, req, now_s)),
         Wire::Gemini => Box::new(gemini::GeminiStream::new(target, req.include_usage, now_s)),
+    }
+}
+
+/// Whether a provider kind serves `/v1/embeddings` (Anthropic has no
+/// embeddings API).
+pub fn supports_embeddings(kind: ProviderKind) -> bool {
+    match wire(kind) {
+        Wire::OpenAi(_) | Wire::Gemini => true,
+        Wire::Anthropic => false,
+    }
+}
+
+/// Builds the upstream request for embeddings. A target without embeddings
+/// is a 400; the gateway leaves such targets out before it gets here.
+pub fn build_embeddings_request(
+    target: &Target<'_>,
+    req: &EmbeddingsRequest<'_>,
+    api_key: Option<&str>,
+) -> Result<UpstreamRequest, GatewayError> {
+    match wire(target.provider.kind) {
+        Wire::OpenAi(preset) => Ok(openai::build_embeddings_request(
+            target, preset, req, api_key,
+        )),
+        Wire::Gemini => gemini::build_embeddings_request(target, req, api_key),
+        Wire::Anthropic => Err(no_embeddings(&req.model)),
+    }
+}
+
+/// The 400 for a model none of whose targets serves embeddings.
+pub fn no_embeddings(model: &str) -> GatewayError {
+    GatewayError::InvalidRequest {
+        message: format!("The model `{model}` does not support embeddings."),
+        param: Some("model".to_owned()),
+    }
+}
+
+/// Converts a 2xx embeddings body to the client's body, and reads usage.
+pub fn embeddings_response(
+    target: &Target<'_>,
+    req: &EmbeddingsRequest<'_>,
+    body: Vec<u8>,
+) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
+    match wire(target.provider.kind) {
+        Wire::OpenAi(_) => {
+            let usage = openai::read_embeddings_response(target, &body)?;
+            Ok((body, usage))
+        }
+        Wire::Gemini => gemini::read_embeddings_response(target, req, &body),
+        Wire::Anthropic => Err(no_embeddings(&req.model)),
     }
 }
 

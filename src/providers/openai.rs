@@ -1,4 +1,5 @@
-//! The OpenAI chat-completions wire format, and every vendor that speaks it.
+//! The OpenAI chat-completions and embeddings wire format, and every vendor
+//! that speaks it.
 //!
 //! Vendors are presets (base URL, auth header, secret name), not copies.
 //! Requests are forwarded losslessly with only `model` rewritten (and usage
@@ -11,7 +12,7 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::api::{ChatRequest, Usage};
+use crate::api::{ChatRequest, EmbeddingUsage, EmbeddingsRequest, Usage};
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
@@ -104,6 +105,15 @@ struct UsageOnly {
     choices: Option<Vec<IgnoredAny>>,
 }
 
+/// The parts of an embeddings list the gateway reads.
+#[derive(Deserialize)]
+struct EmbeddingsUsageOnly {
+    #[serde(rename = "data")]
+    _data: Vec<IgnoredAny>,
+    #[serde(default)]
+    usage: Option<EmbeddingUsage>,
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     error: ErrorDetail,
@@ -124,6 +134,43 @@ pub fn build_chat_request(
     req: &ChatRequest<'_>,
     api_key: Option<&str>,
 ) -> UpstreamRequest {
+    post(
+        target,
+        preset,
+        "chat/completions",
+        req.stream,
+        api_key,
+        req.to_openai_body(target.model),
+    )
+}
+
+/// The upstream request for embeddings: the client's body, `model` rewritten.
+pub fn build_embeddings_request(
+    target: &Target<'_>,
+    preset: Preset,
+    req: &EmbeddingsRequest<'_>,
+    api_key: Option<&str>,
+) -> UpstreamRequest {
+    post(
+        target,
+        preset,
+        "embeddings",
+        false,
+        api_key,
+        req.to_openai_body(target.model),
+    )
+}
+
+/// A POST to `endpoint` (`chat/completions`, `embeddings`) under the
+/// vendor's base URL (Azure: under the deployment), with its auth header.
+fn post(
+    target: &Target<'_>,
+    preset: Preset,
+    endpoint: &str,
+    stream: bool,
+    api_key: Option<&str>,
+    body: Vec<u8>,
+) -> UpstreamRequest {
     let p = target.provider;
     let base = p
         .base_url
@@ -133,17 +180,17 @@ pub fn build_chat_request(
         .trim_end_matches('/');
     let url = match p.kind {
         ProviderKind::Azure => format!(
-            "{base}/openai/deployments/{}/chat/completions?api-version={}",
+            "{base}/openai/deployments/{}/{endpoint}?api-version={}",
             target.model,
             p.api_version
                 .as_deref()
                 .unwrap_or(AZURE_DEFAULT_API_VERSION)
         ),
-        _ => format!("{base}/chat/completions"),
+        _ => format!("{base}/{endpoint}"),
     };
     let mut headers = Vec::with_capacity(3 + p.headers.len());
     headers.push(("content-type".to_owned(), "application/json".to_owned()));
-    if req.stream {
+    if stream {
         headers.push(("accept".to_owned(), "text/event-stream".to_owned()));
     }
     if let Some(key) = api_key {
@@ -154,7 +201,7 @@ pub fn build_chat_request(
         method: "POST",
         url,
         headers,
-        body: req.to_openai_body(target.model),
+        body,
     }
 }
 
@@ -175,6 +222,20 @@ pub fn read_chat_response(target: &Target<'_>, body: &[u8]) -> Result<Option<Usa
         .map_err(|e| GatewayError::UpstreamInvalidResponse {
             provider: target.name.to_owned(),
             message: format!("not a chat completion: {e}"),
+        })
+}
+
+/// Checks a 2xx embeddings body (an object with a `data` array) and reads
+/// its usage. The body itself goes to the client unchanged.
+pub fn read_embeddings_response(
+    target: &Target<'_>,
+    body: &[u8],
+) -> Result<Option<Usage>, GatewayError> {
+    serde_json::from_slice::<EmbeddingsUsageOnly>(body)
+        .map(|e| e.usage.map(Usage::from))
+        .map_err(|e| GatewayError::UpstreamInvalidResponse {
+            provider: target.name.to_owned(),
+            message: format!("not an embeddings list: {e}"),
         })
 }
 
@@ -365,6 +426,61 @@ mod tests {
                 ("x-extra".into(), "1".into())
             ]
         );
+    }
+
+    #[test]
+    fn embeddings_request_goes_to_the_embeddings_endpoint_unchanged_but_for_model() {
+        let body = br#"{"model":"alias","input":["a","b"],"encoding_format":"base64","dimensions":8,"user":"u"}"#;
+        let req = EmbeddingsRequest::parse(body).unwrap();
+        let p = provider(r#"{"kind":"openai"}"#);
+        let up = build_embeddings_request(
+            &target(&p, "text-embedding-3-small"),
+            preset(p.kind).unwrap(),
+            &req,
+            Some("sk-1"),
+        );
+        assert_eq!(up.url, "https://api.openai.com/v1/embeddings");
+        assert_eq!(
+            up.headers,
+            [
+                ("content-type".into(), "application/json".into()),
+                ("authorization".into(), "Bearer sk-1".into())
+            ]
+        );
+        assert_eq!(
+            up.body,
+            br#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"base64","dimensions":8,"user":"u"}"#
+        );
+        let p = provider(r#"{"kind":"azure","base_url":"https://eu.openai.azure.com"}"#);
+        let up = build_embeddings_request(
+            &target(&p, "emb-eu"),
+            preset(p.kind).unwrap(),
+            &req,
+            Some("k"),
+        );
+        assert_eq!(
+            up.url,
+            "https://eu.openai.azure.com/openai/deployments/emb-eu/embeddings?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn embeddings_usage_is_read_and_a_non_list_is_retryable() {
+        let p = provider(r#"{"kind":"openai"}"#);
+        let t = target(&p, "m");
+        let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPw=="}],"model":"m","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            read_embeddings_response(&t, body).unwrap(),
+            Some(Usage::new(5, 0, None))
+        );
+        assert_eq!(
+            read_embeddings_response(&t, br#"{"data":[]}"#).unwrap(),
+            None
+        );
+        for bad in [&b"{\"id\": invalid"[..], br#"{"choices":[]}"#] {
+            let e = read_embeddings_response(&t, bad).unwrap_err();
+            assert!(e.is_retryable(), "{e:?}");
+        }
     }
 
     fn run_stream(t: &mut PassThrough, input: &str) -> (String, Result<(), GatewayError>) {
