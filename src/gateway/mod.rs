@@ -1,9 +1,10 @@
 //! The request path as plain async Rust.
 //!
 //! [`route`] maps method and path to an endpoint (404/405 otherwise).
-//! [`chat_completions`] parses the request, asks [`crate::routing`] for the
-//! ordered candidates, and walks them: build the provider request, send it
-//! through the [`Upstream`] seam, and on a retryable failure move to the next
+//! [`chat_completions`] and [`embeddings`] parse the request, ask
+//! [`crate::routing`] for the ordered candidates, and walk them with the one
+//! failover loop ([`failover`]): build the provider request, send it through
+//! the [`Upstream`] seam, and on a retryable failure move to the next
 //! candidate. A stream is committed only once its first translated bytes
 //! exist, so a provider that fails before answering costs the client nothing
 //! but the time of that attempt. Every attempt's error is kept, so when all
@@ -11,11 +12,13 @@
 
 mod stream;
 
+use std::cell::Cell;
+
 use futures::StreamExt;
 
 pub use stream::{StreamEnd, StreamOutcome, Translated, error_event, into_client_stream};
 
-use crate::api::{ChatRequest, Usage};
+use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, ProviderKind};
 use crate::error::{Attempt, GatewayError};
 use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
@@ -33,6 +36,8 @@ const RESPONSE_BODY_LIMIT: usize = 32 * 1024 * 1024;
 pub enum Route {
     /// `POST /v1/chat/completions`.
     ChatCompletions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
     /// `GET /v1/models`.
     Models,
     /// `GET /v1/models/{id}`.
@@ -57,6 +62,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
     };
     let (route, allowed) = match path {
         "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
+        "/v1/embeddings" => (Route::Embeddings, "POST"),
         "/v1/models" => (Route::Models, "GET"),
         "/v1/usage" => (Route::Usage, "GET"),
         "/" | "/health" => (Route::Health, "GET"),
@@ -261,12 +267,54 @@ pub async fn dispatch<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     prepared: &Prepared<'_>,
-    mut on_stream_end: Option<StreamEnd>,
+    on_stream_end: Option<StreamEnd>,
 ) -> Result<Reply, GatewayError> {
+    // A cell, not a `&mut`: each attempt borrows it, and only the attempt
+    // whose stream is committed takes the callback out.
+    let on_stream_end = Cell::new(on_stream_end);
+    failover(&prepared.candidates, |cand| {
+        try_candidate(upstream, ctx, &prepared.req, cand, &on_stream_end)
+    })
+    .await
+}
+
+/// `POST /v1/embeddings`: parse, route to the targets that embed, and walk
+/// them like chat. Targets without embeddings (Anthropic) are left out; a
+/// model with none left is a 400 naming `model`.
+pub async fn embeddings<U: Upstream>(
+    upstream: &U,
+    config: &Config,
+    ctx: &Ctx<'_>,
+    body: &[u8],
+) -> Result<Reply, GatewayError> {
+    let req = EmbeddingsRequest::parse(body)?;
+    let mut candidates = routing::candidates(config, &req.model, ctx.secret)?;
+    candidates.retain(|c| providers::supports_embeddings(c.target.provider.kind));
+    if candidates.is_empty() {
+        return Err(providers::no_embeddings(&req.model));
+    }
+    failover(&candidates, |cand| {
+        try_embeddings(upstream, ctx, &req, cand)
+    })
+    .await
+}
+
+/// The failover loop every endpoint uses: `attempt` each candidate in
+/// order; stop at the first answer or the first failure that is not worth
+/// another target ([`GatewayError::is_retryable`]). The answer is labelled
+/// with the target that gave it.
+async fn failover<'s, 'c, F, Fut>(
+    candidates: &'s [Candidate<'c>],
+    attempt: F,
+) -> Result<Reply, GatewayError>
+where
+    F: Fn(&'s Candidate<'c>) -> Fut,
+    Fut: Future<Output = Result<Reply, GatewayError>>,
+{
     let mut attempts: Vec<(Attempt, GatewayError)> = Vec::new();
-    for cand in &prepared.candidates {
+    for cand in candidates {
         let tried = attempts.len() + 1;
-        match try_candidate(upstream, ctx, &prepared.req, cand, &mut on_stream_end).await {
+        match attempt(cand).await {
             Ok(mut reply) => {
                 let t = &cand.target;
                 reply
@@ -344,24 +392,17 @@ pub struct Served {
     pub attempts: usize,
 }
 
-/// One attempt at one candidate.
+/// One chat attempt at one candidate.
 async fn try_candidate<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     req: &ChatRequest<'_>,
     cand: &Candidate<'_>,
-    on_stream_end: &mut Option<StreamEnd>,
+    on_stream_end: &Cell<Option<StreamEnd>>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
-    let resp = send(upstream, target, up_req, ctx.now_ms).await?;
-    if !(200..300).contains(&resp.status) {
-        let status = resp.status;
-        let retry_after = resp.retry_after_secs();
-        let body = resp.collect(ERROR_BODY_LIMIT).await.unwrap_or_default();
-        let e = providers::error_from_response(target, status, retry_after, &body);
-        return Err(redact(e, cand.api_key.as_deref()));
-    }
+    let resp = send_for_success(upstream, ctx, cand, up_req).await?;
     if req.stream {
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
         let mut translated = Translated::new(target.name, resp.body, translator);
@@ -378,16 +419,62 @@ async fn try_candidate<U: Upstream>(
             }),
         };
     }
-    let body = resp.collect(RESPONSE_BODY_LIMIT).await.map_err(|message| {
-        GatewayError::UpstreamUnreachable {
-            provider: target.name.to_owned(),
-            message,
-        }
-    })?;
+    let body = collect_answer(resp, target).await?;
     let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)
+}
+
+/// One embeddings attempt at one candidate.
+async fn try_embeddings<U: Upstream>(
+    upstream: &U,
+    ctx: &Ctx<'_>,
+    req: &EmbeddingsRequest<'_>,
+    cand: &Candidate<'_>,
+) -> Result<Reply, GatewayError> {
+    let target = &cand.target;
+    let up_req = providers::build_embeddings_request(target, req, cand.api_key.as_deref())?;
+    let resp = send_for_success(upstream, ctx, cand, up_req).await?;
+    let body = collect_answer(resp, target).await?;
+    let (body, usage) = providers::embeddings_response(target, req, body)?;
+    let mut reply = Reply::json(200, body);
+    reply.usage = usage;
+    Ok(reply)
+}
+
+/// Sends a candidate's request; a non-2xx answer becomes the provider's
+/// error, with its key redacted should the provider echo it.
+async fn send_for_success<U: Upstream>(
+    upstream: &U,
+    ctx: &Ctx<'_>,
+    cand: &Candidate<'_>,
+    up_req: UpstreamRequest,
+) -> Result<UpstreamResponse, GatewayError> {
+    let target = &cand.target;
+    let resp = send(upstream, target, up_req, ctx.now_ms).await?;
+    if (200..300).contains(&resp.status) {
+        return Ok(resp);
+    }
+    let status = resp.status;
+    let retry_after = resp.retry_after_secs();
+    let body = resp.collect(ERROR_BODY_LIMIT).await.unwrap_or_default();
+    let e = providers::error_from_response(target, status, retry_after, &body);
+    Err(redact(e, cand.api_key.as_deref()))
+}
+
+/// Reads a whole non-streamed answer; a body cut short is a transport
+/// failure (worth another target).
+async fn collect_answer(
+    resp: UpstreamResponse,
+    target: &Target<'_>,
+) -> Result<Vec<u8>, GatewayError> {
+    resp.collect(RESPONSE_BODY_LIMIT)
+        .await
+        .map_err(|message| GatewayError::UpstreamUnreachable {
+            provider: target.name.to_owned(),
+            message,
+        })
 }
 
 /// Sends through the upstream, or to the in-worker demo model.

@@ -76,11 +76,14 @@ const CONFIG: &str = r#"{"version":1,
   "providers":{"a":{"kind":"openai","base_url":"http://a.test/v1","api_key_secret":"A_KEY"},
                "b":{"kind":"openai-compatible","base_url":"http://b.test/v1"},
                "g":{"kind":"gemini","base_url":"http://g.test/v1beta"},
+               "c":{"kind":"anthropic","base_url":"http://c.test","api_key_secret":"A_KEY"},
                "demo":{"kind":"mock"}},
   "models":{"m":{"targets":[{"provider":"a","model":"ma"},{"provider":"b","model":"mb"}]},
             "gm":{"targets":[{"provider":"g","model":"gemini-2.5-flash"},{"provider":"b","model":"mb"}]},
             "demo":{"targets":[{"provider":"demo","model":"demo-1"}]},
-            "solo":{"targets":[{"provider":"a","model":"ma"}]}}}"#;
+            "solo":{"targets":[{"provider":"a","model":"ma"}]},
+            "claude":{"targets":[{"provider":"c","model":"claude-x"}]},
+            "mixed":{"targets":[{"provider":"c","model":"claude-x"},{"provider":"g","model":"gemini-embedding-001"},{"provider":"a","model":"ma"}]}}}"#;
 
 fn secret(name: &str) -> Option<String> {
     match name {
@@ -586,4 +589,201 @@ fn a_broken_stream_reports_incomplete() {
     full_body(run_with_end(&up, STREAM, end));
     assert_eq!(seen.borrow().len(), 1);
     assert!(!seen.borrow()[0].complete);
+}
+
+fn run_embeddings(up: &Scripted, body: &str) -> Result<Reply, GatewayError> {
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 1_700_000_000_000,
+        secret: &secret,
+    };
+    block_on(embeddings(up, &config, &ctx, body.as_bytes()))
+}
+
+const EMBEDDINGS_LIST: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPw=="},{"object":"embedding","index":1,"embedding":"AAAAwA=="}],"model":"ma","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+
+#[test]
+fn embeddings_pass_through_to_an_openai_target_with_model_rewritten() {
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![EMBEDDINGS_LIST.as_bytes().to_vec()],
+    )]);
+    let reply = run_embeddings(
+        &up,
+        r#"{"input":["a","b"],"model":"solo","encoding_format":"base64","dimensions":1,"user":"u-1"}"#,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("a"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("1"));
+    assert_eq!(reply.usage, Some(Usage::new(5, 0, None)));
+    assert_eq!(reply.served.as_ref().unwrap().model, "ma");
+    assert_eq!(full_body(reply), EMBEDDINGS_LIST.as_bytes());
+    let seen = up.seen.borrow();
+    assert_eq!(seen[0].url, "http://a.test/v1/embeddings");
+    assert!(
+        seen[0]
+            .headers
+            .contains(&("authorization".into(), "Bearer sk-provider-secret-a".into()))
+    );
+    assert_eq!(
+        seen[0].body,
+        br#"{"input":["a","b"],"model":"ma","encoding_format":"base64","dimensions":1,"user":"u-1"}"#
+    );
+}
+
+#[test]
+fn embeddings_fail_over_like_chat() {
+    let up = Scripted::new(vec![
+        Script::Reply(
+            503,
+            vec![],
+            vec![b"{\"error\":{\"message\":\"down\"}}".to_vec()],
+        ),
+        Script::Reply(200, vec![], vec![EMBEDDINGS_LIST.as_bytes().to_vec()]),
+    ]);
+    let reply = run_embeddings(&up, r#"{"model":"m","input":"x"}"#).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+    assert_eq!(up.seen.borrow()[1].url, "http://b.test/v1/embeddings");
+
+    // Not a list: retryable, so both targets are tried and both listed.
+    let up = Scripted::new(vec![
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        Script::Transport("connection refused"),
+    ]);
+    match run_embeddings(&up, r#"{"model":"m","input":"x"}"#) {
+        Err(GatewayError::AllTargetsFailed { attempts }) => {
+            assert!(attempts[0].reason.contains("not an embeddings list"));
+            assert_eq!(attempts.len(), 2);
+        }
+        other => panic!("{:?}", other.err()),
+    }
+
+    // A 400 is the caller's: no second target; a lone 429 stays a 429.
+    let up = Scripted::new(vec![Script::Reply(
+        400,
+        vec![],
+        vec![b"{\"error\":{\"message\":\"bad input\"}}".to_vec()],
+    )]);
+    let err = run_embeddings(&up, r#"{"model":"m","input":"x"}"#)
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), 400);
+    assert_eq!(up.seen.borrow().len(), 1);
+    let up = Scripted::new(vec![Script::Reply(
+        429,
+        vec![("retry-after", "3")],
+        vec![b"{\"error\":{\"message\":\"slow\"}}".to_vec()],
+    )]);
+    let reply = Reply::error(
+        &run_embeddings(&up, r#"{"model":"solo","input":"x"}"#)
+            .err()
+            .unwrap(),
+    );
+    assert_eq!(
+        (reply.status, header(&reply, "retry-after")),
+        (429, Some("3"))
+    );
+}
+
+#[test]
+fn embeddings_skip_targets_without_them_and_refuse_a_model_with_none() {
+    let up = Scripted::new(vec![]);
+    let err = run_embeddings(&up, r#"{"model":"claude","input":"x"}"#)
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), 400);
+    let body: Value = serde_json::from_slice(&err.to_body()).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "model");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`claude` does not support embeddings"),
+        "{body}"
+    );
+    assert!(up.seen.borrow().is_empty());
+
+    // Anthropic first, then Gemini (which fails over), then OpenAI.
+    let up = Scripted::new(vec![
+        Script::Reply(
+            500,
+            vec![],
+            vec![br#"{"error":{"code":500,"message":"boom","status":"INTERNAL"}}"#.to_vec()],
+        ),
+        Script::Reply(200, vec![], vec![EMBEDDINGS_LIST.as_bytes().to_vec()]),
+    ]);
+    let reply = run_embeddings(&up, r#"{"model":"mixed","input":"x"}"#).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("a"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+    let seen = up.seen.borrow();
+    assert_eq!(
+        seen[0].url,
+        "http://g.test/v1beta/models/gemini-embedding-001:embedContent"
+    );
+    assert!(!seen.iter().any(|r| r.url.contains("c.test")));
+}
+
+#[test]
+fn gemini_embeddings_are_translated_both_ways() {
+    let answer = br#"{"embeddings":[{"values":[1.0,-2.0]},{"values":[0.5,0.25]}]}"#;
+    let up = Scripted::new(vec![Script::Reply(200, vec![], vec![answer.to_vec()])]);
+    let reply = run_embeddings(
+        &up,
+        r#"{"model":"mixed","input":["hello","world!"],"encoding_format":"base64","dimensions":2}"#,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("g"));
+    // Gemini counts no tokens: four bytes of text a token.
+    assert_eq!(reply.usage, Some(Usage::new(4, 0, None)));
+    let v: Value = serde_json::from_slice(&full_body(reply)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"object":"list","data":[
+            {"object":"embedding","index":0,"embedding":"AACAPwAAAMA="},
+            {"object":"embedding","index":1,"embedding":"AAAAPwAAgD4="}],
+            "model":"gemini-embedding-001","usage":{"prompt_tokens":4,"total_tokens":4}})
+    );
+    let seen = up.seen.borrow();
+    assert_eq!(
+        seen[0].url,
+        "http://g.test/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    );
+    assert!(
+        seen[0]
+            .headers
+            .contains(&("x-goog-api-key".into(), "AIza-provider-secret-g".into()))
+    );
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        body["requests"][1],
+        serde_json::json!({"model":"models/gemini-embedding-001","content":{"parts":[{"text":"world!"}]},"outputDimensionality":2})
+    );
+}
+
+#[test]
+fn demo_model_embeds_without_the_network() {
+    let up = Scripted::new(vec![]);
+    let reply = run_embeddings(&up, r#"{"model":"demo","input":"ping"}"#).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("demo"));
+    assert_eq!(reply.usage, Some(Usage::new(1, 0, None)));
+    let v: Value = serde_json::from_slice(&full_body(reply)).unwrap();
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    assert!(up.seen.borrow().is_empty());
+}
+
+#[test]
+fn embeddings_requests_are_checked_before_routing() {
+    let up = Scripted::new(vec![]);
+    let status = |body: &str| run_embeddings(&up, body).err().unwrap().status();
+    assert_eq!(status(r#"{"model":"m"}"#), 400);
+    assert_eq!(status(r#"{"model":"nope","input":"x"}"#), 404);
+    assert_eq!(status("{"), 400);
+    assert_eq!(route("POST", "/v1/embeddings"), Ok(Route::Embeddings));
+    let e = route("GET", "/v1/embeddings").unwrap_err();
+    assert_eq!(header(&Reply::error(&e), "allow"), Some("POST"));
+    assert!(up.seen.borrow().is_empty());
 }
