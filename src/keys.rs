@@ -15,6 +15,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::limits::Auth;
+
 /// The prefix of virtual keys.
 pub const VIRTUAL_PREFIX: &str = "sk-gw-";
 
@@ -36,6 +38,24 @@ pub enum KeyRef {
 }
 
 impl KeyRef {
+    /// How the key's object is to check it.
+    pub fn auth(&self) -> Auth {
+        match self {
+            KeyRef::Static { .. } => Auth::Static,
+            KeyRef::Virtual { secret_hash, .. } => Auth::Virtual {
+                secret_hash: secret_hash.clone(),
+            },
+        }
+    }
+
+    /// The key's id in usage records and logs (`static` for static keys).
+    pub fn id(&self) -> &str {
+        match self {
+            KeyRef::Static { .. } => "static",
+            KeyRef::Virtual { id, .. } => id,
+        }
+    }
+
     /// The name of the key's Durable Object.
     pub fn object_name(&self) -> String {
         match self {

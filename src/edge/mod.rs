@@ -1,65 +1,81 @@
 //! The Workers runtime glue: the only module that imports `worker`.
 //!
 //! - this file        — the fetch handler and the request path
+//! - `admin`          — `/admin/*`: config and virtual keys
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
+//! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
 //! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
 
+mod admin;
 mod config_cache;
+mod key_client;
 mod key_object;
 mod upstream;
 
 use futures::StreamExt;
-use worker::{Context, Date, Env, Headers, Request, Response, event};
+use futures::channel::oneshot;
+use serde::Serialize;
+use worker::{Context, Date, Env, Headers, Request, Response, console_log, event};
 
-use crate::config::Config;
 use crate::error::GatewayError;
-use crate::gateway::{self, Ctx, Reply, ReplyBody, Route};
-use crate::keys;
-use crate::limits::{self, Command};
+use crate::gateway::{
+    self, Accounting, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
+};
+use crate::keys::{self, KeyRef};
+use crate::limits::{Admit, Command, Money, Reply as KeyReply, Settle, UsageEvent};
+use crate::routing;
 
-/// Secret with the accepted gateway keys, comma-separated.
+/// Secret with the static gateway keys, comma-separated.
 const GATEWAY_KEYS: &str = "GATEWAY_KEYS";
-/// Secret that guards `/admin/*`.
-const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 /// Var that enables test-only routes; never set it in production.
 const TEST_HOOKS: &str = "GATEWAY_TEST_HOOKS";
-/// The per-key Durable Object namespace.
-const KEY_OBJECTS: &str = "KEY_OBJECTS";
 
-/// The fetch handler. The request path, step by step:
+/// The fetch handler. The request path of a chat completion, step by step:
 ///
 /// 1. **route** — method + path to an endpoint, 404/405 otherwise
 ///    ([`gateway::route`]).
-/// 2. **auth** — the gateway key from `Authorization: Bearer` or `x-api-key`,
-///    checked in constant time ([`authenticate`]); admin routes check
-///    `ADMIN_TOKEN` instead ([`admin_config`]).
-/// 3. **config, body, admission — concurrently** — the routing config from
-///    the isolate cache or KV ([`config_cache::current`]), the body read with
-///    the config's size limit ([`read_body`]), and the per-key Durable Object's
-///    admission ([`admit`]).
-/// 4. **route, translate, send, fail over** — candidates best-first, each
-///    tried until one answers ([`gateway::chat_completions`]).
-/// 5. **stream** — the reply passed to the client chunk by chunk
-///    ([`into_response`]); every error is OpenAI-shaped JSON.
+/// 2. **auth** — the key from `Authorization: Bearer` or `x-api-key`:
+///    a static key checked in constant time, or a virtual key whose object
+///    will verify it ([`authenticate`]). `/admin/*` checks `ADMIN_TOKEN`
+///    instead ([`admin::handle`]).
+/// 3. **config and body, concurrently** — the routing config from the
+///    isolate cache or KV ([`config_cache::current`]), the body with the
+///    config's size limit ([`read_body`]).
+/// 4. **parse and route** — the request and its candidates best-first, and
+///    its worst-case cost ([`gateway::prepare`], [`gateway::Prepared::worst_case`]).
+/// 5. **admit** — one call to the key's Durable Object: key valid, model in
+///    scope, rate limits, budget reserved ([`admit`]).
+/// 6. **translate, send, fail over** — each candidate until one answers
+///    ([`gateway::dispatch`]).
+/// 7. **stream** — the answer passed to the client chunk by chunk, with the
+///    `x-ratelimit-*` headers ([`into_response`]).
+/// 8. **settle** — off the request path (`waitUntil`): the reservation
+///    replaced by the actual cost when the answer (or the stream) ends, and
+///    one JSON log line ([`settle`]).
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let request_id = new_request_id();
-    let reply = match handle(req, &env).await {
+    let reply = match handle(req, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
     into_response(reply, &request_id)
 }
 
-async fn handle(mut req: Request, env: &Env) -> Result<Reply, GatewayError> {
+async fn handle(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    request_id: &str,
+) -> Result<Reply, GatewayError> {
     // 1. route
     let method = req.method().to_string();
     let path = req.path();
     let route = gateway::route(&method, &path)?;
     match route {
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
-        Route::AdminConfig => return admin_config(&mut req, env, &method).await,
+        Route::Admin(admin) => return admin::handle(&mut req, env, admin, &method).await,
         Route::TestPanic => {
             if var(env, TEST_HOOKS).as_deref() == Some("1") {
                 // Proves a panic costs one request, not the isolate.
@@ -69,76 +85,229 @@ async fn handle(mut req: Request, env: &Env) -> Result<Reply, GatewayError> {
         }
         Route::ChatCompletions | Route::Models | Route::Model(_) | Route::Usage => {}
     }
-
     // 2. auth
-    let key_id = authenticate(&req, env)?;
-
-    let secret = |name: &str| var(env, name);
-    let ctx = |now_ms| Ctx {
-        now_ms,
-        secret: &secret,
-    };
+    let key = authenticate(&req, env)?;
     match route {
-        Route::ChatCompletions => {
-            // 3. config, body and admission, concurrently
-            let (config, body, admission) = futures::join!(
-                config_cache::current(env),
-                read_body(&mut req),
-                admit(env, &key_id, Command::Admit)
-            );
-            let (config, body, _admission) = (config, body?, admission?);
-            if body.len() as u64 > config.limits.max_body_bytes {
-                return Err(GatewayError::BodyTooLarge {
-                    limit: config.limits.max_body_bytes,
-                });
-            }
-            // 4. route, translate, send, fail over
-            gateway::chat_completions(&upstream::FetchUpstream, &config, &ctx(now_ms()), &body)
-                .await
-        }
-        Route::Models | Route::Model(_) => {
-            let (config, admission) = futures::join!(
-                config_cache::current(env),
-                admit(env, &key_id, Command::Admit)
-            );
-            admission?;
-            match &route {
-                Route::Model(id) => gateway::model(&config, id, &secret),
-                _ => Ok(gateway::models(&config, &secret)),
-            }
-        }
-        Route::Usage => {
-            let reply = admit(env, &key_id, Command::Usage).await?;
-            Ok(Reply::json_value(200, &UsageBody::from(reply)))
-        }
-        Route::Health | Route::AdminConfig | Route::TestPanic => Err(GatewayError::Internal {
+        Route::ChatCompletions => Ok(chat(&mut req, env, ctx, &key, request_id).await),
+        Route::Models | Route::Model(_) => models(env, &key, &route).await,
+        Route::Usage => match key_client::call(
+            env,
+            &key.object_name(),
+            &Command::Usage { auth: key.auth() },
+        )
+        .await?
+        {
+            KeyReply::Usage(report) => Ok(Reply::json_value(200, &report)),
+            KeyReply::Denied(d) => Err(gateway::denial_to_error(&d, "")),
+            other => Err(key_client::unexpected(other)),
+        },
+        Route::Health | Route::Admin(_) | Route::TestPanic => Err(GatewayError::Internal {
             message: "route handled earlier".into(),
         }),
     }
 }
 
-/// `GET /v1/usage`, in the caller's terms.
-#[derive(serde::Serialize)]
-struct UsageBody {
-    object: &'static str,
-    requests: u64,
-    first_request_ms: u64,
-    last_request_ms: u64,
+/// `POST /v1/chat/completions`, steps 3 to 8.
+async fn chat(
+    req: &mut Request,
+    env: &Env,
+    ctx: &Context,
+    key: &KeyRef,
+    request_id: &str,
+) -> Reply {
+    let started = now_ms();
+    // 3. config and body, concurrently
+    let (config, body) = futures::join!(config_cache::current(env), read_body(req));
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Reply::error(&e),
+    };
+    if body.len() as u64 > config.limits.max_body_bytes {
+        return Reply::error(&GatewayError::BodyTooLarge {
+            limit: config.limits.max_body_bytes,
+        });
+    }
+    let secret = |name: &str| var(env, name);
+    let gctx = Ctx {
+        now_ms: started,
+        secret: &secret,
+    };
+    // 4. parse and route
+    let prepared = match gateway::prepare(&config, &gctx, &body) {
+        Ok(p) => p,
+        Err(e) => return Reply::error(&e),
+    };
+    let (reserve, tokens) = prepared.worst_case();
+    // 5. admit
+    let object = key.object_name();
+    let admit = Command::Admit(Admit {
+        auth: key.auth(),
+        model: prepared.req.model.to_string(),
+        reserve,
+        tokens,
+    });
+    let (reservation, rate) = match key_client::call(env, &object, &admit).await {
+        Ok(KeyReply::Admitted { reservation, rate }) => (reservation, rate),
+        Ok(KeyReply::Denied(d)) => {
+            let mut reply = Reply::error(&gateway::denial_to_error(&d, &prepared.req.model));
+            reply.headers.extend(gateway::rate_headers(&d.rate));
+            return reply;
+        }
+        Ok(other) => return Reply::error(&key_client::unexpected(other)),
+        Err(e) => return Reply::error(&e),
+    };
+    // 6. translate, send, fail over
+    let (end_tx, end_rx) = oneshot::channel::<StreamOutcome>();
+    let on_end: StreamEnd = Box::new(move |outcome| {
+        let _ = end_tx.send(outcome);
+    });
+    let streaming = prepared.req.stream;
+    let result = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end)).await;
+    // 8. settle, off the request path
+    let mut pending = Settlement {
+        env: env.clone(),
+        object,
+        reservation,
+        accounting: prepared.accounting(),
+        key_id: key.id().to_owned(),
+        request_id: request_id.to_owned(),
+        served: None,
+        status: 200,
+        started_ms: started,
+        first_byte_ms: now_ms() - started,
+        stream: streaming,
+    };
+    let mut reply = match result {
+        Ok(reply) => {
+            pending.served = reply.served.clone();
+            let usage = reply.usage;
+            if matches!(reply.body, ReplyBody::Stream(_)) {
+                ctx.wait_until(async move {
+                    let outcome = end_rx.await.ok();
+                    let complete = outcome.as_ref().is_some_and(|o| o.complete);
+                    let (usage, events) = outcome.map_or((None, 0), |o| (o.usage, o.events));
+                    settle(pending, usage, events, !complete).await;
+                });
+            } else {
+                ctx.wait_until(settle(pending, usage, 0, false));
+            }
+            reply
+        }
+        Err(e) => {
+            pending.status = e.status();
+            ctx.wait_until(settle(pending, None, 0, true));
+            Reply::error(&e)
+        }
+    };
+    // 7. stream (the caller turns the reply into a response)
+    reply.headers.extend(gateway::rate_headers(&rate));
+    reply
 }
 
-impl From<limits::Reply> for UsageBody {
-    fn from(r: limits::Reply) -> Self {
-        UsageBody {
-            object: "usage",
-            requests: r.state.requests,
-            first_request_ms: r.state.first_request_ms,
-            last_request_ms: r.state.last_request_ms,
+/// What settling one request needs, owned so it can outlive the request.
+struct Settlement {
+    env: Env,
+    object: String,
+    reservation: u64,
+    accounting: Accounting,
+    key_id: String,
+    request_id: String,
+    served: Option<Served>,
+    status: u16,
+    started_ms: u64,
+    first_byte_ms: u64,
+    stream: bool,
+}
+
+/// One structured log line per request.
+#[derive(Serialize)]
+struct UsageLog<'a> {
+    event: &'static str,
+    request_id: &'a str,
+    key: &'a str,
+    model: &'a str,
+    provider: Option<&'a str>,
+    target_model: Option<&'a str>,
+    attempts: usize,
+    status: u16,
+    stream: bool,
+    error: bool,
+    input_tokens: u64,
+    output_tokens: u64,
+    cached_tokens: u64,
+    cost_usd: Money,
+    latency_ms: u64,
+    first_byte_ms: u64,
+}
+
+/// Replaces the reservation with the actual cost and logs the request.
+async fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
+    let (cost, event): (Money, UsageEvent) =
+        gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error);
+    let log = UsageLog {
+        event: "request",
+        request_id: &s.request_id,
+        key: &s.key_id,
+        model: &s.accounting.model,
+        provider: s.served.as_ref().map(|x| x.provider.as_str()),
+        target_model: s.served.as_ref().map(|x| x.model.as_str()),
+        attempts: s.served.as_ref().map_or(0, |x| x.attempts),
+        status: s.status,
+        stream: s.stream,
+        error,
+        input_tokens: event.input_tokens,
+        output_tokens: event.output_tokens,
+        cached_tokens: event.cached_tokens,
+        cost_usd: cost,
+        latency_ms: now_ms() - s.started_ms,
+        first_byte_ms: s.first_byte_ms,
+    };
+    if let Ok(line) = serde_json::to_string(&log) {
+        console_log!("{line}");
+    }
+    let command = Command::Settle(Settle {
+        reservation: s.reservation,
+        cost,
+        usage: event,
+    });
+    if let Err(e) = key_client::call(&s.env, &s.object, &command).await {
+        // The reservation expires and is charged as reserved: never less.
+        worker::console_error!("settle failed for {}: {e}", s.request_id);
+    }
+}
+
+/// `GET /v1/models` and `/v1/models/{id}`: what the key may use.
+async fn models(env: &Env, key: &KeyRef, route: &Route) -> Result<Reply, GatewayError> {
+    let check = Command::Check { auth: key.auth() };
+    let object = key.object_name();
+    let (config, checked) = futures::join!(
+        config_cache::current(env),
+        key_client::call(env, &object, &check)
+    );
+    let scope = match checked? {
+        KeyReply::Allowed { allowed_models } => allowed_models,
+        KeyReply::Denied(d) => return Err(gateway::denial_to_error(&d, "")),
+        other => return Err(key_client::unexpected(other)),
+    };
+    let in_scope = |id: &str| scope.as_ref().is_none_or(|m| m.iter().any(|x| x == id));
+    let secret = |name: &str| var(env, name);
+    match route {
+        Route::Model(id) if in_scope(id) => Ok(Reply::json_value(
+            200,
+            &routing::get_model(&config, id, &secret)?,
+        )),
+        Route::Model(id) => Err(GatewayError::ModelNotFound { model: id.clone() }),
+        _ => {
+            let mut list = routing::list_models(&config, &secret);
+            list.data.retain(|m| in_scope(&m.id));
+            Ok(Reply::json_value(200, &list))
         }
     }
 }
 
-/// Checks the gateway key; returns its fingerprint.
-fn authenticate(req: &Request, env: &Env) -> Result<String, GatewayError> {
+/// Classifies the presented key (step 2). Virtual keys are verified by
+/// their object at admission.
+fn authenticate(req: &Request, env: &Env) -> Result<KeyRef, GatewayError> {
     let h = req.headers();
     let authorization = h.get("authorization").ok().flatten();
     let x_api_key = h.get("x-api-key").ok().flatten();
@@ -148,47 +317,11 @@ fn authenticate(req: &Request, env: &Env) -> Result<String, GatewayError> {
                 .into(),
         });
     };
-    let allowed = var(env, GATEWAY_KEYS).unwrap_or_default();
-    if !keys::is_allowed(key, &allowed) {
-        return Err(GatewayError::Unauthorized {
+    keys::resolve(key, &var(env, GATEWAY_KEYS).unwrap_or_default()).ok_or_else(|| {
+        GatewayError::Unauthorized {
             message: "Incorrect API key provided.".into(),
-        });
-    }
-    Ok(keys::fingerprint(key))
-}
-
-/// `GET /admin/config` shows the live config and the last rejection;
-/// `PUT /admin/config` validates a document and stores it in KV (a rejected
-/// one is never stored).
-async fn admin_config(req: &mut Request, env: &Env, method: &str) -> Result<Reply, GatewayError> {
-    let token = req.headers().get("authorization").ok().flatten();
-    let presented = keys::presented_key(token.as_deref(), None).unwrap_or_default();
-    let expected = var(env, ADMIN_TOKEN).unwrap_or_default();
-    if expected.is_empty() || !keys::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        return Err(GatewayError::Unauthorized {
-            message: "The admin API needs `Authorization: Bearer <ADMIN_TOKEN>`.".into(),
-        });
-    }
-    if method == "PUT" {
-        let body = read_body(req).await?;
-        let text = String::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
-            message: e.to_string(),
-        })?;
-        if let Err(errors) = Config::from_json(&text) {
-            let message = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(GatewayError::InvalidRequest {
-                message: format!("The config was rejected: {message}"),
-                param: errors.first().map(|e| e.path.clone()),
-            });
         }
-        config_cache::store(env, &text).await?;
-    }
-    let status = config_cache::status(env).await;
-    Ok(Reply::json_value(200, &status))
+    })
 }
 
 /// Reads the whole body. The config's limit is checked by the caller; this
@@ -222,45 +355,13 @@ async fn read_body(req: &mut Request) -> Result<Vec<u8>, GatewayError> {
     Ok(body)
 }
 
-/// Sends a command to the key's Durable Object.
-async fn admit(env: &Env, key_id: &str, command: Command) -> Result<limits::Reply, GatewayError> {
-    let internal = |what: &str, e: worker::Error| GatewayError::Internal {
-        message: format!("key state {what}: {e}"),
-    };
-    let stub = env
-        .durable_object(KEY_OBJECTS)
-        .and_then(|ns| ns.get_by_name(key_id))
-        .map_err(|e| internal("binding", e))?;
-    let body = serde_json::to_string(&command).map_err(|e| GatewayError::Internal {
-        message: e.to_string(),
-    })?;
-    let mut init = worker::RequestInit::new();
-    init.with_method(worker::Method::Post)
-        .with_body(Some(body.into()));
-    let request =
-        Request::new_with_init("https://key-object/", &init).map_err(|e| internal("request", e))?;
-    let mut resp = stub
-        .fetch_with_request(request)
-        .await
-        .map_err(|e| internal("call", e))?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(GatewayError::Internal {
-            message: format!("key state answered {}: {text}", resp.status_code()),
-        });
-    }
-    resp.json::<limits::Reply>()
-        .await
-        .map_err(|e| internal("reply", e))
-}
-
 /// Turns a [`Reply`] into a runtime response, streams passed through.
 fn into_response(reply: Reply, request_id: &str) -> worker::Result<Response> {
     let headers = Headers::new();
     for (name, value) in &reply.headers {
-        let _ = headers.set(name, value);
+        headers.set(name, value)?;
     }
-    let _ = headers.set("x-request-id", request_id);
+    headers.set("x-request-id", request_id)?;
     let response = match reply.body {
         ReplyBody::Full(bytes) => Response::from_bytes(bytes),
         ReplyBody::Stream(stream) => {

@@ -10,12 +10,14 @@
 //! but the time of that attempt. Every attempt's error is kept, so when all
 //! fail the client learns why.
 
+mod admission;
 mod stream;
 
 use std::cell::Cell;
 
 use futures::StreamExt;
 
+pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{StreamEnd, StreamOutcome, Translated, error_event, into_client_stream};
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
@@ -46,11 +48,28 @@ pub enum Route {
     Usage,
     /// `GET /` and `GET /health`: liveness, no auth.
     Health,
-    /// `GET|PUT /admin/config`.
-    AdminConfig,
+    /// `/admin/*`, guarded by `ADMIN_TOKEN`.
+    Admin(AdminRoute),
     /// `GET /__test/panic`: panics on purpose; served only when test hooks
     /// are enabled (never in production).
     TestPanic,
+}
+
+/// The admin API's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRoute {
+    /// `GET|PUT /admin/config`: the live routing config; store a new one.
+    Config,
+    /// `GET|POST /admin/keys`: list keys; create one.
+    Keys,
+    /// `GET|PATCH|DELETE /admin/keys/{id}`: read, change, revoke.
+    Key(String),
+    /// `POST /admin/keys/{id}/rotate`: a new secret, same key.
+    RotateKey(String),
+    /// `POST /admin/keys/{id}/revoke`.
+    RevokeKey(String),
+    /// `GET /admin/usage?key={id}`.
+    Usage,
 }
 
 /// Maps a method and path to an endpoint.
@@ -66,16 +85,34 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
         "/v1/models" => (Route::Models, "GET"),
         "/v1/usage" => (Route::Usage, "GET"),
         "/" | "/health" => (Route::Health, "GET"),
-        "/admin/config" => (Route::AdminConfig, "GET, PUT"),
+        "/admin/config" => (Route::Admin(AdminRoute::Config), "GET, PUT"),
+        "/admin/keys" => (Route::Admin(AdminRoute::Keys), "GET, POST"),
+        "/admin/usage" => (Route::Admin(AdminRoute::Usage), "GET"),
         "/__test/panic" => (Route::TestPanic, "GET"),
-        p => match p.strip_prefix("/v1/models/") {
-            Some(id) if !id.is_empty() => (Route::Model(percent_decode(id)), "GET"),
-            _ => {
-                return Err(GatewayError::NotFound {
-                    path: path.to_owned(),
-                });
+        p => {
+            let not_found = || GatewayError::NotFound {
+                path: path.to_owned(),
+            };
+            if let Some(id) = p.strip_prefix("/v1/models/") {
+                (Route::Model(percent_decode(id)), "GET")
+            } else if let Some(rest) = p.strip_prefix("/admin/keys/") {
+                match rest.split_once('/') {
+                    None => (
+                        Route::Admin(AdminRoute::Key(rest.to_owned())),
+                        "GET, PATCH, DELETE",
+                    ),
+                    Some((id, "rotate")) => {
+                        (Route::Admin(AdminRoute::RotateKey(id.to_owned())), "POST")
+                    }
+                    Some((id, "revoke")) => {
+                        (Route::Admin(AdminRoute::RevokeKey(id.to_owned())), "POST")
+                    }
+                    Some(_) => return Err(not_found()),
+                }
+            } else {
+                return Err(not_found());
             }
-        },
+        }
     };
     let ok =
         allowed.split(", ").any(|m| m == method) || (method == "HEAD" && allowed.contains("GET"));
@@ -243,11 +280,26 @@ impl Prepared<'_> {
         (cost, tokens)
     }
 
-    /// An input-token estimate for answers whose usage never arrived (four
-    /// bytes a token, the usual average).
-    pub fn input_estimate(&self) -> u64 {
-        (self.body_len as u64).div_ceil(4) + self.images as u64 * TOKENS_PER_IMAGE
+    /// What settlement needs to know of the request, owned, so that it can
+    /// outlive the request (a stream settles when it ends).
+    pub fn accounting(&self) -> Accounting {
+        Accounting {
+            model: self.req.model.to_string(),
+            // Four bytes a token, the usual average, for answers whose
+            // usage never arrived.
+            input_estimate: (self.body_len as u64).div_ceil(4)
+                + self.images as u64 * TOKENS_PER_IMAGE,
+        }
     }
+}
+
+/// The request facts settlement needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accounting {
+    /// The public model name.
+    pub model: String,
+    /// Input tokens to assume when the provider reported none.
+    pub input_estimate: u64,
 }
 
 /// `POST /v1/chat/completions` in one call: prepare, then dispatch.
@@ -353,7 +405,7 @@ where
 /// (a cut stream, a client that went away), an estimate of what was sent.
 /// Nothing is charged when no target answered.
 pub fn settlement(
-    prepared: &Prepared<'_>,
+    acc: &Accounting,
     served: Option<&Served>,
     usage: Option<Usage>,
     events: u64,
@@ -366,11 +418,11 @@ pub fn settlement(
             u.completion_tokens,
             u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
         ),
-        (Some(_), None) => (prepared.input_estimate(), events, 0),
+        (Some(_), None) => (acc.input_estimate, events, 0),
     };
     let cost = served.map_or(Money::ZERO, |s| s.pricing.cost(input, output, cached));
     let event = UsageEvent {
-        model: prepared.req.model.to_string(),
+        model: acc.model.clone(),
         input_tokens: input,
         output_tokens: output,
         cached_tokens: cached,

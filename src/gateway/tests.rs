@@ -444,7 +444,34 @@ fn routes_map_methods_and_paths() {
         Ok(Route::Model("meta-llama/x".into()))
     );
     assert_eq!(route("HEAD", "/health"), Ok(Route::Health));
-    assert_eq!(route("PUT", "/admin/config"), Ok(Route::AdminConfig));
+    assert_eq!(
+        route("PUT", "/admin/config"),
+        Ok(Route::Admin(AdminRoute::Config))
+    );
+    assert_eq!(
+        route("POST", "/admin/keys"),
+        Ok(Route::Admin(AdminRoute::Keys))
+    );
+    assert_eq!(
+        route("PATCH", "/admin/keys/abc"),
+        Ok(Route::Admin(AdminRoute::Key("abc".into())))
+    );
+    assert_eq!(
+        route("POST", "/admin/keys/abc/rotate"),
+        Ok(Route::Admin(AdminRoute::RotateKey("abc".into())))
+    );
+    assert_eq!(
+        route("POST", "/admin/keys/abc/revoke"),
+        Ok(Route::Admin(AdminRoute::RevokeKey("abc".into())))
+    );
+    assert_eq!(
+        route("GET", "/admin/keys/abc/other").unwrap_err().status(),
+        404
+    );
+    assert_eq!(
+        route("GET", "/admin/keys/abc/rotate").unwrap_err().status(),
+        405
+    );
     let e = route("GET", "/v1/chat/completions").unwrap_err();
     assert_eq!(e.status(), 405);
     let reply = Reply::error(&e);
@@ -495,6 +522,7 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         secret: &secret,
     };
     let p = prepare(&config, &ctx, NON_STREAM.as_bytes()).unwrap();
+    let acc = p.accounting();
     let served = Served {
         provider: "a".into(),
         model: "ma".into(),
@@ -506,7 +534,7 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         attempts: 1,
     };
     let (cost, ev) = settlement(
-        &p,
+        &acc,
         Some(&served),
         Some(Usage::new(1_000, 10, Some(400))),
         99,
@@ -522,12 +550,12 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         ),
         ("m", 1_000, 10, 400)
     );
-    let (_, ev) = settlement(&p, Some(&served), None, 12, true);
+    let (_, ev) = settlement(&acc, Some(&served), None, 12, true);
     assert_eq!(
         (ev.input_tokens, ev.output_tokens, ev.error),
-        (p.input_estimate(), 12, true)
+        (acc.input_estimate, 12, true)
     );
-    assert_eq!(settlement(&p, None, None, 0, true).0, Money::ZERO);
+    assert_eq!(settlement(&acc, None, None, 0, true).0, Money::ZERO);
 }
 
 fn recorder() -> (Rc<RefCell<Vec<StreamOutcome>>>, StreamEnd) {

@@ -69,6 +69,11 @@ pub enum Command {
     Settle(Settle),
     /// Charge reservations whose time is up (the object's alarm).
     Expire,
+    /// Verify the key and return its model scope (no request is counted).
+    Check {
+        /// Who asks.
+        auth: Auth,
+    },
     /// The key's usage report.
     Usage {
         /// Who asks.
@@ -169,10 +174,18 @@ pub enum Reply {
         /// Unix ms of the next expiry.
         next_alarm_ms: Option<u64>,
     },
+    /// The key is valid; the models it may use (`None`: all).
+    Allowed {
+        /// Its model scope.
+        allowed_models: Option<Vec<String>>,
+    },
     /// A key record.
     Key(Box<KeyView>),
     /// The registry's keys.
-    Keys(Vec<KeyView>),
+    Keys {
+        /// Every key, by id.
+        keys: Vec<KeyView>,
+    },
     /// A usage report.
     Usage(Box<UsageReport>),
     /// The command does not apply (no such key, key exists, ...).
@@ -379,6 +392,16 @@ impl KeyState {
                     changed,
                 )
             }
+            Command::Check { auth } => match self.check_auth(&auth, now_ms) {
+                Err(d) => (Reply::Denied(d), false),
+                Ok(()) => {
+                    let allowed_models = self
+                        .record
+                        .as_ref()
+                        .and_then(|r| r.settings.allowed_models.clone());
+                    (Reply::Allowed { allowed_models }, false)
+                }
+            },
             Command::Usage { auth } => match self.check_auth(&auth, now_ms) {
                 Err(d) => (Reply::Denied(d), false),
                 Ok(()) => (Reply::Usage(Box::new(self.report(now_ms))), false),
@@ -406,10 +429,12 @@ impl KeyState {
             }),
             Command::RegistryPut { key } => {
                 self.registry.insert(key.id.clone(), key);
-                (Reply::Keys(vec![]), true)
+                (Reply::Keys { keys: vec![] }, true)
             }
             Command::RegistryList => (
-                Reply::Keys(self.registry.values().cloned().collect()),
+                Reply::Keys {
+                    keys: self.registry.values().cloned().collect(),
+                },
                 false,
             ),
         }

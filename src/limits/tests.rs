@@ -179,6 +179,16 @@ fn model_scope_is_enforced() {
         reserve: Money::ZERO,
         tokens: 0,
     };
+    let check = s.apply(Command::Check { auth: auth() }, NOON);
+    assert_eq!(
+        check,
+        (
+            Reply::Allowed {
+                allowed_models: Some(vec!["gpt".into()])
+            },
+            false
+        )
+    );
     match s.apply(Command::Admit(other), NOON).0 {
         Reply::Denied(d) => {
             assert_eq!(d.reason, DenialReason::ModelNotAllowed);
@@ -511,4 +521,63 @@ fn commands_have_a_stable_wire_form() {
     settle(&mut s, r, Money(987_654_321), 1, 2);
     let stored: KeyState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(stored, s);
+}
+
+#[test]
+fn every_reply_crosses_the_object_boundary_as_json() {
+    // The object answers in JSON; a reply serde cannot encode is a 500.
+    let mut s = virtual_key(KeySettings {
+        limits: RateLimits {
+            rpm: Some(1),
+            ..RateLimits::default()
+        },
+        ..KeySettings::default()
+    });
+    let view = match s.apply(Command::Get, NOON).0 {
+        Reply::Key(v) => *v,
+        other => panic!("{other:?}"),
+    };
+    let mut replies = vec![
+        s.apply(
+            Command::Admit(Admit {
+                auth: auth(),
+                model: "gpt".into(),
+                reserve: Money(1),
+                tokens: 1,
+            }),
+            NOON,
+        )
+        .0,
+        s.apply(
+            Command::Admit(Admit {
+                auth: auth(),
+                model: "gpt".into(),
+                reserve: Money(1),
+                tokens: 1,
+            }),
+            NOON,
+        )
+        .0,
+        s.apply(
+            Command::Settle(Settle {
+                reservation: 0,
+                cost: Money(1),
+                usage: UsageEvent::default(),
+            }),
+            NOON,
+        )
+        .0,
+        s.apply(Command::Expire, NOON).0,
+        s.apply(Command::Check { auth: auth() }, NOON).0,
+        s.apply(Command::Usage { auth: auth() }, NOON).0,
+        s.apply(Command::Get, NOON).0,
+        s.apply(Command::RegistryPut { key: view }, NOON).0,
+        s.apply(Command::RegistryList, NOON).0,
+    ];
+    replies.push(KeyState::default().apply(Command::Get, NOON).0);
+    for reply in replies {
+        let json = serde_json::to_string(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        let back: Reply = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        assert_eq!(back, reply);
+    }
 }
