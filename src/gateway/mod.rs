@@ -212,10 +212,18 @@ pub struct Ctx<'a> {
     pub secret: SecretLookup<'a>,
 }
 
+/// A parsed request of one of the proxied endpoints.
+pub enum Request<'a> {
+    /// `POST /v1/chat/completions`.
+    Chat(ChatRequest<'a>),
+    /// `POST /v1/embeddings`.
+    Embeddings(EmbeddingsRequest<'a>),
+}
+
 /// A parsed request and its candidates, ready to be admitted and sent.
 pub struct Prepared<'a> {
     /// The request.
-    pub req: ChatRequest<'a>,
+    pub req: Request<'a>,
     /// Where it may go, best first.
     pub candidates: Vec<Candidate<'a>>,
     /// The body's size, an upper bound of its input tokens.
@@ -231,7 +239,12 @@ pub const DEFAULT_OUTPUT_CAP: u64 = 4_096;
 /// under 3,000).
 const TOKENS_PER_IMAGE: u64 = 3_000;
 
-/// Parses the request and finds its candidates (404 for an unknown model).
+/// How an endpoint's body becomes a [`Prepared`] request:
+/// [`prepare`] (chat completions) or [`prepare_embeddings`].
+pub type Prepare = for<'a> fn(&'a Config, &Ctx<'_>, &'a [u8]) -> Result<Prepared<'a>, GatewayError>;
+
+/// Parses a chat-completions request and finds its candidates (404 for an
+/// unknown model).
 pub fn prepare<'a>(
     config: &'a Config,
     ctx: &Ctx<'_>,
@@ -243,10 +256,32 @@ pub fn prepare<'a>(
         .get("messages")
         .map_or(0, |raw| count_keys(raw.get(), "\"image_url\""));
     Ok(Prepared {
-        req,
+        req: Request::Chat(req),
         candidates,
         body_len: body.len(),
         images,
+    })
+}
+
+/// Parses an embeddings request and finds the candidates that embed.
+/// Targets without embeddings (Anthropic) are left out; a model with none
+/// left is a 400 naming `model`.
+pub fn prepare_embeddings<'a>(
+    config: &'a Config,
+    ctx: &Ctx<'_>,
+    body: &'a [u8],
+) -> Result<Prepared<'a>, GatewayError> {
+    let req = EmbeddingsRequest::parse(body)?;
+    let mut candidates = routing::candidates(config, &req.model, ctx.secret)?;
+    candidates.retain(|c| providers::supports_embeddings(c.target.provider.kind));
+    if candidates.is_empty() {
+        return Err(providers::no_embeddings(&req.model));
+    }
+    Ok(Prepared {
+        req: Request::Embeddings(req),
+        candidates,
+        body_len: body.len(),
+        images: 0,
     })
 }
 
@@ -259,21 +294,39 @@ fn count_keys(json: &str, key: &str) -> usize {
 }
 
 impl Prepared<'_> {
+    /// The model name the client asked for.
+    pub fn model(&self) -> &str {
+        match &self.req {
+            Request::Chat(r) => &r.model,
+            Request::Embeddings(r) => &r.model,
+        }
+    }
+
+    /// Whether the answer is streamed.
+    pub fn stream(&self) -> bool {
+        match &self.req {
+            Request::Chat(r) => r.stream,
+            Request::Embeddings(_) => false,
+        }
+    }
+
     /// The most this request can cost on any of its candidates, and the most
     /// tokens it can use. Input is bounded by the body's bytes (a token is
     /// at least one byte of text) plus an allowance per image; output by
-    /// `max_tokens`, else the model's configured cap.
+    /// `max_tokens`, else the model's configured cap (embeddings write none).
     pub fn worst_case(&self) -> (Money, u64) {
         let input = self.body_len as u64 + self.images as u64 * TOKENS_PER_IMAGE;
         let mut cost = Money::ZERO;
         let mut tokens = 0;
         for c in &self.candidates {
             let info = c.target.provider.model_info(c.target.model);
-            let output = self
-                .req
-                .max_tokens
-                .or(info.max_output_tokens)
-                .unwrap_or(DEFAULT_OUTPUT_CAP);
+            let output = match &self.req {
+                Request::Chat(r) => r
+                    .max_tokens
+                    .or(info.max_output_tokens)
+                    .unwrap_or(DEFAULT_OUTPUT_CAP),
+                Request::Embeddings(_) => 0,
+            };
             cost = cost.max(info.pricing().cost(input, output, 0));
             tokens = tokens.max(input + output);
         }
@@ -284,7 +337,7 @@ impl Prepared<'_> {
     /// outlive the request (a stream settles when it ends).
     pub fn accounting(&self) -> Accounting {
         Accounting {
-            model: self.req.model.to_string(),
+            model: self.model().to_owned(),
             // Four bytes a token, the usual average, for answers whose
             // usage never arrived.
             input_estimate: (self.body_len as u64).div_ceil(4)
@@ -313,42 +366,41 @@ pub async fn chat_completions<U: Upstream>(
     dispatch(upstream, ctx, &prepared, None).await
 }
 
-/// Walks the candidates: send, and on a retryable failure move to the next.
-/// `on_stream_end` is given to the stream that is committed to the client.
-pub async fn dispatch<U: Upstream>(
-    upstream: &U,
-    ctx: &Ctx<'_>,
-    prepared: &Prepared<'_>,
-    on_stream_end: Option<StreamEnd>,
-) -> Result<Reply, GatewayError> {
-    // A cell, not a `&mut`: each attempt borrows it, and only the attempt
-    // whose stream is committed takes the callback out.
-    let on_stream_end = Cell::new(on_stream_end);
-    failover(&prepared.candidates, |cand| {
-        try_candidate(upstream, ctx, &prepared.req, cand, &on_stream_end)
-    })
-    .await
-}
-
-/// `POST /v1/embeddings`: parse, route to the targets that embed, and walk
-/// them like chat. Targets without embeddings (Anthropic) are left out; a
-/// model with none left is a 400 naming `model`.
+/// `POST /v1/embeddings` in one call: prepare, then dispatch.
 pub async fn embeddings<U: Upstream>(
     upstream: &U,
     config: &Config,
     ctx: &Ctx<'_>,
     body: &[u8],
 ) -> Result<Reply, GatewayError> {
-    let req = EmbeddingsRequest::parse(body)?;
-    let mut candidates = routing::candidates(config, &req.model, ctx.secret)?;
-    candidates.retain(|c| providers::supports_embeddings(c.target.provider.kind));
-    if candidates.is_empty() {
-        return Err(providers::no_embeddings(&req.model));
+    let prepared = prepare_embeddings(config, ctx, body)?;
+    dispatch(upstream, ctx, &prepared, None).await
+}
+
+/// Walks the candidates: send, and on a retryable failure move to the next.
+/// `on_stream_end` is given to the stream that is committed to the client
+/// (dropped uncalled when the answer is not a stream).
+pub async fn dispatch<U: Upstream>(
+    upstream: &U,
+    ctx: &Ctx<'_>,
+    prepared: &Prepared<'_>,
+    on_stream_end: Option<StreamEnd>,
+) -> Result<Reply, GatewayError> {
+    let candidates = &prepared.candidates;
+    match &prepared.req {
+        Request::Chat(req) => {
+            // A cell, not a `&mut`: each attempt borrows it, and only the
+            // attempt whose stream is committed takes the callback out.
+            let on_stream_end = Cell::new(on_stream_end);
+            failover(candidates, |cand| {
+                try_chat(upstream, ctx, req, cand, &on_stream_end)
+            })
+            .await
+        }
+        Request::Embeddings(req) => {
+            failover(candidates, |cand| try_embeddings(upstream, ctx, req, cand)).await
+        }
     }
-    failover(&candidates, |cand| {
-        try_embeddings(upstream, ctx, &req, cand)
-    })
-    .await
 }
 
 /// The failover loop every endpoint uses: `attempt` each candidate in
@@ -445,7 +497,7 @@ pub struct Served {
 }
 
 /// One chat attempt at one candidate.
-async fn try_candidate<U: Upstream>(
+async fn try_chat<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     req: &ChatRequest<'_>,

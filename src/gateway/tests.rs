@@ -815,3 +815,41 @@ fn embeddings_requests_are_checked_before_routing() {
     assert_eq!(header(&Reply::error(&e), "allow"), Some("POST"));
     assert!(up.seen.borrow().is_empty());
 }
+
+#[test]
+fn embeddings_reserve_input_only_and_report_their_model() {
+    let config = Config::from_json(
+        r#"{"version":1,
+          "providers":{"o":{"kind":"openai-compatible","base_url":"http://a.test/v1","models":{"e":{"input_per_mtok":1,"output_per_mtok":50}}}},
+          "models":{"emb":{"targets":[{"provider":"o","model":"e"}]}}}"#,
+    )
+    .unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        secret: &secret,
+    };
+    let body = br#"{"model":"emb","input":["a","b"]}"#;
+    // Both endpoints prepare through one function type, so the edge can
+    // serve them with one request path.
+    let prepare_fn: Prepare = prepare_embeddings;
+    let p = prepare_fn(&config, &ctx, body).unwrap();
+    assert_eq!((p.model(), p.stream()), ("emb", false));
+    let input = body.len() as u64;
+    let pricing = Pricing {
+        input_per_mtok: 1.0,
+        output_per_mtok: 50.0,
+        cached_input_per_mtok: None,
+    };
+    assert_eq!(p.worst_case(), (pricing.cost(input, 0, 0), input));
+    assert_eq!(
+        p.accounting(),
+        Accounting {
+            model: "emb".into(),
+            input_estimate: input.div_ceil(4)
+        }
+    );
+    let chat: Prepare = prepare;
+    let streamed = STREAM.replace("\"m\"", "\"emb\"");
+    let p = chat(&config, &ctx, streamed.as_bytes()).unwrap();
+    assert_eq!((p.model(), p.stream()), ("emb", true));
+}
