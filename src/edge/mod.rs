@@ -83,12 +83,27 @@ async fn handle(
             }
             return Err(GatewayError::NotFound { path });
         }
-        Route::ChatCompletions | Route::Models | Route::Model(_) | Route::Usage => {}
+        Route::ChatCompletions
+        | Route::Embeddings
+        | Route::Models
+        | Route::Model(_)
+        | Route::Usage => {}
     }
     // 2. auth
     let key = authenticate(&req, env)?;
     match route {
-        Route::ChatCompletions => Ok(chat(&mut req, env, ctx, &key, request_id).await),
+        Route::ChatCompletions => {
+            Ok(chat(&mut req, env, ctx, &key, request_id, gateway::prepare).await)
+        }
+        Route::Embeddings => Ok(chat(
+            &mut req,
+            env,
+            ctx,
+            &key,
+            request_id,
+            gateway::prepare_embeddings,
+        )
+        .await),
         Route::Models | Route::Model(_) => models(env, &key, &route).await,
         Route::Usage => match key_client::call(
             env,
@@ -107,13 +122,15 @@ async fn handle(
     }
 }
 
-/// `POST /v1/chat/completions`, steps 3 to 8.
+/// `POST /v1/chat/completions`, and `POST /v1/embeddings` (by `prepare`),
+/// steps 3 to 8.
 async fn chat(
     req: &mut Request,
     env: &Env,
     ctx: &Context,
     key: &KeyRef,
     request_id: &str,
+    prepare: gateway::Prepare,
 ) -> Reply {
     let started = now_ms();
     // 3. config and body, concurrently
@@ -133,7 +150,7 @@ async fn chat(
         secret: &secret,
     };
     // 4. parse and route
-    let prepared = match gateway::prepare(&config, &gctx, &body) {
+    let prepared = match prepare(&config, &gctx, &body) {
         Ok(p) => p,
         Err(e) => return Reply::error(&e),
     };
@@ -142,14 +159,14 @@ async fn chat(
     let object = key.object_name();
     let admit = Command::Admit(Admit {
         auth: key.auth(),
-        model: prepared.req.model.to_string(),
+        model: prepared.model().to_owned(),
         reserve,
         tokens,
     });
     let (reservation, rate) = match key_client::call(env, &object, &admit).await {
         Ok(KeyReply::Admitted { reservation, rate }) => (reservation, rate),
         Ok(KeyReply::Denied(d)) => {
-            let mut reply = Reply::error(&gateway::denial_to_error(&d, &prepared.req.model));
+            let mut reply = Reply::error(&gateway::denial_to_error(&d, prepared.model()));
             reply.headers.extend(gateway::rate_headers(&d.rate));
             return reply;
         }
@@ -161,7 +178,7 @@ async fn chat(
     let on_end: StreamEnd = Box::new(move |outcome| {
         let _ = end_tx.send(outcome);
     });
-    let streaming = prepared.req.stream;
+    let streaming = prepared.stream();
     let result = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end)).await;
     // 8. settle, off the request path
     let mut pending = Settlement {
