@@ -8,8 +8,8 @@
 //!
 //! - [`error`]     — the one error enum: HTTP status, retryability, failing side,
 //!   and the OpenAI-shaped JSON body every error is rendered as.
-//! - [`api`]       — OpenAI wire types: the lossless ingress request, responses,
-//!   stream chunks, usage, model lists.
+//! - [`api`]       — OpenAI wire types: the lossless ingress requests (chat
+//!   completions, embeddings), responses, stream chunks, usage, model lists.
 //! - [`sse`]       — incremental Server-Sent Events parser (any chunk boundary)
 //!   and encoder.
 //! - [`config`]    — routing config: serde types, the bundled default,
