@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 
 import { startMock } from '../mock/server.mjs';
 import {
-  startGateway, chat, ask, readSSE, streamText, mockConfig, putConfig,
-  KEY, MOCK_PROVIDER_KEY,
+  startGateway, chat, ask, readSSE, streamText, mockConfig, putConfig, sleep,
+  KEY, ADMIN_TOKEN, MOCK_PROVIDER_KEY,
 } from './harness.mjs';
 
 let mock;
@@ -59,6 +59,8 @@ before(async () => {
       gemini: { kind: 'gemini', base_url: `${mock.url}/v1beta`, api_key_secret: 'MOCK_PROVIDER_KEY' },
     },
   });
+  // $0.001 an input token, so a key's spend on embeddings is exact.
+  config.providers.mock.models = { 'text-embedding-mock': { input_per_mtok: 1000 } };
   const res = await putConfig(gw, config);
   assert.equal(res.status, 200, await res.text());
 });
@@ -86,10 +88,10 @@ async function stream(body) {
   return readSSE(res);
 }
 
-function embed(body) {
+function embed(body, key = KEY) {
   return fetch(`${gw.url}/v1/embeddings`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
     body: JSON.stringify(body),
   });
 }
@@ -371,4 +373,32 @@ test('embeddings: a model served only by Anthropic is a 400 naming model; the de
   const wrongMethod = await fetch(`${gw.url}/v1/embeddings`, { headers: { authorization: `Bearer ${KEY}` } });
   assert.equal(wrongMethod.status, 405);
   assert.equal(wrongMethod.headers.get('allow'), 'POST');
+});
+
+test('embeddings are admitted and settled like chat: key check, scope, spend', async () => {
+  const created = await fetch(`${gw.url}/admin/keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'embedder', allowed_models: ['emb-openai'] }),
+  });
+  const { key, secret } = await json(created, 201);
+  // A virtual key is verified at admission: embeddings must not skip it.
+  assert.equal((await embed({ model: 'emb-openai', input: 'x' }, `sk-gw-${key.id}_${'c'.repeat(48)}`)).status, 401);
+  mock.clear();
+  const outOfScope = await json(await embed({ model: 'emb-gemini', input: 'x' }, secret), 404);
+  assert.equal(outOfScope.error.code, 'model_not_found');
+  assert.equal(mock.requests.length, 0);
+
+  const ok = await json(await embed({ model: 'emb-openai', input: ['first', 'second'] }, secret));
+  assert.equal(ok.usage.prompt_tokens, 3);
+  let usage;
+  for (let i = 0; i < 100; i++) {
+    usage = await json(await fetch(`${gw.url}/v1/usage`, { headers: { authorization: `Bearer ${secret}` } }));
+    if (usage.in_flight === 0) break;
+    await sleep(50);
+  }
+  assert.equal(usage.requests, 1);
+  assert.equal(usage.spent_total_usd, 0.003, '3 input tokens at $0.001');
+  const day = usage.by_day.find((d) => d.model === 'emb-openai');
+  assert.deepEqual([day.requests, day.input_tokens, day.output_tokens, day.errors], [1, 3, 0, 0]);
 });
