@@ -12,18 +12,22 @@
 mod admission;
 mod stream;
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 
 pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{StreamEnd, StreamOutcome, Translated, error_event, into_client_stream};
 
 use crate::api::{ChatRequest, Usage};
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, Failover, ProviderKind};
 use crate::error::{Attempt, GatewayError};
 use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::limits::{Money, Pricing, UsageEvent};
 use crate::providers::{self, Target, mock};
-use crate::routing::{self, Candidate, SecretLookup};
+use crate::routing::{
+    self, Candidate, Health, Needs, Origin, RouteInput, SecretLookup, target_key,
+};
 
 /// Largest provider error body read (the rest is not needed for a message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -200,17 +204,24 @@ impl Reply {
 
 /// What the request path needs from its surroundings.
 pub struct Ctx<'a> {
-    /// Unix milliseconds now.
+    /// Unix milliseconds when the request arrived.
     pub now_ms: u64,
+    /// The current time in Unix ms (for first-byte times and timeouts).
+    pub clock: &'a dyn Fn() -> u64,
     /// Secret lookup (provider keys).
     pub secret: SecretLookup<'a>,
+    /// What this isolate knows of each target.
+    pub health: &'a Health,
 }
 
-/// A parsed request and its candidates, ready to be admitted and sent.
+/// A parsed request, ready to be admitted, routed and sent.
 pub struct Prepared<'a> {
+    config: &'a Config,
     /// The request.
     pub req: ChatRequest<'a>,
-    /// Where it may go, best first.
+    /// Every target the model could use (any rule), for the worst case.
+    all: Vec<Candidate<'a>>,
+    /// Where it goes, best first, once routed.
     pub candidates: Vec<Candidate<'a>>,
     /// The body's size, an upper bound of its input tokens.
     body_len: usize,
@@ -225,20 +236,27 @@ pub const DEFAULT_OUTPUT_CAP: u64 = 4_096;
 /// under 3,000).
 const TOKENS_PER_IMAGE: u64 = 3_000;
 
-/// Parses the request and finds its candidates (404 for an unknown model).
+/// Parses the request and checks its model exists (404 otherwise).
 pub fn prepare<'a>(
     config: &'a Config,
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
     let req = ChatRequest::parse(body)?;
-    let candidates = routing::candidates(config, &req.model, ctx.secret)?;
+    let all = routing::all_candidates(config, &req.model, ctx.secret);
+    if all.is_empty() {
+        return Err(GatewayError::ModelNotFound {
+            model: req.model.to_string(),
+        });
+    }
     let images = req
         .get("messages")
         .map_or(0, |raw| count_keys(raw.get(), "\"image_url\""));
     Ok(Prepared {
+        config,
         req,
-        candidates,
+        all,
+        candidates: vec![],
         body_len: body.len(),
         images,
     })
@@ -252,16 +270,32 @@ fn count_keys(json: &str, key: &str) -> usize {
         .count()
 }
 
-impl Prepared<'_> {
-    /// The most this request can cost on any of its candidates, and the most
-    /// tokens it can use. Input is bounded by the body's bytes (a token is
-    /// at least one byte of text) plus an allowance per image; output by
+/// Who is asking and from where: what routing needs beyond the request.
+pub struct Caller<'a> {
+    /// Where the request comes from.
+    pub origin: &'a Origin,
+    /// Request headers by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// The key's id.
+    pub key_id: &'a str,
+    /// The key's tier.
+    pub tier: Option<&'a str>,
+    /// The key's allowed jurisdictions.
+    pub jurisdictions: Option<&'a [String]>,
+    /// A uniform draw in `[0, 1)`.
+    pub random: f64,
+}
+
+impl<'a> Prepared<'a> {
+    /// The most this request can cost on any target it could reach, and the
+    /// most tokens it can use. Input is bounded by the body's bytes (a token
+    /// is at least one byte of text) plus an allowance per image; output by
     /// `max_tokens`, else the model's configured cap.
     pub fn worst_case(&self) -> (Money, u64) {
         let input = self.body_len as u64 + self.images as u64 * TOKENS_PER_IMAGE;
         let mut cost = Money::ZERO;
         let mut tokens = 0;
-        for c in &self.candidates {
+        for c in &self.all {
             let info = c.target.provider.model_info(c.target.model);
             let output = self
                 .req
@@ -272,6 +306,55 @@ impl Prepared<'_> {
             tokens = tokens.max(input + output);
         }
         (cost, tokens)
+    }
+
+    /// Orders the candidates for this caller ([`routing::plan`]).
+    pub fn route(&mut self, ctx: &Ctx<'_>, caller: &Caller<'_>) -> Result<(), GatewayError> {
+        let metadata: BTreeMap<String, String> = self
+            .req
+            .parse_field::<Option<BTreeMap<String, serde_json::Value>>>("metadata")
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+            .collect();
+        let user: Option<String> = self
+            .req
+            .parse_field::<Option<String>>("user")
+            .ok()
+            .flatten();
+        let has = |field: &str| {
+            self.req
+                .get(field)
+                .is_some_and(|raw| !matches!(raw.get(), "null" | "[]"))
+        };
+        let json = self
+            .req
+            .get("response_format")
+            .is_some_and(|raw| raw.get().contains("json"));
+        let needs = Needs {
+            input_tokens: self.accounting().input_estimate,
+            output_tokens: self.req.max_tokens.unwrap_or(0),
+            tools: has("tools"),
+            vision: self.images > 0,
+            json,
+        };
+        let input = RouteInput {
+            origin: caller.origin,
+            header: caller.header,
+            metadata: &metadata,
+            tier: caller.tier,
+            key_jurisdictions: caller.jurisdictions,
+            key_id: caller.key_id,
+            user: user.as_deref(),
+            needs,
+            random: caller.random,
+            now_ms: ctx.now_ms,
+            health: ctx.health,
+        };
+        self.candidates = routing::plan(self.config, &self.req.model, ctx.secret, &input)?;
+        Ok(())
     }
 
     /// What settlement needs to know of the request, owned, so that it can
@@ -296,31 +379,61 @@ pub struct Accounting {
     pub input_estimate: u64,
 }
 
-/// `POST /v1/chat/completions` in one call: prepare, then dispatch.
+/// `POST /v1/chat/completions` in one call, for a caller with no key scope
+/// and no location: prepare, route, dispatch.
 pub async fn chat_completions<U: Upstream>(
     upstream: &U,
     config: &Config,
     ctx: &Ctx<'_>,
     body: &[u8],
 ) -> Result<Reply, GatewayError> {
-    let prepared = prepare(config, ctx, body)?;
+    let mut prepared = prepare(config, ctx, body)?;
+    let no_headers = |_: &str| None;
+    let caller = Caller {
+        origin: &Origin::default(),
+        header: &no_headers,
+        key_id: "",
+        tier: None,
+        jurisdictions: None,
+        random: 0.0,
+    };
+    prepared.route(ctx, &caller)?;
     dispatch(upstream, ctx, &prepared, None).await
 }
 
-/// Walks the candidates: send, and on a retryable failure move to the next.
-/// `on_stream_end` is given to the stream that is committed to the client.
+/// Walks the candidates: send, and on a retryable failure move to the next,
+/// recording each target's health on the way. `on_stream_end` is given to
+/// the stream that is committed to the client.
 pub async fn dispatch<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     prepared: &Prepared<'_>,
     mut on_stream_end: Option<StreamEnd>,
 ) -> Result<Reply, GatewayError> {
+    let policy = &prepared.config.failover;
     let mut attempts: Vec<(Attempt, GatewayError)> = Vec::new();
     for cand in &prepared.candidates {
+        let t = &cand.target;
+        let key = target_key(t.name, t.model);
+        let started = (ctx.clock)();
+        if !ctx.health.acquire(&key, started) {
+            // Another request holds this half-open breaker's probe.
+            continue;
+        }
         let tried = attempts.len() + 1;
-        match try_candidate(upstream, ctx, &prepared.req, cand, &mut on_stream_end).await {
+        match try_candidate(
+            upstream,
+            ctx,
+            policy,
+            &prepared.req,
+            cand,
+            &mut on_stream_end,
+        )
+        .await
+        {
             Ok(mut reply) => {
-                let t = &cand.target;
+                ctx.health
+                    .record_success(&key, (ctx.clock)().saturating_sub(started));
                 reply
                     .headers
                     .push(("x-gateway-provider", t.name.to_owned()));
@@ -328,6 +441,14 @@ pub async fn dispatch<U: Upstream>(
                 reply
                     .headers
                     .push(("x-gateway-attempts", tried.to_string()));
+                if let Some(region) = t
+                    .provider
+                    .region
+                    .as_ref()
+                    .or(t.provider.jurisdiction.as_ref())
+                {
+                    reply.headers.push(("x-gateway-region", region.clone()));
+                }
                 reply.served = Some(Served {
                     provider: t.name.to_owned(),
                     model: t.model.to_owned(),
@@ -337,19 +458,37 @@ pub async fn dispatch<U: Upstream>(
                 return Ok(reply);
             }
             Err(e) if e.is_retryable() => {
-                attempts.push((e.to_attempt(cand.target.name, cand.target.model), e));
+                // A 429 cools the target for its Retry-After, within the cap.
+                let cool = match &e {
+                    GatewayError::Upstream {
+                        status: 429,
+                        retry_after,
+                        ..
+                    } => Some(retry_after.unwrap_or(1).min(policy.retry_after_cap_s) * 1000),
+                    _ => None,
+                };
+                ctx.health
+                    .record_failure(&key, (ctx.clock)(), cool, &policy.breaker);
+                attempts.push((e.to_attempt(t.name, t.model), e));
             }
             Err(e) => return Err(e),
         }
     }
     // One failed target: its own error says the most (a 429 stays a 429
     // with its Retry-After). Several: list them all.
-    if attempts.len() == 1 {
-        return Err(attempts.remove(0).1);
+    match attempts.len() {
+        0 => Err(GatewayError::Unavailable {
+            message: format!(
+                "Every target of `{}` is being probed after failures; retry shortly.",
+                prepared.req.model
+            ),
+            retry_after: Some(1),
+        }),
+        1 => Err(attempts.remove(0).1),
+        _ => Err(GatewayError::AllTargetsFailed {
+            attempts: attempts.into_iter().map(|(a, _)| a).collect(),
+        }),
     }
-    Err(GatewayError::AllTargetsFailed {
-        attempts: attempts.into_iter().map(|(a, _)| a).collect(),
-    })
 }
 
 /// What to charge for an answer, and its usage record: the provider's
@@ -396,33 +535,62 @@ pub struct Served {
     pub attempts: usize,
 }
 
-/// One attempt at one candidate.
+/// One attempt at one candidate, within the policy's timeouts.
 async fn try_candidate<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
+    policy: &Failover,
     req: &ChatRequest<'_>,
     cand: &Candidate<'_>,
     on_stream_end: &mut Option<StreamEnd>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
+    let timeout = |phase, ms| GatewayError::Timeout {
+        provider: target.name.to_owned(),
+        phase,
+        ms,
+    };
     let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
-    let resp = send(upstream, target, up_req, ctx.now_ms).await?;
+    let resp = within(
+        upstream,
+        policy.connect_timeout_ms,
+        send(upstream, target, up_req, ctx.now_ms),
+    )
+    .await
+    .ok_or_else(|| timeout("response headers", policy.connect_timeout_ms))??;
     if !(200..300).contains(&resp.status) {
         let status = resp.status;
         let retry_after = resp.retry_after_secs();
-        let body = resp.collect(ERROR_BODY_LIMIT).await.unwrap_or_default();
+        let body = within(
+            upstream,
+            policy.first_byte_timeout_ms,
+            resp.collect(ERROR_BODY_LIMIT),
+        )
+        .await
+        .and_then(Result::ok)
+        .unwrap_or_default();
         let e = providers::error_from_response(target, status, retry_after, &body);
         return Err(redact(e, cand.api_key.as_deref()));
     }
     if req.stream {
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
         let mut translated = Translated::new(target.name, resp.body, translator);
-        return match translated.next().await {
-            Some(Ok(first)) => Ok(stream_reply(into_client_stream(
-                first,
-                translated,
-                on_stream_end.take(),
-            ))),
+        let first = within(upstream, policy.first_byte_timeout_ms, translated.next())
+            .await
+            .ok_or_else(|| timeout("first token", policy.first_byte_timeout_ms))?;
+        return match first {
+            Some(Ok(first)) => {
+                let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
+                let deadline = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+                let limit = timeout("end of stream", policy.total_timeout_ms);
+                let body = into_client_stream(
+                    first,
+                    translated,
+                    on_stream_end.take(),
+                    Some((deadline, limit)),
+                );
+                Ok(stream_reply(body))
+            }
             Some(Err(e)) => Err(redact(e, cand.api_key.as_deref())),
             None => Err(GatewayError::UpstreamInvalidResponse {
                 provider: target.name.to_owned(),
@@ -430,16 +598,31 @@ async fn try_candidate<U: Upstream>(
             }),
         };
     }
-    let body = resp.collect(RESPONSE_BODY_LIMIT).await.map_err(|message| {
-        GatewayError::UpstreamUnreachable {
-            provider: target.name.to_owned(),
-            message,
-        }
+    let body = within(
+        upstream,
+        policy.first_byte_timeout_ms,
+        resp.collect(RESPONSE_BODY_LIMIT),
+    )
+    .await
+    .ok_or_else(|| timeout("complete body", policy.first_byte_timeout_ms))?
+    .map_err(|message| GatewayError::UpstreamUnreachable {
+        provider: target.name.to_owned(),
+        message,
     })?;
     let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)
+}
+
+/// Runs `fut` unless `ms` pass first (`None` then). Dropping the losing
+/// future cancels it; the edge aborts the fetch behind it.
+async fn within<U: Upstream, T>(upstream: &U, ms: u64, fut: impl Future<Output = T>) -> Option<T> {
+    let fut = std::pin::pin!(fut);
+    match futures::future::select(fut, upstream.sleep(ms)).await {
+        futures::future::Either::Left((value, _)) => Some(value),
+        futures::future::Either::Right(((), _)) => None,
+    }
 }
 
 /// Sends through the upstream, or to the in-worker demo model.
