@@ -120,6 +120,24 @@ pub enum GatewayError {
         /// What was wrong with it.
         message: String,
     },
+    /// A provider took longer than the failover policy allows.
+    Timeout {
+        /// Provider name from the config.
+        provider: String,
+        /// What did not arrive in time (`response headers`, `first token`, ...).
+        phase: &'static str,
+        /// The limit that passed.
+        ms: u64,
+    },
+    /// No target may serve the request now: all skipped by their circuit
+    /// breaker or cooling after a rate limit, or none in the allowed
+    /// jurisdictions.
+    Unavailable {
+        /// Why, target by target.
+        message: String,
+        /// Seconds until a target is expected back.
+        retry_after: Option<u64>,
+    },
     /// Every candidate target failed in a retryable way.
     AllTargetsFailed {
         /// Each attempt, in order.
@@ -155,6 +173,8 @@ impl GatewayError {
                 _ => 502,
             },
             Self::UpstreamUnreachable { .. } | Self::UpstreamInvalidResponse { .. } => 502,
+            Self::Timeout { .. } => 504,
+            Self::Unavailable { .. } => 503,
             Self::AllTargetsFailed { attempts } => {
                 // When every attempt was rate limited, say so: SDKs back off on 429.
                 let all_429 =
@@ -179,9 +199,12 @@ impl GatewayError {
             | Self::BudgetExceeded { .. }
             | Self::ModelNotFound { .. }
             | Self::AllTargetsFailed { .. }
+            | Self::Unavailable { .. }
             | Self::Internal { .. } => false,
             Self::Upstream { status, .. } => is_retryable_status(*status),
-            Self::UpstreamUnreachable { .. } | Self::UpstreamInvalidResponse { .. } => true,
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamInvalidResponse { .. }
+            | Self::Timeout { .. } => true,
         }
     }
 
@@ -200,6 +223,8 @@ impl GatewayError {
             Self::Upstream { .. }
             | Self::UpstreamUnreachable { .. }
             | Self::UpstreamInvalidResponse { .. }
+            | Self::Timeout { .. }
+            | Self::Unavailable { .. }
             | Self::AllTargetsFailed { .. } => Side::Upstream,
             Self::Internal { .. } => Side::Gateway,
         }
@@ -231,6 +256,8 @@ impl GatewayError {
             }
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamInvalidResponse { .. }
+            | Self::Timeout { .. }
+            | Self::Unavailable { .. }
             | Self::Internal { .. } => "server_error",
         }
     }
@@ -255,6 +282,8 @@ impl GatewayError {
             },
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
+            Self::Timeout { .. } => "upstream_timeout",
+            Self::Unavailable { .. } => "no_target_available",
             Self::AllTargetsFailed { .. } => "all_targets_failed",
             Self::Internal { .. } => "internal_error",
         }
@@ -275,6 +304,8 @@ impl GatewayError {
             | Self::Upstream { .. }
             | Self::UpstreamUnreachable { .. }
             | Self::UpstreamInvalidResponse { .. }
+            | Self::Timeout { .. }
+            | Self::Unavailable { .. }
             | Self::AllTargetsFailed { .. }
             | Self::Internal { .. } => None,
         }
@@ -284,6 +315,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Upstream { retry_after, .. }
+            | Self::Unavailable { retry_after, .. }
             | Self::RateLimited { retry_after, .. }
             | Self::BudgetExceeded { retry_after, .. } => *retry_after,
             Self::AllTargetsFailed { .. } if self.status() == 429 => Some(1),
@@ -370,6 +402,14 @@ impl fmt::Display for GatewayError {
                     "The request body is larger than the limit of {limit} bytes."
                 )
             }
+            Self::Timeout {
+                provider,
+                phase,
+                ms,
+            } => {
+                write!(f, "Provider `{provider}` sent no {phase} within {ms} ms")
+            }
+            Self::Unavailable { message, .. } => f.write_str(message),
             Self::Unauthorized { message }
             | Self::RateLimited { message, .. }
             | Self::BudgetExceeded { message, .. } => f.write_str(message),

@@ -79,10 +79,17 @@ impl UpstreamResponse {
     }
 }
 
-/// Sends requests to providers. A transport failure (DNS, connect, reset) is
-/// an `Err` with the transport's message; any HTTP status is an `Ok`.
+/// A timer future.
+pub type Sleep = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Sends requests to providers, and keeps time for their timeouts. A
+/// transport failure (DNS, connect, reset) is an `Err` with the transport's
+/// message; any HTTP status is an `Ok`. Dropping the future or the body
+/// cancels the request.
 #[allow(async_fn_in_trait)] // Workers futures are not Send, and need not be.
 pub trait Upstream {
     /// Sends one request.
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String>;
+    /// Completes after `ms` milliseconds.
+    fn sleep(&self, ms: u64) -> Sleep;
 }

@@ -125,6 +125,11 @@ impl<'a> EmbeddingsRequest<'a> {
         field(&self.fields, key)
     }
 
+    /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.
+    pub fn parse_field<T: Deserialize<'a> + Default>(&self, key: &str) -> Result<T, GatewayError> {
+        parse_field(&self.fields, key)
+    }
+
     /// The inputs, in order, for adapters that translate them.
     pub fn inputs(&self) -> Result<Vec<EmbeddingInput>, GatewayError> {
         let parsed: Option<InputField> =

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::Pricing;
 
+mod policy;
+
+pub use policy::{
+    Breaker, Condition, Failover, Location, OriginMatch, Residency, Rule, Sticky, Strategy,
+};
+
 /// The config bundled into the worker, used while KV holds none (or none valid).
 pub const DEFAULT_JSON: &str = include_str!("default.json");
 
@@ -36,6 +42,13 @@ pub struct Config {
     /// Request limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Data residency: origins whose requests must stay in given
+    /// jurisdictions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub residency: Vec<Residency>,
+    /// Timeouts, retries and the circuit breaker.
+    #[serde(default)]
+    pub failover: Failover,
 }
 
 /// One upstream provider account or deployment.
@@ -59,6 +72,16 @@ pub struct Provider {
     /// Extra static headers sent upstream (e.g. OpenRouter's `HTTP-Referer`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Where this deployment runs, for nearest-first routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Region label reported in `x-gateway-region` (e.g. `westeurope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Legal jurisdiction of the deployment (e.g. `eu`, `us`), for data
+    /// residency. A constrained request never goes to a deployment without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jurisdiction: Option<String>,
     /// What the gateway knows of each provider-side model: prices (for
     /// budgets) and the output cap (for worst-case reservations).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -82,6 +105,18 @@ pub struct ModelInfo {
     /// a request that sets no `max_tokens`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// Input + output tokens the model accepts; a longer request skips it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    /// Whether it can call tools (`false` skips it for requests with tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<bool>,
+    /// Whether it reads images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
+    /// Whether it honours `response_format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_mode: Option<bool>,
 }
 
 impl ModelInfo {
@@ -141,8 +176,19 @@ pub enum ProviderKind {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
-    /// Targets in priority order; failover walks them.
+    /// Targets in priority order; failover walks them in the order the
+    /// strategy gives.
     pub targets: Vec<Target>,
+    /// How the targets are ordered.
+    #[serde(default, skip_serializing_if = "is_priority")]
+    pub strategy: Strategy,
+    /// Conditional routes, checked in order before the default targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+fn is_priority(s: &Strategy) -> bool {
+    *s == Strategy::Priority
 }
 
 /// One provider deployment of a model.
@@ -153,6 +199,9 @@ pub struct Target {
     pub provider: String,
     /// The provider-side model name (the deployment name for Azure).
     pub model: String,
+    /// Relative share for the `weighted` strategy (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// Request limits.
@@ -265,6 +314,14 @@ impl Config {
                 err(
                     format!("{path}.api_key_secret"),
                     format!("must be a secret name of letters, digits and _, got {secret:?}"),
+                );
+            }
+            if let Some(loc) = p.location
+                && !(loc.lat.abs() <= 90.0 && loc.lon.abs() <= 180.0)
+            {
+                err(
+                    format!("{path}.location"),
+                    format!("not a point on Earth: {}, {}", loc.lat, loc.lon),
                 );
             }
             for (model, info) in &p.models {

@@ -18,18 +18,31 @@ use futures::channel::oneshot;
 use serde::Serialize;
 use worker::{Context, Date, Env, Headers, Request, Response, console_log, event};
 
+use crate::config::Location;
 use crate::error::GatewayError;
 use crate::gateway::{
-    self, Accounting, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
+    self, Accounting, Caller, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
 };
 use crate::keys::{self, KeyRef};
 use crate::limits::{Admit, Command, Money, Reply as KeyReply, Settle, UsageEvent};
-use crate::routing;
+use crate::routing::{self, Health, Origin};
 
 /// Secret with the static gateway keys, comma-separated.
 const GATEWAY_KEYS: &str = "GATEWAY_KEYS";
-/// Var that enables test-only routes; never set it in production.
+/// Var that enables test-only routes and the geo override; never set it in
+/// production.
 const TEST_HOOKS: &str = "GATEWAY_TEST_HOOKS";
+/// With test hooks on, this header stands in for `request.cf`'s location
+/// (local dev's `cf` is a fixed placeholder): JSON with `country`,
+/// `continent`, `eu`, `lat`, `lon`, `colo`.
+const GEO_OVERRIDE: &str = "x-gateway-test-geo";
+
+thread_local! {
+    /// What this isolate has learned about each target (breakers, cooling,
+    /// time to first byte). Per isolate: nothing to coordinate per request.
+    /// Leaked once per isolate so requests can hold a plain reference.
+    static HEALTH: &'static Health = Box::leak(Box::new(Health::new()));
+}
 
 /// The fetch handler. The request path of a chat completion, step by step:
 ///
@@ -42,15 +55,20 @@ const TEST_HOOKS: &str = "GATEWAY_TEST_HOOKS";
 /// 3. **config and body, concurrently** — the routing config from the
 ///    isolate cache or KV ([`config_cache::current`]), the body with the
 ///    config's size limit ([`read_body`]).
-/// 4. **parse and route** — the request and its candidates best-first, and
-///    its worst-case cost ([`gateway::prepare`], [`gateway::Prepared::worst_case`]).
+/// 4. **parse** — the request, its model checked, its worst-case cost over
+///    every target it could reach ([`gateway::prepare`],
+///    [`gateway::Prepared::worst_case`]).
 /// 5. **admit** — one call to the key's Durable Object: key valid, model in
-///    scope, rate limits, budget reserved ([`admit`]).
-/// 6. **translate, send, fail over** — each candidate until one answers
-///    ([`gateway::dispatch`]).
-/// 7. **stream** — the answer passed to the client chunk by chunk, with the
+///    scope, rate limits, budget reserved; it returns the key's tier and
+///    regions (`chat`).
+/// 6. **route** — candidates best-first for this caller: rules, data
+///    residency from `request.cf` and the key, capabilities, strategy,
+///    breakers ([`gateway::Prepared::route`], [`origin`]).
+/// 7. **translate, send, fail over** — each candidate until one answers,
+///    within the timeouts ([`gateway::dispatch`]).
+/// 8. **stream** — the answer passed to the client chunk by chunk, with the
 ///    `x-ratelimit-*` headers ([`into_response`]).
-/// 8. **settle** — off the request path (`waitUntil`): the reservation
+/// 9. **settle** — off the request path (`waitUntil`): the reservation
 ///    replaced by the actual cost when the answer (or the stream) ends, and
 ///    one JSON log line ([`settle`]).
 #[event(fetch)]
@@ -123,7 +141,7 @@ async fn handle(
 }
 
 /// `POST /v1/chat/completions`, and `POST /v1/embeddings` (by `prepare`),
-/// steps 3 to 8.
+/// steps 3 to 9.
 async fn chat(
     req: &mut Request,
     env: &Env,
@@ -147,10 +165,12 @@ async fn chat(
     let secret = |name: &str| var(env, name);
     let gctx = Ctx {
         now_ms: started,
+        clock: &now_ms,
         secret: &secret,
+        health: HEALTH.with(|h| *h),
     };
-    // 4. parse and route
-    let prepared = match prepare(&config, &gctx, &body) {
+    // 4. parse
+    let mut prepared = match prepare(&config, &gctx, &body) {
         Ok(p) => p,
         Err(e) => return Reply::error(&e),
     };
@@ -163,8 +183,13 @@ async fn chat(
         reserve,
         tokens,
     });
-    let (reservation, rate) = match key_client::call(env, &object, &admit).await {
-        Ok(KeyReply::Admitted { reservation, rate }) => (reservation, rate),
+    let (reservation, rate, tier, regions) = match key_client::call(env, &object, &admit).await {
+        Ok(KeyReply::Admitted {
+            reservation,
+            rate,
+            tier,
+            regions,
+        }) => (reservation, rate, tier, regions),
         Ok(KeyReply::Denied(d)) => {
             let mut reply = Reply::error(&gateway::denial_to_error(&d, prepared.model()));
             reply.headers.extend(gateway::rate_headers(&d.rate));
@@ -173,14 +198,28 @@ async fn chat(
         Ok(other) => return Reply::error(&key_client::unexpected(other)),
         Err(e) => return Reply::error(&e),
     };
-    // 6. translate, send, fail over
+    // 6. route
+    let origin = origin(req, env);
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let caller = Caller {
+        origin: &origin,
+        header: &header,
+        key_id: key.id(),
+        tier: tier.as_deref(),
+        jurisdictions: regions.as_deref(),
+        random: random_unit(),
+    };
+    // 7. translate, send, fail over
     let (end_tx, end_rx) = oneshot::channel::<StreamOutcome>();
     let on_end: StreamEnd = Box::new(move |outcome| {
         let _ = end_tx.send(outcome);
     });
     let streaming = prepared.stream();
-    let result = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end)).await;
-    // 8. settle, off the request path
+    let result = match prepared.route(&gctx, &caller) {
+        Ok(()) => gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end)).await,
+        Err(e) => Err(e),
+    };
+    // 9. settle, off the request path (a refused route releases the reservation)
     let mut pending = Settlement {
         env: env.clone(),
         object,
@@ -216,7 +255,7 @@ async fn chat(
             Reply::error(&e)
         }
     };
-    // 7. stream (the caller turns the reply into a response)
+    // 8. stream (the caller turns the reply into a response)
     reply.headers.extend(gateway::rate_headers(&rate));
     reply
 }
@@ -386,6 +425,66 @@ fn into_response(reply: Reply, request_id: &str) -> worker::Result<Response> {
         }
     };
     Ok(response?.with_status(reply.status).with_headers(headers))
+}
+
+/// Where the request comes from (step 6), read defensively from
+/// `request.cf`: any field may be missing. With test hooks on, the
+/// `x-gateway-test-geo` header stands in for it; production never reads it.
+fn origin(req: &Request, env: &Env) -> Origin {
+    if var(env, TEST_HOOKS).as_deref() == Some("1")
+        && let Some(json) = req.headers().get(GEO_OVERRIDE).ok().flatten()
+    {
+        return origin_from_json(&json);
+    }
+    let cf = worker::js_sys::Reflect::get(req.inner(), &"cf".into()).unwrap_or_default();
+    let field = |name: &str| {
+        worker::js_sys::Reflect::get(&cf, &name.into())
+            .ok()
+            .filter(|v| !v.is_undefined() && !v.is_null())
+    };
+    let text = |name: &str| field(name).and_then(|v| v.as_string());
+    let number =
+        |name: &str| field(name).and_then(|v| v.as_f64().or_else(|| v.as_string()?.parse().ok()));
+    let location = match (number("latitude"), number("longitude")) {
+        (Some(lat), Some(lon)) => Some(Location { lat, lon }),
+        _ => None,
+    };
+    Origin {
+        colo: text("colo"),
+        country: text("country"),
+        continent: text("continent"),
+        is_eu: text("isEUCountry").as_deref() == Some("1"),
+        location,
+    }
+}
+
+/// The geo override's JSON: `{"country","continent","eu","lat","lon","colo"}`.
+fn origin_from_json(json: &str) -> Origin {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Geo {
+        country: Option<String>,
+        continent: Option<String>,
+        eu: bool,
+        lat: Option<f64>,
+        lon: Option<f64>,
+        colo: Option<String>,
+    }
+    let g: Geo = serde_json::from_str(json).unwrap_or_default();
+    Origin {
+        colo: g.colo,
+        country: g.country,
+        continent: g.continent,
+        is_eu: g.eu,
+        location: g.lat.zip(g.lon).map(|(lat, lon)| Location { lat, lon }),
+    }
+}
+
+/// A uniform draw in `[0, 1)` from the runtime's CSPRNG (weighted routing).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A secret or plain var by name.

@@ -1,13 +1,28 @@
-//! [`Upstream`] over the Workers `fetch`.
+//! [`Upstream`] over the Workers `fetch`, with timers and cancellation.
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use worker::js_sys::Uint8Array;
-use worker::{Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-use crate::http::{UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::http::{Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse};
 
 /// Sends provider requests with the runtime's `fetch`.
 pub(super) struct FetchUpstream;
+
+/// Aborts the fetch when dropped: a request abandoned by a timeout, by
+/// failover or by a client that went away stops at once instead of running
+/// (and being billed) to the end.
+struct AbortOnDrop(Option<AbortController>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.abort();
+        }
+    }
+}
 
 impl Upstream for FetchUpstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
@@ -26,8 +41,11 @@ impl Upstream for FetchUpstream {
             init.with_body(Some(Uint8Array::from(req.body.as_slice()).into()));
         }
         let request = Request::new_with_init(&req.url, &init).map_err(|e| e.to_string())?;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let guard = AbortOnDrop(Some(controller));
         let mut resp = Fetch::Request(request)
-            .send()
+            .send_with_signal(&signal)
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status_code();
@@ -39,10 +57,19 @@ impl Upstream for FetchUpstream {
             })
             .collect();
         let body = resp.stream().map_err(|e| e.to_string())?;
+        // The body owns the guard: dropping it early aborts the fetch.
+        let body = body.map(move |chunk| {
+            let _owned = &guard;
+            chunk.map_err(|e| e.to_string())
+        });
         Ok(UpstreamResponse {
             status,
             headers,
-            body: Box::pin(body.map(|chunk| chunk.map_err(|e| e.to_string()))),
+            body: Box::pin(body),
         })
+    }
+
+    fn sleep(&self, ms: u64) -> Sleep {
+        Box::pin(Delay::from(Duration::from_millis(ms)))
     }
 }

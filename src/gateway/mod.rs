@@ -14,6 +14,7 @@ mod admission;
 mod stream;
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use futures::StreamExt;
 
@@ -21,12 +22,14 @@ pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{StreamEnd, StreamOutcome, Translated, error_event, into_client_stream};
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, Failover, ProviderKind};
 use crate::error::{Attempt, GatewayError};
 use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::limits::{Money, Pricing, UsageEvent};
 use crate::providers::{self, Target, mock};
-use crate::routing::{self, Candidate, SecretLookup};
+use crate::routing::{
+    self, Candidate, Health, Needs, Origin, RouteInput, SecretLookup, target_key,
+};
 
 /// Largest provider error body read (the rest is not needed for a message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -206,10 +209,14 @@ impl Reply {
 
 /// What the request path needs from its surroundings.
 pub struct Ctx<'a> {
-    /// Unix milliseconds now.
+    /// Unix milliseconds when the request arrived.
     pub now_ms: u64,
+    /// The current time in Unix ms (for first-byte times and timeouts).
+    pub clock: &'a dyn Fn() -> u64,
     /// Secret lookup (provider keys).
     pub secret: SecretLookup<'a>,
+    /// What this isolate knows of each target.
+    pub health: &'a Health,
 }
 
 /// A parsed request of one of the proxied endpoints.
@@ -220,11 +227,14 @@ pub enum Request<'a> {
     Embeddings(EmbeddingsRequest<'a>),
 }
 
-/// A parsed request and its candidates, ready to be admitted and sent.
+/// A parsed request, ready to be admitted, routed and sent.
 pub struct Prepared<'a> {
+    config: &'a Config,
     /// The request.
     pub req: Request<'a>,
-    /// Where it may go, best first.
+    /// Every target the model could use (any rule), for the worst case.
+    all: Vec<Candidate<'a>>,
+    /// Where it goes, best first, once routed.
     pub candidates: Vec<Candidate<'a>>,
     /// The body's size, an upper bound of its input tokens.
     body_len: usize,
@@ -243,43 +253,57 @@ const TOKENS_PER_IMAGE: u64 = 3_000;
 /// [`prepare`] (chat completions) or [`prepare_embeddings`].
 pub type Prepare = for<'a> fn(&'a Config, &Ctx<'_>, &'a [u8]) -> Result<Prepared<'a>, GatewayError>;
 
-/// Parses a chat-completions request and finds its candidates (404 for an
-/// unknown model).
+/// Parses a chat-completions request and checks its model exists (404
+/// otherwise).
 pub fn prepare<'a>(
     config: &'a Config,
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
     let req = ChatRequest::parse(body)?;
-    let candidates = routing::candidates(config, &req.model, ctx.secret)?;
+    let all = routing::all_candidates(config, &req.model, ctx.secret);
+    if all.is_empty() {
+        return Err(GatewayError::ModelNotFound {
+            model: req.model.to_string(),
+        });
+    }
     let images = req
         .get("messages")
         .map_or(0, |raw| count_keys(raw.get(), "\"image_url\""));
     Ok(Prepared {
+        config,
         req: Request::Chat(req),
-        candidates,
+        all,
+        candidates: vec![],
         body_len: body.len(),
         images,
     })
 }
 
-/// Parses an embeddings request and finds the candidates that embed.
-/// Targets without embeddings (Anthropic) are left out; a model with none
-/// left is a 400 naming `model`.
+/// Parses an embeddings request and checks its model exists (404) and has
+/// a target that embeds (400 naming `model` otherwise: Anthropic has no
+/// embeddings). Routing later skips the targets that do not embed.
 pub fn prepare_embeddings<'a>(
     config: &'a Config,
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
     let req = EmbeddingsRequest::parse(body)?;
-    let mut candidates = routing::candidates(config, &req.model, ctx.secret)?;
-    candidates.retain(|c| providers::supports_embeddings(c.target.provider.kind));
-    if candidates.is_empty() {
+    let mut all = routing::all_candidates(config, &req.model, ctx.secret);
+    if all.is_empty() {
+        return Err(GatewayError::ModelNotFound {
+            model: req.model.to_string(),
+        });
+    }
+    all.retain(|c| providers::supports_embeddings(c.target.provider.kind));
+    if all.is_empty() {
         return Err(providers::no_embeddings(&req.model));
     }
     Ok(Prepared {
+        config,
         req: Request::Embeddings(req),
-        candidates,
+        all,
+        candidates: vec![],
         body_len: body.len(),
         images: 0,
     })
@@ -293,7 +317,23 @@ fn count_keys(json: &str, key: &str) -> usize {
         .count()
 }
 
-impl Prepared<'_> {
+/// Who is asking and from where: what routing needs beyond the request.
+pub struct Caller<'a> {
+    /// Where the request comes from.
+    pub origin: &'a Origin,
+    /// Request headers by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// The key's id.
+    pub key_id: &'a str,
+    /// The key's tier.
+    pub tier: Option<&'a str>,
+    /// The key's allowed jurisdictions.
+    pub jurisdictions: Option<&'a [String]>,
+    /// A uniform draw in `[0, 1)`.
+    pub random: f64,
+}
+
+impl<'a> Prepared<'a> {
     /// The model name the client asked for.
     pub fn model(&self) -> &str {
         match &self.req {
@@ -310,15 +350,15 @@ impl Prepared<'_> {
         }
     }
 
-    /// The most this request can cost on any of its candidates, and the most
-    /// tokens it can use. Input is bounded by the body's bytes (a token is
-    /// at least one byte of text) plus an allowance per image; output by
+    /// The most this request can cost on any target it could reach, and the
+    /// most tokens it can use. Input is bounded by the body's bytes (a token
+    /// is at least one byte of text) plus an allowance per image; output by
     /// `max_tokens`, else the model's configured cap (embeddings write none).
     pub fn worst_case(&self) -> (Money, u64) {
         let input = self.body_len as u64 + self.images as u64 * TOKENS_PER_IMAGE;
         let mut cost = Money::ZERO;
         let mut tokens = 0;
-        for c in &self.candidates {
+        for c in &self.all {
             let info = c.target.provider.model_info(c.target.model);
             let output = match &self.req {
                 Request::Chat(r) => r
@@ -331,6 +371,64 @@ impl Prepared<'_> {
             tokens = tokens.max(input + output);
         }
         (cost, tokens)
+    }
+
+    /// Orders the candidates for this caller ([`routing::plan`]).
+    pub fn route(&mut self, ctx: &Ctx<'_>, caller: &Caller<'_>) -> Result<(), GatewayError> {
+        let input_tokens = self.accounting().input_estimate;
+        let (metadata, user, needs) = match &self.req {
+            Request::Chat(req) => {
+                let metadata: BTreeMap<String, String> = req
+                    .parse_field::<Option<BTreeMap<String, serde_json::Value>>>("metadata")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+                    .collect();
+                let user: Option<String> = req.parse_field::<Option<String>>("user").ok().flatten();
+                let has = |field: &str| {
+                    req.get(field)
+                        .is_some_and(|raw| !matches!(raw.get(), "null" | "[]"))
+                };
+                let json = req
+                    .get("response_format")
+                    .is_some_and(|raw| raw.get().contains("json"));
+                let needs = Needs {
+                    input_tokens,
+                    output_tokens: req.max_tokens.unwrap_or(0),
+                    tools: has("tools"),
+                    vision: self.images > 0,
+                    json,
+                    embeddings: false,
+                };
+                (metadata, user, needs)
+            }
+            Request::Embeddings(req) => {
+                let user: Option<String> = req.parse_field::<Option<String>>("user").ok().flatten();
+                let needs = Needs {
+                    input_tokens,
+                    embeddings: true,
+                    ..Needs::default()
+                };
+                (BTreeMap::new(), user, needs)
+            }
+        };
+        let input = RouteInput {
+            origin: caller.origin,
+            header: caller.header,
+            metadata: &metadata,
+            tier: caller.tier,
+            key_jurisdictions: caller.jurisdictions,
+            key_id: caller.key_id,
+            user: user.as_deref(),
+            needs,
+            random: caller.random,
+            now_ms: ctx.now_ms,
+            health: ctx.health,
+        };
+        self.candidates = routing::plan(self.config, self.model(), ctx.secret, &input)?;
+        Ok(())
     }
 
     /// What settlement needs to know of the request, owned, so that it can
@@ -355,59 +453,85 @@ pub struct Accounting {
     pub input_estimate: u64,
 }
 
-/// `POST /v1/chat/completions` in one call: prepare, then dispatch.
+/// `POST /v1/chat/completions` in one call, for a caller with no key scope
+/// and no location: prepare, route, dispatch.
 pub async fn chat_completions<U: Upstream>(
     upstream: &U,
     config: &Config,
     ctx: &Ctx<'_>,
     body: &[u8],
 ) -> Result<Reply, GatewayError> {
-    let prepared = prepare(config, ctx, body)?;
+    let mut prepared = prepare(config, ctx, body)?;
+    route_anonymous(&mut prepared, ctx)?;
     dispatch(upstream, ctx, &prepared, None).await
 }
 
-/// `POST /v1/embeddings` in one call: prepare, then dispatch.
+/// `POST /v1/embeddings` in one call, for a caller with no key scope and no
+/// location: prepare, route, dispatch.
 pub async fn embeddings<U: Upstream>(
     upstream: &U,
     config: &Config,
     ctx: &Ctx<'_>,
     body: &[u8],
 ) -> Result<Reply, GatewayError> {
-    let prepared = prepare_embeddings(config, ctx, body)?;
+    let mut prepared = prepare_embeddings(config, ctx, body)?;
+    route_anonymous(&mut prepared, ctx)?;
     dispatch(upstream, ctx, &prepared, None).await
 }
 
-/// Walks the candidates: send, and on a retryable failure move to the next.
-/// `on_stream_end` is given to the stream that is committed to the client
-/// (dropped uncalled when the answer is not a stream).
+/// Routes for a caller with no key scope, no location and no headers.
+fn route_anonymous(prepared: &mut Prepared<'_>, ctx: &Ctx<'_>) -> Result<(), GatewayError> {
+    let no_headers = |_: &str| None;
+    let caller = Caller {
+        origin: &Origin::default(),
+        header: &no_headers,
+        key_id: "",
+        tier: None,
+        jurisdictions: None,
+        random: 0.0,
+    };
+    prepared.route(ctx, &caller)
+}
+
+/// Walks the candidates: send, and on a retryable failure move to the next,
+/// recording each target's health on the way. `on_stream_end` is given to
+/// the stream that is committed to the client (dropped uncalled when the
+/// answer is not a stream).
 pub async fn dispatch<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     prepared: &Prepared<'_>,
     on_stream_end: Option<StreamEnd>,
 ) -> Result<Reply, GatewayError> {
-    let candidates = &prepared.candidates;
+    let policy = &prepared.config.failover;
+    let (model, candidates) = (prepared.model(), &prepared.candidates);
     match &prepared.req {
         Request::Chat(req) => {
             // A cell, not a `&mut`: each attempt borrows it, and only the
             // attempt whose stream is committed takes the callback out.
             let on_stream_end = Cell::new(on_stream_end);
-            failover(candidates, |cand| {
-                try_chat(upstream, ctx, req, cand, &on_stream_end)
+            failover(ctx, policy, model, candidates, |cand| {
+                try_chat(upstream, ctx, policy, req, cand, &on_stream_end)
             })
             .await
         }
         Request::Embeddings(req) => {
-            failover(candidates, |cand| try_embeddings(upstream, ctx, req, cand)).await
+            failover(ctx, policy, model, candidates, |cand| {
+                try_embeddings(upstream, ctx, policy, req, cand)
+            })
+            .await
         }
     }
 }
 
 /// The failover loop every endpoint uses: `attempt` each candidate in
-/// order; stop at the first answer or the first failure that is not worth
-/// another target ([`GatewayError::is_retryable`]). The answer is labelled
-/// with the target that gave it.
+/// order, recording its health; stop at the first answer or the first
+/// failure not worth another target ([`GatewayError::is_retryable`]). The
+/// answer is labelled with the target that gave it.
 async fn failover<'s, 'c, F, Fut>(
+    ctx: &Ctx<'_>,
+    policy: &Failover,
+    model: &str,
     candidates: &'s [Candidate<'c>],
     attempt: F,
 ) -> Result<Reply, GatewayError>
@@ -417,10 +541,18 @@ where
 {
     let mut attempts: Vec<(Attempt, GatewayError)> = Vec::new();
     for cand in candidates {
+        let t = &cand.target;
+        let key = target_key(t.name, t.model);
+        let started = (ctx.clock)();
+        if !ctx.health.acquire(&key, started) {
+            // Another request holds this half-open breaker's probe.
+            continue;
+        }
         let tried = attempts.len() + 1;
         match attempt(cand).await {
             Ok(mut reply) => {
-                let t = &cand.target;
+                ctx.health
+                    .record_success(&key, (ctx.clock)().saturating_sub(started));
                 reply
                     .headers
                     .push(("x-gateway-provider", t.name.to_owned()));
@@ -428,6 +560,14 @@ where
                 reply
                     .headers
                     .push(("x-gateway-attempts", tried.to_string()));
+                if let Some(region) = t
+                    .provider
+                    .region
+                    .as_ref()
+                    .or(t.provider.jurisdiction.as_ref())
+                {
+                    reply.headers.push(("x-gateway-region", region.clone()));
+                }
                 reply.served = Some(Served {
                     provider: t.name.to_owned(),
                     model: t.model.to_owned(),
@@ -437,19 +577,36 @@ where
                 return Ok(reply);
             }
             Err(e) if e.is_retryable() => {
-                attempts.push((e.to_attempt(cand.target.name, cand.target.model), e));
+                // A 429 cools the target for its Retry-After, within the cap.
+                let cool = match &e {
+                    GatewayError::Upstream {
+                        status: 429,
+                        retry_after,
+                        ..
+                    } => Some(retry_after.unwrap_or(1).min(policy.retry_after_cap_s) * 1000),
+                    _ => None,
+                };
+                ctx.health
+                    .record_failure(&key, (ctx.clock)(), cool, &policy.breaker);
+                attempts.push((e.to_attempt(t.name, t.model), e));
             }
             Err(e) => return Err(e),
         }
     }
     // One failed target: its own error says the most (a 429 stays a 429
     // with its Retry-After). Several: list them all.
-    if attempts.len() == 1 {
-        return Err(attempts.remove(0).1);
+    match attempts.len() {
+        0 => Err(GatewayError::Unavailable {
+            message: format!(
+                "Every target of `{model}` is being probed after failures; retry shortly."
+            ),
+            retry_after: Some(1),
+        }),
+        1 => Err(attempts.remove(0).1),
+        _ => Err(GatewayError::AllTargetsFailed {
+            attempts: attempts.into_iter().map(|(a, _)| a).collect(),
+        }),
     }
-    Err(GatewayError::AllTargetsFailed {
-        attempts: attempts.into_iter().map(|(a, _)| a).collect(),
-    })
 }
 
 /// What to charge for an answer, and its usage record: the provider's
@@ -496,26 +653,37 @@ pub struct Served {
     pub attempts: usize,
 }
 
-/// One chat attempt at one candidate.
+/// One chat attempt at one candidate, within the policy's timeouts.
 async fn try_chat<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
+    policy: &Failover,
     req: &ChatRequest<'_>,
     cand: &Candidate<'_>,
     on_stream_end: &Cell<Option<StreamEnd>>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
-    let resp = send_for_success(upstream, ctx, cand, up_req).await?;
+    let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
     if req.stream {
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
         let mut translated = Translated::new(target.name, resp.body, translator);
-        return match translated.next().await {
-            Some(Ok(first)) => Ok(stream_reply(into_client_stream(
-                first,
-                translated,
-                on_stream_end.take(),
-            ))),
+        let first = within(upstream, policy.first_byte_timeout_ms, translated.next())
+            .await
+            .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
+        return match first {
+            Some(Ok(first)) => {
+                let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
+                let deadline = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+                let limit = timeout(target, "end of stream", policy.total_timeout_ms);
+                let body = into_client_stream(
+                    first,
+                    translated,
+                    on_stream_end.take(),
+                    Some((deadline, limit)),
+                );
+                Ok(stream_reply(body))
+            }
             Some(Err(e)) => Err(redact(e, cand.api_key.as_deref())),
             None => Err(GatewayError::UpstreamInvalidResponse {
                 provider: target.name.to_owned(),
@@ -523,62 +691,104 @@ async fn try_chat<U: Upstream>(
             }),
         };
     }
-    let body = collect_answer(resp, target).await?;
+    let body = collect_answer(upstream, policy, resp, target).await?;
     let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)
 }
 
-/// One embeddings attempt at one candidate.
+/// One embeddings attempt at one candidate, within the policy's timeouts.
 async fn try_embeddings<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
+    policy: &Failover,
     req: &EmbeddingsRequest<'_>,
     cand: &Candidate<'_>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let up_req = providers::build_embeddings_request(target, req, cand.api_key.as_deref())?;
-    let resp = send_for_success(upstream, ctx, cand, up_req).await?;
-    let body = collect_answer(resp, target).await?;
+    let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
+    let body = collect_answer(upstream, policy, resp, target).await?;
     let (body, usage) = providers::embeddings_response(target, req, body)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)
 }
 
-/// Sends a candidate's request; a non-2xx answer becomes the provider's
-/// error, with its key redacted should the provider echo it.
+/// Sends a candidate's request within the connect timeout; a non-2xx answer
+/// becomes the provider's error, with its key redacted should the provider
+/// echo it.
 async fn send_for_success<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
+    policy: &Failover,
     cand: &Candidate<'_>,
     up_req: UpstreamRequest,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let resp = send(upstream, target, up_req, ctx.now_ms).await?;
+    let resp = within(
+        upstream,
+        policy.connect_timeout_ms,
+        send(upstream, target, up_req, ctx.now_ms),
+    )
+    .await
+    .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
     let status = resp.status;
     let retry_after = resp.retry_after_secs();
-    let body = resp.collect(ERROR_BODY_LIMIT).await.unwrap_or_default();
+    let body = within(
+        upstream,
+        policy.first_byte_timeout_ms,
+        resp.collect(ERROR_BODY_LIMIT),
+    )
+    .await
+    .and_then(Result::ok)
+    .unwrap_or_default();
     let e = providers::error_from_response(target, status, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
 }
 
-/// Reads a whole non-streamed answer; a body cut short is a transport
-/// failure (worth another target).
-async fn collect_answer(
+/// Reads a whole non-streamed answer within the first-byte timeout; a body
+/// cut short is a transport failure (worth another target).
+async fn collect_answer<U: Upstream>(
+    upstream: &U,
+    policy: &Failover,
     resp: UpstreamResponse,
     target: &Target<'_>,
 ) -> Result<Vec<u8>, GatewayError> {
-    resp.collect(RESPONSE_BODY_LIMIT)
-        .await
-        .map_err(|message| GatewayError::UpstreamUnreachable {
-            provider: target.name.to_owned(),
-            message,
-        })
+    within(
+        upstream,
+        policy.first_byte_timeout_ms,
+        resp.collect(RESPONSE_BODY_LIMIT),
+    )
+    .await
+    .ok_or_else(|| timeout(target, "complete body", policy.first_byte_timeout_ms))?
+    .map_err(|message| GatewayError::UpstreamUnreachable {
+        provider: target.name.to_owned(),
+        message,
+    })
+}
+
+/// The error of a phase that took longer than `ms`.
+fn timeout(target: &Target<'_>, phase: &'static str, ms: u64) -> GatewayError {
+    GatewayError::Timeout {
+        provider: target.name.to_owned(),
+        phase,
+        ms,
+    }
+}
+
+/// Runs `fut` unless `ms` pass first (`None` then). Dropping the losing
+/// future cancels it; the edge aborts the fetch behind it.
+async fn within<U: Upstream, T>(upstream: &U, ms: u64, fut: impl Future<Output = T>) -> Option<T> {
+    let fut = std::pin::pin!(fut);
+    match futures::future::select(fut, upstream.sleep(ms)).await {
+        futures::future::Either::Left((value, _)) => Some(value),
+        futures::future::Either::Right(((), _)) => None,
+    }
 }
 
 /// Sends through the upstream, or to the in-worker demo model.

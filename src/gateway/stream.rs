@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 
 use crate::api::Usage;
 use crate::error::GatewayError;
-use crate::http::ByteStream;
+use crate::http::{ByteStream, Sleep};
 use crate::providers::StreamTranslator;
 use crate::sse::{SseParser, encode_data};
 
@@ -130,17 +130,20 @@ pub type StreamEnd = Box<dyn FnOnce(StreamOutcome)>;
 
 /// The client-facing stream once the first bytes are committed: `first`,
 /// then the rest, with an error rendered as a final `data: {"error":...}`
-/// event (what the OpenAI SDKs raise on) and no `[DONE]`.
+/// event (what the OpenAI SDKs raise on) and no `[DONE]`. When the
+/// `deadline` timer fires first, the stream ends with its error.
 pub fn into_client_stream(
     first: Vec<u8>,
     rest: Translated,
     on_end: Option<StreamEnd>,
+    deadline: Option<(Sleep, GatewayError)>,
 ) -> ByteStream {
     Box::pin(ClientStream {
         first: Some(first),
         rest,
         failed: false,
         on_end,
+        deadline,
     })
 }
 
@@ -149,6 +152,7 @@ struct ClientStream {
     rest: Translated,
     failed: bool,
     on_end: Option<StreamEnd>,
+    deadline: Option<(Sleep, GatewayError)>,
 }
 
 impl ClientStream {
@@ -170,6 +174,17 @@ impl Stream for ClientStream {
         let this = &mut *self;
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(Ok(first)));
+        }
+        let past_deadline = this
+            .deadline
+            .as_mut()
+            .is_some_and(|(timer, _)| timer.as_mut().poll(cx).is_ready());
+        if past_deadline && let Some((_, e)) = this.deadline.take() {
+            // Past the total time: end with the timeout, once.
+            this.rest.ended = true;
+            this.rest.pending_error = None;
+            this.failed = true;
+            return Poll::Ready(Some(Ok(error_event(&e))));
         }
         match this.rest.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,

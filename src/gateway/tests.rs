@@ -22,12 +22,16 @@ enum Script {
     Transport(&'static str),
     /// Answer 200 with a body fed through a channel by the test.
     Channel(mpsc::UnboundedReceiver<Result<Vec<u8>, String>>),
+    /// Never answer.
+    Hang,
 }
 
 #[derive(Default)]
 struct Scripted {
     script: RefCell<VecDeque<Script>>,
     seen: RefCell<Vec<UpstreamRequest>>,
+    /// Timers fire at once (every timeout passes); otherwise never.
+    timers_fire: bool,
 }
 
 impl Scripted {
@@ -35,6 +39,7 @@ impl Scripted {
         Scripted {
             script: RefCell::new(script.into()),
             seen: RefCell::default(),
+            timers_fire: false,
         }
     }
 }
@@ -68,6 +73,15 @@ impl Upstream for Scripted {
             }
             Script::Transport(msg) => Err(msg.to_owned()),
             Script::Channel(rx) => Ok(ok(200, vec![], Box::pin(rx))),
+            Script::Hang => futures::future::pending().await,
+        }
+    }
+
+    fn sleep(&self, _ms: u64) -> crate::http::Sleep {
+        if self.timers_fire {
+            Box::pin(futures::future::ready(()))
+        } else {
+            Box::pin(futures::future::pending())
         }
     }
 }
@@ -97,7 +111,9 @@ fn run(up: &Scripted, body: &str) -> Result<Reply, GatewayError> {
     let config = Config::from_json(CONFIG).unwrap();
     let ctx = Ctx {
         now_ms: 1_700_000_000_000,
+        clock: &|| 0,
         secret: &secret,
+        health: &Health::new(),
     };
     block_on(chat_completions(up, &config, &ctx, body.as_bytes()))
 }
@@ -492,7 +508,9 @@ fn worst_case_takes_the_dearest_candidate_and_the_output_cap() {
     .unwrap();
     let ctx = Ctx {
         now_ms: 0,
+        clock: &|| 0,
         secret: &secret,
+        health: &Health::new(),
     };
     let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
     let p = prepare(&config, &ctx, body).unwrap();
@@ -519,7 +537,9 @@ fn settlement_charges_reported_usage_or_an_estimate() {
     let config = Config::from_json(CONFIG).unwrap();
     let ctx = Ctx {
         now_ms: 0,
+        clock: &|| 0,
         secret: &secret,
+        health: &Health::new(),
     };
     let p = prepare(&config, &ctx, NON_STREAM.as_bytes()).unwrap();
     let acc = p.accounting();
@@ -568,11 +588,34 @@ fn run_with_end(up: &Scripted, body: &str, end: StreamEnd) -> Reply {
     let config = Config::from_json(CONFIG).unwrap();
     let ctx = Ctx {
         now_ms: 0,
+        clock: &|| 0,
         secret: &secret,
+        health: &Health::new(),
     };
-    let p = prepare(&config, &ctx, body.as_bytes()).unwrap();
+    let mut p = prepare(&config, &ctx, body.as_bytes()).unwrap();
+    p.route(&ctx, &anyone()).unwrap();
     block_on(dispatch(up, &ctx, &p, Some(end))).unwrap()
 }
+
+/// A caller with no key scope and no location.
+fn anyone() -> Caller<'static> {
+    Caller {
+        origin: &NOWHERE,
+        header: &|_| None,
+        key_id: "k",
+        tier: None,
+        jurisdictions: None,
+        random: 0.0,
+    }
+}
+
+static NOWHERE: Origin = Origin {
+    colo: None,
+    country: None,
+    continent: None,
+    is_eu: false,
+    location: None,
+};
 
 #[test]
 fn a_finished_stream_reports_its_usage_once() {
@@ -619,11 +662,135 @@ fn a_broken_stream_reports_incomplete() {
     assert!(!seen.borrow()[0].complete);
 }
 
+fn run_in(
+    up: &Scripted,
+    config: &Config,
+    health: &Health,
+    body: &str,
+) -> Result<Reply, GatewayError> {
+    let ctx = Ctx {
+        now_ms: 1_000,
+        clock: &|| 1_000,
+        secret: &secret,
+        health,
+    };
+    block_on(chat_completions(up, config, &ctx, body.as_bytes()))
+}
+
+#[test]
+fn a_target_silent_past_the_headers_timeout_fails_over() {
+    let up = Scripted {
+        timers_fire: true,
+        ..Scripted::new(vec![
+            Script::Hang,
+            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        ])
+    };
+    let reply = run_in(
+        &up,
+        &Config::from_json(CONFIG).unwrap(),
+        &Health::new(),
+        NON_STREAM,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+}
+
+#[test]
+fn a_stream_without_a_first_token_in_time_fails_over() {
+    let (_tx, rx) = mpsc::unbounded();
+    let mut second = chunk("late but fine");
+    second.extend(finish_chunks());
+    let up = Scripted {
+        timers_fire: true,
+        ..Scripted::new(vec![
+            Script::Channel(rx),
+            Script::Reply(200, vec![], vec![second]),
+        ])
+    };
+    let reply = run_in(
+        &up,
+        &Config::from_json(CONFIG).unwrap(),
+        &Health::new(),
+        STREAM,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+}
+
+#[test]
+fn a_429_cools_the_target_for_its_retry_after_within_the_cap() {
+    let config = Config::from_json(CONFIG).unwrap();
+    let health = Health::new();
+    let up = Scripted::new(vec![
+        Script::Reply(429, vec![("retry-after", "5")], vec![b"{}".to_vec()]),
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+    ]);
+    run_in(&up, &config, &health, NON_STREAM).unwrap();
+    assert_eq!(
+        health.availability("a/ma", 1_000),
+        crate::routing::Availability::Until(6_000)
+    );
+    // While it cools, the next request goes straight to the other target.
+    let reply = run_in(&up, &config, &health, NON_STREAM).unwrap();
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("1"));
+    assert_eq!(up.seen.borrow().len(), 3);
+    assert!(up.seen.borrow()[2].url.starts_with("http://b.test"));
+}
+
+#[test]
+fn the_breaker_opens_after_repeated_failures_and_skips_the_target() {
+    let config = Config::from_json(
+        &CONFIG.replace(r#""models":{"m""#, r#""failover":{"breaker":{"failures":2,"window_ms":60000,"cooldown_ms":30000}},"models":{"m""#),
+    )
+    .unwrap();
+    let health = Health::new();
+    let fail_then_ok = || {
+        vec![
+            Script::Reply(500, vec![], vec![b"{}".to_vec()]),
+            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        ]
+    };
+    let mut script = fail_then_ok();
+    script.extend(fail_then_ok());
+    script.push(Script::Reply(
+        200,
+        vec![],
+        vec![COMPLETION.as_bytes().to_vec()],
+    ));
+    let up = Scripted::new(script);
+    run_in(&up, &config, &health, NON_STREAM).unwrap();
+    run_in(&up, &config, &health, NON_STREAM).unwrap();
+    // Open: the third request does not try `a` at all.
+    let reply = run_in(&up, &config, &health, NON_STREAM).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("1"));
+    assert_eq!(up.seen.borrow().len(), 5);
+}
+
+#[test]
+fn the_region_header_names_the_serving_deployment() {
+    let config = Config::from_json(&CONFIG.replace(
+        r#""b":{"kind":"openai-compatible","base_url":"http://b.test/v1"}"#,
+        r#""b":{"kind":"openai-compatible","base_url":"http://b.test/v1","region":"westeurope","jurisdiction":"eu"}"#,
+    ))
+    .unwrap();
+    let up = Scripted::new(vec![
+        Script::Reply(503, vec![], vec![b"{}".to_vec()]),
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+    ]);
+    let reply = run_in(&up, &config, &Health::new(), NON_STREAM).unwrap();
+    assert_eq!(header(&reply, "x-gateway-region"), Some("westeurope"));
+}
+
 fn run_embeddings(up: &Scripted, body: &str) -> Result<Reply, GatewayError> {
     let config = Config::from_json(CONFIG).unwrap();
     let ctx = Ctx {
         now_ms: 1_700_000_000_000,
+        clock: &|| 0,
         secret: &secret,
+        health: &Health::new(),
     };
     block_on(embeddings(up, &config, &ctx, body.as_bytes()))
 }
@@ -826,7 +993,9 @@ fn embeddings_reserve_input_only_and_report_their_model() {
     .unwrap();
     let ctx = Ctx {
         now_ms: 0,
+        clock: &|| 0,
         secret: &secret,
+        health: &Health::new(),
     };
     let body = br#"{"model":"emb","input":["a","b"]}"#;
     // Both endpoints prepare through one function type, so the edge can
@@ -852,4 +1021,40 @@ fn embeddings_reserve_input_only_and_report_their_model() {
     let streamed = STREAM.replace("\"m\"", "\"emb\"");
     let p = chat(&config, &ctx, streamed.as_bytes()).unwrap();
     assert_eq!((p.model(), p.stream()), ("emb", true));
+}
+
+#[test]
+fn targets_without_embeddings_do_not_use_up_the_attempts() {
+    // One attempt allowed: the Anthropic target listed first must not be it.
+    let config = Config::from_json(
+        r#"{"version":1,"failover":{"max_attempts":1},
+          "providers":{"c":{"kind":"anthropic","base_url":"http://c.test","api_key_secret":"A_KEY"},
+                       "b":{"kind":"openai-compatible","base_url":"http://b.test/v1"}},
+          "models":{"mixed":{"targets":[{"provider":"c","model":"claude-x"},{"provider":"b","model":"mb"}]}}}"#,
+    )
+    .unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        clock: &|| 0,
+        secret: &secret,
+        health: &Health::new(),
+    };
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![EMBEDDINGS_LIST.as_bytes().to_vec()],
+    )]);
+    let body = br#"{"model":"mixed","input":"x"}"#;
+    let reply = block_on(embeddings(&up, &config, &ctx, body)).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(up.seen.borrow()[0].url, "http://b.test/v1/embeddings");
+    // Chat still starts with the Anthropic target.
+    let mut p = prepare(
+        &config,
+        &ctx,
+        br#"{"model":"mixed","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .unwrap();
+    route_anonymous(&mut p, &ctx).unwrap();
+    assert_eq!(p.candidates[0].target.name, "c");
 }

@@ -160,6 +160,12 @@ pub enum Reply {
         reservation: u64,
         /// For the `x-ratelimit-*` headers.
         rate: RateInfo,
+        /// The key's tier, for routing rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tier: Option<String>,
+        /// The key's allowed jurisdictions, for routing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regions: Option<Vec<String>>,
     },
     /// The request is refused.
     Denied(Box<Denial>),
@@ -527,13 +533,14 @@ impl KeyState {
         // Clocks can step backwards between isolates; never go back.
         self.last_request_ms = self.last_request_ms.max(now_ms);
         let rate = self.rate_info(now_ms);
-        (
-            Reply::Admitted {
-                reservation: id,
-                rate,
-            },
-            true,
-        )
+        let settings = self.record.as_ref().map(|r| &r.settings);
+        let reply = Reply::Admitted {
+            reservation: id,
+            rate,
+            tier: settings.and_then(|s| s.tier.clone()),
+            regions: settings.and_then(|s| s.allowed_regions.clone()),
+        };
+        (reply, true)
     }
 
     fn check_limits(&self, a: &Admit, now_ms: u64) -> Result<(), Box<Denial>> {

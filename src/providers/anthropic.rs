@@ -1822,6 +1822,10 @@ mod tests {
                 body: Box::pin(stream::iter(chunks.into_iter().map(Ok))),
             })
         }
+
+        fn sleep(&self, _ms: u64) -> crate::http::Sleep {
+            Box::pin(futures::future::pending())
+        }
     }
 
     const CONFIG: &str = r#"{"version":1,
@@ -1834,7 +1838,9 @@ mod tests {
         let secret = |name: &str| (name == SECRET).then(|| "sk-ant-secret-key".to_owned());
         let ctx = Ctx {
             now_ms: NOW_S * 1000 + 999,
+            clock: &|| 0,
             secret: &secret,
+            health: &crate::routing::Health::new(),
         };
         block_on(gateway::chat_completions(
             up,

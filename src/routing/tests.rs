@@ -1,0 +1,480 @@
+//! Selection, with injected time and randomness.
+
+use super::*;
+
+const CONFIG: &str = r#"{"version":1,
+  "providers":{"demo":{"kind":"mock"},"openai":{"kind":"openai"},"backup":{"kind":"groq","api_key_secret":"BACKUP_KEY"}},
+  "models":{"demo":{"targets":[{"provider":"demo","model":"d"}]},
+            "gpt":{"targets":[{"provider":"openai","model":"gpt-4o"},{"provider":"backup","model":"llama"}]}}}"#;
+
+fn secrets(names: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |n| {
+        names
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+#[test]
+fn keeps_priority_order_and_skips_providers_without_a_secret() {
+    let c = Config::from_json(CONFIG).unwrap();
+    let all = secrets(&[("OPENAI_API_KEY", "sk-o"), ("BACKUP_KEY", "gk")]);
+    let list = candidates(&c, "gpt", &all).unwrap();
+    let names: Vec<_> = list
+        .iter()
+        .map(|c| (c.target.name, c.api_key.as_deref()))
+        .collect();
+    assert_eq!(names, [("openai", Some("sk-o")), ("backup", Some("gk"))]);
+
+    let only_backup = secrets(&[("OPENAI_API_KEY", " "), ("BACKUP_KEY", "gk")]);
+    let list = candidates(&c, "gpt", &only_backup).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].target.model, "llama");
+}
+
+#[test]
+fn unknown_or_disabled_model_is_not_found() {
+    let c = Config::from_json(CONFIG).unwrap();
+    let none = secrets(&[]);
+    assert!(matches!(
+        candidates(&c, "nope", &none),
+        Err(GatewayError::ModelNotFound { .. })
+    ));
+    assert!(matches!(
+        candidates(&c, "gpt", &none),
+        Err(GatewayError::ModelNotFound { .. })
+    ));
+    assert_eq!(candidates(&c, "demo", &none).unwrap()[0].api_key, None);
+}
+
+#[test]
+fn model_list_shows_only_usable_models() {
+    let c = Config::from_json(CONFIG).unwrap();
+    let ids = |s: &dyn Fn(&str) -> Option<String>| -> Vec<String> {
+        list_models(&c, s).data.into_iter().map(|m| m.id).collect()
+    };
+    assert_eq!(ids(&secrets(&[])), ["demo"]);
+    assert_eq!(ids(&secrets(&[("BACKUP_KEY", "k")])), ["demo", "gpt"]);
+    assert_eq!(
+        get_model(&c, "gpt", &secrets(&[("BACKUP_KEY", "k")]))
+            .unwrap()
+            .owned_by,
+        "backup"
+    );
+}
+
+/// A multi-region config: Azure in the US and the EU, Anthropic (US), a
+/// Gemini-like EU deployment, and a local server with no jurisdiction.
+const REGIONS: &str = r#"{"version":1,
+  "providers":{
+    "azure-us":{"kind":"azure","base_url":"https://us.example","api_key_secret":"K","region":"eastus","jurisdiction":"us","location":{"lat":37.4,"lon":-79.2},
+                "models":{"gpt":{"input_per_mtok":2.5,"output_per_mtok":10,"context_window":128000}}},
+    "azure-eu":{"kind":"azure","base_url":"https://eu.example","api_key_secret":"K","region":"westeurope","jurisdiction":"eu","location":{"lat":52.37,"lon":4.9},
+                "models":{"gpt":{"input_per_mtok":2.75,"output_per_mtok":11}}},
+    "cheap-eu":{"kind":"openai-compatible","base_url":"https://cheap.example","jurisdiction":"eu","location":{"lat":50.1,"lon":8.7},
+                "models":{"small":{"input_per_mtok":0.1,"output_per_mtok":0.2,"tools":false,"context_window":8000}}},
+    "local":{"kind":"openai-compatible","base_url":"http://127.0.0.1:1/v1"}},
+  "models":{
+    "gpt":{"targets":[{"provider":"azure-us","model":"gpt"},{"provider":"azure-eu","model":"gpt"},{"provider":"local","model":"gpt"}],"strategy":{"type":"nearest"}},
+    "mix":{"targets":[{"provider":"azure-us","model":"gpt","weight":7},{"provider":"azure-eu","model":"gpt","weight":3}],"strategy":{"type":"weighted"}},
+    "sticky":{"targets":[{"provider":"azure-us","model":"gpt"},{"provider":"azure-eu","model":"gpt"}],"strategy":{"type":"weighted","sticky":"user"}},
+    "cheapest":{"targets":[{"provider":"azure-us","model":"gpt"},{"provider":"azure-eu","model":"gpt"},{"provider":"cheap-eu","model":"small"}],"strategy":{"type":"cost"}},
+    "fast":{"targets":[{"provider":"azure-us","model":"gpt"},{"provider":"azure-eu","model":"gpt"}],"strategy":{"type":"latency"}},
+    "ruled":{"targets":[{"provider":"azure-us","model":"gpt"}],
+             "rules":[{"when":{"tiers":["gold"]},"targets":[{"provider":"azure-eu","model":"gpt"}]},
+                      {"when":{"headers":{"x-team":"search"},"min_input_tokens":1000},"targets":[{"provider":"cheap-eu","model":"small"}]}]}},
+  "residency":[{"origin":{"eu":true},"jurisdictions":["eu"]}],
+  "failover":{"max_attempts":3,"breaker":{"failures":2,"window_ms":10000,"cooldown_ms":5000}}}"#;
+
+fn regions() -> Config {
+    Config::from_json(REGIONS).unwrap()
+}
+
+fn key_secret(name: &str) -> Option<String> {
+    (name == "K").then(|| "k".to_owned())
+}
+
+const NEW_YORK: Origin = Origin {
+    colo: None,
+    country: None,
+    continent: None,
+    is_eu: false,
+    location: Some(crate::config::Location {
+        lat: 40.7,
+        lon: -74.0,
+    }),
+};
+
+fn eu_origin() -> Origin {
+    Origin {
+        country: Some("DE".into()),
+        continent: Some("EU".into()),
+        is_eu: true,
+        location: Some(crate::config::Location {
+            lat: 50.1,
+            lon: 8.7,
+        }),
+        ..Origin::default()
+    }
+}
+
+struct Input {
+    origin: Origin,
+    headers: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+    tier: Option<&'static str>,
+    key_jurisdictions: Option<Vec<String>>,
+    user: Option<&'static str>,
+    needs: Needs,
+    random: f64,
+    now_ms: u64,
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input {
+            origin: NEW_YORK,
+            headers: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            tier: None,
+            key_jurisdictions: None,
+            user: None,
+            needs: Needs {
+                input_tokens: 100,
+                output_tokens: 100,
+                ..Needs::default()
+            },
+            random: 0.0,
+            now_ms: 1_000,
+        }
+    }
+}
+
+fn plan_names(
+    config: &Config,
+    model: &str,
+    i: &Input,
+    health: &Health,
+) -> Result<Vec<String>, GatewayError> {
+    let header = |name: &str| i.headers.get(name).cloned();
+    let input = RouteInput {
+        origin: &i.origin,
+        header: &header,
+        metadata: &i.metadata,
+        tier: i.tier,
+        key_jurisdictions: i.key_jurisdictions.as_deref(),
+        key_id: "key-1",
+        user: i.user,
+        needs: i.needs,
+        random: i.random,
+        now_ms: i.now_ms,
+        health,
+    };
+    plan(config, model, &key_secret, &input)
+        .map(|l| l.into_iter().map(|c| c.target.name.to_owned()).collect())
+}
+
+#[test]
+fn nearest_first_by_great_circle_distance() {
+    let c = regions();
+    let h = Health::new();
+    assert_eq!(
+        plan_names(&c, "gpt", &Input::default(), &h).unwrap(),
+        ["azure-us", "azure-eu", "local"]
+    );
+    // From outside the EU residency rules but near Europe (Zurich):
+    let zurich = Input {
+        origin: Origin {
+            location: Some(crate::config::Location {
+                lat: 47.4,
+                lon: 8.5,
+            }),
+            country: Some("CH".into()),
+            ..Origin::default()
+        },
+        ..Input::default()
+    };
+    assert_eq!(plan_names(&c, "gpt", &zurich, &h).unwrap()[0], "azure-eu");
+}
+
+#[test]
+fn observed_latency_adjusts_nearest() {
+    let c = regions();
+    let h = Health::new();
+    // The EU deployment is ~6,000 km (~60 ms) further from New York; a
+    // 300 ms first byte from the US one outweighs that.
+    h.record_success(&target_key("azure-us", "gpt"), 300);
+    h.record_success(&target_key("azure-eu", "gpt"), 100);
+    assert_eq!(
+        plan_names(&c, "gpt", &Input::default(), &h).unwrap()[0],
+        "azure-eu"
+    );
+}
+
+#[test]
+fn residency_is_never_violated() {
+    let c = regions();
+    let h = Health::new();
+    let eu = Input {
+        origin: eu_origin(),
+        ..Input::default()
+    };
+    // Only the EU deployment; the US one and the jurisdiction-less local
+    // server are out, even as fallbacks.
+    assert_eq!(plan_names(&c, "gpt", &eu, &h).unwrap(), ["azure-eu"]);
+    // With the EU deployment's breaker open, the request fails rather than leave the EU.
+    let key = target_key("azure-eu", "gpt");
+    h.record_failure(&key, 1_000, None, &c.failover.breaker);
+    h.record_failure(&key, 1_000, None, &c.failover.breaker);
+    match plan_names(&c, "gpt", &eu, &h) {
+        Err(GatewayError::Unavailable { retry_after, .. }) => assert_eq!(retry_after, Some(5)),
+        other => panic!("{other:?}"),
+    }
+    // A model with no EU deployment at all says so.
+    let e = plan_names(
+        &c,
+        "fast",
+        &Input {
+            key_jurisdictions: Some(vec!["ch".into()]),
+            ..Input::default()
+        },
+        &Health::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("jurisdictions this request must stay in (ch)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_regions_intersect_origin_rules() {
+    let c = regions();
+    let h = Health::new();
+    let us_only = Input {
+        key_jurisdictions: Some(vec!["us".into()]),
+        ..Input::default()
+    };
+    assert_eq!(plan_names(&c, "gpt", &us_only, &h).unwrap(), ["azure-us"]);
+    let eu_key_us_only = Input {
+        origin: eu_origin(),
+        key_jurisdictions: Some(vec!["us".into()]),
+        ..Input::default()
+    };
+    assert!(matches!(
+        plan_names(&c, "gpt", &eu_key_us_only, &h),
+        Err(GatewayError::Unavailable { .. })
+    ));
+}
+
+#[test]
+fn weighted_split_follows_the_draw() {
+    let c = regions();
+    let h = Health::new();
+    let first = |r: f64| {
+        plan_names(
+            &c,
+            "mix",
+            &Input {
+                random: r,
+                ..Input::default()
+            },
+            &h,
+        )
+        .unwrap()[0]
+            .clone()
+    };
+    assert_eq!(first(0.0), "azure-us");
+    assert_eq!(first(0.699), "azure-us");
+    assert_eq!(first(0.7), "azure-eu");
+    assert_eq!(first(0.999), "azure-eu");
+    // Over an even spread of draws the shares are the weights exactly.
+    let us = (0..1000)
+        .filter(|i| first(f64::from(*i) / 1000.0) == "azure-us")
+        .count();
+    assert_eq!(us, 700);
+    // The other target stays as the fallback.
+    assert_eq!(
+        plan_names(
+            &c,
+            "mix",
+            &Input {
+                random: 0.9,
+                ..Input::default()
+            },
+            &h
+        )
+        .unwrap(),
+        ["azure-eu", "azure-us"]
+    );
+}
+
+#[test]
+fn sticky_weighted_keeps_a_user_on_one_arm() {
+    let c = regions();
+    let h = Health::new();
+    let arm = |user, r| {
+        plan_names(
+            &c,
+            "sticky",
+            &Input {
+                user: Some(user),
+                random: r,
+                ..Input::default()
+            },
+            &h,
+        )
+        .unwrap()[0]
+            .clone()
+    };
+    for user in ["alice", "bob", "carol", "dave"] {
+        assert_eq!(arm(user, 0.0), arm(user, 0.99), "{user} switched arms");
+    }
+    let arms: std::collections::BTreeSet<String> = (0..50)
+        .map(|i| arm(Box::leak(format!("user-{i}").into_boxed_str()), 0.5))
+        .collect();
+    assert_eq!(arms.len(), 2, "users spread over both arms");
+}
+
+#[test]
+fn cost_picks_the_cheapest_capable_target() {
+    let c = regions();
+    let h = Health::new();
+    assert_eq!(
+        plan_names(&c, "cheapest", &Input::default(), &h).unwrap(),
+        ["cheap-eu", "azure-us", "azure-eu"]
+    );
+    let with_tools = Input {
+        needs: Needs {
+            tools: true,
+            ..Input::default().needs
+        },
+        ..Input::default()
+    };
+    assert_eq!(
+        plan_names(&c, "cheapest", &with_tools, &h).unwrap(),
+        ["azure-us", "azure-eu"]
+    );
+    let long = Input {
+        needs: Needs {
+            input_tokens: 9_000,
+            ..Input::default().needs
+        },
+        ..Input::default()
+    };
+    assert_eq!(
+        plan_names(&c, "cheapest", &long, &h).unwrap()[0],
+        "azure-us",
+        "too long for the 8k window"
+    );
+    let huge = Input {
+        needs: Needs {
+            input_tokens: 200_000,
+            ..Input::default().needs
+        },
+        ..Input::default()
+    };
+    assert_eq!(
+        plan_names(&c, "cheapest", &huge, &h).unwrap(),
+        ["azure-eu"],
+        "unknown window is assumed to fit"
+    );
+}
+
+#[test]
+fn latency_orders_by_observed_time_to_first_byte() {
+    let c = regions();
+    let h = Health::new();
+    h.record_success(&target_key("azure-us", "gpt"), 900);
+    h.record_success(&target_key("azure-eu", "gpt"), 200);
+    assert_eq!(
+        plan_names(&c, "fast", &Input::default(), &h).unwrap(),
+        ["azure-eu", "azure-us"]
+    );
+}
+
+#[test]
+fn rules_match_tier_headers_and_input_length() {
+    let c = regions();
+    let h = Health::new();
+    assert_eq!(
+        plan_names(&c, "ruled", &Input::default(), &h).unwrap(),
+        ["azure-us"]
+    );
+    assert_eq!(
+        plan_names(
+            &c,
+            "ruled",
+            &Input {
+                tier: Some("gold"),
+                ..Input::default()
+            },
+            &h
+        )
+        .unwrap(),
+        ["azure-eu"]
+    );
+    let mut headers = BTreeMap::new();
+    headers.insert("x-team".to_owned(), "search".to_owned());
+    let short = Input {
+        headers: headers.clone(),
+        ..Input::default()
+    };
+    assert_eq!(
+        plan_names(&c, "ruled", &short, &h).unwrap(),
+        ["azure-us"],
+        "too short for the rule"
+    );
+    let long = Input {
+        headers,
+        needs: Needs {
+            input_tokens: 2_000,
+            ..Input::default().needs
+        },
+        ..Input::default()
+    };
+    assert_eq!(plan_names(&c, "ruled", &long, &h).unwrap(), ["cheap-eu"]);
+}
+
+#[test]
+fn open_breakers_and_cooling_targets_are_skipped_then_probed() {
+    let c = regions();
+    let h = Health::new();
+    let us = target_key("azure-us", "gpt");
+    h.record_failure(&us, 1_000, None, &c.failover.breaker);
+    h.record_failure(&us, 1_000, None, &c.failover.breaker);
+    assert_eq!(
+        plan_names(&c, "gpt", &Input::default(), &h).unwrap(),
+        ["azure-eu", "local"]
+    );
+    let later = Input {
+        now_ms: 6_000,
+        ..Input::default()
+    };
+    assert_eq!(
+        plan_names(&c, "gpt", &later, &h).unwrap()[0],
+        "azure-us",
+        "half-open: probe it"
+    );
+    h.record_failure(
+        &target_key("azure-eu", "gpt"),
+        1_000,
+        Some(2_000),
+        &c.failover.breaker,
+    );
+    assert_eq!(
+        plan_names(
+            &c,
+            "gpt",
+            &Input {
+                now_ms: 2_999,
+                ..Input::default()
+            },
+            &h
+        )
+        .unwrap(),
+        ["local"]
+    );
+}
