@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 
 pub use admission::{denial_to_error, format_duration, rate_headers};
-pub use stream::{StreamEnd, StreamOutcome, Translated, error_event, into_client_stream};
+pub use stream::{
+    StreamEnd, StreamOutcome, Translated, carries_output, error_event, into_client_stream,
+};
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, Failover, ProviderKind};
@@ -663,33 +665,44 @@ async fn try_chat<U: Upstream>(
     on_stream_end: &Cell<Option<StreamEnd>>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
+    let attempt_start = (ctx.clock)();
     let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
     let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
     if req.stream {
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
         let mut translated = Translated::new(target.name, resp.body, translator);
-        let first = within(upstream, policy.first_byte_timeout_ms, translated.next())
-            .await
-            .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
-        return match first {
-            Some(Ok(first)) => {
-                let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
-                let deadline = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
-                let limit = timeout(target, "end of stream", policy.total_timeout_ms);
-                let body = into_client_stream(
-                    first,
-                    translated,
-                    on_stream_end.take(),
-                    Some((deadline, limit)),
-                );
-                Ok(stream_reply(body))
+        // Hold chunks until one carries output (time to first token), so a
+        // provider that fails before its first token is replaced unseen.
+        // Per attempt: a replacement target gets the whole allowance.
+        let deadline = attempt_start + policy.first_byte_timeout_ms;
+        let mut held: Vec<u8> = Vec::new();
+        loop {
+            let left = deadline.saturating_sub((ctx.clock)());
+            let next = within(upstream, left, translated.next())
+                .await
+                .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
+            match next {
+                Some(Ok(bytes)) => {
+                    held.extend_from_slice(&bytes);
+                    if carries_output(&held) {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(redact(e, cand.api_key.as_deref())),
+                None if held.is_empty() => {
+                    return Err(GatewayError::UpstreamInvalidResponse {
+                        provider: target.name.to_owned(),
+                        message: "empty stream".into(),
+                    });
+                }
+                None => break,
             }
-            Some(Err(e)) => Err(redact(e, cand.api_key.as_deref())),
-            None => Err(GatewayError::UpstreamInvalidResponse {
-                provider: target.name.to_owned(),
-                message: "empty stream".into(),
-            }),
-        };
+        }
+        let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
+        let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+        let limit = timeout(target, "end of stream", policy.total_timeout_ms);
+        let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
+        return Ok(stream_reply(body));
     }
     let body = collect_answer(upstream, policy, resp, target).await?;
     let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
@@ -784,6 +797,9 @@ fn timeout(target: &Target<'_>, phase: &'static str, ms: u64) -> GatewayError {
 /// Runs `fut` unless `ms` pass first (`None` then). Dropping the losing
 /// future cancels it; the edge aborts the fetch behind it.
 async fn within<U: Upstream, T>(upstream: &U, ms: u64, fut: impl Future<Output = T>) -> Option<T> {
+    if ms == 0 {
+        return None; // the allowance is already spent
+    }
     let fut = std::pin::pin!(fut);
     match futures::future::select(fut, upstream.sleep(ms)).await {
         futures::future::Either::Left((value, _)) => Some(value),

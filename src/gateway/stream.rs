@@ -17,6 +17,7 @@ use crate::api::Usage;
 use crate::error::GatewayError;
 use crate::http::{ByteStream, Sleep};
 use crate::providers::StreamTranslator;
+use crate::providers::{field_is_nonempty_string, field_value_starts_with};
 use crate::sse::{SseParser, encode_data};
 
 /// Upstream SSE -> translated client bytes, chunk by chunk.
@@ -208,6 +209,19 @@ impl Drop for ClientStream {
     fn drop(&mut self) {
         self.finish(false);
     }
+}
+
+/// Whether translated chunk bytes carry something the client must not
+/// lose: text, a tool call, a finish, an error or the end. Until they do
+/// (a role-only first chunk), the stream is not committed and a failing
+/// provider can still be replaced without the client noticing.
+pub fn carries_output(bytes: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(bytes);
+    field_is_nonempty_string(&s, "content")
+        || field_value_starts_with(&s, "tool_calls", b'[')
+        || field_value_starts_with(&s, "finish_reason", b'"')
+        || field_value_starts_with(&s, "error", b'{')
+        || s.contains("[DONE]")
 }
 
 /// An in-stream error event in OpenAI's shape.

@@ -1058,3 +1058,60 @@ fn targets_without_embeddings_do_not_use_up_the_attempts() {
     route_anonymous(&mut p, &ctx).unwrap();
     assert_eq!(p.candidates[0].target.name, "c");
 }
+
+#[test]
+fn a_stream_that_breaks_after_only_its_role_chunk_still_fails_over() {
+    let role = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n".to_vec();
+    let mut second = chunk("from b");
+    second.extend(finish_chunks());
+    let up = Scripted::new(vec![
+        Script::BrokenBody(vec![role]),
+        Script::Reply(200, vec![], vec![second]),
+    ]);
+    let reply = run(&up, STREAM).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    let text = String::from_utf8(full_body(reply)).unwrap();
+    assert_eq!(
+        text.matches("\"role\"").count(),
+        0,
+        "b's chunks only: {text}"
+    );
+    assert!(text.contains("from b") && text.ends_with("data: [DONE]\n\n"));
+}
+
+#[test]
+fn each_attempt_gets_its_own_first_token_allowance() {
+    // The clock advances 400 ms per reading; the first-token allowance is
+    // 1,000 ms. The first target never sends a token; the second does, on
+    // its first poll. Were the allowance counted from the request's start,
+    // the second attempt would already be out of time.
+    let config = Config::from_json(&CONFIG.replace(
+        r#""models":{"m""#,
+        r#""failover":{"first_byte_timeout_ms":1000},"models":{"m""#,
+    ))
+    .unwrap();
+    let ticks = std::cell::Cell::new(0u64);
+    let clock = || {
+        ticks.set(ticks.get() + 400);
+        ticks.get()
+    };
+    let (_tx, rx) = mpsc::unbounded();
+    let mut second = chunk("on time");
+    second.extend(finish_chunks());
+    let up = Scripted {
+        timers_fire: true,
+        ..Scripted::new(vec![
+            Script::Channel(rx),
+            Script::Reply(200, vec![], vec![second]),
+        ])
+    };
+    let health = Health::new();
+    let ctx = Ctx {
+        now_ms: 0,
+        clock: &clock,
+        secret: &secret,
+        health: &health,
+    };
+    let reply = block_on(chat_completions(&up, &config, &ctx, STREAM.as_bytes())).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+}

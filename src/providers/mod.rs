@@ -205,6 +205,24 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Whether the JSON text has a `"field"` key whose value is a non-empty
+/// string.
+pub(crate) fn field_is_nonempty_string(json: &str, field: &str) -> bool {
+    let bytes = json.as_bytes();
+    let quoted = format!("\"{field}\"");
+    json.match_indices(&quoted).any(|(i, _)| {
+        let mut rest = bytes[i + quoted.len()..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        rest.next() == Some(&b':')
+            && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'"')
+            && bytes[i + quoted.len()..]
+                .split(|&b| b == b'"')
+                .nth(1)
+                .is_some_and(|v| !v.is_empty())
+    })
+}
+
 /// Whether the JSON text has a `"field"` key whose value starts with `first`
 /// (`{` for an object, `"` for a string), whitespace allowed. A cheap test
 /// that spares most stream chunks a full parse; a false positive only costs
@@ -264,6 +282,30 @@ mod tests {
             r#"{"finish_reason":null}"#,
             "finish_reason",
             b'"'
+        ));
+    }
+
+    #[test]
+    fn nonempty_string_fields_are_told_from_empty_ones() {
+        assert!(field_is_nonempty_string(
+            r#"{"delta":{"content":"Hi"}}"#,
+            "content"
+        ));
+        assert!(field_is_nonempty_string(
+            r#"{"delta":{"content" : "Hi"}}"#,
+            "content"
+        ));
+        assert!(!field_is_nonempty_string(
+            r#"{"delta":{"role":"assistant","content":""}}"#,
+            "content"
+        ));
+        assert!(!field_is_nonempty_string(
+            r#"{"delta":{"content":null}}"#,
+            "content"
+        ));
+        assert!(field_is_nonempty_string(
+            r#"{"a":{"content":""},"b":{"content":"x"}}"#,
+            "content"
         ));
     }
 
