@@ -27,8 +27,12 @@ pub const VERSION: u32 = 1;
 
 /// The whole routing config.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Editors' pointer to the JSON Schema (`src/config/schema.json`); ignored.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Schema version; must be [`VERSION`].
     pub version: u32,
     /// Free-form label of this revision (a date, a commit), reported back by
@@ -53,6 +57,7 @@ pub struct Config {
 
 /// One upstream provider account or deployment.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     /// Wire format and vendor preset.
@@ -90,6 +95,7 @@ pub struct Provider {
 
 /// Facts about one provider-side model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     /// USD per million input tokens.
@@ -140,6 +146,7 @@ impl Provider {
 
 /// Wire format and vendor preset of a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
     /// api.openai.com.
@@ -174,6 +181,7 @@ pub enum ProviderKind {
 
 /// A public model name and where it is served.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     /// Targets in priority order; failover walks them in the order the
@@ -193,6 +201,7 @@ fn is_priority(s: &Strategy) -> bool {
 
 /// One provider deployment of a model.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// A key of `providers`.
@@ -206,6 +215,7 @@ pub struct Target {
 
 /// Request limits.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest accepted request body; larger ones get 413.
@@ -392,6 +402,49 @@ mod tests {
         }
     }
 
+    /// The JSON Schema in the repo is the one the types produce. Refresh it
+    /// with `UPDATE_SCHEMA=1 cargo test config::tests::schema`.
+    #[test]
+    fn schema_file_matches_the_types() {
+        let schema = schemars::schema_for!(Config);
+        let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/config/schema.json");
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let stored = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            stored == text,
+            "src/config/schema.json is stale: run UPDATE_SCHEMA=1 cargo test config::tests::schema"
+        );
+    }
+
+    /// `scripts/config validate FILE` runs this with `CONFIG_FILE` set: the
+    /// same validation the gateway applies when it loads the document.
+    #[test]
+    #[ignore = "run by scripts/config"]
+    fn validate_config_file() {
+        let Some(path) = std::env::var_os("CONFIG_FILE") else {
+            panic!("set CONFIG_FILE to the document to check");
+        };
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        match Config::from_json(&text) {
+            Ok(c) => println!(
+                "valid: revision {:?}, {} providers, {} models",
+                c.revision,
+                c.providers.len(),
+                c.models.len()
+            ),
+            Err(errors) => {
+                for e in &errors {
+                    println!("invalid: {e}");
+                }
+                panic!("{} problem(s) in {}", errors.len(), path.display());
+            }
+        }
+    }
+
     #[test]
     fn bundled_default_is_valid_and_serves_demo() {
         let c = Config::bundled();
@@ -426,7 +479,7 @@ mod tests {
         );
         let e = errors("[]");
         assert!(
-            e[0].starts_with("invalid length 0, expected struct Config"),
+            e[0].starts_with("invalid length") && e[0].contains("expected struct Config"),
             "{e:?}"
         );
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// A point on Earth, in degrees.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude, -90 to 90.
@@ -18,6 +19,7 @@ pub struct Location {
 
 /// How a model's targets are ordered (before failover walks them).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Strategy {
     /// The config's order.
@@ -42,6 +44,7 @@ pub enum Strategy {
 
 /// What a sticky weighted draw follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Sticky {
     /// The gateway key.
@@ -53,6 +56,7 @@ pub enum Sticky {
 /// A conditional route: when every given condition holds, these targets
 /// (with this strategy) replace the model's own. The first matching rule wins.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// The conditions.
@@ -66,6 +70,7 @@ pub struct Rule {
 
 /// Conditions on a request; all given ones must hold.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Request headers (names lower-case) with these exact values.
@@ -88,6 +93,7 @@ pub struct Condition {
 /// Data residency: requests from these origins are served only by
 /// deployments in these jurisdictions, failover included.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Residency {
     /// Which origins the rule covers.
@@ -98,6 +104,7 @@ pub struct Residency {
 
 /// A set of request origins; any given criterion matching is enough.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OriginMatch {
     /// Requests from EU member states (`request.cf.isEUCountry`).
@@ -113,6 +120,7 @@ pub struct OriginMatch {
 
 /// Timeouts, retries and the circuit breaker.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Failover {
     /// Longest wait for a provider's response headers.
@@ -147,6 +155,7 @@ impl Default for Failover {
 /// `cooldown_ms`; then lets one probe through (half-open): its success
 /// closes the breaker, its failure opens it again.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Breaker {
     /// Failures that open the breaker.

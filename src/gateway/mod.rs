@@ -1,14 +1,15 @@
 //! The request path as plain async Rust.
 //!
 //! [`route`] maps method and path to an endpoint (404/405 otherwise).
-//! [`chat_completions`] and [`embeddings`] parse the request, ask
-//! [`crate::routing`] for the ordered candidates, and walk them with the one
-//! failover loop ([`failover`]): build the provider request, send it through
-//! the [`Upstream`] seam, and on a retryable failure move to the next
-//! candidate. A stream is committed only once its first translated bytes
-//! exist, so a provider that fails before answering costs the client nothing
-//! but the time of that attempt. Every attempt's error is kept, so when all
-//! fail the client learns why.
+//! [`prepare`] (chat completions) or [`prepare_embeddings`] parses a request
+//! and prices its worst case; [`Prepared::route`] asks [`crate::routing`] for
+//! the ordered candidates; [`dispatch`] walks them with the one failover loop
+//! (`failover`): build the provider request, send it through the
+//! [`Upstream`] seam within the policy's timeouts, and on a retryable failure
+//! move to the next candidate, recording each target's health. A stream is
+//! committed only at its first token, so a provider that fails before it
+//! costs the client nothing but the time of that attempt. Every attempt's
+//! error is kept, so when all fail the client learns why.
 
 mod admission;
 mod stream;
