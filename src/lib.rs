@@ -38,5 +38,8 @@ pub mod providers;
 pub mod routing;
 pub mod sse;
 
+#[cfg(test)]
+mod bench;
+
 #[cfg(target_arch = "wasm32")]
 mod edge;

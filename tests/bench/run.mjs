@@ -1,0 +1,1066 @@
+// The measuring half of scripts/bench (which installs tools and builds first).
+//
+// Runs the built gateway (build/index.js + build/index_bg.wasm) on plain
+// `workerd serve`, beside a minimal pass-through worker (passthrough.js) in
+// the same workerd process, in front of the same loopback upstreams: nginx
+// answering a fixed chat.completion for plain JSON, the mock provider
+// (tests/mock/server.mjs, in this process) for streams and failover. Prints
+// each figure next to its baseline and the command that produced it, then
+// writes tests/bench/BENCHMARKS.md. Every child runs in its own process
+// group, recorded in $BENCH_PIDFILE, and is stopped on exit or signal.
+//
+//   node tests/bench/run.mjs [--quick]
+
+import { spawn, execFileSync } from 'node:child_process';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
+
+import { startMock } from '../mock/server.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const HERE = path.join(ROOT, 'tests/bench');
+const BIN = path.join(ROOT, 'node_modules/.bin');
+const WORKERD = path.join(ROOT, 'node_modules/@cloudflare/workerd-linux-64/bin/workerd');
+const OUT = path.join(HERE, 'BENCHMARKS.md');
+
+const QUICK = process.argv.includes('--quick');
+/** Runs per figure; each figure is the median of these, shown with min–max. */
+const RUNS = QUICK ? 1 : 3;
+/**
+ * Fixed-count runs (latency at 1 connection, CPU per request) take as many
+ * requests as this many seconds allow at the rate a calibration run
+ * measured, within bounds: the whole benchmark then stays within its time
+ * budget on a slow or busy machine, and each run still covers a known count.
+ */
+const FIXED_SECONDS = QUICK ? 1 : 2;
+const MIN_FIXED = 200;
+const MAX_FIXED = 5000;
+/** `--only=1a,4`: just those sections (BENCHMARKS.md is then not written). */
+const ONLY = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length).split(',');
+const wanted = (id) => !ONLY || ONLY.includes(String(id));
+/** Seconds of each throughput run. */
+const DURATION = QUICK ? 1 : 2;
+/** The streams: 100 content chunks, this far apart. */
+const CHUNKS = 100;
+const INTERVAL_MS = 5;
+const LARGE_BODY = 16 * 1024;
+
+const COMPAT_DATE = '2026-10-01';
+const GATEWAY_KEY = 'sk-bench-gateway-key-0001';
+const ADMIN_TOKEN = 'bench-admin-token';
+const UPSTREAM_KEY = 'sk-bench-upstream-key-0001';
+const AUTH = `Bearer ${GATEWAY_KEY}`;
+const NA_ANTHROPIC = 'n/a (provider kind not in this build)';
+
+// ---------------------------------------------------------------------------
+// Processes: each child in its own group, all stopped whatever happens
+// ---------------------------------------------------------------------------
+
+const children = new Set();
+
+/** Lists the live children's process groups for scripts/bench's trap (only
+ * live ones: a finished child's id may be reused by someone else's process). */
+function syncPidfile() {
+  if (!process.env.BENCH_PIDFILE) return;
+  writeFileSync(process.env.BENCH_PIDFILE, [...children].map((c) => `${c.pid}\n`).join(''));
+}
+
+function killGroup(child, signal) {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** Starts a child in its own process group; output goes to `logFile`. */
+function start(name, cmd, args, { logFile, env, cwd = ROOT } = {}) {
+  const child = spawn(cmd, args, {
+    cwd,
+    env: { ...process.env, ...env },
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.add(child);
+  syncPidfile();
+  child.name = name;
+  child.output = '';
+  const keep = (d) => {
+    child.output += d;
+    if (child.output.length > 200_000) child.output = child.output.slice(-100_000);
+    if (logFile) appendFileSync(logFile, d);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  child.exited.then(() => {
+    children.delete(child);
+    syncPidfile();
+  });
+  return child;
+}
+
+async function stop(child) {
+  if (!children.has(child)) return;
+  killGroup(child, 'SIGTERM');
+  const timer = setTimeout(() => killGroup(child, 'SIGKILL'), 3000);
+  await child.exited;
+  clearTimeout(timer);
+  killGroup(child, 'SIGKILL'); // grandchildren that outlived their parent
+  // ...and wait until they are gone (reaped), so nothing is left behind.
+  for (let i = 0; i < 50 && groupPids(child.pid).length > 0; i++) await sleep(100);
+}
+
+async function stopAll() {
+  await Promise.all([...children].map(stop));
+}
+
+/** Temp dirs to remove at the end, whatever the end is. */
+const tempDirs = new Set();
+
+function removeTempDirs() {
+  for (const dir of tempDirs) {
+    if (process.env.BENCH_KEEP_TMP) console.log(`[bench] kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  }
+  tempDirs.clear();
+}
+
+process.on('exit', () => {
+  for (const child of children) killGroup(child, 'SIGKILL');
+  removeTempDirs();
+});
+let stopping = false;
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]]) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    console.error(`\n[bench] ${signal}: stopping everything started`);
+    stopAll().finally(() => process.exit(code));
+  });
+}
+
+/** Runs a command to completion; resolves with its output. */
+async function run(name, cmd, args, opts = {}) {
+  const child = start(name, cmd, args, opts);
+  const { code, signal } = await child.exited;
+  if (code !== 0) throw new Error(`${name} failed (${signal ?? `exit ${code}`}):\n${child.output.slice(-4000)}`);
+  return child.output;
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(url, child, { timeoutMs = 60_000, init } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child && !children.has(child)) throw new Error(`${child.name} exited early:\n${child.output.slice(-4000)}`);
+    try {
+      const res = await fetch(url, init);
+      await res.arrayBuffer();
+      if (res.status < 500) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${url} did not answer in ${timeoutMs} ms:\n${child?.output.slice(-4000) ?? ''}`);
+    await sleep(100);
+  }
+}
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+/** utime+stime of the processes, in ms (all threads, from /proc/PID/stat). */
+function cpuMs(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // fields 14 and 15: utime, stime
+    } catch {
+      // exited
+    }
+  }
+  return (ticks * 1000) / CLK_TCK;
+}
+
+/** The live processes of a process group (wrangler dev is several). */
+function groupPids(pgid) {
+  const pids = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[2]) === pgid) pids.push(Number(entry)); // field 5: pgrp
+    } catch {
+      // exited
+    }
+  }
+  return pids;
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and formatting
+// ---------------------------------------------------------------------------
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/** { med, min, max } of the runs' values. */
+function stat(xs) {
+  return { med: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length };
+}
+
+function num(x, digits) {
+  if (!Number.isFinite(x)) return 'n/a';
+  return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+/** "0.62 ms (0.60–0.65)": median with the runs' range. */
+function fmt(s, unit, digits = 2) {
+  if (typeof s === 'string') return s;
+  if (s.n === 1) return `${num(s.med, digits)} ${unit}`;
+  return `${num(s.med, digits)} ${unit} (${num(s.min, digits)}–${num(s.max, digits)})`;
+}
+
+function signed(x, unit, digits = 2) {
+  if (!Number.isFinite(x)) return 'n/a';
+  return `${x >= 0 ? '+' : '−'}${num(Math.abs(x), digits)} ${unit}`;
+}
+
+const verdict = (ok) => (ok ? 'met' : '**missed**');
+
+// ---------------------------------------------------------------------------
+// The report: printed as measured, written as markdown at the end
+// ---------------------------------------------------------------------------
+
+const sections = [];
+let current = null;
+
+function section(id, title, intro) {
+  current = { id, title, intro, rows: [], commands: [], notes: [] };
+  sections.push(current);
+  console.log(`\n\x1b[1m[${id}] ${title}\x1b[0m`);
+}
+
+/** One figure: the gateway's value, the baseline's, the difference, the target. */
+function row(figure, gateway, baseline = '', added = '', target = '', met = '') {
+  current.rows.push({ figure, gateway, baseline, added, target, met });
+  const parts = [`  ${figure.padEnd(34)} gateway ${gateway}`];
+  if (baseline) parts.push(`baseline ${baseline}`);
+  if (added) parts.push(`added ${added}`);
+  if (target) parts.push(`target ${target} → ${met.replaceAll('*', '')}`);
+  console.log(parts.join(' | '));
+}
+
+function command(text) {
+  if (!current.commands.includes(text)) current.commands.push(text);
+  console.log(`    $ ${text}`);
+}
+
+function note(text) {
+  current.notes.push(text);
+  console.log(`    note: ${text}`);
+}
+
+// ---------------------------------------------------------------------------
+// Load generation: wrk
+// ---------------------------------------------------------------------------
+
+/**
+ * One wrk run against `url`. `requests` > 0: a fixed count at `connections`
+ * (latency, CPU per request); else `duration` seconds (throughput). Returns
+ * wrk's figures and the CPU the processes `cpuPids()` used meanwhile.
+ */
+async function wrk({ url, connections = 1, requests = 0, duration = DURATION, method = 'GET', bodyFile = '', auth = '', cpuPids }) {
+  const env = {
+    BENCH_METHOD: method,
+    BENCH_BODY_FILE: bodyFile,
+    BENCH_AUTH: auth,
+    BENCH_REQUESTS: String(requests),
+  };
+  const args = ['-t1', `-c${connections}`, `-d${requests > 0 ? 60 : duration}s`, '--timeout', '10s', '-s', path.join(HERE, 'wrk.lua'), url];
+  const pids = cpuPids();
+  const cpu0 = cpuMs(pids);
+  const child = start('wrk', 'wrk', args, { env });
+  if (requests > 0) {
+    const onData = (d) => {
+      if (String(d).includes('BENCH_REACHED')) {
+        child.stdout.off('data', onData);
+        killGroup(child, 'SIGINT'); // wrk stops, then prints its summary
+      }
+    };
+    child.stdout.on('data', onData);
+  }
+  const { code, signal } = await child.exited;
+  const cpu1 = cpuMs(pids);
+  const out = child.output;
+  if (code !== 0) throw new Error(`wrk failed (${signal ?? `exit ${code}`}):\n${out.slice(-4000)}`);
+  const line = out.split('\n').find((l) => l.startsWith('BENCH_JSON '));
+  if (!line) throw new Error(`wrk printed no result:\n${out}`);
+  const r = JSON.parse(line.slice('BENCH_JSON '.length));
+  const errors = r.non2xx + r.connect_errors + r.read_errors + r.write_errors + r.timeouts;
+  if (errors > 0) {
+    console.log(`    WARNING: ${errors} failed requests (${r.non2xx} non-2xx, ${r.connect_errors + r.read_errors + r.write_errors} socket errors, ${r.timeouts} timeouts) from ${url}`);
+  }
+  return {
+    requests: r.requests,
+    rps: r.requests / (r.duration_us / 1e6),
+    p50: r.p50_us / 1000,
+    p99: r.p99_us / 1000,
+    cpuPerReq: (cpu1 - cpu0) / r.requests,
+    errors,
+  };
+}
+
+/** The command line a wrk run corresponds to, for the report. */
+function wrkCommand({ target, connections, requests = 0, method = 'GET', body = '', path: p, comment = '' }) {
+  const env = [`BENCH_METHOD=${method}`];
+  if (body) env.push(`BENCH_BODY_FILE=${body}`);
+  env.push(`BENCH_AUTH='Bearer $KEY'`);
+  if (requests) env.push(`BENCH_REQUESTS=${requests}`);
+  const d = requests ? '-d60s' : `-d${DURATION}s`;
+  const notes = [requests ? 'SIGINT after BENCH_REACHED' : '', comment].filter(Boolean).join('; ');
+  return `${env.join(' ')} wrk -t1 -c${connections} ${d} --timeout 10s -s tests/bench/wrk.lua ${target}${p}${notes ? `   # ${notes}` : ''}`;
+}
+
+// ---------------------------------------------------------------------------
+// The set-up: nginx, mock, one workerd with every worker
+// ---------------------------------------------------------------------------
+
+/** A realistic chat body of about `size` bytes. */
+function chatBody(model, size, extra = {}) {
+  const messages = [{ role: 'system', content: 'You are a helpful assistant. Answer briefly.' }];
+  let i = 0;
+  const text = () => `Turn ${i}: the quick brown fox jumps over the lazy dog, "quoted" and café too.`;
+  do {
+    messages.push({ role: i % 2 ? 'assistant' : 'user', content: text() });
+    i++;
+  } while (JSON.stringify({ model, messages, ...extra }).length < size);
+  return JSON.stringify({ model, messages, temperature: 0.2, max_tokens: 256, ...extra });
+}
+
+/** What nginx answers to every request: a fixed OpenAI chat.completion. */
+const COMPLETION = JSON.stringify({
+  id: 'chatcmpl-bench',
+  object: 'chat.completion',
+  created: 1763700000,
+  model: 'bench-model',
+  choices: [{ index: 0, message: { role: 'assistant', content: 'Hello from nginx.' }, finish_reason: 'stop' }],
+  usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 },
+});
+
+function nginxConf(dir, port) {
+  return `daemon off;
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/nginx-body;
+  proxy_temp_path ${dir}/nginx-proxy;
+  fastcgi_temp_path ${dir}/nginx-fastcgi;
+  uwsgi_temp_path ${dir}/nginx-uwsgi;
+  scgi_temp_path ${dir}/nginx-scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_max_body_size 16m;
+  client_body_buffer_size 128k;
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      default_type application/json;
+      return 200 '${COMPLETION}';
+    }
+  }
+}
+`;
+}
+
+function gatewayConfig({ nginx, mock }) {
+  const provider = (base_url) => ({ kind: 'openai-compatible', base_url, api_key_secret: 'UPSTREAM_KEY' });
+  return {
+    version: 1,
+    revision: 'bench',
+    providers: {
+      nginx: provider(`http://127.0.0.1:${nginx}/v1`),
+      mock: provider(`http://127.0.0.1:${mock}/v1`),
+      'mock-503': provider(`http://127.0.0.1:${mock}/_mock/status=503/v1`),
+    },
+    models: {
+      bench: { targets: [{ provider: 'nginx', model: 'bench-model' }] },
+      stream: { targets: [{ provider: 'mock', model: `mock-model;chunks=${CHUNKS},interval_ms=${INTERVAL_MS}` }] },
+      healthy: { targets: [{ provider: 'mock', model: 'mock-model' }] },
+      failover: {
+        targets: [
+          { provider: 'mock-503', model: 'mock-model' },
+          { provider: 'mock', model: 'mock-model' },
+        ],
+      },
+    },
+    limits: { max_body_bytes: 8 * 1024 * 1024 },
+  };
+}
+
+/** A separate document: if this build lacks the kind, only it is rejected. */
+function anthropicConfig({ mock }) {
+  return {
+    version: 1,
+    revision: 'bench-anthropic',
+    providers: {
+      anthropic: { kind: 'anthropic', base_url: `http://127.0.0.1:${mock}`, api_key_secret: 'UPSTREAM_KEY' },
+    },
+    models: {
+      'stream-anthropic': { targets: [{ provider: 'anthropic', model: `mock-model;chunks=${CHUNKS},interval_ms=${INTERVAL_MS}` }] },
+    },
+  };
+}
+
+const capnpStr = (s) => JSON.stringify(s);
+
+function workerdCapnp(p) {
+  const gateway = (kv) => `(
+    modules = [
+      (name = "index.js", esModule = embed "index.js"),
+      (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+    ],
+    compatibilityDate = "${COMPAT_DATE}",
+    bindings = [
+      (name = "GATEWAY_CONFIG", kvNamespace = (name = "${kv}")),
+      (name = "KEY_OBJECTS", durableObjectNamespace = (className = "KeyObject")),
+      (name = "GATEWAY_KEYS", text = ${capnpStr(GATEWAY_KEY)}),
+      (name = "ADMIN_TOKEN", text = ${capnpStr(ADMIN_TOKEN)}),
+      (name = "CONFIG_CACHE_TTL_MS", text = "3600000"),
+      (name = "UPSTREAM_KEY", text = ${capnpStr(UPSTREAM_KEY)}),
+    ],
+    durableObjectNamespaces = [
+      (className = "KeyObject", uniqueKey = "bench-${kv}-key-objects", enableSql = true),
+    ],
+    durableObjectStorage = (localDisk = "do-storage"),
+    globalOutbound = "loopback",
+  )`;
+  const passthrough = (upstream) => `(
+    modules = [(name = "passthrough.js", esModule = embed "passthrough.js")],
+    compatibilityDate = "${COMPAT_DATE}",
+    bindings = [(name = "UPSTREAM", text = "${upstream}")],
+    globalOutbound = "loopback",
+  )`;
+  const kv = (file) => `(
+    modules = [(name = "kv.js", esModule = embed "kv.js")],
+    compatibilityDate = "${COMPAT_DATE}",
+    bindings = [(name = "CONFIG", text = embed "${file}")],
+  )`;
+  const socket = (name, port) => `(name = "${name}", address = "127.0.0.1:${port}", http = (), service = "${name}")`;
+  return `# Generated by tests/bench/run.mjs: the gateway, its baselines and a KV
+# service on plain workerd, one process.
+using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "gateway", worker = ${gateway('kv')}),
+    (name = "gateway-anthropic", worker = ${gateway('kv-anthropic')}),
+    (name = "pass-nginx", worker = ${passthrough(`http://127.0.0.1:${p.nginx}`)}),
+    (name = "pass-mock", worker = ${passthrough(`http://127.0.0.1:${p.mock}`)}),
+    (name = "do-floor", worker = (
+      modules = [(name = "do-floor.js", esModule = embed "do-floor.js")],
+      compatibilityDate = "${COMPAT_DATE}",
+      bindings = [(name = "FLOOR_OBJECTS", durableObjectNamespace = (className = "FloorObject"))],
+      durableObjectNamespaces = [(className = "FloorObject", uniqueKey = "bench-floor-objects", enableSql = true)],
+      durableObjectStorage = (localDisk = "do-storage"),
+    )),
+    (name = "kv", worker = ${kv('config.json')}),
+    (name = "kv-anthropic", worker = ${kv('config-anthropic.json')}),
+    (name = "loopback", network = (allow = ["local"])),
+    (name = "do-storage", disk = (path = ${capnpStr(p.doDir)}, writable = true)),
+  ],
+  sockets = [
+    ${socket('gateway', p.gateway)},
+    ${socket('gateway-anthropic', p.gatewayAnthropic)},
+    ${socket('pass-nginx', p.passNginx)},
+    ${socket('pass-mock', p.passMock)},
+    ${socket('do-floor', p.doFloor)},
+  ],
+);
+`;
+}
+
+// ---------------------------------------------------------------------------
+// Streams: a node:http client that timestamps every `data:` line
+// ---------------------------------------------------------------------------
+
+// The mock runs in this process, so its writes and the client's reads share
+// one clock: each content chunk's transit time (written by the upstream ->
+// read by the client) is exact, and so is any gap the path adds.
+const tokWrites = new Map();
+const originalWrite = http.ServerResponse.prototype.write;
+http.ServerResponse.prototype.write = function write(chunk, ...rest) {
+  if (typeof chunk === 'string' && chunk.includes('tok')) {
+    const t = performance.now();
+    for (const m of chunk.matchAll(/tok(\d+)/g)) tokWrites.set(Number(m[1]), t);
+  }
+  return originalWrite.call(this, chunk, ...rest);
+};
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+
+/** POSTs `body` and reads the answer; times the first `data:` line and every token. */
+function streamOnce(url, body, headers = {}) {
+  tokWrites.clear();
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = http.request(url, {
+      method: 'POST',
+      agent,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
+    });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      let buf = '';
+      let firstData = null;
+      const arrive = new Map();
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => {
+        const t = performance.now();
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (!line.startsWith('data:')) continue;
+          firstData ??= t;
+          for (const m of line.matchAll(/tok(\d+)/g)) if (!arrive.has(Number(m[1]))) arrive.set(Number(m[1]), t);
+        }
+      });
+      res.on('error', reject);
+      res.on('end', () => {
+        const writes = new Map(tokWrites);
+        resolve({ status: res.statusCode, headers: res.headers, ttfd: firstData === null ? NaN : firstData - t0, total: performance.now() - t0, arrive, writes });
+      });
+    });
+    req.end(body);
+  });
+}
+
+/** Per-stream figures: first data line, largest transit, largest added gap. */
+function streamFigures(r) {
+  const transits = [];
+  let maxAddedGap = 0;
+  let beforeNext = 0;
+  for (let i = 0; i < CHUNKS; i++) {
+    const a = r.arrive.get(i);
+    const w = r.writes.get(i);
+    if (a === undefined || w === undefined) return { ...r, complete: false };
+    const transit = a - w;
+    if (i > 0) maxAddedGap = Math.max(maxAddedGap, transit - transits[i - 1]);
+    transits.push(transit);
+    // Passed on before the upstream even wrote its successor: not held back.
+    if (i + 1 < CHUNKS && a < r.writes.get(i + 1)) beforeNext++;
+  }
+  return {
+    ttfd: r.ttfd,
+    medianTransit: median(transits),
+    maxTransit: Math.max(...transits),
+    maxAddedGap,
+    beforeNextPct: (100 * beforeNext) / (CHUNKS - 1),
+    complete: true,
+  };
+}
+
+/** A whole request/response time (the upstream's own round trip). */
+function roundTrip(url, body) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = http.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode, ms: performance.now() - t0 }));
+    });
+    req.end(body);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// The measurements
+// ---------------------------------------------------------------------------
+
+async function nativeCore() {
+  section(5, 'Pure core, natively (no runtime)', 'The sans-IO core compiled for the host, timed in-process: parse → route → build the upstream request, and translating a 100-chunk stream.');
+  const args = ['test', '--release', '--lib', 'bench', '--', '--ignored', '--nocapture', '--test-threads=1'];
+  command(`cargo ${args.join(' ')}`);
+  const out = await run('cargo', 'cargo', args, { env: { CARGO_TERM_COLOR: 'never' } });
+  const results = new Map();
+  for (const line of out.split('\n')) {
+    const m = line.match(/BENCH (\S+) (.*)/);
+    if (!m) continue;
+    const kv = Object.fromEntries(m[2].split(' ').map((p) => p.split('=')).map(([k, v]) => [k, Number(v)]));
+    results.set(m[1], kv);
+  }
+  const show = (name, label) => {
+    const r = results.get(name);
+    if (!r) return row(label, 'n/a (not printed by the bench)');
+    row(label, `${num(r.us_per_op, 2)} µs/op (${num(r.min, 2)}–${num(r.max, 2)}), ${num(r.mb_per_s, 0)} MB/s of ${num(r.bytes, 0)} B`);
+  };
+  show('parse_route_build_small', 'parse → route → build, 266 B body');
+  show('parse_route_build_16k', 'parse → route → build, 16 KB body');
+  show('stream_openai_passthrough_100_chunks', 'OpenAI stream, 100 chunks, pass-through');
+  note('Median of 7 timed batches (min–max across batches) after a warm-up; native x86-64, not wasm on V8. The Anthropic translation joins this bench once that adapter is in the tree.');
+}
+
+function sizes() {
+  section(6, 'Size', 'The release wasm worker-build produced, raw and gzip -9.');
+  const wasm = path.join(ROOT, 'build/index_bg.wasm');
+  const js = path.join(ROOT, 'build/index.js');
+  const raw = readFileSync(wasm).length;
+  const gz = gzipSync(readFileSync(wasm), { level: 9 }).length;
+  const jsGz = gzipSync(readFileSync(js), { level: 9 }).length;
+  command('wc -c build/index_bg.wasm; gzip -9 -c build/index_bg.wasm | wc -c');
+  row('wasm raw', `${num(raw / 1024, 1)} KiB (${raw} B)`);
+  row('wasm gzip', `${num(gz / 1024, 1)} KiB (${gz} B)`, '', '', '≤ 800 KB gzip', verdict(gz <= 800 * 1000));
+  row('JS glue (index.js) gzip', `${num(jsGz / 1024, 1)} KiB`);
+  return { raw, gz };
+}
+
+/** Non-stream cost, gateway vs pass-through, through nginx. */
+/** Warms a path up (JIT, wasm tier-up, connection pools) and sizes its fixed-count runs. */
+async function warmAndSize(common, url, { c16 = true } = {}) {
+  if (c16) await wrk({ ...common, url, connections: 16, duration: 1 });
+  const calibration = await wrk({ ...common, url, connections: 1, duration: 1 });
+  return Math.max(MIN_FIXED, Math.min(MAX_FIXED, Math.round(calibration.rps * FIXED_SECONDS)));
+}
+
+async function nonStream(env, { label, bodyFile }) {
+  const bodyBytes = readFileSync(bodyFile).length;
+  section(label.id, `Non-stream cost, ${label.name} (${num(bodyBytes, 0)} B request body)`,
+    'POST /v1/chat/completions through the gateway vs the pass-through worker, both on the same workerd process, both to the same nginx answering a fixed chat.completion.');
+  const targets = [
+    { key: 'pass', url: `http://127.0.0.1:${env.ports.passNginx}/v1/chat/completions` },
+    { key: 'gw', url: `http://127.0.0.1:${env.ports.gateway}/v1/chat/completions` },
+  ];
+  const common = { method: 'POST', bodyFile, auth: AUTH, cpuPids: () => [env.workerd.pid] };
+  const fixed = {};
+  for (const t of targets) fixed[t.key] = await warmAndSize(common, t.url);
+  const runs = { pass: [], gw: [] };
+  for (let r = 0; r < RUNS; r++) {
+    for (const t of targets) {
+      const one = await wrk({ ...common, url: t.url, connections: 1, requests: fixed[t.key] });
+      const c16 = await wrk({ ...common, url: t.url, connections: 16 });
+      const c64 = await wrk({ ...common, url: t.url, connections: 64 });
+      runs[t.key].push({ one, c16, c64 });
+    }
+  }
+  const s = (key, f) => stat(runs[key].map(f));
+  const p50 = { gw: s('gw', (x) => x.one.p50), pass: s('pass', (x) => x.one.p50) };
+  const p99 = { gw: s('gw', (x) => x.one.p99), pass: s('pass', (x) => x.one.p99) };
+  const cpu = { gw: s('gw', (x) => x.one.cpuPerReq), pass: s('pass', (x) => x.one.cpuPerReq) };
+  row('CPU per request (workerd, 1 conn)', fmt(cpu.gw, 'ms', 3), fmt(cpu.pass, 'ms', 3), signed(cpu.gw.med - cpu.pass.med, 'ms', 3), '≤ +0.1 ms', verdict(cpu.gw.med - cpu.pass.med <= 0.1));
+  row('p50 latency, 1 connection', fmt(p50.gw, 'ms', 3), fmt(p50.pass, 'ms', 3), signed(p50.gw.med - p50.pass.med, 'ms', 3), '≤ +0.15 ms', verdict(p50.gw.med - p50.pass.med <= 0.15));
+  row('p99 latency, 1 connection', fmt(p99.gw, 'ms', 3), fmt(p99.pass, 'ms', 3), signed(p99.gw.med - p99.pass.med, 'ms', 3));
+  for (const [k, c] of [['one', 1], ['c16', 16], ['c64', 64]]) {
+    const gw = s('gw', (x) => x[k].rps);
+    const pass = s('pass', (x) => x[k].rps);
+    const ratio = gw.med / pass.med;
+    row(`throughput, ${c} connection${c > 1 ? 's' : ''}`, fmt(gw, 'req/s', 0), fmt(pass, 'req/s', 0), `${num(ratio, 2)}×`, '≥ 0.8×', verdict(ratio >= 0.8));
+  }
+  for (const [k, c] of [['c16', 16], ['c64', 64]]) {
+    const gw = s('gw', (x) => x[k].cpuPerReq);
+    const pass = s('pass', (x) => x[k].cpuPerReq);
+    row(`CPU per request, ${c} connections`, fmt(gw, 'ms', 3), fmt(pass, 'ms', 3), signed(gw.med - pass.med, 'ms', 3));
+  }
+  const rel = path.relative(ROOT, bodyFile).replace(/^.*\//, '$TMP/');
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.gw, method: 'POST', body: rel, path: '/v1/chat/completions', comment: 'and $PASSTHROUGH; CPU = Δ(utime+stime) of workerd / requests' }));
+  command(wrkCommand({ target: '$GATEWAY', connections: 16, method: 'POST', body: rel, path: '/v1/chat/completions', comment: 'and -c64; and $PASSTHROUGH' }));
+  note(`${RUNS} runs, alternating pass-through and gateway; each value is the median run (min–max). Fixed-count runs at 1 connection: ${fixed.gw} requests through the gateway, ${fixed.pass} through the pass-through (about ${FIXED_SECONDS} s each at the rate a calibration run measured). Gateway CPU includes its Durable Object call (same process).`);
+  const errors = Object.values(runs).flat().reduce((n, x) => n + x.one.errors + x.c16.errors + x.c64.errors, 0);
+  if (errors) note(`${errors} requests failed during these runs; the figures above are suspect.`);
+}
+
+async function durableObject(env) {
+  section(4, 'Per-key Durable Object admission', 'One key, so one object takes every decision. GET /v1/usage is one round trip to the caller\'s object (read only, the same call shape as the admission); GET /v1/models adds the routing config and the real admission, which writes the object\'s state as every chat request does. Baselines: GET /health on the gateway (no object), and the runtime\'s floor: a minimal JavaScript worker and object doing the same read / write ([`do-floor.js`](do-floor.js)).');
+  const gw = `http://127.0.0.1:${env.ports.gateway}`;
+  const floor = `http://127.0.0.1:${env.ports.doFloor}`;
+  const endpoints = {
+    health: `${gw}/health`,
+    usage: `${gw}/v1/usage`,
+    models: `${gw}/v1/models`,
+    floorHealth: `${floor}/health`,
+    floorUsage: `${floor}/usage`,
+    floorAdmit: `${floor}/admit`,
+  };
+  const common = { auth: AUTH, cpuPids: () => [env.workerd.pid] };
+  // Throughput only for the gateway's endpoints; the floor rows are latency and CPU.
+  const throughput = new Set(['health', 'usage', 'models']);
+  const fixed = {};
+  for (const [key, url] of Object.entries(endpoints)) fixed[key] = await warmAndSize(common, url, { c16: false });
+  const runs = Object.fromEntries(Object.keys(endpoints).map((k) => [k, []]));
+  for (let r = 0; r < RUNS; r++) {
+    for (const [key, url] of Object.entries(endpoints)) {
+      const one = await wrk({ ...common, url, connections: 1, requests: fixed[key] });
+      const c16 = throughput.has(key) ? await wrk({ ...common, url, connections: 16 }) : null;
+      runs[key].push({ one, c16 });
+    }
+  }
+  const s = (key, f) => stat(runs[key].map(f));
+  const fig = (key) => ({
+    p50: s(key, (x) => x.one.p50),
+    p99: s(key, (x) => x.one.p99),
+    rps: throughput.has(key) ? s(key, (x) => x.c16.rps) : null,
+    cpu: s(key, (x) => x.one.cpuPerReq),
+  });
+  const f = Object.fromEntries(Object.keys(endpoints).map((k) => [k, fig(k)]));
+  const h = f.health;
+  for (const [key, label] of [['usage', '/v1/usage (DO read)'], ['models', '/v1/models (config + DO admit, write)']]) {
+    const x = f[key];
+    row(`${label}: p50, 1 connection`, fmt(x.p50, 'ms', 3), `${fmt(h.p50, 'ms', 3)} (/health)`, signed(x.p50.med - h.p50.med, 'ms', 3));
+    row(`${label}: p99, 1 connection`, fmt(x.p99, 'ms', 3), `${fmt(h.p99, 'ms', 3)} (/health)`, signed(x.p99.med - h.p99.med, 'ms', 3), '≤ 2 ms', verdict(x.p99.med <= 2));
+    row(`${label}: per second, 16 conns`, fmt(x.rps, '/s', 0), `${fmt(h.rps, '/s', 0)} (/health)`, '', '≥ 1,000/s', verdict(x.rps.med >= 1000));
+    row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(h.cpu, 'ms', 3)} (/health)`, signed(x.cpu.med - h.cpu.med, 'ms', 3));
+  }
+  const fh = f.floorHealth;
+  for (const [key, label] of [['floorUsage', 'runtime floor (JS): DO read'], ['floorAdmit', 'runtime floor (JS): DO write']]) {
+    const x = f[key];
+    row(`${label}: p50 / p99`, `${fmt(x.p50, 'ms', 3)} / ${fmt(x.p99, 'ms', 3)}`, `${fmt(fh.p50, 'ms', 3)} / ${fmt(fh.p99, 'ms', 3)} (JS, no DO)`, signed(x.p50.med - fh.p50.med, 'ms', 3));
+    row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(fh.cpu, 'ms', 3)} (JS, no DO)`, signed(x.cpu.med - fh.cpu.med, 'ms', 3));
+  }
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.usage, path: '/v1/usage', comment: 'and /v1/models, /health; $DO_FLOOR/usage, /admit, /health' }));
+  command(wrkCommand({ target: '$GATEWAY', connections: 16, path: '/v1/usage', comment: 'and /v1/models, /health' }));
+  note(`${RUNS} runs; medians (min–max); fixed-count runs of about ${FIXED_SECONDS} s (${fixed.usage} requests for /v1/usage, ${fixed.models} for /v1/models). Objects are SQLite-backed (\`durableObjectStorage = (localDisk = ...)\`, as under wrangler dev) in a temp dir on tmpfs (/dev/shm), so a write's fsync costs nothing, in the same workerd process, so their CPU is in the figures; in production the object usually runs on another machine and the call adds a network round trip instead.`);
+}
+
+async function streaming(env) {
+  section(2, `Streaming: ${CHUNKS} chunks, ${INTERVAL_MS} ms apart`, 'Time to the first `data:` line, and the largest gap the path adds between two chunks: for each chunk, transit = read by the client − written by the mock (one clock: the mock runs in the driver process); added gap = max over chunks of (transit − previous chunk\'s transit).');
+  const mockUrl = `http://127.0.0.1:${env.ports.mock}`;
+  const model = `mock-model;chunks=${CHUNKS},interval_ms=${INTERVAL_MS}`;
+  const user = [{ role: 'user', content: 'Count to one hundred.' }];
+  const openaiBody = JSON.stringify({ model, stream: true, messages: user });
+  const anthropicBody = JSON.stringify({ model, max_tokens: 256, stream: true, messages: user });
+  const anthropicHeaders = { 'x-api-key': UPSTREAM_KEY, 'anthropic-version': '2023-06-01' };
+  const gwHeaders = { authorization: AUTH };
+
+  // Is the anthropic kind in this build? Its config document is rejected if not.
+  const probe = await streamOnce(`http://127.0.0.1:${env.ports.gatewayAnthropic}/v1/chat/completions`,
+    JSON.stringify({ model: 'stream-anthropic', max_tokens: 256, stream: true, messages: user }), gwHeaders);
+  const anthropicOk = probe.status === 200 && streamFigures(probe).complete;
+  if (!anthropicOk) {
+    const status = await fetch(`http://127.0.0.1:${env.ports.gatewayAnthropic}/admin/config`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
+      .then((r) => r.json()).catch(() => null);
+    const why = status?.rejected?.errors?.join('; ') ?? `chat answered ${probe.status}`;
+    console.log(`    the anthropic config was not accepted: ${why}`);
+  }
+
+  const formats = [
+    {
+      name: 'OpenAI format, passed through',
+      paths: {
+        direct: () => streamOnce(`${mockUrl}/v1/chat/completions`, openaiBody),
+        pass: () => streamOnce(`http://127.0.0.1:${env.ports.passMock}/v1/chat/completions`, openaiBody),
+        gw: () => streamOnce(`http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`, JSON.stringify({ model: 'stream', stream: true, messages: user }), gwHeaders),
+      },
+    },
+    {
+      name: 'Anthropic format, translated',
+      available: anthropicOk,
+      paths: {
+        direct: () => streamOnce(`${mockUrl}/v1/messages`, anthropicBody, anthropicHeaders),
+        pass: () => streamOnce(`http://127.0.0.1:${env.ports.passMock}/v1/messages`, anthropicBody, anthropicHeaders),
+        gw: () => streamOnce(`http://127.0.0.1:${env.ports.gatewayAnthropic}/v1/chat/completions`, JSON.stringify({ model: 'stream-anthropic', max_tokens: 256, stream: true, messages: user }), gwHeaders),
+      },
+    },
+  ];
+  const streamRuns = Math.max(RUNS, 3);
+  for (const f of formats) {
+    const order = f.available === false ? ['direct', 'pass'] : ['direct', 'pass', 'gw'];
+    for (const k of order) await f.paths[k](); // warm-up
+    const runs = { direct: [], pass: [], gw: [] };
+    for (let r = 0; r < streamRuns; r++) {
+      for (const k of order) {
+        const res = await f.paths[k]();
+        const fig = streamFigures(res);
+        if (res.status !== 200 || !fig.complete) throw new Error(`${f.name} via ${k}: status ${res.status}, ${fig.complete ? 'complete' : 'incomplete'} stream`);
+        runs[k].push(fig);
+      }
+    }
+    const s = (k, field) => stat(runs[k].map((x) => x[field]));
+    const label = f.name.split(',')[0];
+    if (f.available === false) {
+      row(`${label}: first data: line`, NA_ANTHROPIC, `${fmt(s('pass', 'ttfd'), 'ms', 2)} (direct ${fmt(s('direct', 'ttfd'), 'ms', 2)})`, '', '≤ +1 ms', 'n/a');
+      row(`${label}: largest added gap`, NA_ANTHROPIC, fmt(s('pass', 'maxAddedGap'), 'ms', 2), '', '≤ +1 ms', 'n/a');
+      continue;
+    }
+    const ttfd = { gw: s('gw', 'ttfd'), pass: s('pass', 'ttfd'), direct: s('direct', 'ttfd') };
+    const gap = { gw: s('gw', 'maxAddedGap'), pass: s('pass', 'maxAddedGap'), direct: s('direct', 'maxAddedGap') };
+    const transit = { gw: s('gw', 'medianTransit'), pass: s('pass', 'medianTransit') };
+    const maxTransit = { gw: s('gw', 'maxTransit'), pass: s('pass', 'maxTransit') };
+    const before = { gw: s('gw', 'beforeNextPct'), pass: s('pass', 'beforeNextPct') };
+    row(`${f.name}: first data: line`, fmt(ttfd.gw, 'ms', 2), `${fmt(ttfd.pass, 'ms', 2)} (direct ${fmt(ttfd.direct, 'ms', 2)})`, signed(ttfd.gw.med - ttfd.pass.med, 'ms', 2), '≤ +1 ms', verdict(ttfd.gw.med - ttfd.pass.med <= 1));
+    row(`${label}: largest added gap`, fmt(gap.gw, 'ms', 2), `${fmt(gap.pass, 'ms', 2)} (direct ${fmt(gap.direct, 'ms', 2)})`, signed(gap.gw.med - gap.pass.med, 'ms', 2), '≤ +1 ms', verdict(gap.gw.med - gap.pass.med <= 1));
+    row(`${label}: median chunk transit`, fmt(transit.gw, 'ms', 2), fmt(transit.pass, 'ms', 2), signed(transit.gw.med - transit.pass.med, 'ms', 2));
+    row(`${label}: largest chunk transit`, fmt(maxTransit.gw, 'ms', 2), fmt(maxTransit.pass, 'ms', 2), signed(maxTransit.gw.med - maxTransit.pass.med, 'ms', 2));
+    // Buffering would hold chunks until later ones arrive; noise on a busy
+    // machine delays the odd chunk on either path alike.
+    row(`${label}: chunks out before the next was written`, fmt(before.gw, '%', 0), fmt(before.pass, '%', 0), signed(before.gw.med - before.pass.med, 'points', 0), 'never buffered', verdict(before.gw.med >= 95));
+  }
+  command(`POST $GATEWAY/v1/chat/completions {"model":"stream","stream":true,...}   # gateway model "stream" → mock "${model}"`);
+  command(`POST $PASSTHROUGH_MOCK/v1/chat/completions {"model":"${model}","stream":true,...}; direct: the same to $MOCK`);
+  command(`POST $GATEWAY_ANTHROPIC/v1/chat/completions {"model":"stream-anthropic",...}; baseline: POST $PASSTHROUGH_MOCK/v1/messages (Anthropic events, untranslated)`);
+  note(`${streamRuns} streams per path (median, min–max), client: node:http in tests/bench/run.mjs. A buffering path would show chunks leaving only after later ones were written (the last row far below 100 %) and transit times of many intervals; "never buffered" is met at ≥ 95 % (the rest is scheduling noise, visible on the baseline too).`);
+}
+
+async function failover(env) {
+  section(3, 'Failover', 'Time to the first `data:` line when the first target answers 503 at once and the second is healthy, against the same request to a model whose only target is the healthy one; the difference is what the failed attempt cost. Target: at most one upstream round trip (the mock\'s own 503, timed directly) + 1 ms.');
+  const gw = `http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`;
+  const user = [{ role: 'user', content: 'hello' }];
+  const body = (model) => JSON.stringify({ model, stream: true, messages: user });
+  const direct503 = `http://127.0.0.1:${env.ports.mock}/_mock/status=503/v1/chat/completions`;
+  const direct503Body = JSON.stringify({ model: 'mock-model', stream: true, messages: user });
+  const headers = { authorization: AUTH };
+  for (let i = 0; i < 3; i++) {
+    await streamOnce(gw, body('failover'), headers);
+    await streamOnce(gw, body('healthy'), headers);
+    await roundTrip(direct503, direct503Body);
+  }
+  const reps = QUICK ? 3 : 9;
+  const t = { failover: [], healthy: [], rtt: [], added: [] };
+  let attempts = null;
+  for (let r = 0; r < reps; r++) {
+    const f = await streamOnce(gw, body('failover'), headers);
+    if (f.status !== 200) throw new Error(`failover model answered ${f.status}`);
+    attempts = f.headers['x-gateway-attempts'];
+    t.failover.push(f.ttfd);
+    t.healthy.push((await streamOnce(gw, body('healthy'), headers)).ttfd);
+    t.added.push(t.failover.at(-1) - t.healthy.at(-1));
+    const rt = await roundTrip(direct503, direct503Body);
+    if (rt.status !== 503) throw new Error(`mock status=503 answered ${rt.status}`);
+    t.rtt.push(rt.ms);
+  }
+  const f = stat(t.failover);
+  const h = stat(t.healthy);
+  const rtt = stat(t.rtt);
+  // Each round's difference, then their median: steadier than a difference of medians.
+  const added = stat(t.added);
+  row('first data: line, 1st target 503', fmt(f, 'ms', 2), `${fmt(h, 'ms', 2)} (healthy target only)`, `${signed(added.med, 'ms', 2)} (${num(added.min, 2)}–${num(added.max, 2)})`, `≤ RTT + 1 ms = ${num(rtt.med + 1, 2)} ms`, verdict(added.med <= rtt.med + 1));
+  row('upstream round trip (mock 503, direct)', fmt(rtt, 'ms', 2));
+  command(`POST $GATEWAY/v1/chat/completions {"model":"failover","stream":true,...}   # targets: mock /_mock/status=503/v1, then mock /v1`);
+  command(`POST $GATEWAY/v1/chat/completions {"model":"healthy","stream":true,...}; RTT: POST $MOCK/_mock/status=503/v1/chat/completions`);
+  note(`${reps} rounds, interleaved; medians (min–max); "added" is the median of each round's difference. x-gateway-attempts on the failover answers: ${attempts}.`);
+}
+
+/** Item 7: the gateway and the pass-through each under `wrangler dev`. */
+async function wranglerDev(env, bodyFile) {
+  section(7, 'Developer view: under `wrangler dev` (not the runtime\'s cost)', 'The small-body non-stream figures with the same workers under `wrangler dev --local` (which adds a proxy workerd, an inspector and Node logging). CPU is the whole wrangler process group. Labelled as such: do not compare with production.');
+  const wranglerEnv = { PATH: `${BIN}:${process.env.PATH}`, WRANGLER_SEND_METRICS: 'false', CLOUDFLARE_CF_FETCH_ENABLED: 'false', CI: 'true', NO_COLOR: '1' };
+  const startDev = async (name, args, healthPath) => {
+    const port = await freePort();
+    const inspector = await freePort();
+    const child = start(name, path.join(BIN, 'wrangler'), ['dev', ...args, '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
+      '--local', '--persist-to', path.join(env.dir, `wrangler-${name}`), '--show-interactive-dev-session=false'], { env: wranglerEnv, logFile: path.join(env.dir, `${name}.log`) });
+    await waitFor(`http://127.0.0.1:${port}${healthPath}`, child, { timeoutMs: 90_000 });
+    return { child, url: `http://127.0.0.1:${port}` };
+  };
+  const gwArgs = ['-c', 'tests/wrangler.test.toml', '--var', `GATEWAY_KEYS:${GATEWAY_KEY}`, '--var', 'CONFIG_CACHE_TTL_MS:3600000', '--var', `UPSTREAM_KEY:${UPSTREAM_KEY}`, '--var', `ADMIN_TOKEN:${ADMIN_TOKEN}`];
+  const passArgs = ['-c', 'tests/bench/wrangler.passthrough.toml', '--var', `UPSTREAM:http://127.0.0.1:${env.ports.nginx}`];
+  const results = {};
+  for (const [key, name, args, health] of [['pass', 'wrangler-pass', passArgs, '/'], ['gw', 'wrangler-gateway', gwArgs, '/health']]) {
+    const dev = await startDev(name, args, health);
+    try {
+      if (key === 'gw') {
+        const res = await fetch(`${dev.url}/admin/config`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, body: JSON.stringify(gatewayConfig(env.ports)) });
+        if (res.status !== 200) throw new Error(`wrangler dev: PUT /admin/config answered ${res.status}: ${await res.text()}`);
+      }
+      const url = `${dev.url}/v1/chat/completions`;
+      const common = { url, method: 'POST', bodyFile, auth: AUTH, cpuPids: () => groupPids(dev.child.pid) };
+      const check = await fetch(url, { method: 'POST', headers: { authorization: AUTH, 'content-type': 'application/json' }, body: readFileSync(bodyFile) });
+      if (check.status !== 200) throw new Error(`wrangler dev ${key}: ${check.status} ${await check.text()}`);
+      const fixed = await warmAndSize(common, url);
+      if (key === 'gw') results.fixed = fixed;
+      const runs = [];
+      for (let r = 0; r < RUNS; r++) {
+        const one = await wrk({ ...common, connections: 1, requests: fixed });
+        const c16 = await wrk({ ...common, connections: 16 });
+        runs.push({ one, c16 });
+      }
+      results[key] = runs;
+    } finally {
+      await stop(dev.child);
+    }
+  }
+  const s = (key, f) => stat(results[key].map(f));
+  const p50 = { gw: s('gw', (x) => x.one.p50), pass: s('pass', (x) => x.one.p50) };
+  const p99 = { gw: s('gw', (x) => x.one.p99), pass: s('pass', (x) => x.one.p99) };
+  const rps = { gw: s('gw', (x) => x.c16.rps), pass: s('pass', (x) => x.c16.rps) };
+  const cpu = { gw: s('gw', (x) => x.one.cpuPerReq), pass: s('pass', (x) => x.one.cpuPerReq) };
+  row('[wrangler dev] p50, 1 connection', fmt(p50.gw, 'ms', 2), fmt(p50.pass, 'ms', 2), signed(p50.gw.med - p50.pass.med, 'ms', 2));
+  row('[wrangler dev] p99, 1 connection', fmt(p99.gw, 'ms', 2), fmt(p99.pass, 'ms', 2), signed(p99.gw.med - p99.pass.med, 'ms', 2));
+  row('[wrangler dev] throughput, 16 conns', fmt(rps.gw, 'req/s', 0), fmt(rps.pass, 'req/s', 0), `${num(rps.gw.med / rps.pass.med, 2)}×`);
+  row('[wrangler dev] CPU per request', fmt(cpu.gw, 'ms', 2), fmt(cpu.pass, 'ms', 2), signed(cpu.gw.med - cpu.pass.med, 'ms', 2));
+  command('wrangler dev -c tests/wrangler.test.toml --local --var GATEWAY_KEYS:… --var CONFIG_CACHE_TTL_MS:3600000 …   # config PUT via /admin/config');
+  command('wrangler dev -c tests/bench/wrangler.passthrough.toml --local --var UPSTREAM:http://127.0.0.1:$NGINX_PORT');
+  command(wrkCommand({ target: '$DEV', connections: 1, requests: results.fixed, method: 'POST', body: '$TMP/small.json', path: '/v1/chat/completions', comment: 'and -c16 -d2s' }));
+}
+
+// ---------------------------------------------------------------------------
+// Markdown
+// ---------------------------------------------------------------------------
+
+function markdown(meta) {
+  const esc = (s) => String(s).replaceAll('|', '\\|');
+  const lines = [
+    '# Benchmarks',
+    '',
+    `Measured ${meta.date} by \`scripts/bench\` (${meta.elapsed} s) on ${meta.cores} cores (${meta.cpu}), workerd ${meta.workerd}, Node ${process.version}${QUICK ? ', **--quick: one run per figure**' : ''}. Load average before the run ${meta.loadBefore}, after ${meta.loadAfter}${meta.loadBefore >= meta.cores / 2 ? ' (**other work was running: the figures are inflated and noisy**)' : ''}.`,
+    '',
+    'Each figure is the built gateway (`build/`) on plain `workerd serve`, beside a baseline measured in the same run on the same runtime: a minimal pass-through worker ([`passthrough.js`](passthrough.js)) in front of the same loopback upstream (nginx returning a fixed chat.completion; the mock provider for streams). Values are medians of the runs with min–max in brackets; "added" is gateway minus baseline. On a machine shared with other work the figures are noisy; CPU time per request is the steadiest.',
+    '',
+    'Placeholders in the commands: `$GATEWAY`, `$PASSTHROUGH` (the pass-through to nginx), `$PASSTHROUGH_MOCK`, `$MOCK`, `$KEY` are the loopback URLs and key of this run; `$TMP` is its temp directory (bodies, the generated `workerd.capnp`). How it is set up: [README.md](README.md).',
+    '',
+  ];
+  for (const s of [...sections].sort((a, b) => String(a.id).localeCompare(String(b.id), 'en', { numeric: true }))) {
+    lines.push(`## ${s.id}. ${s.title}`, '', s.intro, '');
+    const withBaseline = s.rows.some((r) => r.baseline);
+    const withTarget = s.rows.some((r) => r.target);
+    const head = ['Figure', withBaseline ? 'Gateway' : 'Value'];
+    if (withBaseline) head.push('Baseline', 'Added');
+    if (withTarget) head.push('Target', '');
+    lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+    for (const r of s.rows) {
+      const cells = [r.figure, r.gateway];
+      if (withBaseline) cells.push(r.baseline, r.added);
+      if (withTarget) cells.push(r.target, r.met);
+      lines.push(`| ${cells.map(esc).join(' | ')} |`);
+    }
+    lines.push('');
+    for (const n of s.notes) lines.push(`${n}`, '');
+    if (s.commands.length) {
+      lines.push('```sh', ...s.commands, '```', '');
+    }
+  }
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------
+
+async function main() {
+  const t0 = Date.now();
+  const meta = {
+    date: new Date().toISOString().replace('T', ' ').slice(0, 16) + ' UTC',
+    cores: os.cpus().length,
+    cpu: os.cpus()[0]?.model?.trim() ?? 'unknown CPU',
+    workerd: execFileSync(WORKERD, ['--version']).toString().trim().replace(/^workerd\s*/, ''),
+    loadBefore: Number(os.loadavg()[0].toFixed(2)),
+  };
+  console.log(`[bench] ${meta.date}, ${meta.cores} cores (${meta.cpu}), load average ${meta.loadBefore}, workerd ${meta.workerd}, Node ${process.version}${QUICK ? ', --quick' : ''}`);
+
+  if (wanted(5)) await nativeCore();
+  if (wanted(6)) sizes();
+
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gateway-bench-'));
+  tempDirs.add(dir);
+  const mock = await startMock({ maxRequests: 100 });
+  const env = { dir, mock, ports: {} };
+  try {
+    env.ports = {
+      mock: mock.port,
+      nginx: await freePort(),
+      gateway: await freePort(),
+      gatewayAnthropic: await freePort(),
+      passNginx: await freePort(),
+      passMock: await freePort(),
+      doFloor: await freePort(),
+    };
+    // Bodies
+    const small = path.join(dir, 'small.json');
+    const large = path.join(dir, 'large.json');
+    writeFileSync(small, chatBody('bench', 0));
+    writeFileSync(large, chatBody('bench', LARGE_BODY));
+
+    // nginx
+    writeFileSync(path.join(dir, 'nginx.conf'), nginxConf(dir, env.ports.nginx));
+    const nginxBin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p)) ?? 'nginx';
+    env.nginx = start('nginx', nginxBin, ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-e', path.join(dir, 'nginx-error.log')], { logFile: path.join(dir, 'nginx.log') });
+    await waitFor(`http://127.0.0.1:${env.ports.nginx}/`, env.nginx);
+
+    // workerd
+    for (const f of ['index.js', 'index_bg.wasm']) copyFileSync(path.join(ROOT, 'build', f), path.join(dir, f));
+    for (const f of ['passthrough.js', 'kv.js', 'do-floor.js']) copyFileSync(path.join(HERE, f), path.join(dir, f));
+    writeFileSync(path.join(dir, 'config.json'), JSON.stringify(gatewayConfig(env.ports)));
+    writeFileSync(path.join(dir, 'config-anthropic.json'), JSON.stringify(anthropicConfig(env.ports)));
+    // Durable Object storage on tmpfs where there is one: workerd commits
+    // each write with an fsync, and on a disk shared with other work that
+    // wait (milliseconds, and nothing like production's replicated commit)
+    // would swamp the gateway's own cost.
+    env.doDir = existsSync('/dev/shm') ? mkdtempSync('/dev/shm/gateway-bench-do-') : path.join(dir, 'do');
+    mkdirSync(env.doDir, { recursive: true });
+    tempDirs.add(env.doDir);
+    writeFileSync(path.join(dir, 'workerd.capnp'), workerdCapnp({ ...env.ports, doDir: env.doDir }));
+    console.log(`\n[bench] workerd serve ${path.join(dir, 'workerd.capnp')}   (nginx :${env.ports.nginx}, mock :${env.ports.mock}, gateway :${env.ports.gateway}, pass-through :${env.ports.passNginx})`);
+    env.workerd = start('workerd', WORKERD, ['serve', path.join(dir, 'workerd.capnp')], { logFile: path.join(dir, 'workerd.log') });
+    await waitFor(`http://127.0.0.1:${env.ports.gateway}/health`, env.workerd);
+    await waitFor(`http://127.0.0.1:${env.ports.passNginx}/`, env.workerd);
+
+    // Sanity: both paths answer the same upstream's body.
+    const post = (port, body) => fetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: 'POST', headers: { authorization: AUTH, 'content-type': 'application/json' }, body });
+    const viaGw = await post(env.ports.gateway, readFileSync(small));
+    const gwText = await viaGw.text();
+    if (viaGw.status !== 200 || viaGw.headers.get('x-gateway-provider') !== 'nginx') {
+      throw new Error(`the gateway did not route to nginx: ${viaGw.status} ${gwText}\n${env.workerd.output.slice(-3000)}`);
+    }
+    const viaPass = await post(env.ports.passNginx, readFileSync(small));
+    if (viaPass.status !== 200 || (await viaPass.text()) !== COMPLETION) throw new Error(`the pass-through did not reach nginx: ${viaPass.status}`);
+
+    if (wanted('1a')) await nonStream(env, { label: { id: '1a', name: 'small body' }, bodyFile: small });
+    if (wanted('1b')) await nonStream(env, { label: { id: '1b', name: 'large body' }, bodyFile: large });
+    if (wanted(4)) await durableObject(env);
+    if (wanted(2)) await streaming(env);
+    if (wanted(3)) await failover(env);
+    await stop(env.workerd);
+    if (wanted(7)) await wranglerDev(env, small);
+  } finally {
+    await stopAll();
+    await mock.close();
+    agent.destroy();
+    removeTempDirs();
+  }
+
+  meta.elapsed = Math.round((Date.now() - t0) / 1000);
+  meta.loadAfter = Number(os.loadavg()[0].toFixed(2));
+  if (ONLY) {
+    console.log(`\n[bench] --only: ${path.relative(ROOT, OUT)} left as it was (${meta.elapsed} s)`);
+    return;
+  }
+  writeFileSync(OUT, markdown(meta));
+  console.log(`\n[bench] wrote ${path.relative(ROOT, OUT)} in ${meta.elapsed} s`);
+}
+
+main().catch(async (err) => {
+  console.error(`\n[bench] failed: ${err.stack ?? err}`);
+  await stopAll();
+  process.exit(1);
+});
