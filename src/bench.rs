@@ -21,10 +21,10 @@ use futures::{StreamExt, stream};
 
 use crate::api::ChatRequest;
 use crate::config::Config;
-use crate::gateway::Translated;
+use crate::gateway::{self, Caller, Ctx, Request, Translated};
 use crate::http::ByteStream;
 use crate::providers;
-use crate::routing;
+use crate::routing::{self, Health, Origin};
 
 /// The routing config the workerd benchmark uses (an OpenAI-compatible
 /// upstream with its key in a secret, plus a second model to route past).
@@ -121,13 +121,34 @@ fn report(name: &str, bytes: usize, per_op_us: &[f64]) {
     );
 }
 
-/// ChatRequest::parse -> routing::candidates -> providers::build_chat_request,
-/// the synchronous part of `gateway::try_candidate` before the upstream call.
-fn parse_route_build(config: &Config, body: &[u8]) -> usize {
-    let req = ChatRequest::parse(body).expect("bench body parses");
-    let candidates = routing::candidates(config, &req.model, &secret).expect("bench model routes");
-    let cand = &candidates[0];
-    let up = providers::build_chat_request(&cand.target, &req, cand.api_key.as_deref())
+/// The synchronous request path before the upstream call, as the edge runs
+/// it: `gateway::prepare` (parse, model check), the worst-case price,
+/// `Prepared::route` (rules, residency, capabilities, strategy, health) and
+/// `providers::build_chat_request`.
+fn parse_route_build(config: &Config, health: &Health, body: &[u8]) -> usize {
+    let ctx = Ctx {
+        now_ms: 0,
+        clock: &|| 0,
+        secret: &secret,
+        health,
+    };
+    let mut prepared = gateway::prepare(config, &ctx, body).expect("bench body parses");
+    black_box(prepared.worst_case());
+    let no_headers = |_: &str| None;
+    let caller = Caller {
+        origin: &Origin::default(),
+        header: &no_headers,
+        key_id: "bench",
+        tier: None,
+        jurisdictions: None,
+        random: 0.5,
+    };
+    prepared.route(&ctx, &caller).expect("bench model routes");
+    let Request::Chat(req) = &prepared.req else {
+        unreachable!("a chat body")
+    };
+    let cand = &prepared.candidates[0];
+    let up = providers::build_chat_request(&cand.target, req, cand.api_key.as_deref())
         .expect("bench request builds");
     up.body.len() + up.url.len()
 }
@@ -136,11 +157,12 @@ fn parse_route_build(config: &Config, body: &[u8]) -> usize {
 #[ignore = "benchmark: run by scripts/bench"]
 fn bench_parse_route_build() {
     let config = Config::from_json(CONFIG).expect("bench config is valid");
+    let health = Health::new();
     for (name, size) in [("small", 300), ("16k", 16 * 1024)] {
         let body = chat_body(size, false);
         let per_batch = if size > 1000 { 2_000 } else { 20_000 };
         let times = time_batches(7, per_batch, || {
-            black_box(parse_route_build(&config, black_box(&body)));
+            black_box(parse_route_build(&config, &health, black_box(&body)));
         });
         report(&format!("parse_route_build_{name}"), body.len(), &times);
     }
@@ -158,7 +180,7 @@ fn bench_stream_openai_passthrough_100() {
     let bytes: usize = events.iter().map(Vec::len).sum();
     let times = time_batches(7, 500, || {
         let upstream: ByteStream = Box::pin(stream::iter(events.clone().into_iter().map(Ok)));
-        let translator = providers::stream_translator(&target, &req);
+        let translator = providers::stream_translator(&target, &req, 0);
         let translated = Translated::new(target.name, upstream, translator);
         let out = block_on(translated.fold(0usize, |n, item| async move {
             n + item.expect("bench stream translates").len()
@@ -166,4 +188,56 @@ fn bench_stream_openai_passthrough_100() {
         black_box(out);
     });
     report("stream_openai_passthrough_100_chunks", bytes, &times);
+}
+
+/// An Anthropic Messages stream of `n` text deltas.
+fn anthropic_stream(n: usize) -> Vec<Vec<u8>> {
+    let ev = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n").into_bytes();
+    let mut events = vec![
+        ev("message_start", r#"{"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","model":"claude-bench","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#.to_owned()),
+        ev("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.to_owned()),
+    ];
+    for i in 0..n {
+        events.push(ev(
+            "content_block_delta",
+            format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"tok{i} "}}}}"#),
+        ));
+    }
+    events.push(ev(
+        "content_block_stop",
+        r#"{"type":"content_block_stop","index":0}"#.to_owned(),
+    ));
+    events.push(ev(
+        "message_delta",
+        format!(r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}},"usage":{{"output_tokens":{n}}}}}"#),
+    ));
+    events.push(ev("message_stop", r#"{"type":"message_stop"}"#.to_owned()));
+    events
+}
+
+#[test]
+#[ignore = "benchmark: run by scripts/bench"]
+fn bench_stream_anthropic_translate_100() {
+    let config = Config::from_json(
+        r#"{"version":1,"providers":{"a":{"kind":"anthropic","api_key_secret":"UPSTREAM_KEY"}},
+            "models":{"bench":{"targets":[{"provider":"a","model":"claude-bench"}]}}}"#,
+    )
+    .expect("bench config is valid");
+    let body = chat_body(300, true);
+    let req = ChatRequest::parse(&body).expect("bench body parses");
+    let candidates = routing::candidates(&config, &req.model, &secret).expect("routes");
+    let target = candidates[0].target;
+    let events = anthropic_stream(100);
+    let bytes: usize = events.iter().map(Vec::len).sum();
+    let times = time_batches(7, 500, || {
+        let upstream: ByteStream = Box::pin(stream::iter(events.clone().into_iter().map(Ok)));
+        let translator = providers::stream_translator(&target, &req, 0);
+        let translated = Translated::new(target.name, upstream, translator);
+        let out = block_on(translated.fold(0usize, |n, item| async move {
+            n + item.expect("bench stream translates").len()
+        }));
+        assert!(out > bytes / 2, "the translation produced output");
+        black_box(out);
+    });
+    report("stream_anthropic_translate_100_chunks", bytes, &times);
 }
