@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, stream};
 use worker::js_sys::Uint8Array;
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-use crate::http::{Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::http::{
+    ByteStream, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse,
+};
 
 /// Sends provider requests with the runtime's `fetch`.
 pub(super) struct FetchUpstream;
@@ -26,6 +28,11 @@ impl Drop for AbortOnDrop {
 
 impl Upstream for FetchUpstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
+        // Adapters ask for streams with `accept: text/event-stream`.
+        let wants_stream = req
+            .headers
+            .iter()
+            .any(|(k, v)| k == "accept" && v.contains("text/event-stream"));
         let headers = Headers::new();
         for (name, value) in &req.headers {
             headers.set(name, value).map_err(|e| e.to_string())?;
@@ -56,16 +63,25 @@ impl Upstream for FetchUpstream {
                 Some((name.to_owned(), value))
             })
             .collect();
-        let body = resp.stream().map_err(|e| e.to_string())?;
         // The body owns the guard: dropping it early aborts the fetch.
-        let body = body.map(move |chunk| {
-            let _owned = &guard;
-            chunk.map_err(|e| e.to_string())
-        });
+        let body: ByteStream = if wants_stream {
+            let chunks = resp.stream().map_err(|e| e.to_string())?;
+            Box::pin(chunks.map(move |chunk| {
+                let _owned = &guard;
+                chunk.map_err(|e| e.to_string())
+            }))
+        } else {
+            // A whole answer is read in one call when first polled: one copy
+            // across the JS boundary instead of a reader and a copy per chunk.
+            Box::pin(stream::once(async move {
+                let _owned = guard;
+                resp.bytes().await.map_err(|e| e.to_string())
+            }))
+        };
         Ok(UpstreamResponse {
             status,
             headers,
-            body: Box::pin(body),
+            body,
         })
     }
 
