@@ -58,9 +58,10 @@ thread_local! {
 /// 4. **parse** — the request, its model checked, its worst-case cost over
 ///    every target it could reach ([`gateway::prepare`],
 ///    [`gateway::Prepared::worst_case`]).
-/// 5. **admit** — one call to the key's Durable Object: key valid, model in
-///    scope, rate limits, budget reserved; it returns the key's tier and
-///    regions (`chat`).
+/// 5. **admit** — for a virtual key, one call to its Durable Object: key
+///    valid, model in scope, rate limits, budget reserved; it returns the
+///    key's tier and regions. A static key has no limits, so it skips this
+///    call (`chat`).
 /// 6. **route** — candidates best-first for this caller: rules, data
 ///    residency from `request.cf` and the key, capabilities, strategy,
 ///    breakers ([`gateway::Prepared::route`], [`origin`]).
@@ -69,8 +70,8 @@ thread_local! {
 /// 8. **stream** — the answer passed to the client chunk by chunk, with the
 ///    `x-ratelimit-*` headers ([`into_response`]).
 /// 9. **settle** — off the request path (`waitUntil`): the reservation
-///    replaced by the actual cost when the answer (or the stream) ends, and
-///    one JSON log line ([`settle`]).
+///    replaced by the actual cost when the answer (or the stream) ends (a
+///    static key's request recorded), and one JSON log line ([`settle`]).
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let request_id = new_request_id();
@@ -175,29 +176,45 @@ async fn chat(
         Err(e) => return Reply::error(&e),
     };
     let (reserve, tokens) = prepared.worst_case();
-    // 5. admit
+    // 5. admit: a virtual key's object decides (key valid, scope, limits,
+    // budget). A static key has no limits: nothing to decide, so no call on
+    // the request path; its request is counted when it settles.
     let object = key.object_name();
-    let admit = Command::Admit(Admit {
-        auth: key.auth(),
-        model: prepared.model().to_owned(),
-        reserve,
-        tokens,
-    });
-    let (reservation, rate, tier, regions) = match key_client::call(env, &object, &admit).await {
-        Ok(KeyReply::Admitted {
-            reservation,
-            rate,
-            tier,
-            regions,
-        }) => (reservation, rate, tier, regions),
-        Ok(KeyReply::Denied(d)) => {
-            let mut reply = Reply::error(&gateway::denial_to_error(&d, prepared.model()));
-            reply.headers.extend(gateway::rate_headers(&d.rate));
-            return reply;
-        }
-        Ok(other) => return Reply::error(&key_client::unexpected(other)),
-        Err(e) => return Reply::error(&e),
-    };
+    let mut admitted = Admitted::default();
+    if let KeyRef::Virtual { .. } = key {
+        let admit = Command::Admit(Admit {
+            auth: key.auth(),
+            model: prepared.model().to_owned(),
+            reserve,
+            tokens,
+        });
+        admitted = match key_client::call(env, &object, &admit).await {
+            Ok(KeyReply::Admitted {
+                reservation,
+                rate,
+                tier,
+                regions,
+            }) => Admitted {
+                reservation: Some(reservation),
+                rate,
+                tier,
+                regions,
+            },
+            Ok(KeyReply::Denied(d)) => {
+                let mut reply = Reply::error(&gateway::denial_to_error(&d, prepared.model()));
+                reply.headers.extend(gateway::rate_headers(&d.rate));
+                return reply;
+            }
+            Ok(other) => return Reply::error(&key_client::unexpected(other)),
+            Err(e) => return Reply::error(&e),
+        };
+    }
+    let Admitted {
+        reservation,
+        rate,
+        tier,
+        regions,
+    } = admitted;
     // 6. route
     let origin = origin(req, env);
     let header = |name: &str| req.headers().get(name).ok().flatten();
@@ -260,11 +277,21 @@ async fn chat(
     reply
 }
 
+/// What admission granted.
+#[derive(Default)]
+struct Admitted {
+    /// The reservation to settle; `None` for a static key (recorded instead).
+    reservation: Option<u64>,
+    rate: crate::limits::RateInfo,
+    tier: Option<String>,
+    regions: Option<Vec<String>>,
+}
+
 /// What settling one request needs, owned so it can outlive the request.
 struct Settlement {
     env: Env,
     object: String,
-    reservation: u64,
+    reservation: Option<u64>,
     accounting: Accounting,
     key_id: String,
     request_id: String,
@@ -321,11 +348,14 @@ async fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, er
     if let Ok(line) = serde_json::to_string(&log) {
         console_log!("{line}");
     }
-    let command = Command::Settle(Settle {
-        reservation: s.reservation,
-        cost,
-        usage: event,
-    });
+    let command = match s.reservation {
+        Some(reservation) => Command::Settle(Settle {
+            reservation,
+            cost,
+            usage: event,
+        }),
+        None => Command::Record { cost, usage: event },
+    };
     if let Err(e) = key_client::call(&s.env, &s.object, &command).await {
         // The reservation expires and is charged as reserved: never less.
         worker::console_error!("settle failed for {}: {e}", s.request_id);

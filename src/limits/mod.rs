@@ -67,6 +67,15 @@ pub enum Command {
     Admit(Admit),
     /// Replace a reservation with the actual usage (off the request path).
     Settle(Settle),
+    /// Count and charge a request that was never admitted here (a static
+    /// key: no limits, so nothing to decide on the request path).
+    Record {
+        /// What it cost.
+        #[serde(with = "money::pico")]
+        cost: Money,
+        /// What happened.
+        usage: UsageEvent,
+    },
     /// Charge reservations whose time is up (the object's alarm).
     Expire,
     /// Verify the key and return its model scope (no request is counted).
@@ -389,6 +398,12 @@ impl KeyState {
         match command {
             Command::Admit(a) => self.admit(a, now_ms),
             Command::Settle(s) => (self.settle(s), true),
+            Command::Record { cost, usage } => {
+                self.count_request(now_ms);
+                self.charge(cost, now_ms);
+                self.record_usage(now_ms, &usage, cost);
+                (Reply::Settled { duplicate: false }, true)
+            }
             Command::Expire => {
                 let changed = self.expire(now_ms);
                 (
@@ -526,12 +541,7 @@ impl KeyState {
             };
         }
         self.day_requests.count += 1;
-        self.requests += 1;
-        if self.first_request_ms == 0 {
-            self.first_request_ms = now_ms;
-        }
-        // Clocks can step backwards between isolates; never go back.
-        self.last_request_ms = self.last_request_ms.max(now_ms);
+        self.count_request(now_ms);
         let rate = self.rate_info(now_ms);
         let settings = self.record.as_ref().map(|r| &r.settings);
         let reply = Reply::Admitted {
@@ -626,6 +636,15 @@ impl KeyState {
             }
         }
         Ok(())
+    }
+
+    fn count_request(&mut self, now_ms: u64) {
+        self.requests += 1;
+        if self.first_request_ms == 0 {
+            self.first_request_ms = now_ms;
+        }
+        // Clocks can step backwards between isolates; never go back.
+        self.last_request_ms = self.last_request_ms.max(now_ms);
     }
 
     fn settle(&mut self, s: Settle) -> Reply {

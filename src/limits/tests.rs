@@ -581,3 +581,28 @@ fn every_reply_crosses_the_object_boundary_as_json() {
         assert_eq!(back, reply);
     }
 }
+
+#[test]
+fn a_recorded_request_is_counted_and_charged_once() {
+    let mut s = KeyState::default();
+    let usage = UsageEvent {
+        model: "m".into(),
+        input_tokens: 5,
+        output_tokens: 7,
+        cached_tokens: 0,
+        error: false,
+    };
+    let (reply, changed) = s.apply(
+        Command::Record {
+            cost: usd(0.25),
+            usage,
+        },
+        NOON,
+    );
+    assert!(changed);
+    assert_eq!(reply, Reply::Settled { duplicate: false });
+    let r = report(&mut s, NOON);
+    assert_eq!((r.requests, r.first_request_ms, r.in_flight), (1, NOON, 0));
+    assert_eq!(r.spent_total_usd, usd(0.25));
+    assert_eq!(r.by_day[0].output_tokens, 7);
+}

@@ -227,19 +227,28 @@ test('a KV config change changes the route; a bad one is rejected and the last g
 });
 
 test('the per-key Durable Object counts every request, per key', async () => {
-  const usage = async (key) => {
-    const res = await fetch(`${gw.url}/v1/usage`, { headers: { authorization: `Bearer ${key}` } });
-    assert.equal(res.status, 200);
-    return res.json();
-  };
-  const before1 = await usage(KEY);
-  const before2 = await usage(OTHER_KEY);
+  const before1 = await usageOf(gw, KEY);
+  const before2 = await usageOf(gw, OTHER_KEY);
   await Promise.all(Array.from({ length: 10 }, () => chat(gw, ask('demo')).then((r) => r.text())));
-  const after1 = await usage(KEY);
+  // Static keys are counted when their requests settle, just after the answer.
+  const after1 = await usageOf(gw, KEY, (u) => u.requests >= before1.requests + 10);
   assert.equal(after1.requests, before1.requests + 10);
   assert.ok(after1.last_request_ms >= after1.first_request_ms && after1.first_request_ms > 0);
-  assert.equal((await usage(OTHER_KEY)).requests, before2.requests, 'another key is counted apart');
+  await sleep(200);
+  assert.equal((await usageOf(gw, KEY)).requests, before1.requests + 10, 'counted once each');
+  assert.equal((await usageOf(gw, OTHER_KEY)).requests, before2.requests, 'another key is counted apart');
 });
+
+/** GET /v1/usage, polled until `until` holds (settlement runs after the answer). */
+async function usageOf(g, key, until = () => true) {
+  for (let i = 0; ; i++) {
+    const res = await fetch(`${g.url}/v1/usage`, { headers: { authorization: `Bearer ${key}` } });
+    assert.equal(res.status, 200);
+    const u = await res.json();
+    if (until(u) || i === 50) return u;
+    await sleep(100);
+  }
+}
 
 test('a panic costs one request, not the worker', async () => {
   const res = await fetch(`${gw.url}/__test/panic`);
@@ -253,9 +262,8 @@ test('a panic costs one request, not the worker', async () => {
 test('Durable Object state survives a restart of the runtime', async () => {
   const persisted = await startGateway();
   try {
-    const count = async () => (await (await fetch(`${persisted.url}/v1/usage`, { headers: { authorization: `Bearer ${KEY}` } })).json()).requests;
     for (let i = 0; i < 3; i++) assert.equal((await chat(persisted, ask('demo'))).status, 200);
-    assert.equal(await count(), 3);
+    assert.equal((await usageOf(persisted, KEY, (u) => u.requests === 3)).requests, 3);
     await persisted.stop({ keepState: true });
     const again = await startGateway({ persistDir: persisted.persistDir });
     try {
