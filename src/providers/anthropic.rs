@@ -49,15 +49,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::api::{
-    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
-    Content, ContentPart, Delta, FinishReason, FunctionDelta, FunctionOut, Message, ResponseFormat,
-    Role, Stop, Tool, ToolCallDelta, ToolCallOut, ToolChoice, ToolChoiceMode, Usage,
+    AssistantMessage, ChatCompletion, ChatRequest, Choice, Content, ContentPart, Delta,
+    FinishReason, FunctionDelta, FunctionOut, Message, ResponseFormat, Role, Stop, Tool,
+    ToolCallDelta, ToolCallOut, ToolChoice, ToolChoiceMode, Usage,
 };
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
 use crate::sse::{DONE, SseEvent};
 
-use super::{StreamTranslator, Target};
+use super::{ChunkWriter, StreamTranslator, Target};
 
 // ---- Constants ---------------------------------------------------------------
 
@@ -862,11 +862,9 @@ enum BlockKind {
 /// Anthropic stream events -> OpenAI chunk bytes, one event at a time.
 pub struct EventsToChunks {
     provider: String,
-    created: u64,
-    client_wants_usage: bool,
+    /// Id and model are set by `message_start`.
+    chunks: ChunkWriter,
     response_tool: Option<String>,
-    id: String,
-    model: String,
     /// By Anthropic block index.
     blocks: Vec<BlockKind>,
     tool_calls: u32,
@@ -880,47 +878,17 @@ impl EventsToChunks {
     pub fn new(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64) -> Self {
         EventsToChunks {
             provider: target.name.to_owned(),
-            created: now_s,
-            client_wants_usage: req.include_usage,
+            chunks: ChunkWriter {
+                created: now_s,
+                client_wants_usage: req.include_usage,
+                ..ChunkWriter::default()
+            },
             response_tool: response_tool_name(req),
-            id: String::new(),
-            model: String::new(),
             blocks: Vec::new(),
             tool_calls: 0,
             usage: None,
             stopped: false,
         }
-    }
-
-    /// Appends one chunk of one choice.
-    fn emit(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<FinishReason>) {
-        self.write(
-            out,
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }],
-            None,
-        );
-    }
-
-    /// Appends `data: <chunk>\n\n`. OpenAI puts `"usage": null` on every
-    /// chunk exactly when the client asked for the usage chunk.
-    fn write(&self, out: &mut Vec<u8>, choices: Vec<ChunkChoice<'_>>, usage: Option<Usage>) {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices,
-            usage: self.client_wants_usage.then_some(usage),
-        };
-        out.extend_from_slice(b"data: ");
-        // Serialized JSON has no raw newline, so it is one `data:` line.
-        let _ = serde_json::to_writer(&mut *out, &chunk);
-        out.extend_from_slice(b"\n\n");
     }
 
     fn invalid(&self, message: String) -> GatewayError {
@@ -950,7 +918,7 @@ impl EventsToChunks {
             BlockKind::Text => {
                 // Always empty in practice; sent should it ever carry text.
                 if let Some(text) = block.text.as_deref().filter(|t| !t.is_empty()) {
-                    self.emit(out, content_delta(text), None);
+                    self.chunks.delta(out, content_delta(text), None);
                 }
             }
             BlockKind::Tool(index) => {
@@ -966,7 +934,7 @@ impl EventsToChunks {
                     }]),
                     ..Delta::default()
                 };
-                self.emit(out, delta, None);
+                self.chunks.delta(out, delta, None);
             }
             BlockKind::ResponseTool | BlockKind::Skipped => {}
         }
@@ -977,7 +945,7 @@ impl EventsToChunks {
         match delta.kind.as_deref() {
             Some("text_delta") => {
                 if let Some(text) = delta.text.as_deref().filter(|t| !t.is_empty()) {
-                    self.emit(out, content_delta(text), None);
+                    self.chunks.delta(out, content_delta(text), None);
                 }
             }
             Some("input_json_delta") => {
@@ -998,9 +966,11 @@ impl EventsToChunks {
                             }]),
                             ..Delta::default()
                         };
-                        self.emit(out, delta, None);
+                        self.chunks.delta(out, delta, None);
                     }
-                    Some(BlockKind::ResponseTool) => self.emit(out, content_delta(json), None),
+                    Some(BlockKind::ResponseTool) => {
+                        self.chunks.delta(out, content_delta(json), None)
+                    }
                     _ => {}
                 }
             }
@@ -1030,15 +1000,15 @@ impl StreamTranslator for EventsToChunks {
                 let message = event
                     .message
                     .ok_or_else(|| self.invalid("message_start without a message".into()))?;
-                self.id = message.id;
-                self.model = message.model;
+                self.chunks.id = message.id;
+                self.chunks.model = message.model;
                 self.usage = Some(message.usage);
                 let delta = Delta {
                     role: Some("assistant"),
                     content: Some(""),
                     tool_calls: None,
                 };
-                self.emit(out, delta, None);
+                self.chunks.delta(out, delta, None);
             }
             "content_block_start" => {
                 if let (Some(index), Some(block)) = (event.index, event.content_block) {
@@ -1060,13 +1030,14 @@ impl StreamTranslator for EventsToChunks {
                         FinishReason::ToolCalls if self.tool_calls == 0 => FinishReason::Stop,
                         other => other,
                     };
-                    self.emit(out, Delta::default(), Some(finish));
+                    self.chunks.delta(out, Delta::default(), Some(finish));
                 }
             }
             "message_stop" => {
                 self.stopped = true;
-                if self.client_wants_usage {
-                    self.write(out, vec![], Some(self.usage().unwrap_or_default()));
+                if self.chunks.client_wants_usage {
+                    self.chunks
+                        .chunk(out, vec![], Some(self.usage().unwrap_or_default()));
                 }
                 out.extend_from_slice(DONE);
             }

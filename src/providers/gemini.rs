@@ -106,16 +106,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::api::{
-    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
-    Content, ContentPart, Delta, EmbeddingInput, EmbeddingList, EmbeddingsRequest, FinishReason,
-    FunctionDelta, FunctionOut, Message, Role, Stop, ToolCallDelta, ToolCallOut, ToolChoice,
-    ToolChoiceMode, Usage,
+    AssistantMessage, ChatCompletion, ChatRequest, Choice, Content, ContentPart, Delta,
+    EmbeddingInput, EmbeddingList, EmbeddingsRequest, FinishReason, FunctionDelta, FunctionOut,
+    Message, Role, Stop, ToolCallDelta, ToolCallOut, ToolChoice, ToolChoiceMode, Usage,
 };
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
-use crate::sse::{DONE, SseEvent, encode_data};
+use crate::sse::{DONE, SseEvent};
 
-use super::{StreamTranslator, Target};
+use super::{ChunkWriter, StreamTranslator, Target};
 
 // ---- Constants ---------------------------------------------------------------
 
@@ -1156,12 +1155,9 @@ pub fn read_embeddings_response(
 /// event at a time. Every chunk of a stream shares one id, time and model.
 pub struct GeminiStream {
     provider: String,
-    /// The config's model until the first event names the real one.
-    model: String,
-    created: u64,
-    client_wants_usage: bool,
-    /// `chatcmpl-...`, set by the first event.
-    id: String,
+    /// The model is the config's until the first event names the real one;
+    /// the id (`chatcmpl-...`) is set by the first event.
+    chunks: ChunkWriter,
     /// For tool-call ids.
     response_id: String,
     started: bool,
@@ -1176,44 +1172,17 @@ impl GeminiStream {
     pub fn new(target: &Target<'_>, client_wants_usage: bool, now_s: u64) -> Self {
         GeminiStream {
             provider: target.name.to_owned(),
-            model: target.model.to_owned(),
-            created: now_s,
-            client_wants_usage,
-            id: String::new(),
+            chunks: ChunkWriter {
+                model: target.model.to_owned(),
+                created: now_s,
+                client_wants_usage,
+                id: String::new(),
+            },
             response_id: String::new(),
             started: false,
             calls: 0,
             finish: None,
             usage: None,
-        }
-    }
-
-    fn emit(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish: Option<FinishReason>) {
-        self.write(
-            out,
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish,
-                logprobs: None,
-            }],
-            None,
-        );
-    }
-
-    fn write(&self, out: &mut Vec<u8>, choices: Vec<ChunkChoice<'_>>, usage: Option<Usage>) {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices,
-            // OpenAI sends `"usage": null` on every chunk once usage was asked for.
-            usage: self.client_wants_usage.then_some(usage),
-        };
-        // A struct of strings and numbers always serializes.
-        if let Ok(json) = serde_json::to_vec(&chunk) {
-            encode_data(out, &json);
         }
     }
 
@@ -1237,12 +1206,12 @@ impl GeminiStream {
             self.response_id = resp
                 .response_id
                 .unwrap_or_else(|| format!("gemini-{:016x}", super::fnv1a(data.as_bytes())));
-            self.id = format!("chatcmpl-{}", self.response_id);
+            self.chunks.id = format!("chatcmpl-{}", self.response_id);
             if let Some(model) = resp.model_version {
-                self.model = model;
+                self.chunks.model = model;
             }
             self.started = true;
-            self.emit(
+            self.chunks.delta(
                 out,
                 Delta {
                     role: Some("assistant"),
@@ -1263,7 +1232,7 @@ impl GeminiStream {
                 .is_some_and(|f| f.block_reason.is_some())
             {
                 self.finish = Some(FinishReason::ContentFilter);
-                self.emit(out, Delta::default(), self.finish);
+                self.chunks.delta(out, Delta::default(), self.finish);
             }
             return Ok(());
         };
@@ -1272,7 +1241,7 @@ impl GeminiStream {
                 continue;
             }
             if let Some(text) = part.text.as_deref().filter(|t| !t.is_empty()) {
-                self.emit(
+                self.chunks.delta(
                     out,
                     Delta {
                         content: Some(text),
@@ -1285,7 +1254,7 @@ impl GeminiStream {
                 // Gemini sends each call whole: one delta carries all of it.
                 let id = tool_call_id(&self.response_id, self.calls);
                 let arguments = args_to_arguments(call.args);
-                self.emit(
+                self.chunks.delta(
                     out,
                     Delta {
                         tool_calls: Some(vec![ToolCallDelta {
@@ -1309,7 +1278,7 @@ impl GeminiStream {
                 reason,
                 self.calls > 0,
             ));
-            self.emit(out, Delta::default(), self.finish);
+            self.chunks.delta(out, Delta::default(), self.finish);
         }
         Ok(())
     }
@@ -1341,8 +1310,8 @@ impl StreamTranslator for GeminiStream {
                 message: "stream ended before finishReason".into(),
             });
         }
-        if self.client_wants_usage {
-            self.write(out, vec![], self.usage);
+        if self.chunks.client_wants_usage {
+            self.chunks.chunk(out, vec![], self.usage);
         }
         out.extend_from_slice(DONE);
         Ok(())

@@ -17,7 +17,9 @@ pub mod gemini;
 pub mod mock;
 pub mod openai;
 
-use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
+use crate::api::{
+    ChatCompletionChunk, ChatRequest, ChunkChoice, Delta, EmbeddingsRequest, FinishReason, Usage,
+};
 use crate::config::{Provider, ProviderKind};
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
@@ -181,6 +183,61 @@ pub fn error_from_response(
         Wire::OpenAi(_) => openai::error_from_body(target.name, status, retry_after, body),
         Wire::Anthropic => anthropic::error_from_body(target.name, status, retry_after, body),
         Wire::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
+    }
+}
+
+/// Writes the OpenAI `chat.completion.chunk` events of a translated stream:
+/// one id, creation time and model for every chunk, and `"usage": null` on
+/// each exactly when the client asked for the usage chunk, as OpenAI does.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkWriter {
+    /// The stream's `chatcmpl-...` id.
+    pub(crate) id: String,
+    /// The model that answers.
+    pub(crate) model: String,
+    /// Unix seconds.
+    pub(crate) created: u64,
+    /// `stream_options.include_usage`.
+    pub(crate) client_wants_usage: bool,
+}
+
+impl ChunkWriter {
+    /// Appends a chunk with one choice's delta.
+    pub(crate) fn delta(
+        &self,
+        out: &mut Vec<u8>,
+        delta: Delta<'_>,
+        finish_reason: Option<FinishReason>,
+    ) {
+        let choice = ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+            logprobs: None,
+        };
+        self.chunk(out, vec![choice], None);
+    }
+
+    /// Appends `data: <chunk>\n\n` (no choices and `usage` for the usage chunk).
+    pub(crate) fn chunk(
+        &self,
+        out: &mut Vec<u8>,
+        choices: Vec<ChunkChoice<'_>>,
+        usage: Option<Usage>,
+    ) {
+        let chunk = ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage: self.client_wants_usage.then_some(usage),
+        };
+        out.extend_from_slice(b"data: ");
+        // Serialized JSON has no raw newline, so it is one `data:` line; a
+        // struct of strings and numbers always serializes.
+        let _ = serde_json::to_writer(&mut *out, &chunk);
+        out.extend_from_slice(b"\n\n");
     }
 }
 
