@@ -12,20 +12,30 @@
 //!   completions, embeddings), responses, stream chunks, usage, model lists.
 //! - [`sse`]       — incremental Server-Sent Events parser (any chunk boundary)
 //!   and encoder.
-//! - [`config`]    — routing config: serde types, the bundled default,
-//!   validation with path-named errors.
+//! - [`config`]    — the routing config: serde types (providers, models,
+//!   strategies, rules, residency, failover policy), the bundled default,
+//!   validation with path-named errors; its JSON Schema is generated from them.
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
 //!   Anthropic Messages, Google Gemini, the built-in demo model): request
 //!   building, response and stream translation, error mapping.
-//! - [`routing`]   — config + request -> ordered candidate list.
-//! - [`limits`]    — per-key state machines (counters now; rate limits and
-//!   budgets next), time passed in.
+//! - [`routing`]   — config + request + caller -> ordered candidates: rules,
+//!   data residency, capabilities, strategies, per-target health (breaker,
+//!   429 cooling, time-to-first-byte EWMA).
+//! - [`limits`]    — the per-key state machine its Durable Object runs: key
+//!   records, sliding rate windows, budgets reserved then settled in exact
+//!   picodollars, usage rollups; time passed in.
 //! - [`gateway`]   — the request path as plain async Rust over the
-//!   [`gateway::Upstream`] seam: parse, route, send, fail over, translate.
-//! - [`http`]      — the [`http::Upstream`] seam: neutral request/response types.
-//! - [`keys`]      — gateway key checks and key fingerprints.
-//! - `edge`        — (wasm32 only) fetch handler, KV config cache, the per-key
-//!   Durable Object, outbound fetch.
+//!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts and
+//!   failover, stream commit at the first token, settlement.
+//! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
+//!   types, timers.
+//! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
+//!   checks, hashes.
+//! - `edge`        — (wasm32 only) the fetch handler and its numbered request
+//!   path, the admin API, the KV config cache, the per-key Durable Object,
+//!   outbound fetch with abort.
+//! - `bench`       — (tests only, ignored) the pure core timed natively, run
+//!   by `scripts/bench`.
 
 pub mod api;
 pub mod config;
