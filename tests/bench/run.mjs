@@ -708,28 +708,37 @@ async function nonStream(env, { label, bodyFile }) {
   if (errors) note(`${errors} requests failed during these runs; the figures above are suspect.`);
 }
 
-async function durableObject(env) {
-  section(4, 'Per-key Durable Object admission', 'One key, so one object takes every decision. GET /v1/usage is one round trip to the caller\'s object (read only, the same call shape as the admission); GET /v1/models adds the routing config and the real admission, which writes the object\'s state as every chat request does. Baselines: GET /health on the gateway (no object), and the runtime\'s floor: a minimal JavaScript worker and object doing the same read / write ([`do-floor.js`](do-floor.js)).');
+async function durableObject(env, bodyFile) {
+  section(4, 'Per-key Durable Object admission', 'One virtual key, so one object takes every decision. GET /v1/usage with it is one read round trip to its object. A chat request with it adds the admission (the key checked, the budget reserved: a write) on the request path and the settlement (a write) just after; the same chat request with a static key, which has no limits and skips the admission, is the baseline, so the difference is what admission and settlement cost. Also the runtime\'s floor: a minimal JavaScript worker and object doing the same read / write ([`do-floor.js`](do-floor.js)).');
   const gw = `http://127.0.0.1:${env.ports.gateway}`;
   const floor = `http://127.0.0.1:${env.ports.doFloor}`;
+  // A virtual key with a budget (checked and reserved on every request).
+  const created = await fetch(`${gw}/admin/keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'bench', budgets: { total_usd: 1000000 } }),
+  });
+  if (created.status !== 201) throw new Error(`POST /admin/keys answered ${created.status}: ${await created.text()}`);
+  const virtualAuth = `Bearer ${(await created.json()).secret}`;
+  const cpuPids = () => [env.workerd.pid];
   const endpoints = {
-    health: `${gw}/health`,
-    usage: `${gw}/v1/usage`,
-    models: `${gw}/v1/models`,
-    floorHealth: `${floor}/health`,
-    floorUsage: `${floor}/usage`,
-    floorAdmit: `${floor}/admit`,
+    health: { url: `${gw}/health`, auth: AUTH },
+    usage: { url: `${gw}/v1/usage`, auth: virtualAuth },
+    chatStatic: { url: `${gw}/v1/chat/completions`, auth: AUTH, method: 'POST', bodyFile },
+    chatVirtual: { url: `${gw}/v1/chat/completions`, auth: virtualAuth, method: 'POST', bodyFile },
+    floorHealth: { url: `${floor}/health`, auth: AUTH },
+    floorUsage: { url: `${floor}/usage`, auth: AUTH },
+    floorAdmit: { url: `${floor}/admit`, auth: AUTH },
   };
-  const common = { auth: AUTH, cpuPids: () => [env.workerd.pid] };
   // Throughput only for the gateway's endpoints; the floor rows are latency and CPU.
-  const throughput = new Set(['health', 'usage', 'models']);
+  const throughput = new Set(['health', 'usage', 'chatStatic', 'chatVirtual']);
   const fixed = {};
-  for (const [key, url] of Object.entries(endpoints)) fixed[key] = await warmAndSize(common, url, { c16: false });
+  for (const [key, e] of Object.entries(endpoints)) fixed[key] = await warmAndSize({ ...e, cpuPids }, e.url, { c16: false });
   const runs = Object.fromEntries(Object.keys(endpoints).map((k) => [k, []]));
   for (let r = 0; r < RUNS; r++) {
-    for (const [key, url] of Object.entries(endpoints)) {
-      const one = await wrk({ ...common, url, connections: 1, requests: fixed[key] });
-      const c16 = throughput.has(key) ? await wrk({ ...common, url, connections: 16 }) : null;
+    for (const [key, e] of Object.entries(endpoints)) {
+      const one = await wrk({ ...e, cpuPids, connections: 1, requests: fixed[key] });
+      const c16 = throughput.has(key) ? await wrk({ ...e, cpuPids, connections: 16 }) : null;
       runs[key].push({ one, c16 });
     }
   }
@@ -741,13 +750,17 @@ async function durableObject(env) {
     cpu: s(key, (x) => x.one.cpuPerReq),
   });
   const f = Object.fromEntries(Object.keys(endpoints).map((k) => [k, fig(k)]));
-  const h = f.health;
-  for (const [key, label] of [['usage', '/v1/usage (DO read)'], ['models', '/v1/models (config + DO admit, write)']]) {
+  const rows = [
+    ['usage', 'health', '/v1/usage, virtual key (DO read)', '/health'],
+    ['chatVirtual', 'chatStatic', 'chat, virtual key (admission + settlement)', 'static key'],
+  ];
+  for (const [key, baseKey, label, baseLabel] of rows) {
     const x = f[key];
-    row(`${label}: p50, 1 connection`, fmt(x.p50, 'ms', 3), `${fmt(h.p50, 'ms', 3)} (/health)`, signed(x.p50.med - h.p50.med, 'ms', 3));
-    row(`${label}: p99, 1 connection`, fmt(x.p99, 'ms', 3), `${fmt(h.p99, 'ms', 3)} (/health)`, signed(x.p99.med - h.p99.med, 'ms', 3), '≤ 2 ms', verdict(x.p99.med <= 2));
-    row(`${label}: per second, 16 conns`, fmt(x.rps, '/s', 0), `${fmt(h.rps, '/s', 0)} (/health)`, '', '≥ 1,000/s', verdict(x.rps.med >= 1000));
-    row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(h.cpu, 'ms', 3)} (/health)`, signed(x.cpu.med - h.cpu.med, 'ms', 3));
+    const h = f[baseKey];
+    row(`${label}: p50, 1 connection`, fmt(x.p50, 'ms', 3), `${fmt(h.p50, 'ms', 3)} (${baseLabel})`, signed(x.p50.med - h.p50.med, 'ms', 3));
+    row(`${label}: p99, 1 connection`, fmt(x.p99, 'ms', 3), `${fmt(h.p99, 'ms', 3)} (${baseLabel})`, signed(x.p99.med - h.p99.med, 'ms', 3), '≤ 2 ms', verdict(x.p99.med - h.p99.med <= 2));
+    row(`${label}: per second, 16 conns`, fmt(x.rps, '/s', 0), `${fmt(h.rps, '/s', 0)} (${baseLabel})`, '', '≥ 1,000/s', verdict(x.rps.med >= 1000));
+    row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(h.cpu, 'ms', 3)} (${baseLabel})`, signed(x.cpu.med - h.cpu.med, 'ms', 3));
   }
   const fh = f.floorHealth;
   for (const [key, label] of [['floorUsage', 'runtime floor (JS): DO read'], ['floorAdmit', 'runtime floor (JS): DO write']]) {
@@ -755,9 +768,9 @@ async function durableObject(env) {
     row(`${label}: p50 / p99`, `${fmt(x.p50, 'ms', 3)} / ${fmt(x.p99, 'ms', 3)}`, `${fmt(fh.p50, 'ms', 3)} / ${fmt(fh.p99, 'ms', 3)} (JS, no DO)`, signed(x.p50.med - fh.p50.med, 'ms', 3));
     row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(fh.cpu, 'ms', 3)} (JS, no DO)`, signed(x.cpu.med - fh.cpu.med, 'ms', 3));
   }
-  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.usage, path: '/v1/usage', comment: 'and /v1/models, /health; $DO_FLOOR/usage, /admit, /health' }));
-  command(wrkCommand({ target: '$GATEWAY', connections: 16, path: '/v1/usage', comment: 'and /v1/models, /health' }));
-  note(`${RUNS} runs; medians (min–max); fixed-count runs of about ${FIXED_SECONDS} s (${fixed.usage} requests for /v1/usage, ${fixed.models} for /v1/models). Objects are SQLite-backed (\`durableObjectStorage = (localDisk = ...)\`, as under wrangler dev) in a temp dir on tmpfs (/dev/shm), so a write's fsync costs nothing, in the same workerd process, so their CPU is in the figures; in production the object usually runs on another machine and the call adds a network round trip instead.`);
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.usage, path: '/v1/usage', comment: 'with the virtual key; and /health; $DO_FLOOR/usage, /admit, /health' }));
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.chatVirtual, method: 'POST', body: '$TMP/small.json', path: '/v1/chat/completions', comment: 'with the virtual key (POST /admin/keys, a $1M budget), and with the static key' }));
+  note(`${RUNS} runs; medians (min–max); fixed-count runs of about ${FIXED_SECONDS} s (${fixed.usage} requests for /v1/usage, ${fixed.chatVirtual} chat requests with the virtual key). Objects are SQLite-backed (\`durableObjectStorage = (localDisk = ...)\`, as under wrangler dev) in a temp dir on tmpfs (/dev/shm), so a write's fsync costs nothing, in the same workerd process, so their CPU is in the figures; in production the object usually runs on another machine and the call adds a network round trip instead.`);
 }
 
 async function streaming(env) {
@@ -1046,7 +1059,7 @@ async function main() {
 
     if (wanted('1a')) await nonStream(env, { label: { id: '1a', name: 'small body' }, bodyFile: small });
     if (wanted('1b')) await nonStream(env, { label: { id: '1b', name: 'large body' }, bodyFile: large });
-    if (wanted(4)) await durableObject(env);
+    if (wanted(4)) await durableObject(env, small);
     if (wanted(2)) await streaming(env);
     if (wanted(3)) await failover(env);
     await stop(env.workerd);
