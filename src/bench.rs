@@ -168,26 +168,36 @@ fn bench_parse_route_build() {
     }
 }
 
-#[test]
-#[ignore = "benchmark: run by scripts/bench"]
-fn bench_stream_openai_passthrough_100() {
-    let config = Config::from_json(CONFIG).expect("bench config is valid");
+/// Times translating `events` from the model's first target to client
+/// chunks, chunk by chunk as the edge does.
+fn bench_stream(name: &str, config: &Config, events: &[Vec<u8>]) {
     let body = chat_body(300, true);
     let req = ChatRequest::parse(&body).expect("bench body parses");
-    let candidates = routing::candidates(&config, &req.model, &secret).expect("routes");
+    let candidates = routing::candidates(config, &req.model, &secret).expect("routes");
     let target = candidates[0].target;
-    let events = openai_stream(100);
     let bytes: usize = events.iter().map(Vec::len).sum();
     let times = time_batches(7, 500, || {
-        let upstream: ByteStream = Box::pin(stream::iter(events.clone().into_iter().map(Ok)));
+        let upstream: ByteStream = Box::pin(stream::iter(events.iter().cloned().map(Ok)));
         let translator = providers::stream_translator(&target, &req, 0);
         let translated = Translated::new(target.name, upstream, translator);
         let out = block_on(translated.fold(0usize, |n, item| async move {
             n + item.expect("bench stream translates").len()
         }));
+        assert!(out > bytes / 2, "the translation produced output");
         black_box(out);
     });
-    report("stream_openai_passthrough_100_chunks", bytes, &times);
+    report(name, bytes, &times);
+}
+
+#[test]
+#[ignore = "benchmark: run by scripts/bench"]
+fn bench_stream_openai_passthrough_100() {
+    let config = Config::from_json(CONFIG).expect("bench config is valid");
+    bench_stream(
+        "stream_openai_passthrough_100_chunks",
+        &config,
+        &openai_stream(100),
+    );
 }
 
 /// An Anthropic Messages stream of `n` text deltas.
@@ -223,21 +233,9 @@ fn bench_stream_anthropic_translate_100() {
             "models":{"bench":{"targets":[{"provider":"a","model":"claude-bench"}]}}}"#,
     )
     .expect("bench config is valid");
-    let body = chat_body(300, true);
-    let req = ChatRequest::parse(&body).expect("bench body parses");
-    let candidates = routing::candidates(&config, &req.model, &secret).expect("routes");
-    let target = candidates[0].target;
-    let events = anthropic_stream(100);
-    let bytes: usize = events.iter().map(Vec::len).sum();
-    let times = time_batches(7, 500, || {
-        let upstream: ByteStream = Box::pin(stream::iter(events.clone().into_iter().map(Ok)));
-        let translator = providers::stream_translator(&target, &req, 0);
-        let translated = Translated::new(target.name, upstream, translator);
-        let out = block_on(translated.fold(0usize, |n, item| async move {
-            n + item.expect("bench stream translates").len()
-        }));
-        assert!(out > bytes / 2, "the translation produced output");
-        black_box(out);
-    });
-    report("stream_anthropic_translate_100_chunks", bytes, &times);
+    bench_stream(
+        "stream_anthropic_translate_100_chunks",
+        &config,
+        &anthropic_stream(100),
+    );
 }
