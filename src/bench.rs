@@ -177,7 +177,9 @@ fn bench_stream(name: &str, config: &Config, events: &[Vec<u8>]) {
     let target = candidates[0].target;
     let bytes: usize = events.iter().map(Vec::len).sum();
     let times = time_batches(7, 500, || {
-        let upstream: ByteStream = Box::pin(stream::iter(events.iter().cloned().map(Ok)));
+        // A ByteStream owns its chunks, as a response body does.
+        let owned: Vec<Vec<u8>> = events.to_vec();
+        let upstream: ByteStream = Box::pin(stream::iter(owned.into_iter().map(Ok)));
         let translator = providers::stream_translator(&target, &req, 0);
         let translated = Translated::new(target.name, upstream, translator);
         let out = block_on(translated.fold(0usize, |n, item| async move {
