@@ -7,7 +7,7 @@
 //! serving and reports the rejection at `GET /admin/config`. With no document
 //! in KV, the bundled default applies.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use serde::Serialize;
@@ -50,14 +50,20 @@ struct Rejection {
 
 thread_local! {
     static CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
+    static TTL: OnceCell<u64> = const { OnceCell::new() };
 }
 
 /// The config to serve now.
 pub(super) async fn current(env: &Env) -> Rc<Config> {
     let now = super::now_ms();
-    let ttl = super::var(env, TTL_VAR)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_TTL_MS);
+    // Vars are fixed for an isolate's life: read the TTL once, not per request.
+    let ttl = TTL.with(|t| {
+        *t.get_or_init(|| {
+            super::var(env, TTL_VAR)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_TTL_MS)
+        })
+    });
     let fresh = CACHE.with_borrow(|c| {
         c.as_ref()
             .filter(|c| now.saturating_sub(c.checked_ms) < ttl)

@@ -96,7 +96,7 @@ async fn handle(
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
         Route::Admin(admin) => return admin::handle(&mut req, env, admin, &method).await,
         Route::TestPanic => {
-            if var(env, TEST_HOOKS).as_deref() == Some("1") {
+            if test_hooks(env) {
                 // Proves a panic costs one request, not the isolate.
                 panic!("panic requested by the test hook");
             }
@@ -473,7 +473,7 @@ fn into_response(reply: Reply, request_id: &str) -> worker::Result<Response> {
 /// `request.cf`: any field may be missing. With test hooks on, the
 /// `x-gateway-test-geo` header stands in for it; production never reads it.
 fn origin(req: &Request, env: &Env) -> Origin {
-    if var(env, TEST_HOOKS).as_deref() == Some("1")
+    if test_hooks(env)
         && let Some(json) = req.headers().get(GEO_OVERRIDE).ok().flatten()
     {
         return origin_from_json(&json);
@@ -527,6 +527,15 @@ fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Whether test-only behaviour is on. Vars are fixed for an isolate's life,
+/// so this is read once, not on every request.
+fn test_hooks(env: &Env) -> bool {
+    thread_local! {
+        static ON: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
+    }
+    ON.with(|on| *on.get_or_init(|| var(env, TEST_HOOKS).as_deref() == Some("1")))
 }
 
 /// A secret or plain var by name.

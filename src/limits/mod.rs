@@ -706,6 +706,7 @@ impl KeyState {
 
     fn record_usage(&mut self, admitted_ms: u64, u: &UsageEvent, cost: Money) {
         let key = format!("{}\t{}", date_string(admitted_ms), u.model);
+        let is_new = !self.usage.contains_key(&key);
         let r = self.usage.entry(key).or_default();
         r.requests += 1;
         r.errors += u64::from(u.error);
@@ -713,12 +714,19 @@ impl KeyState {
         r.output_tokens += u.output_tokens;
         r.cached_tokens += u.cached_tokens;
         r.cost = r.cost.plus(cost);
-        // Keep the newest USAGE_DAYS days.
+        // Keep the newest USAGE_DAYS days; only a new entry can add a day.
+        if is_new {
+            self.trim_usage();
+        }
+    }
+
+    /// Drops the oldest days of usage beyond [`USAGE_DAYS`].
+    fn trim_usage(&mut self) {
         loop {
             let mut days: Vec<&str> = self.usage.keys().map(|k| &k[..10]).collect();
             days.dedup();
             if days.len() <= USAGE_DAYS {
-                break;
+                return;
             }
             let oldest = days[0].to_owned();
             self.usage.retain(|k, _| !k.starts_with(&oldest));

@@ -331,12 +331,7 @@ struct MessageStartIn {
     usage: UsageIn,
 }
 
-/// `{"type":"error","error":{"type","message"}}`, over HTTP or in a stream.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
+/// The `error` of `{"type":"error","error":{"type","message"}}`, in a stream.
 #[derive(Deserialize)]
 struct ErrorDetail {
     #[serde(rename = "type", default)]
@@ -1087,29 +1082,18 @@ impl StreamTranslator for EventsToChunks {
 // ---- Error mapping -------------------------------------------------------------------
 
 /// Maps an error response to the gateway's error. The status passes through
-/// (529 overloaded is retryable, see [`crate::error::is_retryable_status`]);
-/// the message is the provider's own when its body has one, else a bounded
-/// excerpt. Anthropic does not echo keys; the gateway redacts regardless.
+/// (529 overloaded is retryable, see [`crate::error::is_retryable_status`]).
+/// Anthropic's body, `{"type":"error","error":{"type","message"}}`, keeps the
+/// message at OpenAI's path, `error.message`, so OpenAI's mapper reads it:
+/// the provider's own message, else a bounded excerpt. Anthropic does not
+/// echo keys; the gateway redacts regardless.
 pub fn error_from_body(
     provider: &str,
     status: u16,
     retry_after: Option<u64>,
     body: &[u8],
 ) -> GatewayError {
-    let message = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody {
-            error: ErrorDetail {
-                message: Some(m), ..
-            },
-        }) => m,
-        _ => super::excerpt(body),
-    };
-    GatewayError::Upstream {
-        provider: provider.to_owned(),
-        status,
-        message,
-        retry_after,
-    }
+    super::openai::error_from_body(provider, status, retry_after, body)
 }
 
 #[cfg(test)]
