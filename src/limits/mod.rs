@@ -1,36 +1,56 @@
 //! Per-key limits and budgets: the state machine one Durable Object per key
-//! runs.
+//! runs, and the isolate's side of it.
 //!
 //! The Durable Object in `edge` is a thin shell: it decodes a [`Command`],
-//! calls [`KeyState::apply`] with the current time, saves the state in the
-//! same synchronous step, and encodes the [`Reply`]. Everything that decides
-//! is here, with time passed in, so it is tested exactly.
+//! calls [`KeyState::apply`] with the current time, writes the rows the
+//! command changed ([`KeyState::take_changes`]) in the same synchronous
+//! step, and encodes the [`Reply`]. Everything that decides is here, with
+//! time passed in, so it is tested exactly.
 //!
 //! Money is **reserved, then settled**. Admission reserves the worst case of
 //! the request (an upper bound of its input tokens and its output cap, at the
 //! dearest candidate's price) and admits only if, for every budget window,
-//! `spent + outstanding reservations + this reservation <= budget`. After the
-//! answer, settlement replaces the reservation with the actual cost. Because
-//! one object serialises every decision for its key, no two requests can both
-//! take the last dollar, and a settlement that arrives twice (or after its
-//! reservation expired) is charged once. Reservations never settled (a
-//! crashed isolate) expire and are charged at the reserved amount.
+//! `spent + reserved + held by leases + this reservation <= budget`. After
+//! the answer, settlement replaces the reservation with the actual cost.
+//! Because one object serialises every decision for its key, no two requests
+//! can both take the last dollar, and a settlement that arrives twice (or
+//! after its reservation expired) is charged once. Reservations never
+//! settled (a crashed isolate) expire and are charged at the reserved amount.
 //!
-//! Windows: requests and tokens per minute are sliding 60-second windows
-//! (a log of admissions, pruned as it ages), exact at the boundary; requests
-//! per day and the daily and monthly budgets follow the UTC calendar.
+//! Most requests do not ask the object at all: an isolate holds a **lease**
+//! ([`lease`]), a slice of each limit it admits from locally ([`local`]),
+//! and reports settled requests in batches ([`Sync`]).
+//!
+//! Windows: requests and tokens per minute are a sliding 60-second window of
+//! one-second buckets ([`window`]), never exceeded in any 60 seconds;
+//! requests per day and the daily and monthly budgets follow the UTC
+//! calendar. State is stored as rows ([`Row`]): a decision rewrites a few
+//! small rows whatever the key's traffic or history.
 
+mod calendar;
+pub mod lease;
+pub mod local;
 pub mod money;
 mod record;
+mod store;
+pub mod window;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use calendar::{date_string, month_index};
+pub use lease::{
+    Charge, Grant, Headroom, KeySnapshot, LeaseAsk, LeaseDone, MAX_LEASE_TTL_MS, Source, Sync,
+};
 pub use money::{Money, Pricing};
 pub use record::{Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits};
+pub use store::Row;
 
 use crate::keys::constant_time_eq;
+use calendar::{next_day_ms, next_month_ms};
+use lease::{LEASE_SHARE, REPORT_SLACK_MS, SLOT_SHARE, slice};
+use window::MinuteWindow;
 
 /// Length of the sliding rate windows.
 pub const MINUTE_MS: u64 = 60_000;
@@ -41,6 +61,10 @@ pub const DAY_MS: u64 = 86_400_000;
 pub const RESERVATION_TTL_MS: u64 = 15 * 60_000;
 /// Days of per-model usage kept.
 pub const USAGE_DAYS: usize = 92;
+/// Holders (isolates) not heard from for this long are forgotten.
+const HOLDER_TTL_MS: u64 = DAY_MS;
+/// The model name under which an expired lease's held money is recorded.
+pub const UNREPORTED_MODEL: &str = "(unreported lease)";
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,21 +86,12 @@ pub enum Auth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Admit one request and reserve its worst-case cost (the one call on
-    /// the request path).
+    /// Admit one request and reserve its worst-case cost; optionally grant
+    /// a lease for the requests that follow.
     Admit(Admit),
-    /// Replace a reservation with the actual usage (off the request path).
-    Settle(Settle),
-    /// Count and charge a request that was never admitted here (a static
-    /// key: no limits, so nothing to decide on the request path).
-    Record {
-        /// What it cost.
-        #[serde(with = "money::pico")]
-        cost: Money,
-        /// What happened.
-        usage: UsageEvent,
-    },
-    /// Charge reservations whose time is up (the object's alarm).
+    /// An isolate's batch: settled requests, returned leases, a lease ask.
+    Sync(Sync),
+    /// Charge reservations and leases whose time is up (the object's alarm).
     Expire,
     /// Verify the key and return its model scope (no request is counted).
     Check {
@@ -130,18 +145,9 @@ pub struct Admit {
     pub reserve: Money,
     /// The worst-case token count (input bound + output cap), for the TPM window.
     pub tokens: u64,
-}
-
-/// A settlement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settle {
-    /// The reservation admission returned.
-    pub reservation: u64,
-    /// The actual cost.
-    #[serde(with = "money::pico")]
-    pub cost: Money,
-    /// What happened, for the usage record.
-    pub usage: UsageEvent,
+    /// A lease for the requests that follow, if the isolate wants one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseAsk>,
 }
 
 /// One request's outcome, as accounted.
@@ -165,26 +171,31 @@ pub struct UsageEvent {
 pub enum Reply {
     /// The request may proceed.
     Admitted {
-        /// Pass it back in [`Settle`].
+        /// Settle it with [`Source::Reservation`] of this id.
         reservation: u64,
         /// For the `x-ratelimit-*` headers.
         rate: RateInfo,
-        /// The key's tier, for routing rules.
+        /// The key, for routing (tier, regions) and for the isolate's cache.
+        key: Box<KeySnapshot>,
+        /// A lease, when one was asked for and granted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        tier: Option<String>,
-        /// The key's allowed jurisdictions, for routing.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        regions: Option<Vec<String>>,
+        grant: Option<Grant>,
     },
     /// The request is refused.
     Denied(Box<Denial>),
-    /// A settlement was applied (`duplicate`: it had been already, or its
-    /// reservation had expired and was charged as reserved).
-    Settled {
-        /// Whether nothing was charged this time.
-        duplicate: bool,
+    /// A batch was applied (once; a repeated batch is ignored).
+    Synced {
+        /// The lease asked for, if granted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<Grant>,
+        /// The key, when a lease was asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<Box<KeySnapshot>>,
+        /// Why the key itself was refused (revoked, wrong secret, expired).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<Box<Denial>>,
     },
-    /// Reservations were expired; the next alarm time, if any remain.
+    /// Reservations and leases were expired; the next alarm time, if any.
     Expired {
         /// Unix ms of the next expiry.
         next_alarm_ms: Option<u64>,
@@ -247,6 +258,16 @@ pub enum DenialReason {
     BudgetExceeded,
 }
 
+impl DenialReason {
+    /// Whether the key itself is refused (as opposed to this request).
+    pub fn is_key_refused(self) -> bool {
+        matches!(
+            self,
+            DenialReason::UnknownKey | DenialReason::Revoked | DenialReason::Expired
+        )
+    }
+}
+
 /// Rate-limit state for the `x-ratelimit-*` headers (minute windows).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateInfo {
@@ -271,21 +292,24 @@ pub struct UsageReport {
     pub object: String,
     /// The key's id (`None` for static keys).
     pub key: Option<String>,
-    /// Requests admitted over the key's life.
+    /// Requests over the key's life (admitted here, or reported from leases).
     pub requests: u64,
-    /// Unix ms of the first admitted request (0 before any).
+    /// Unix ms of the first request (0 before any).
     pub first_request_ms: u64,
-    /// Unix ms of the last admitted request.
+    /// Unix ms of the last request.
     pub last_request_ms: u64,
-    /// Requests in flight (reservations not yet settled).
+    /// Requests admitted here and not yet settled.
     pub in_flight: u64,
+    /// Leases isolates hold.
+    #[serde(default)]
+    pub leases: u64,
     /// Spent today (UTC), settled only.
     pub spent_today_usd: Money,
     /// Spent this month (UTC).
     pub spent_this_month_usd: Money,
     /// Spent over the key's life.
     pub spent_total_usd: Money,
-    /// Reserved by requests in flight.
+    /// Reserved by requests in flight and held by leases.
     pub reserved_usd: Money,
     /// The key's budgets.
     pub budgets: Budgets,
@@ -314,12 +338,18 @@ pub struct DayUsage {
     pub cost_usd: Money,
 }
 
-/// One admission in the sliding minute window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct WindowEntry {
-    at_ms: u64,
-    tokens: u64,
-    reservation: u64,
+/// Counters and calendar windows: one small row, rewritten by most commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    requests: u64,
+    first_request_ms: u64,
+    last_request_ms: u64,
+    day_requests: Count,
+    spent_day: Spend,
+    spent_month: Spend,
+    #[serde(with = "money::pico")]
+    spent_total: Money,
+    next_id: u64,
 }
 
 /// An admitted request awaiting settlement.
@@ -330,6 +360,42 @@ struct Reservation {
     model: String,
     admitted_ms: u64,
     expires_ms: u64,
+    /// Tokens counted for it in the minute window, and where.
+    #[serde(default)]
+    tokens: u64,
+    #[serde(default)]
+    bucket: Option<u64>,
+}
+
+/// A lease some isolate holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    #[serde(default)]
+    ask_id: u64,
+    granted_ms: u64,
+    admit_until_ms: u64,
+    /// Past this, the isolate is presumed gone and `money` is charged.
+    hold_until_ms: u64,
+    /// Requests and tokens counted in the minute window at `bucket`.
+    window_requests: u64,
+    window_tokens: u64,
+    bucket: Option<u64>,
+    /// Requests counted against `rpd` on `day`.
+    day: u64,
+    day_requests: u64,
+    /// Money held (granted, less what reports charged).
+    #[serde(with = "money::pico")]
+    money: Money,
+    /// Concurrency slots held.
+    slots: u64,
+}
+
+/// The last batch applied from one isolate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Holder {
+    seq: u64,
+    seen_ms: u64,
 }
 
 /// Spend in one calendar window.
@@ -360,84 +426,75 @@ struct Rollup {
     cost: Money,
 }
 
-/// Everything a key's Durable Object stores.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The kinds of stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Table {
+    Record,
+    Meta,
+    Bucket,
+    Reservation,
+    Lease,
+    Holder,
+    Usage,
+    Registry,
+}
+
+/// Everything a key's Durable Object stores, and which rows changed.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyState {
     /// The virtual key's record; `None` for static keys (and the registry).
-    #[serde(default)]
     record: Option<KeyRecord>,
-    requests: u64,
-    first_request_ms: u64,
-    last_request_ms: u64,
-    #[serde(default)]
-    minute: VecDeque<WindowEntry>,
-    #[serde(default)]
-    day_requests: Count,
-    #[serde(default)]
-    spent_day: Spend,
-    #[serde(default)]
-    spent_month: Spend,
-    #[serde(default, with = "money::pico")]
-    spent_total: Money,
-    #[serde(default)]
+    meta: Meta,
+    window: MinuteWindow,
     reservations: BTreeMap<u64, Reservation>,
-    #[serde(default)]
-    next_reservation: u64,
+    leases: BTreeMap<u64, Lease>,
+    holders: BTreeMap<String, Holder>,
     /// `"YYYY-MM-DD\tmodel"` -> counters; sorted, so the oldest day is first.
-    #[serde(default)]
     usage: BTreeMap<String, Rollup>,
     /// On the registry object only: every key, by id.
-    #[serde(default)]
     registry: BTreeMap<String, KeyView>,
+    /// Rows changed since the last [`KeyState::take_changes`].
+    dirty: BTreeSet<(Table, String)>,
 }
 
 impl KeyState {
-    /// Applies a command at `now_ms`. Returns the reply and whether the
-    /// state changed (and so must be saved).
-    pub fn apply(&mut self, command: Command, now_ms: u64) -> (Reply, bool) {
+    /// Applies a command at `now_ms`. The rows it changed are then
+    /// returned by [`KeyState::take_changes`].
+    pub fn apply(&mut self, command: Command, now_ms: u64) -> Reply {
         match command {
             Command::Admit(a) => self.admit(a, now_ms),
-            Command::Settle(s) => (self.settle(s), true),
-            Command::Record { cost, usage } => {
-                self.count_request(now_ms);
-                self.charge(cost, now_ms);
-                self.record_usage(now_ms, &usage, cost);
-                (Reply::Settled { duplicate: false }, true)
-            }
+            Command::Sync(s) => self.sync(s, now_ms),
             Command::Expire => {
-                let changed = self.expire(now_ms);
-                (
-                    Reply::Expired {
-                        next_alarm_ms: self.next_alarm_ms(),
-                    },
-                    changed,
-                )
+                self.expire(now_ms);
+                Reply::Expired {
+                    next_alarm_ms: self.next_alarm_ms(),
+                }
             }
             Command::Check { auth } => match self.check_auth(&auth, now_ms) {
-                Err(d) => (Reply::Denied(d), false),
-                Ok(()) => {
-                    let allowed_models = self
+                Err(d) => Reply::Denied(d),
+                Ok(()) => Reply::Allowed {
+                    allowed_models: self
                         .record
                         .as_ref()
-                        .and_then(|r| r.settings.allowed_models.clone());
-                    (Reply::Allowed { allowed_models }, false)
-                }
+                        .and_then(|r| r.settings.allowed_models.clone()),
+                },
             },
             Command::Usage { auth } => match self.check_auth(&auth, now_ms) {
-                Err(d) => (Reply::Denied(d), false),
-                Ok(()) => (Reply::Usage(Box::new(self.report(now_ms))), false),
+                Err(d) => Reply::Denied(d),
+                Ok(()) => Reply::Usage(Box::new(self.report(now_ms))),
             },
             Command::Create { record } => {
                 if self.record.is_some() {
-                    return (rejected(409, "a key with this id exists"), false);
+                    return rejected(409, "a key with this id exists");
                 }
                 let view = KeyView::from(&record);
                 self.record = Some(record);
-                (Reply::Key(Box::new(view)), true)
+                self.touch(Table::Record, "");
+                Reply::Key(Box::new(view))
             }
             Command::Get => match &self.record {
-                Some(r) => (Reply::Key(Box::new(r.into())), false),
-                None => (rejected(404, "no such key"), false),
+                Some(r) => Reply::Key(Box::new(r.into())),
+                None => rejected(404, "no such key"),
             },
             Command::Update { patch } => self.edit(now_ms, |r| r.settings.apply(patch)),
             Command::Revoke => self.edit(now_ms, |r| r.revoked = true),
@@ -449,32 +506,42 @@ impl KeyState {
                 r.secret_hint = secret_hint;
             }),
             Command::RegistryPut { key } => {
+                self.touch(Table::Registry, &key.id);
                 self.registry.insert(key.id.clone(), key);
-                (Reply::Keys { keys: vec![] }, true)
+                Reply::Keys { keys: vec![] }
             }
-            Command::RegistryList => (
-                Reply::Keys {
-                    keys: self.registry.values().cloned().collect(),
-                },
-                false,
-            ),
+            Command::RegistryList => Reply::Keys {
+                keys: self.registry.values().cloned().collect(),
+            },
         }
     }
 
-    fn edit(&mut self, now_ms: u64, change: impl FnOnce(&mut KeyRecord)) -> (Reply, bool) {
+    fn touch(&mut self, table: Table, key: &str) {
+        self.dirty.insert((table, key.to_owned()));
+    }
+
+    fn touch_bucket(&mut self, idx: u64) {
+        self.dirty.insert((Table::Bucket, idx.to_string()));
+    }
+
+    fn edit(&mut self, now_ms: u64, change: impl FnOnce(&mut KeyRecord)) -> Reply {
         match &mut self.record {
-            None => (rejected(404, "no such key"), false),
+            None => rejected(404, "no such key"),
             Some(r) => {
                 change(r);
                 r.updated_ms = now_ms;
-                (Reply::Key(Box::new(KeyView::from(&*r))), true)
+                let view = KeyView::from(&*r);
+                self.touch(Table::Record, "");
+                Reply::Key(Box::new(view))
             }
         }
     }
 
-    /// The earliest time a reservation expires, for the object's alarm.
+    /// The earliest time a reservation or a lease expires, for the alarm.
     pub fn next_alarm_ms(&self) -> Option<u64> {
-        self.reservations.values().map(|r| r.expires_ms).min()
+        let reservations = self.reservations.values().map(|r| r.expires_ms);
+        let leases = self.leases.values().map(|l| l.hold_until_ms);
+        reservations.chain(leases).min()
     }
 
     fn check_auth(&self, auth: &Auth, now_ms: u64) -> Result<(), Box<Denial>> {
@@ -499,18 +566,21 @@ impl KeyState {
         }
     }
 
-    fn admit(&mut self, a: Admit, now_ms: u64) -> (Reply, bool) {
+    fn admit(&mut self, a: Admit, now_ms: u64) -> Reply {
         if let Err(d) = self.check_auth(&a.auth, now_ms) {
-            return (Reply::Denied(d), false);
+            return Reply::Denied(d);
         }
-        // Aging the windows changes state only in ways a later call would
-        // redo, so a denial need not be saved.
         self.prune(now_ms);
         if let Err(d) = self.check_limits(&a, now_ms) {
-            return (Reply::Denied(d), false);
+            return Reply::Denied(d);
         }
-        let id = self.next_reservation;
-        self.next_reservation += 1;
+        let id = self.next_id();
+        // The minute window exists for the per-minute limits; a key without
+        // them keeps none (limits set later count from then on).
+        let bucket = self.windowed().then(|| self.window.add(now_ms, 1, a.tokens));
+        if let Some(idx) = bucket {
+            self.touch_bucket(idx);
+        }
         self.reservations.insert(
             id,
             Reservation {
@@ -518,39 +588,66 @@ impl KeyState {
                 model: a.model,
                 admitted_ms: now_ms,
                 expires_ms: now_ms + RESERVATION_TTL_MS,
+                tokens: a.tokens,
+                bucket,
             },
         );
-        // The minute log exists for the per-minute limits; a key without
-        // them keeps none (limits set later count from then on).
-        let windowed = self
-            .record
-            .as_ref()
-            .is_some_and(|r| r.settings.limits.rpm.is_some() || r.settings.limits.tpm.is_some());
-        if windowed {
-            self.minute.push_back(WindowEntry {
-                at_ms: now_ms,
-                tokens: a.tokens,
-                reservation: id,
-            });
+        self.touch(Table::Reservation, &id.to_string());
+        self.count_day_requests(now_ms, 1);
+        self.count_request(now_ms, 1);
+        let grant = a.lease.and_then(|ask| self.grant(&ask, now_ms));
+        Reply::Admitted {
+            reservation: id,
+            rate: self.rate_info(now_ms),
+            key: Box::new(self.snapshot(now_ms)),
+            grant,
         }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.meta.next_id;
+        self.meta.next_id += 1;
+        self.touch(Table::Meta, "");
+        id
+    }
+
+    /// Whether the key keeps a minute window (it has `rpm` or `tpm`).
+    fn windowed(&self) -> bool {
+        self.record
+            .as_ref()
+            .is_some_and(|r| r.settings.limits.rpm.is_some() || r.settings.limits.tpm.is_some())
+    }
+
+    fn count_day_requests(&mut self, now_ms: u64, n: u64) {
         let today = now_ms / DAY_MS;
-        if self.day_requests.day != today {
-            self.day_requests = Count {
+        if self.meta.day_requests.day != today {
+            self.meta.day_requests = Count {
                 day: today,
                 count: 0,
             };
         }
-        self.day_requests.count += 1;
-        self.count_request(now_ms);
-        let rate = self.rate_info(now_ms);
-        let settings = self.record.as_ref().map(|r| &r.settings);
-        let reply = Reply::Admitted {
-            reservation: id,
-            rate,
-            tier: settings.and_then(|s| s.tier.clone()),
-            regions: settings.and_then(|s| s.allowed_regions.clone()),
-        };
-        (reply, true)
+        self.meta.day_requests.count += n;
+        self.touch(Table::Meta, "");
+    }
+
+    fn day_requests(&self, now_ms: u64) -> u64 {
+        if self.meta.day_requests.day == now_ms / DAY_MS {
+            self.meta.day_requests.count
+        } else {
+            0
+        }
+    }
+
+    /// Requests in flight: reservations here, slots held by leases.
+    fn in_flight(&self) -> u64 {
+        self.reservations.len() as u64 + self.leases.values().map(|l| l.slots).sum::<u64>()
+    }
+
+    /// Money promised but not yet spent: reservations and lease holds.
+    fn reserved(&self) -> Money {
+        let reservations = self.reservations.values().map(|r| r.amount);
+        let leases = self.leases.values().map(|l| l.money);
+        reservations.chain(leases).fold(Money::ZERO, Money::plus)
     }
 
     fn check_limits(&self, a: &Admit, now_ms: u64) -> Result<(), Box<Denial>> {
@@ -568,62 +665,48 @@ impl KeyState {
             return Err(self.denial(DenialReason::ModelNotAllowed, msg, None, now_ms));
         }
         let l = &s.limits;
+        // Leases hold part of each limit; what they do not use comes back
+        // when they are returned, at most a lease's life from now.
+        let lease_wait = self
+            .leases
+            .values()
+            .map(|l| l.admit_until_ms.saturating_sub(now_ms) + 2_000)
+            .min();
         if let Some(max) = l.max_concurrent
-            && self.reservations.len() as u64 >= max
+            && self.in_flight() >= max
         {
             let msg = format!("Too many requests in flight for this key (limit {max}).");
-            return Err(self.denial(DenialReason::ConcurrencyLimit, msg, Some(1_000), now_ms));
+            let wait = lease_wait.unwrap_or(1_000).min(1_000);
+            return Err(self.denial(DenialReason::ConcurrencyLimit, msg, Some(wait), now_ms));
         }
+        let used = self.window.totals();
         if let Some(rpm) = l.rpm
-            && self.minute.len() as u64 >= rpm
+            && used.requests >= rpm
         {
             let msg = format!("Rate limit reached: {rpm} requests per minute.");
-            let wait = self.requests_reset_ms(rpm, now_ms);
+            let wait = self.window.wait_for(now_ms, rpm, 1, |b| b.requests);
             return Err(self.denial(DenialReason::RequestLimit, msg, wait, now_ms));
         }
-        if let Some(rpd) = l.rpd {
-            let today = now_ms / DAY_MS;
-            let used = if self.day_requests.day == today {
-                self.day_requests.count
-            } else {
-                0
-            };
-            if used >= rpd {
-                let msg = format!("Rate limit reached: {rpd} requests per day.");
-                let wait = (today + 1) * DAY_MS - now_ms;
-                return Err(self.denial(DenialReason::RequestLimit, msg, Some(wait), now_ms));
-            }
+        if let Some(rpd) = l.rpd
+            && self.day_requests(now_ms) >= rpd
+        {
+            let msg = format!("Rate limit reached: {rpd} requests per day.");
+            let wait = lease_wait.unwrap_or(u64::MAX).min(next_day_ms(now_ms) - now_ms);
+            return Err(self.denial(DenialReason::RequestLimit, msg, Some(wait), now_ms));
         }
-        if let Some(tpm) = l.tpm {
-            let used: u64 = self.minute.iter().map(|e| e.tokens).sum();
-            if used.saturating_add(a.tokens) > tpm {
-                let msg = format!(
-                    "Rate limit reached: {tpm} tokens per minute ({used} used, this request may use up to {}).",
-                    a.tokens
-                );
-                // A request larger than the whole window can never pass.
-                let wait = (a.tokens <= tpm).then(|| self.tokens_reset_ms(tpm, a.tokens, now_ms));
-                return Err(self.denial(DenialReason::TokenLimit, msg, wait, now_ms));
-            }
+        if let Some(tpm) = l.tpm
+            && used.tokens.saturating_add(a.tokens) > tpm
+        {
+            let msg = format!(
+                "Rate limit reached: {tpm} tokens per minute ({} used, this request may use up to {}).",
+                used.tokens, a.tokens
+            );
+            // A request larger than the whole window can never pass.
+            let wait = self.window.wait_for(now_ms, tpm, a.tokens, |b| b.tokens);
+            return Err(self.denial(DenialReason::TokenLimit, msg, wait, now_ms));
         }
         let reserved = self.reserved();
-        let b = &s.budgets;
-        let windows = [
-            (
-                b.daily_usd,
-                self.spent_in(&self.spent_day, now_ms / DAY_MS),
-                "daily",
-                next_day_ms(now_ms),
-            ),
-            (
-                b.monthly_usd,
-                self.spent_in(&self.spent_month, month_index(now_ms)),
-                "monthly",
-                next_month_ms(now_ms),
-            ),
-            (b.total_usd, self.spent_total, "total", None),
-        ];
-        for (budget, spent, name, reset) in windows {
+        for (budget, spent, name, reset) in self.budget_windows(now_ms) {
             if let Some(budget) = budget
                 && spent.plus(reserved).plus(a.reserve) > budget
             {
@@ -631,57 +714,384 @@ impl KeyState {
                     "You exceeded your {name} budget of {budget}: {spent} spent, {reserved} reserved by requests in flight, this request may cost up to {}.",
                     a.reserve
                 );
-                let wait = reset.map(|t| t - now_ms);
+                let wait = match (reset, lease_wait) {
+                    (Some(r), Some(l)) => Some(r.min(l)),
+                    (r, l) => r.or(l),
+                };
                 return Err(self.denial(DenialReason::BudgetExceeded, msg, wait, now_ms));
             }
         }
         Ok(())
     }
 
-    fn count_request(&mut self, now_ms: u64) {
-        self.requests += 1;
-        if self.first_request_ms == 0 {
-            self.first_request_ms = now_ms;
-        }
-        // Clocks can step backwards between isolates; never go back.
-        self.last_request_ms = self.last_request_ms.max(now_ms);
+    /// Each budget with what was spent in its window and ms until it resets.
+    fn budget_windows(&self, now_ms: u64) -> [(Option<Money>, Money, &'static str, Option<u64>); 3] {
+        let b = self
+            .record
+            .as_ref()
+            .map(|r| r.settings.budgets.clone())
+            .unwrap_or_default();
+        [
+            (
+                b.daily_usd,
+                spent_in(&self.meta.spent_day, now_ms / DAY_MS),
+                "daily",
+                Some(next_day_ms(now_ms) - now_ms),
+            ),
+            (
+                b.monthly_usd,
+                spent_in(&self.meta.spent_month, month_index(now_ms)),
+                "monthly",
+                Some(next_month_ms(now_ms) - now_ms),
+            ),
+            (b.total_usd, self.meta.spent_total, "total", None),
+        ]
     }
 
-    fn settle(&mut self, s: Settle) -> Reply {
-        let Some(r) = self.reservations.remove(&s.reservation) else {
-            return Reply::Settled { duplicate: true };
+    /// What is left of each limit (after [`KeyState::prune`]).
+    fn headroom(&self, now_ms: u64) -> Headroom {
+        let Some(record) = &self.record else {
+            return Headroom::default();
         };
-        if let Some(e) = self
-            .minute
-            .iter_mut()
-            .find(|e| e.reservation == s.reservation)
-        {
-            e.tokens = s.usage.input_tokens + s.usage.output_tokens;
+        let l = &record.settings.limits;
+        let used = self.window.totals();
+        let rpm = l.rpm.map(|rpm| rpm.saturating_sub(used.requests));
+        let rpd = l.rpd.map(|rpd| rpd.saturating_sub(self.day_requests(now_ms)));
+        let reserved = self.reserved();
+        let money = self
+            .budget_windows(now_ms)
+            .into_iter()
+            .filter_map(|(budget, spent, _, _)| Some(budget?.minus(spent.plus(reserved))))
+            .min();
+        Headroom {
+            requests: match (rpm, rpd) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            tokens: l.tpm.map(|tpm| tpm.saturating_sub(used.tokens)),
+            money,
+            slots: l
+                .max_concurrent
+                .map(|max| max.saturating_sub(self.in_flight())),
         }
-        self.charge(s.cost, r.admitted_ms);
-        self.record_usage(r.admitted_ms, &s.usage, s.cost);
-        Reply::Settled { duplicate: false }
     }
 
-    fn expire(&mut self, now_ms: u64) -> bool {
+    /// What an isolate may cache of the key.
+    fn snapshot(&self, now_ms: u64) -> KeySnapshot {
+        let Some(r) = &self.record else {
+            return KeySnapshot::default();
+        };
+        let s = &r.settings;
+        KeySnapshot {
+            secret_hash: r.secret_hash.clone(),
+            expires_at_ms: s.expires_at_ms,
+            allowed_models: s.allowed_models.clone(),
+            tier: s.tier.clone(),
+            regions: s.allowed_regions.clone(),
+            strict: s.strict_admission,
+            headroom: self.headroom(now_ms),
+        }
+    }
+
+    /// Grants a lease if every limit the key has leaves a slice worth
+    /// holding ([`lease`]); the caller has checked the key.
+    fn grant(&mut self, ask: &LeaseAsk, now_ms: u64) -> Option<Grant> {
+        let settings = &self.record.as_ref()?.settings;
+        if settings.strict_admission {
+            return None;
+        }
+        // Never across midnight: `rpd` and the daily budget count by day.
+        let mut admit_until = (now_ms + ask.ttl_ms.clamp(1, MAX_LEASE_TTL_MS)).min(next_day_ms(now_ms));
+        if let Some(t) = settings.expires_at_ms {
+            admit_until = admit_until.min(t);
+        }
+        if admit_until <= now_ms {
+            return None;
+        }
+        let (rpm, rpd, tpm) = (
+            settings.limits.rpm.is_some(),
+            settings.limits.rpd.is_some(),
+            settings.limits.tpm.is_some(),
+        );
+        let head = self.headroom(now_ms);
+        let take = |headroom: Option<u64>, want: u64, share: u64, least: u64| match headroom {
+            None => Ok(None),
+            Some(h) => slice(want, h, share, least).map(Some).ok_or(()),
+        };
+        let requests = take(head.requests, ask.requests, LEASE_SHARE, 1).ok()?;
+        let tokens = take(head.tokens, ask.tokens, LEASE_SHARE, ask.min_tokens).ok()?;
+        let money = take(
+            head.money.map(|m| m.0),
+            ask.money.0,
+            LEASE_SHARE,
+            ask.min_money.0,
+        )
+        .ok()?
+        .map(Money);
+        let slots = take(head.slots, ask.slots, SLOT_SHARE, 1).ok()?;
+        // Counted at the last instant the slice can be used: wherever in the
+        // lease's life the isolate uses it, no minute window can hold more.
+        let window_requests = if rpm { requests.unwrap_or(0) } else { 0 };
+        let window_tokens = if tpm { tokens.unwrap_or(0) } else { 0 };
+        let bucket = (window_requests > 0 || window_tokens > 0)
+            .then(|| self.window.add(admit_until - 1, window_requests, window_tokens));
+        if let Some(idx) = bucket {
+            self.touch_bucket(idx);
+        }
+        let day_requests = if rpd { requests.unwrap_or(0) } else { 0 };
+        self.count_day_requests(now_ms, day_requests);
+        let id = self.next_id();
+        self.leases.insert(
+            id,
+            Lease {
+                holder: ask.holder.clone(),
+                ask_id: ask.ask_id,
+                granted_ms: now_ms,
+                admit_until_ms: admit_until,
+                hold_until_ms: admit_until + ask.hold_ms.min(RESERVATION_TTL_MS) + REPORT_SLACK_MS,
+                window_requests,
+                window_tokens,
+                bucket,
+                day: now_ms / DAY_MS,
+                day_requests,
+                money: money.unwrap_or(Money::ZERO),
+                slots: slots.unwrap_or(0),
+            },
+        );
+        self.touch(Table::Lease, &id.to_string());
+        Some(Grant {
+            lease: id,
+            admit_until_ms: admit_until,
+            requests,
+            tokens,
+            money,
+            slots,
+        })
+    }
+
+    fn sync(&mut self, s: Sync, now_ms: u64) -> Reply {
+        self.prune(now_ms);
+        let fresh = s.seq == 0
+            || self
+                .holders
+                .get(&s.holder)
+                .is_none_or(|h| s.seq > h.seq);
+        if s.seq > 0 && fresh {
+            if !self.holders.contains_key(&s.holder) {
+                self.forget_idle_holders(now_ms);
+            }
+            self.holders.insert(
+                s.holder.clone(),
+                Holder {
+                    seq: s.seq,
+                    seen_ms: now_ms,
+                },
+            );
+            self.touch(Table::Holder, &s.holder);
+        }
+        if fresh {
+            for c in &s.charges {
+                self.apply_charge(c);
+            }
+            for d in &s.done {
+                self.release(d, now_ms);
+            }
+            self.release_orphans(&s, now_ms);
+        }
+        let Some(ask) = s.ask else {
+            return Reply::Synced {
+                grant: None,
+                key: None,
+                refused: None,
+            };
+        };
+        if let Err(d) = self.check_auth(&ask.auth, now_ms) {
+            return Reply::Synced {
+                grant: None,
+                key: None,
+                refused: Some(d),
+            };
+        }
+        let grant = self.grant(&ask, now_ms);
+        Reply::Synced {
+            grant,
+            key: Some(Box::new(self.snapshot(now_ms))),
+            refused: None,
+        }
+    }
+
+    /// Leases granted to this holder for an ask it has had its answer to
+    /// (or given up on), yet does not hold: the grant was lost on the way,
+    /// so nothing was admitted from them.
+    fn release_orphans(&mut self, s: &Sync, now_ms: u64) {
+        let orphans: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(id, l)| {
+                l.holder == s.holder && l.ask_id <= s.answered && !s.held.contains(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for lease in orphans {
+            let done = LeaseDone {
+                lease,
+                used_requests: 0,
+                used_tokens: 0,
+            };
+            self.release(&done, now_ms);
+        }
+    }
+
+    fn forget_idle_holders(&mut self, now_ms: u64) {
+        let idle: Vec<String> = self
+            .holders
+            .iter()
+            .filter(|(_, h)| h.seen_ms + HOLDER_TTL_MS < now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in idle {
+            self.holders.remove(&k);
+            self.touch(Table::Holder, &k);
+        }
+    }
+
+    /// Applies settled requests. A reservation settles once; a charge against
+    /// a lease that already expired was charged in full then, so it is not
+    /// charged again.
+    fn apply_charge(&mut self, c: &Charge) {
+        match c.source {
+            Source::Reservation { id } => {
+                let Some(r) = self.reservations.remove(&id) else {
+                    return;
+                };
+                self.touch(Table::Reservation, &id.to_string());
+                // Its tokens count as used from now on, not as reserved.
+                if let Some(idx) = r.bucket
+                    && self.window.get(idx) != Default::default()
+                {
+                    self.window.remove(idx, 0, r.tokens);
+                    self.window
+                        .add(idx * window::BUCKET_MS, 0, c.input_tokens + c.output_tokens);
+                    self.touch_bucket(idx);
+                }
+                self.charge(c.cost, r.admitted_ms);
+                self.record_usage(r.admitted_ms, c);
+            }
+            Source::Lease { id } => {
+                let Some(lease) = self.leases.get_mut(&id) else {
+                    return;
+                };
+                lease.money = lease.money.minus(c.cost);
+                self.touch(Table::Lease, &id.to_string());
+                self.count_request(c.admitted_ms, c.requests);
+                self.charge(c.cost, c.admitted_ms);
+                self.record_usage(c.admitted_ms, c);
+            }
+            Source::Record => {
+                self.count_request(c.admitted_ms, c.requests);
+                self.charge(c.cost, c.admitted_ms);
+                self.record_usage(c.admitted_ms, c);
+            }
+        }
+    }
+
+    /// A lease given back: what it did not use returns to the key's limits.
+    /// Used slots move to the time of the report (every use was before it),
+    /// so they leave the minute window no later than they would have.
+    fn release(&mut self, d: &LeaseDone, now_ms: u64) {
+        let Some(l) = self.leases.remove(&d.lease) else {
+            return;
+        };
+        self.touch(Table::Lease, &d.lease.to_string());
+        if let Some(idx) = l.bucket {
+            self.window.remove(idx, l.window_requests, l.window_tokens);
+            self.touch_bucket(idx);
+            let used_requests = d.used_requests.min(l.window_requests);
+            let used_tokens = if l.window_tokens > 0 {
+                d.used_tokens
+            } else {
+                0
+            };
+            if used_requests > 0 || used_tokens > 0 {
+                let at = now_ms.min(l.admit_until_ms - 1);
+                let idx = self.window.add(at, used_requests, used_tokens);
+                self.touch_bucket(idx);
+            }
+        }
+        if l.day_requests > 0 && self.meta.day_requests.day == l.day {
+            let unused = l.day_requests - d.used_requests.min(l.day_requests);
+            self.meta.day_requests.count = self.meta.day_requests.count.saturating_sub(unused);
+            self.touch(Table::Meta, "");
+        }
+    }
+
+    /// Charges what is due: reservations never settled at their reserved
+    /// amount, leases never returned at the money they still hold.
+    fn expire(&mut self, now_ms: u64) {
         let due: Vec<u64> = self
             .reservations
             .iter()
             .filter(|(_, r)| r.expires_ms <= now_ms)
             .map(|(id, _)| *id)
             .collect();
-        for id in &due {
-            if let Some(r) = self.reservations.remove(id) {
+        for id in due {
+            if let Some(r) = self.reservations.remove(&id) {
+                self.touch(Table::Reservation, &id.to_string());
                 self.charge(r.amount, r.admitted_ms);
-                let usage = UsageEvent {
-                    model: r.model.clone(),
-                    error: true,
-                    ..UsageEvent::default()
+                let c = Charge {
+                    source: Source::Reservation { id },
+                    admitted_ms: r.admitted_ms,
+                    model: r.model,
+                    requests: 1,
+                    errors: 1,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cached_tokens: 0,
+                    cost: r.amount,
                 };
-                self.record_usage(r.admitted_ms, &usage, r.amount);
+                self.record_usage(r.admitted_ms, &c);
             }
         }
-        !due.is_empty()
+        let due: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.hold_until_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(l) = self.leases.remove(&id) {
+                // Its slots in the minute window stay counted until they age
+                // out: they may have been used.
+                self.touch(Table::Lease, &id.to_string());
+                self.charge(l.money, l.granted_ms);
+                let c = Charge {
+                    source: Source::Lease { id },
+                    admitted_ms: l.granted_ms,
+                    model: UNREPORTED_MODEL.to_owned(),
+                    requests: 0,
+                    errors: 0,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cached_tokens: 0,
+                    cost: l.money,
+                };
+                self.record_usage(l.granted_ms, &c);
+            }
+        }
+    }
+
+    fn count_request(&mut self, at_ms: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let m = &mut self.meta;
+        m.requests += n;
+        if m.first_request_ms == 0 {
+            m.first_request_ms = at_ms;
+        }
+        // Clocks can step backwards between isolates; never go back.
+        m.last_request_ms = m.last_request_ms.max(at_ms);
+        self.touch(Table::Meta, "");
     }
 
     /// Adds settled spend to the windows of the day and month the request
@@ -690,7 +1100,8 @@ impl KeyState {
     fn charge(&mut self, amount: Money, admitted_ms: u64) {
         let day = admitted_ms / DAY_MS;
         let month = month_index(admitted_ms);
-        for (spend, window) in [(&mut self.spent_day, day), (&mut self.spent_month, month)] {
+        let m = &mut self.meta;
+        for (spend, window) in [(&mut m.spent_day, day), (&mut m.spent_month, month)] {
             if spend.window < window {
                 *spend = Spend {
                     window,
@@ -701,19 +1112,21 @@ impl KeyState {
                 spend.amount = spend.amount.plus(amount);
             }
         }
-        self.spent_total = self.spent_total.plus(amount);
+        m.spent_total = m.spent_total.plus(amount);
+        self.touch(Table::Meta, "");
     }
 
-    fn record_usage(&mut self, admitted_ms: u64, u: &UsageEvent, cost: Money) {
-        let key = format!("{}\t{}", date_string(admitted_ms), u.model);
+    fn record_usage(&mut self, admitted_ms: u64, c: &Charge) {
+        let key = format!("{}\t{}", date_string(admitted_ms), c.model);
         let is_new = !self.usage.contains_key(&key);
-        let r = self.usage.entry(key).or_default();
-        r.requests += 1;
-        r.errors += u64::from(u.error);
-        r.input_tokens += u.input_tokens;
-        r.output_tokens += u.output_tokens;
-        r.cached_tokens += u.cached_tokens;
-        r.cost = r.cost.plus(cost);
+        let r = self.usage.entry(key.clone()).or_default();
+        r.requests += c.requests;
+        r.errors += c.errors;
+        r.input_tokens += c.input_tokens;
+        r.output_tokens += c.output_tokens;
+        r.cached_tokens += c.cached_tokens;
+        r.cost = r.cost.plus(c.cost);
+        self.touch(Table::Usage, &key);
         // Keep the newest USAGE_DAYS days; only a new entry can add a day.
         if is_new {
             self.trim_usage();
@@ -729,51 +1142,23 @@ impl KeyState {
                 return;
             }
             let oldest = days[0].to_owned();
-            self.usage.retain(|k, _| !k.starts_with(&oldest));
+            let gone: Vec<String> = self
+                .usage
+                .keys()
+                .take_while(|k| k.starts_with(&oldest))
+                .cloned()
+                .collect();
+            for k in gone {
+                self.usage.remove(&k);
+                self.touch(Table::Usage, &k);
+            }
         }
     }
 
     fn prune(&mut self, now_ms: u64) {
-        while self
-            .minute
-            .front()
-            .is_some_and(|e| e.at_ms + MINUTE_MS <= now_ms)
-        {
-            self.minute.pop_front();
+        for idx in self.window.prune(now_ms) {
+            self.touch_bucket(idx);
         }
-    }
-
-    fn reserved(&self) -> Money {
-        self.reservations
-            .values()
-            .fold(Money::ZERO, |acc, r| acc.plus(r.amount))
-    }
-
-    fn spent_in(&self, spend: &Spend, window: u64) -> Money {
-        if spend.window == window {
-            spend.amount
-        } else {
-            Money::ZERO
-        }
-    }
-
-    /// Ms until the minute window has room for one more request.
-    fn requests_reset_ms(&self, rpm: u64, now_ms: u64) -> Option<u64> {
-        let over = (self.minute.len() as u64 + 1).saturating_sub(rpm) as usize;
-        let e = self.minute.get(over.checked_sub(1)?)?;
-        Some((e.at_ms + MINUTE_MS).saturating_sub(now_ms))
-    }
-
-    /// Ms until enough tokens leave the window for `need` more.
-    fn tokens_reset_ms(&self, tpm: u64, need: u64, now_ms: u64) -> u64 {
-        let mut used: u64 = self.minute.iter().map(|e| e.tokens).sum();
-        for e in &self.minute {
-            used -= e.tokens;
-            if used + need <= tpm {
-                return (e.at_ms + MINUTE_MS).saturating_sub(now_ms);
-            }
-        }
-        MINUTE_MS
     }
 
     fn rate_info(&self, now_ms: u64) -> RateInfo {
@@ -781,18 +1166,14 @@ impl KeyState {
             return RateInfo::default();
         };
         let l = &record.settings.limits;
-        let count = self.minute.len() as u64;
-        let used: u64 = self.minute.iter().map(|e| e.tokens).sum();
-        let oldest_reset = self
-            .minute
-            .front()
-            .map(|e| (e.at_ms + MINUTE_MS).saturating_sub(now_ms));
+        let used = self.window.totals();
+        let oldest_reset = self.window.oldest_reset_ms(now_ms);
         RateInfo {
             limit_requests: l.rpm,
-            remaining_requests: l.rpm.map(|r| r.saturating_sub(count)),
+            remaining_requests: l.rpm.map(|r| r.saturating_sub(used.requests)),
             reset_requests_ms: l.rpm.and(oldest_reset),
             limit_tokens: l.tpm,
-            remaining_tokens: l.tpm.map(|t| t.saturating_sub(used)),
+            remaining_tokens: l.tpm.map(|t| t.saturating_sub(used.tokens)),
             reset_tokens_ms: l.tpm.and(oldest_reset),
         }
     }
@@ -833,13 +1214,14 @@ impl KeyState {
         UsageReport {
             object: "usage".to_owned(),
             key: self.record.as_ref().map(|r| r.id.clone()),
-            requests: self.requests,
-            first_request_ms: self.first_request_ms,
-            last_request_ms: self.last_request_ms,
+            requests: self.meta.requests,
+            first_request_ms: self.meta.first_request_ms,
+            last_request_ms: self.meta.last_request_ms,
             in_flight: self.reservations.len() as u64,
-            spent_today_usd: self.spent_in(&self.spent_day, now_ms / DAY_MS),
-            spent_this_month_usd: self.spent_in(&self.spent_month, month_index(now_ms)),
-            spent_total_usd: self.spent_total,
+            leases: self.leases.len() as u64,
+            spent_today_usd: spent_in(&self.meta.spent_day, now_ms / DAY_MS),
+            spent_this_month_usd: spent_in(&self.meta.spent_month, month_index(now_ms)),
+            spent_total_usd: self.meta.spent_total,
             reserved_usd: self.reserved(),
             budgets: self
                 .record
@@ -851,59 +1233,19 @@ impl KeyState {
     }
 }
 
+fn spent_in(spend: &Spend, window: u64) -> Money {
+    if spend.window == window {
+        spend.amount
+    } else {
+        Money::ZERO
+    }
+}
+
 fn rejected(status: u16, message: &str) -> Reply {
     Reply::Rejected {
         status,
         message: message.to_owned(),
     }
-}
-
-/// Civil date (year, month 1-12, day 1-31) of a day number since 1970-01-01
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Day number of a civil date (the inverse of [`civil_from_days`]).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `year × 12 + month - 1` of a Unix ms time (UTC).
-pub fn month_index(ms: u64) -> u64 {
-    let (y, m, _) = civil_from_days((ms / DAY_MS) as i64);
-    (y * 12 + i64::from(m) - 1) as u64
-}
-
-/// `YYYY-MM-DD` of a Unix ms time (UTC).
-pub fn date_string(ms: u64) -> String {
-    let (y, m, d) = civil_from_days((ms / DAY_MS) as i64);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn next_day_ms(ms: u64) -> Option<u64> {
-    Some((ms / DAY_MS + 1) * DAY_MS)
-}
-
-fn next_month_ms(ms: u64) -> Option<u64> {
-    let (y, m, _) = civil_from_days((ms / DAY_MS) as i64);
-    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    Some(days_from_civil(y, m, 1) as u64 * DAY_MS)
 }
 
 #[cfg(test)]

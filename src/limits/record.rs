@@ -73,6 +73,12 @@ pub struct KeySettings {
     /// Unix ms after which it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
+    /// Admit every request with the key's object, before the provider is
+    /// called: no leases, no admission overlapped with the upstream call.
+    /// Exact at once (revocation, limit changes) at the cost of a round trip
+    /// to the object on every request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_admission: bool,
 }
 
 /// A changed subset of [`KeySettings`]: present fields replace, `null`
@@ -134,6 +140,9 @@ pub struct KeyPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires_at_ms: Option<Option<u64>>,
+    /// New admission mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_admission: Option<bool>,
 }
 
 /// Tells a present `null` (`Some(None)`) from an absent field (`None`).
@@ -175,6 +184,9 @@ impl KeySettings {
         }
         if let Some(v) = p.expires_at_ms {
             self.expires_at_ms = v;
+        }
+        if let Some(v) = p.strict_admission {
+            self.strict_admission = v;
         }
     }
 }

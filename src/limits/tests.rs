@@ -21,7 +21,7 @@ fn virtual_key(settings: KeySettings) -> KeyState {
         updated_ms: NOON,
     };
     assert!(matches!(
-        s.apply(Command::Create { record }, NOON).0,
+        s.apply(Command::Create { record }, NOON),
         Reply::Key(_)
     ));
     s
@@ -39,8 +39,9 @@ fn admit_with(s: &mut KeyState, now: u64, reserve: Money, tokens: u64) -> Result
         model: "gpt".into(),
         reserve,
         tokens,
+        lease: None,
     };
-    match s.apply(Command::Admit(a), now).0 {
+    match s.apply(Command::Admit(a), now) {
         Reply::Admitted { reservation, .. } => Ok(reservation),
         Reply::Denied(d) => Err(d),
         other => panic!("{other:?}"),
@@ -51,31 +52,53 @@ fn admit(s: &mut KeyState, now: u64) -> Result<u64, Box<Denial>> {
     admit_with(s, now, Money::ZERO, 0)
 }
 
-fn settle(s: &mut KeyState, reservation: u64, cost: Money, input: u64, output: u64) -> bool {
-    let usage = UsageEvent {
-        model: "gpt".into(),
+fn charge(source: Source, model: &str, cost: Money, input: u64, output: u64) -> Charge {
+    Charge {
+        source,
+        admitted_ms: NOON,
+        model: model.into(),
+        requests: 1,
+        errors: 0,
         input_tokens: input,
         output_tokens: output,
-        ..UsageEvent::default()
-    };
-    match s
-        .apply(
-            Command::Settle(Settle {
-                reservation,
-                cost,
-                usage,
-            }),
-            NOON,
-        )
-        .0
-    {
-        Reply::Settled { duplicate } => !duplicate,
-        other => panic!("{other:?}"),
+        cached_tokens: 0,
+        cost,
     }
 }
 
+/// Increasing batch numbers for [`settle`] (any increasing sequence will do).
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Applies one batch from holder `h` with sequence `seq`.
+fn sync(s: &mut KeyState, now: u64, seq: u64, charges: Vec<Charge>, done: Vec<LeaseDone>) -> Reply {
+    s.apply(
+        Command::Sync(Sync {
+            holder: "h".into(),
+            seq,
+            charges,
+            done,
+            ask: None,
+            answered: 0,
+            held: vec![],
+        }),
+        now,
+    )
+}
+
+/// Settles a reservation; whether it was still open (and so charged).
+fn settle(s: &mut KeyState, reservation: u64, cost: Money, input: u64, output: u64) -> bool {
+    let before = report(s, NOON).in_flight;
+    let seq = next_seq();
+    let c = charge(Source::Reservation { id: reservation }, "gpt", cost, input, output);
+    sync(s, NOON, seq, vec![c], vec![]);
+    report(s, NOON).in_flight < before
+}
+
 fn report(s: &mut KeyState, now: u64) -> UsageReport {
-    match s.apply(Command::Usage { auth: Auth::Admin }, now).0 {
+    match s.apply(Command::Usage { auth: Auth::Admin }, now) {
         Reply::Usage(r) => *r,
         other => panic!("{other:?}"),
     }
@@ -97,6 +120,41 @@ fn budgets(b: Budgets) -> KeySettings {
     }
 }
 
+fn ask(requests: u64, money: Money, min_money: Money) -> LeaseAsk {
+    LeaseAsk {
+        auth: auth(),
+        holder: "h".into(),
+        requests,
+        tokens: requests * 100,
+        money,
+        slots: 8,
+        min_tokens: 100,
+        min_money,
+        ttl_ms: 10_000,
+        hold_ms: 60_000,
+        ask_id: 1,
+    }
+}
+
+/// Asks for a lease with an empty batch.
+fn lease(s: &mut KeyState, now: u64, a: LeaseAsk) -> Option<Grant> {
+    match s.apply(
+        Command::Sync(Sync {
+            holder: "h".into(),
+            seq: 0,
+            charges: vec![],
+            done: vec![],
+            ask: Some(a),
+            answered: 0,
+            held: vec![],
+        }),
+        now,
+    ) {
+        Reply::Synced { grant, .. } => grant,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn static_keys_have_no_limits_and_are_counted() {
     let mut s = KeyState::default();
@@ -106,9 +164,10 @@ fn static_keys_have_no_limits_and_are_counted() {
             model: "m".into(),
             reserve: usd(1000.0),
             tokens: 1 << 40,
+            lease: None,
         };
         assert!(matches!(
-            s.apply(Command::Admit(a), NOON + i).0,
+            s.apply(Command::Admit(a), NOON + i),
             Reply::Admitted { .. }
         ));
     }
@@ -143,9 +202,10 @@ fn unknown_wrong_revoked_and_expired_keys_are_refused() {
         model: "gpt".into(),
         reserve: Money::ZERO,
         tokens: 0,
+        lease: None,
     };
     assert!(
-        matches!(s.apply(Command::Admit(wrong), NOON).0, Reply::Denied(d) if d.reason == DenialReason::UnknownKey)
+        matches!(s.apply(Command::Admit(wrong), NOON), Reply::Denied(d) if d.reason == DenialReason::UnknownKey)
     );
     assert!(admit(&mut s, NOON).is_ok());
     assert_eq!(
@@ -173,23 +233,23 @@ fn model_scope_is_enforced() {
         ..KeySettings::default()
     });
     assert!(admit(&mut s, NOON).is_ok());
+    s.take_changes();
     let other = Admit {
         auth: auth(),
         model: "claude".into(),
         reserve: Money::ZERO,
         tokens: 0,
+        lease: None,
     };
     let check = s.apply(Command::Check { auth: auth() }, NOON);
     assert_eq!(
         check,
-        (
-            Reply::Allowed {
-                allowed_models: Some(vec!["gpt".into()])
-            },
-            false
-        )
+        Reply::Allowed {
+            allowed_models: Some(vec!["gpt".into()])
+        }
     );
-    match s.apply(Command::Admit(other), NOON).0 {
+    assert!(!s.has_changes(), "a check writes nothing");
+    match s.apply(Command::Admit(other), NOON) {
         Reply::Denied(d) => {
             assert_eq!(d.reason, DenialReason::ModelNotAllowed);
             assert!(d.message.contains("`claude`"));
@@ -199,7 +259,7 @@ fn model_scope_is_enforced() {
 }
 
 #[test]
-fn requests_per_minute_are_exact_at_the_window_boundary() {
+fn requests_per_minute_hold_in_every_window_at_one_second_resolution() {
     let mut s = virtual_key(limits(RateLimits {
         rpm: Some(3),
         ..RateLimits::default()
@@ -211,15 +271,16 @@ fn requests_per_minute_are_exact_at_the_window_boundary() {
     assert_eq!(d.reason, DenialReason::RequestLimit);
     assert_eq!(
         d.retry_after_ms,
-        Some(30_000),
-        "the first admission leaves the window at +60 s"
+        Some(30_999),
+        "the first admission's bucket leaves the window at +60.999 s"
     );
     assert_eq!(d.rate.remaining_requests, Some(0));
-    // One millisecond early: still full. On the dot: room for one.
-    assert!(admit(&mut s, NOON + 59_999).is_err());
-    admit(&mut s, NOON + 60_000).unwrap();
-    assert!(admit(&mut s, NOON + 60_001).is_err());
-    match s.apply(Command::Usage { auth: auth() }, NOON).0 {
+    // Up to one bucket later than an exact log, never earlier.
+    assert!(admit(&mut s, NOON + 60_000).is_err());
+    assert!(admit(&mut s, NOON + 60_998).is_err());
+    admit(&mut s, NOON + 60_999).unwrap();
+    assert!(admit(&mut s, NOON + 61_000).is_err());
+    match s.apply(Command::Usage { auth: auth() }, NOON) {
         Reply::Usage(r) => assert_eq!(r.requests, 4),
         other => panic!("{other:?}"),
     }
@@ -247,7 +308,7 @@ fn tokens_per_minute_count_reservations_then_actual_usage() {
     let r1 = admit_with(&mut s, NOON, Money::ZERO, 600).unwrap();
     let d = admit_with(&mut s, NOON + 1, Money::ZERO, 500).unwrap_err();
     assert_eq!(d.reason, DenialReason::TokenLimit);
-    assert_eq!(d.retry_after_ms, Some(MINUTE_MS - 1));
+    assert_eq!(d.retry_after_ms, Some(MINUTE_MS + 999 - 1));
     // The request used 100 tokens, not 600: the window now has room.
     assert!(settle(&mut s, r1, Money::ZERO, 60, 40));
     admit_with(&mut s, NOON + 2, Money::ZERO, 900).unwrap();
@@ -344,20 +405,34 @@ fn a_settlement_is_charged_once() {
 }
 
 #[test]
+fn a_batch_sent_twice_is_applied_once() {
+    let mut s = KeyState::default();
+    let c = charge(Source::Record, "m", usd(0.5), 1, 1);
+    sync(&mut s, NOON, 7, vec![c.clone()], vec![]);
+    sync(&mut s, NOON, 7, vec![c.clone()], vec![]);
+    sync(&mut s, NOON, 6, vec![c.clone()], vec![]);
+    assert_eq!(report(&mut s, NOON).spent_total_usd, usd(0.5));
+    sync(&mut s, NOON, 8, vec![c], vec![]);
+    let r = report(&mut s, NOON);
+    assert_eq!((r.spent_total_usd, r.requests), (usd(1.0), 2));
+}
+
+#[test]
 fn unsettled_reservations_expire_at_the_reserved_amount() {
     let mut s = virtual_key(KeySettings::default());
     let r = admit_with(&mut s, NOON, usd(0.40), 0).unwrap();
     assert_eq!(s.next_alarm_ms(), Some(NOON + RESERVATION_TTL_MS));
-    let (reply, changed) = s.apply(Command::Expire, NOON + RESERVATION_TTL_MS - 1);
-    assert!(!changed);
+    s.take_changes();
+    let reply = s.apply(Command::Expire, NOON + RESERVATION_TTL_MS - 1);
+    assert!(!s.has_changes());
     assert_eq!(
         reply,
         Reply::Expired {
             next_alarm_ms: Some(NOON + RESERVATION_TTL_MS)
         }
     );
-    let (reply, changed) = s.apply(Command::Expire, NOON + RESERVATION_TTL_MS);
-    assert!(changed);
+    let reply = s.apply(Command::Expire, NOON + RESERVATION_TTL_MS);
+    assert!(s.has_changes());
     assert_eq!(
         reply,
         Reply::Expired {
@@ -387,7 +462,11 @@ fn daily_and_monthly_budgets_follow_the_utc_calendar() {
     // Next day: the daily budget is fresh, the monthly one has $0.50 left.
     let tomorrow = NOON + DAY_MS;
     let r = admit_with(&mut s, tomorrow, usd(0.5), 0).unwrap();
-    settle(&mut s, r, usd(0.5), 1, 1);
+    let c = Charge {
+        admitted_ms: tomorrow,
+        ..charge(Source::Reservation { id: r }, "gpt", usd(0.5), 1, 1)
+    };
+    sync(&mut s, tomorrow, next_seq(), vec![c], vec![]);
     let d = admit_with(&mut s, tomorrow, usd(0.01), 0).unwrap_err();
     assert!(d.message.contains("monthly budget"), "{}", d.message);
     // 2026-12-01T00:00:00Z is 8.5 days after 2026-11-22T12:00Z.
@@ -405,31 +484,19 @@ fn daily_and_monthly_budgets_follow_the_utc_calendar() {
 fn usage_is_rolled_up_by_day_and_model_and_bounded() {
     let mut s = KeyState::default();
     for day in 0..(USAGE_DAYS as u64 + 5) {
-        let a = Admit {
-            auth: Auth::Static,
-            model: "m".into(),
-            reserve: Money::ZERO,
-            tokens: 0,
-        };
         let now = NOON + day * DAY_MS;
-        let Reply::Admitted { reservation, .. } = s.apply(Command::Admit(a), now).0 else {
-            panic!()
-        };
-        let usage = UsageEvent {
+        let c = Charge {
+            source: Source::Record,
+            admitted_ms: now,
             model: "m".into(),
+            requests: 1,
+            errors: 0,
             input_tokens: 3,
             output_tokens: 4,
             cached_tokens: 1,
-            error: false,
+            cost: usd(0.5),
         };
-        s.apply(
-            Command::Settle(Settle {
-                reservation,
-                cost: usd(0.5),
-                usage,
-            }),
-            now,
-        );
+        sync(&mut s, now, day + 1, vec![c], vec![]);
     }
     let rep = report(&mut s, NOON);
     assert_eq!(rep.by_day.len(), USAGE_DAYS);
@@ -460,10 +527,10 @@ fn admin_commands_manage_the_record() {
         updated_ms: 0,
     };
     assert!(matches!(
-        s.apply(Command::Create { record }, NOON).0,
+        s.apply(Command::Create { record }, NOON),
         Reply::Rejected { status: 409, .. }
     ));
-    let (reply, _) = s.apply(
+    let reply = s.apply(
         Command::Rotate {
             secret_hash: "hash-2".into(),
             secret_hint: "sk-gw-k1_…wxyz".into(),
@@ -479,21 +546,22 @@ fn admin_commands_manage_the_record() {
         "the old secret stops working"
     );
     assert!(matches!(
-        KeyState::default().apply(Command::Get, NOON).0,
+        KeyState::default().apply(Command::Get, NOON),
         Reply::Rejected { status: 404, .. }
     ));
 }
 
 #[test]
 fn calendar_helpers_match_known_dates() {
+    use super::calendar::{civil_from_days, days_from_civil};
     assert_eq!(date_string(0), "1970-01-01");
     assert_eq!(date_string(NOON), "2026-11-21");
     assert_eq!(date_string(951_782_400_000), "2000-02-29");
     assert_eq!(month_index(NOON), 2026 * 12 + 10);
-    assert_eq!(next_month_ms(NOON), Some(1_796_083_200_000)); // 2026-12-01
+    assert_eq!(next_month_ms(NOON), 1_796_083_200_000); // 2026-12-01
     assert_eq!(
         next_month_ms(1_796_083_200_000 + 20 * DAY_MS),
-        Some(1_798_761_600_000)
+        1_798_761_600_000
     ); // 2027-01-01
     for d in [-1_000_000, -1, 0, 59, 60, 365, 10_957, 20_000, 2_000_000] {
         let (y, m, day) = civil_from_days(d);
@@ -508,6 +576,7 @@ fn commands_have_a_stable_wire_form() {
         model: "m".into(),
         reserve: Money(5),
         tokens: 7,
+        lease: None,
     });
     assert_eq!(
         serde_json::to_string(&a).unwrap(),
@@ -515,12 +584,120 @@ fn commands_have_a_stable_wire_form() {
     );
     let back: Command = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
     assert_eq!(back, a);
-    // State round-trips through storage exactly.
-    let mut s = virtual_key(KeySettings::default());
+}
+
+/// Stores changed rows the way the object's table does.
+fn store(table: &mut BTreeMap<(String, String), String>, s: &mut KeyState) -> usize {
+    let rows = s.take_changes();
+    let n = rows.len();
+    for r in rows {
+        let k = (r.kind.to_owned(), r.key);
+        match r.value {
+            Some(v) => table.insert(k, v),
+            None => table.remove(&k),
+        };
+    }
+    n
+}
+
+fn reload(table: &BTreeMap<(String, String), String>) -> KeyState {
+    KeyState::load(
+        table
+            .iter()
+            .map(|((k, key), v)| (k.clone(), key.clone(), v.clone())),
+    )
+    .unwrap()
+}
+
+#[test]
+fn state_round_trips_through_its_rows() {
+    let mut table = BTreeMap::new();
+    let mut s = virtual_key(KeySettings {
+        limits: RateLimits {
+            rpm: Some(100),
+            tpm: Some(100_000),
+            ..RateLimits::default()
+        },
+        budgets: Budgets {
+            daily_usd: Some(usd(10.0)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    });
+    store(&mut table, &mut s);
     let r = admit_with(&mut s, NOON, Money(123_456_789), 9).unwrap();
+    admit_with(&mut s, NOON + 1_500, Money(5), 9).unwrap();
+    store(&mut table, &mut s);
     settle(&mut s, r, Money(987_654_321), 1, 2);
-    let stored: KeyState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
-    assert_eq!(stored, s);
+    lease(&mut s, NOON + 2_000, ask(10, usd(1.0), Money(1))).unwrap();
+    let view = match s.apply(Command::Get, NOON) {
+        Reply::Key(v) => *v,
+        other => panic!("{other:?}"),
+    };
+    s.apply(Command::RegistryPut { key: view }, NOON);
+    store(&mut table, &mut s);
+    assert_eq!(reload(&table), s);
+    // Rows that go away are deleted: a settled reservation, an aged bucket.
+    s.apply(Command::Expire, NOON + DAY_MS);
+    admit(&mut s, NOON + DAY_MS).unwrap();
+    store(&mut table, &mut s);
+    assert_eq!(reload(&table), s);
+    assert!(!table.keys().any(|(k, _)| k == "lease"));
+}
+
+#[test]
+fn a_decision_writes_the_same_rows_for_a_fresh_and_a_busy_key() {
+    let settings = KeySettings {
+        limits: RateLimits {
+            rpm: Some(50_000),
+            tpm: Some(50_000_000),
+            ..RateLimits::default()
+        },
+        budgets: Budgets {
+            monthly_usd: Some(usd(1_000_000.0)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    };
+    let rows_per_decision = |s: &mut KeyState| {
+        s.take_changes();
+        let r = admit_with(s, NOON + 30, usd(0.01), 100).unwrap();
+        let admit_rows = s.take_changes().len();
+        settle(s, r, usd(0.001), 10, 10);
+        (admit_rows, s.take_changes().len())
+    };
+    let mut fresh = virtual_key(settings.clone());
+    let mut busy = virtual_key(settings);
+    busy.seed_history(NOON, USAGE_DAYS as u64, 20, 49_000);
+    busy.take_changes();
+    assert_eq!(busy.report(NOON).by_day.len(), USAGE_DAYS * 20);
+    let (a1, s1) = rows_per_decision(&mut fresh);
+    let (a2, s2) = rows_per_decision(&mut busy);
+    assert_eq!((a1, s1), (a2, s2));
+    assert!(a1 <= 3 && s1 <= 5, "{a1} rows to admit, {s1} to settle");
+}
+
+#[test]
+fn legacy_documents_are_converted_to_rows() {
+    let legacy = r#"{"record":{"id":"k1","settings":{"name":"t","limits":{"rpm":5}},"secret_hash":"hash-1","secret_hint":"h","created_ms":1,"updated_ms":1},
+        "requests":3,"first_request_ms":1,"last_request_ms":2,
+        "minute":[{"at_ms":1795262400000,"tokens":50,"reservation":2}],
+        "day_requests":{"day":20778,"count":3},
+        "spent_day":{"window":20778,"amount":5},"spent_month":{"window":24322,"amount":5},"spent_total":5,
+        "reservations":{"2":{"amount":7,"model":"gpt","admitted_ms":1795262400000,"expires_ms":1795263300000}},
+        "next_reservation":3,
+        "usage":{"2026-11-21\tgpt":{"requests":2,"errors":0,"input_tokens":1,"output_tokens":1,"cached_tokens":0,"cost":5}}}"#;
+    let mut s = KeyState::from_legacy_json(legacy).unwrap();
+    let mut table = BTreeMap::new();
+    store(&mut table, &mut s);
+    let mut s = reload(&table);
+    let r = report(&mut s, NOON);
+    assert_eq!((r.requests, r.in_flight, r.spent_total_usd), (3, 1, Money(5)));
+    assert_eq!(r.reserved_usd, Money(7));
+    assert_eq!(s.window.totals().tokens, 50);
+    // The converted reservation settles, and ids continue where they were.
+    assert!(settle(&mut s, 2, Money(6), 1, 1));
+    assert_eq!(admit(&mut s, NOON + 1).unwrap(), 3);
 }
 
 #[test]
@@ -533,48 +710,31 @@ fn every_reply_crosses_the_object_boundary_as_json() {
         },
         ..KeySettings::default()
     });
-    let view = match s.apply(Command::Get, NOON).0 {
+    let view = match s.apply(Command::Get, NOON) {
         Reply::Key(v) => *v,
         other => panic!("{other:?}"),
     };
+    let admit = || Admit {
+        auth: auth(),
+        model: "gpt".into(),
+        reserve: Money(1),
+        tokens: 1,
+        lease: Some(ask(1, Money(1), Money(1))),
+    };
     let mut replies = vec![
-        s.apply(
-            Command::Admit(Admit {
-                auth: auth(),
-                model: "gpt".into(),
-                reserve: Money(1),
-                tokens: 1,
-            }),
-            NOON,
-        )
-        .0,
-        s.apply(
-            Command::Admit(Admit {
-                auth: auth(),
-                model: "gpt".into(),
-                reserve: Money(1),
-                tokens: 1,
-            }),
-            NOON,
-        )
-        .0,
-        s.apply(
-            Command::Settle(Settle {
-                reservation: 0,
-                cost: Money(1),
-                usage: UsageEvent::default(),
-            }),
-            NOON,
-        )
-        .0,
-        s.apply(Command::Expire, NOON).0,
-        s.apply(Command::Check { auth: auth() }, NOON).0,
-        s.apply(Command::Usage { auth: auth() }, NOON).0,
-        s.apply(Command::Get, NOON).0,
-        s.apply(Command::RegistryPut { key: view }, NOON).0,
-        s.apply(Command::RegistryList, NOON).0,
+        s.apply(Command::Admit(admit()), NOON),
+        s.apply(Command::Admit(admit()), NOON),
+        sync(&mut s, NOON, 1, vec![charge(Source::Reservation { id: 0 }, "gpt", Money(1), 1, 1)], vec![]),
+        s.apply(Command::Expire, NOON),
+        s.apply(Command::Check { auth: auth() }, NOON),
+        s.apply(Command::Usage { auth: auth() }, NOON),
+        s.apply(Command::Get, NOON),
+        s.apply(Command::RegistryPut { key: view }, NOON),
+        s.apply(Command::RegistryList, NOON),
     ];
-    replies.push(KeyState::default().apply(Command::Get, NOON).0);
+    replies.push(KeyState::default().apply(Command::Get, NOON));
+    let mut fresh = virtual_key(KeySettings::default());
+    replies.push(lease_reply(&mut fresh));
     for reply in replies {
         let json = serde_json::to_string(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
         let back: Reply = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
@@ -582,27 +742,246 @@ fn every_reply_crosses_the_object_boundary_as_json() {
     }
 }
 
+fn lease_reply(s: &mut KeyState) -> Reply {
+    s.apply(
+        Command::Sync(Sync {
+            holder: "h".into(),
+            seq: 0,
+            charges: vec![],
+            done: vec![],
+            ask: Some(ask(10, usd(1.0), Money(1))),
+            answered: 0,
+            held: vec![],
+        }),
+        NOON,
+    )
+}
+
 #[test]
 fn a_recorded_request_is_counted_and_charged_once() {
     let mut s = KeyState::default();
-    let usage = UsageEvent {
-        model: "m".into(),
+    let c = Charge {
         input_tokens: 5,
         output_tokens: 7,
-        cached_tokens: 0,
-        error: false,
+        ..charge(Source::Record, "m", usd(0.25), 0, 0)
     };
-    let (reply, changed) = s.apply(
-        Command::Record {
-            cost: usd(0.25),
-            usage,
-        },
-        NOON,
-    );
-    assert!(changed);
-    assert_eq!(reply, Reply::Settled { duplicate: false });
+    let reply = sync(&mut s, NOON, 1, vec![c], vec![]);
+    assert!(s.has_changes());
+    assert!(matches!(reply, Reply::Synced { grant: None, .. }));
     let r = report(&mut s, NOON);
     assert_eq!((r.requests, r.first_request_ms, r.in_flight), (1, NOON, 0));
     assert_eq!(r.spent_total_usd, usd(0.25));
     assert_eq!(r.by_day[0].output_tokens, 7);
+}
+
+// ---- Leases (the object's side) ----------------------------------------------
+
+fn limited() -> KeySettings {
+    KeySettings {
+        limits: RateLimits {
+            rpm: Some(100),
+            rpd: Some(1_000),
+            tpm: Some(100_000),
+            max_concurrent: Some(20),
+        },
+        budgets: Budgets {
+            total_usd: Some(usd(10.0)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    }
+}
+
+#[test]
+fn a_lease_takes_at_most_a_quarter_of_each_headroom() {
+    let mut s = virtual_key(limited());
+    let g = lease(&mut s, NOON, ask(1_000, usd(100.0), usd(0.01))).unwrap();
+    assert_eq!(g.admit_until_ms, NOON + 10_000);
+    assert_eq!(g.requests, Some(25), "a quarter of rpm 100");
+    assert_eq!(g.tokens, Some(25_000));
+    assert_eq!(g.money, Some(usd(2.5)));
+    assert_eq!(g.slots, Some(8), "asked 8 of the 10 a half of 20 allows");
+    // What it holds counts against the key: the next lease is a quarter of
+    // what is left.
+    let g2 = lease(&mut s, NOON, ask(1_000, usd(100.0), usd(0.01))).unwrap();
+    assert_eq!(g2.requests, Some(18));
+    assert_eq!(g2.money, Some(usd(1.875)));
+    let r = report(&mut s, NOON);
+    assert_eq!(r.reserved_usd, usd(4.375));
+    assert_eq!(r.leases, 2);
+}
+
+#[test]
+fn near_a_limit_no_lease_is_granted() {
+    // $0.03 of headroom: a quarter ($0.0075) would not cover one $0.01
+    // request, so no lease.
+    let mut s = virtual_key(KeySettings {
+        budgets: Budgets {
+            total_usd: Some(usd(0.03)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    });
+    assert_eq!(lease(&mut s, NOON, ask(10, usd(1.0), usd(0.01))), None);
+    // Per-request admission still admits exactly what fits.
+    assert_eq!(
+        (0..5)
+            .filter(|_| admit_with(&mut s, NOON, usd(0.01), 0).is_ok())
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn strict_keys_get_no_lease() {
+    let mut s = virtual_key(KeySettings {
+        strict_admission: true,
+        ..KeySettings::default()
+    });
+    assert_eq!(lease(&mut s, NOON, ask(10, usd(1.0), Money(1))), None);
+}
+
+#[test]
+fn a_lease_of_an_unlimited_key_is_unlimited() {
+    let mut s = virtual_key(KeySettings::default());
+    let g = lease(&mut s, NOON, ask(10, usd(1.0), Money(1))).unwrap();
+    assert_eq!(
+        (g.requests, g.tokens, g.money, g.slots),
+        (None, None, None, None)
+    );
+}
+
+#[test]
+fn a_lease_never_outlives_the_day_or_the_key() {
+    let mut s = virtual_key(KeySettings {
+        expires_at_ms: Some(NOON + 3_000),
+        ..limited()
+    });
+    let g = lease(&mut s, NOON, ask(10, usd(1.0), Money(1))).unwrap();
+    assert_eq!(g.admit_until_ms, NOON + 3_000);
+    let mut s = virtual_key(limited());
+    let before_midnight = NOON + DAY_MS / 2 - 4_000;
+    let g = lease(&mut s, before_midnight, ask(10, usd(1.0), Money(1))).unwrap();
+    assert_eq!(g.admit_until_ms, NOON + DAY_MS / 2);
+}
+
+#[test]
+fn leased_slots_count_at_the_last_instant_they_can_be_used() {
+    let mut s = virtual_key(limits(RateLimits {
+        rpm: Some(8),
+        ..RateLimits::default()
+    }));
+    let g = lease(&mut s, NOON, ask(100, usd(1.0), Money(0))).unwrap();
+    assert_eq!(g.requests, Some(2));
+    // Six more per request; then the window is full, leased slots included.
+    for _ in 0..6 {
+        admit(&mut s, NOON).unwrap();
+    }
+    assert!(admit(&mut s, NOON).is_err());
+    // The six age out at +60.999 s; the leased two (usable until +9.999 s)
+    // stay counted until +69.999 s.
+    assert_eq!(
+        (0..7)
+            .filter(|_| admit(&mut s, NOON + 61_000).is_ok())
+            .count(),
+        6
+    );
+    assert!(admit(&mut s, NOON + 69_998).is_err());
+    admit(&mut s, NOON + 69_999).unwrap();
+}
+
+#[test]
+fn a_returned_lease_gives_back_what_it_did_not_use() {
+    let mut s = virtual_key(limited());
+    let g = lease(&mut s, NOON, ask(1_000, usd(100.0), usd(0.01))).unwrap();
+    // 5 requests used, $0.20 spent, 3,000 tokens.
+    let c = Charge {
+        requests: 5,
+        input_tokens: 2_000,
+        output_tokens: 1_000,
+        ..charge(Source::Lease { id: g.lease }, "gpt", usd(0.2), 0, 0)
+    };
+    sync(&mut s, NOON + 4_000, 1, vec![c], vec![]);
+    let r = report(&mut s, NOON + 4_000);
+    assert_eq!(r.spent_total_usd, usd(0.2));
+    assert_eq!(r.reserved_usd, usd(2.3), "held, less what was spent");
+    assert_eq!(r.requests, 5);
+    let done = LeaseDone {
+        lease: g.lease,
+        used_requests: 5,
+        used_tokens: 3_000,
+    };
+    sync(&mut s, NOON + 4_500, 2, vec![], vec![done]);
+    let r = report(&mut s, NOON + 4_500);
+    assert_eq!((r.reserved_usd, r.leases), (Money::ZERO, 0));
+    assert_eq!(s.window.totals().requests, 5);
+    assert_eq!(s.window.totals().tokens, 3_000);
+    assert_eq!(s.meta.day_requests.count, 5, "rpd gets its 20 unused back");
+    // The used slots moved to when the lease was returned: they leave the
+    // window a minute after that, not after the lease's end.
+    s.apply(Command::Expire, NOON + 65_000);
+    admit(&mut s, NOON + 65_000).unwrap();
+    assert_eq!(s.window.totals().requests, 1);
+}
+
+#[test]
+fn a_lease_whose_isolate_vanished_is_charged_in_full_when_it_expires() {
+    let mut s = virtual_key(limited());
+    let g = lease(&mut s, NOON, ask(1_000, usd(100.0), usd(0.01))).unwrap();
+    let hold_until = NOON + 10_000 + 60_000 + lease::REPORT_SLACK_MS;
+    assert_eq!(s.next_alarm_ms(), Some(hold_until));
+    s.apply(Command::Expire, hold_until - 1);
+    assert_eq!(report(&mut s, NOON).spent_total_usd, Money::ZERO);
+    s.apply(Command::Expire, hold_until);
+    let r = report(&mut s, NOON);
+    assert_eq!((r.spent_total_usd, r.reserved_usd), (usd(2.5), Money::ZERO));
+    assert_eq!(r.by_day[0].model, UNREPORTED_MODEL);
+    // A report that comes after is not charged again.
+    let c = charge(Source::Lease { id: g.lease }, "gpt", usd(0.2), 1, 1);
+    sync(&mut s, hold_until + 1, 1, vec![c], vec![]);
+    assert_eq!(report(&mut s, NOON).spent_total_usd, usd(2.5));
+}
+
+#[test]
+fn a_lease_is_refused_to_a_wrong_or_revoked_key() {
+    let mut s = virtual_key(limited());
+    let mut a = ask(10, usd(1.0), Money(1));
+    a.auth = Auth::Virtual {
+        secret_hash: "nope".into(),
+    };
+    let reply = s.apply(
+        Command::Sync(Sync {
+            holder: "h".into(),
+            seq: 0,
+            charges: vec![],
+            done: vec![],
+            ask: Some(a),
+            answered: 0,
+            held: vec![],
+        }),
+        NOON,
+    );
+    assert!(
+        matches!(reply, Reply::Synced { grant: None, refused: Some(d), .. } if d.reason == DenialReason::UnknownKey)
+    );
+    s.apply(Command::Revoke, NOON);
+    assert!(matches!(
+        lease_reply(&mut s),
+        Reply::Synced { refused: Some(_), .. }
+    ));
+}
+
+#[test]
+fn a_denial_while_leases_hold_headroom_says_when_it_comes_back() {
+    let mut s = virtual_key(KeySettings {
+        budgets: Budgets {
+            total_usd: Some(usd(1.0)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    });
+    lease(&mut s, NOON, ask(100, usd(100.0), usd(0.01))).unwrap();
+    let d = admit_with(&mut s, NOON, usd(0.9), 0).unwrap_err();
+    assert_eq!(d.reason, DenialReason::BudgetExceeded);
+    assert_eq!(d.retry_after_ms, Some(12_000));
 }
