@@ -221,14 +221,36 @@ pub struct Limits {
     /// Largest accepted request body; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// How long an isolate may admit a virtual key's requests from a lease
+    /// (a slice of the key's limits) without asking the key's object. It is
+    /// also how long a revocation, rotation, expiry or limit change may take
+    /// to reach every isolate. `0` turns leases off: every request of a
+    /// virtual key is admitted by its object. At most 60,000.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How long a settled request's usage may wait in its isolate before it
+    /// is sent to the key's object with the others (one call per key per
+    /// interval, however many requests). Usage reports lag by about this.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: default_max_body_bytes(),
+            lease_ttl_ms: default_lease_ttl_ms(),
+            flush_ms: default_flush_ms(),
         }
     }
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+
+fn default_flush_ms() -> u64 {
+    1_000
 }
 
 fn default_max_body_bytes() -> u64 {
@@ -294,6 +316,21 @@ impl Config {
             err(
                 "limits.max_body_bytes".into(),
                 "must be greater than 0".into(),
+            );
+        }
+        if self.limits.lease_ttl_ms > crate::limits::MAX_LEASE_TTL_MS {
+            err(
+                "limits.lease_ttl_ms".into(),
+                format!(
+                    "at most {} (0 turns leases off)",
+                    crate::limits::MAX_LEASE_TTL_MS
+                ),
+            );
+        }
+        if !(10..=10_000).contains(&self.limits.flush_ms) {
+            err(
+                "limits.flush_ms".into(),
+                "must be between 10 and 10000".into(),
             );
         }
         for (name, p) in &self.providers {

@@ -56,7 +56,9 @@ pub(super) async fn handle(
                     param: Some("key".into()),
                 })?;
             let command = Command::Usage { auth: Auth::Admin };
-            match key_client::call(env, &object(&id)?, &command).await? {
+            let object = object(&id)?;
+            super::accounting::before_report(env, &object).await;
+            match key_client::call(env, &object, &command).await? {
                 KeyReply::Usage(report) if report.key.is_some() => {
                     Ok(Reply::json_value(200, &report))
                 }
@@ -147,13 +149,17 @@ async fn rotate_key(env: &Env, id: &str) -> Result<Reply, GatewayError> {
         secret_hash: keys::hash_key(&secret),
         secret_hint: keys::hint(&secret),
     };
-    let view = expect_key(key_client::call(env, &object(id)?, &command).await?)?;
+    let object = object(id)?;
+    let view = expect_key(key_client::call(env, &object, &command).await?)?;
+    super::accounting::after_change(env, &object).await;
     register(env, &view).await;
     Ok(Reply::json_value(200, &Issued { key: view, secret }))
 }
 
 async fn change_key(env: &Env, id: &str, command: Command) -> Result<Reply, GatewayError> {
-    let view = expect_key(key_client::call(env, &object(id)?, &command).await?)?;
+    let object = object(id)?;
+    let view = expect_key(key_client::call(env, &object, &command).await?)?;
+    super::accounting::after_change(env, &object).await;
     register(env, &view).await;
     Ok(Reply::json_value(200, &view))
 }

@@ -2,18 +2,33 @@
 //!
 //! One object per gateway key, SQLite-backed. Each call decodes a
 //! [`Command`], applies it to the pure [`KeyState`] with the current time,
-//! and saves the state in the same synchronous step. The SQL API is
-//! synchronous, so no other request can interleave between the read, the
+//! and writes the rows it changed in the same synchronous step. The SQL API
+//! is synchronous, so no other request can interleave between the read, the
 //! decision and the write: admissions are exact under any concurrency. An
-//! alarm charges reservations that were never settled (a crashed isolate).
+//! alarm charges reservations that were never settled and leases that were
+//! never returned (a crashed isolate).
+//!
+//! Storage is one table of `(kind, k, v)` rows ([`crate::limits::Row`]): a
+//! decision writes the handful of rows it changed, so it costs the same for
+//! a fresh key and for one with a full minute window and 92 days of usage.
 
 use std::cell::{Cell, RefCell};
+use std::time::Duration;
 
 use worker::{
-    Date, DurableObject, Env, Request, Response, Result, SqlStorage, State, durable_object,
+    Date, Delay, DurableObject, Env, Request, Response, Result, SqlStorage, SqlStorageValue, State,
+    durable_object,
 };
 
-use crate::limits::{Command, KeyState, Reply};
+use crate::limits::{Command, KeyState, Reply, Row};
+
+/// Test hook: every reply of the object waits this many ms, as an object far
+/// away would (honoured only with `GATEWAY_TEST_HOOKS=1`).
+const TEST_DELAY: &str = "GATEWAY_TEST_KEY_DELAY_MS";
+
+/// Rows per statement: three bound values each, under SQLite's limit on
+/// bound parameters per statement in Durable Objects.
+const ROWS_PER_STATEMENT: usize = 30;
 
 /// The Durable Object class (`KEY_OBJECTS` binding).
 #[durable_object]
@@ -23,25 +38,48 @@ pub struct KeyObject {
     cache: RefCell<Option<KeyState>>,
     /// The alarm this instance has set, if any.
     alarm_at: Cell<Option<u64>>,
+    /// Whether test commands and the reply delay are honoured.
+    test_hooks: bool,
+    /// The test reply delay, ms.
+    delay_ms: u64,
 }
 
 impl DurableObject for KeyObject {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
+        let test_hooks = super::var(&env, super::TEST_HOOKS).as_deref() == Some("1");
+        let delay_ms = if test_hooks {
+            super::var(&env, TEST_DELAY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        } else {
+            0
+        };
         KeyObject {
             state,
             cache: RefCell::new(None),
             alarm_at: Cell::new(None),
+            test_hooks,
+            delay_ms,
         }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let command: Command = match req.json().await {
+        let text = req.text().await?;
+        let command: Command = match serde_json::from_str(&text) {
             Ok(c) => c,
             Err(e) => return Response::error(format!("bad command: {e}"), 400),
         };
+        if matches!(command, Command::Seed { .. }) && !self.test_hooks {
+            return Response::error("test hooks are off", 403);
+        }
         let (reply, next_alarm) = self.apply(command)?;
         self.ensure_alarm(next_alarm).await?;
-        Response::from_json(&reply)
+        if self.delay_ms > 0 {
+            Delay::from(Duration::from_millis(self.delay_ms)).await;
+        }
+        let body =
+            serde_json::to_string(&reply).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        Response::ok(body)
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -61,15 +99,14 @@ impl KeyObject {
             Some(s) => s,
             None => cache.insert(load(&sql)?),
         };
-        let (reply, changed) = state.apply(command, Date::now().as_millis());
-        if changed {
-            save(&sql, state)?;
+        let reply = state.apply(command, Date::now().as_millis());
+        if state.has_changes() {
+            save(&sql, state.take_changes())?;
         }
         Ok((reply, state.next_alarm_ms()))
     }
 
-    /// Sets the alarm for the earliest reservation expiry, unless an
-    /// earlier one is already set.
+    /// Sets the alarm for the earliest expiry, unless an earlier one is set.
     async fn ensure_alarm(&self, next: Option<u64>) -> Result<()> {
         let Some(at) = next else { return Ok(()) };
         if self.alarm_at.get().is_some_and(|set| set <= at) {
@@ -82,31 +119,78 @@ impl KeyObject {
     }
 }
 
+fn storage_error(e: String) -> worker::Error {
+    worker::Error::RustError(e)
+}
+
+/// Reads every row; converts the first version's single JSON document the
+/// first time an object that has one is loaded.
 fn load(sql: &SqlStorage) -> Result<KeyState> {
     sql.exec(
-        "CREATE TABLE IF NOT EXISTS key_state (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS rows (kind TEXT NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL, PRIMARY KEY (kind, k)) WITHOUT ROWID",
         None,
     )?;
     #[derive(serde::Deserialize)]
-    struct Row {
+    struct Stored {
+        kind: String,
+        k: String,
+        v: String,
+    }
+    let rows: Vec<Stored> = sql.exec("SELECT kind, k, v FROM rows", None)?.to_array()?;
+    if !rows.is_empty() {
+        return KeyState::load(rows.into_iter().map(|r| (r.kind, r.k, r.v))).map_err(storage_error);
+    }
+    #[derive(serde::Deserialize)]
+    struct Legacy {
         json: String,
     }
-    let rows: Vec<Row> = sql
+    let legacy_table: Vec<serde_json::Value> = sql
+        .exec(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'key_state'",
+            None,
+        )?
+        .to_array()?;
+    if legacy_table.is_empty() {
+        return Ok(KeyState::default());
+    }
+    let old: Vec<Legacy> = sql
         .exec("SELECT json FROM key_state WHERE id = 1", None)?
         .to_array()?;
-    match rows.first() {
-        Some(row) => {
-            serde_json::from_str(&row.json).map_err(|e| worker::Error::RustError(e.to_string()))
-        }
-        None => Ok(KeyState::default()),
-    }
+    let mut state = match old.first() {
+        Some(row) => KeyState::from_legacy_json(&row.json).map_err(storage_error)?,
+        None => KeyState::default(),
+    };
+    save(sql, state.take_changes())?;
+    sql.exec("DROP TABLE key_state", None)?;
+    Ok(state)
 }
 
-fn save(sql: &SqlStorage, state: &KeyState) -> Result<()> {
-    let json = serde_json::to_string(state).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    sql.exec(
-        "INSERT INTO key_state (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json",
-        vec![json.into()],
-    )?;
+/// Writes changed rows: upserts and deletes, a few rows per statement.
+fn save(sql: &SqlStorage, rows: Vec<Row>) -> Result<()> {
+    let (upserts, deletes): (Vec<Row>, Vec<Row>) =
+        rows.into_iter().partition(|r| r.value.is_some());
+    for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+        let placeholders = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let query = format!(
+            "INSERT INTO rows (kind, k, v) VALUES {placeholders} ON CONFLICT(kind, k) DO UPDATE SET v = excluded.v"
+        );
+        let mut bindings: Vec<SqlStorageValue> = Vec::with_capacity(chunk.len() * 3);
+        for r in chunk {
+            bindings.push(r.kind.into());
+            bindings.push(r.key.as_str().into());
+            bindings.push(r.value.as_deref().unwrap_or_default().into());
+        }
+        sql.exec(&query, bindings)?;
+    }
+    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
+        let query = format!("DELETE FROM rows WHERE (kind, k) IN (VALUES {placeholders})");
+        let mut bindings: Vec<SqlStorageValue> = Vec::with_capacity(chunk.len() * 2);
+        for r in chunk {
+            bindings.push(r.kind.into());
+            bindings.push(r.key.as_str().into());
+        }
+        sql.exec(&query, bindings)?;
+    }
     Ok(())
 }

@@ -1,20 +1,27 @@
 //! The Workers runtime glue: the only module that imports `worker`.
 //!
 //! - this file        — the fetch handler and the request path
+//! - `accounting`     — admission (leases, the key's object) and batched
+//!   settlement: the I/O for [`crate::limits::local`]
 //! - `admin`          — `/admin/*`: config and virtual keys
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
 //! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
 
+mod accounting;
 mod admin;
 mod config_cache;
 mod key_client;
 mod key_object;
 mod upstream;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use futures::channel::oneshot;
+use futures::future::{Either, select};
 use serde::Serialize;
 use worker::{Context, Date, Env, Headers, Request, Response, console_log, event};
 
@@ -22,9 +29,11 @@ use crate::config::Location;
 use crate::error::GatewayError;
 use crate::gateway::{
     self, Accounting, Caller, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
+    TestHook,
 };
 use crate::keys::{self, KeyRef};
-use crate::limits::{Admit, Command, Money, Reply as KeyReply, Settle, UsageEvent};
+use crate::limits::local::Ticket;
+use crate::limits::{Command, Money, Reply as KeyReply};
 use crate::routing::{self, Health, Origin};
 
 /// Secret with the static gateway keys, comma-separated.
@@ -49,29 +58,35 @@ thread_local! {
 /// 1. **route** — method + path to an endpoint, 404/405 otherwise
 ///    ([`gateway::route`]).
 /// 2. **auth** — the key from `Authorization: Bearer` or `x-api-key`:
-///    a static key checked in constant time, or a virtual key whose object
-///    will verify it ([`authenticate`]). `/admin/*` checks `ADMIN_TOKEN`
-///    instead ([`admin::handle`]).
+///    a static key checked in constant time against the isolate's parsed
+///    list, or a virtual key whose lease or object will verify it
+///    ([`authenticate`]). `/admin/*` checks `ADMIN_TOKEN` instead
+///    ([`admin::handle`]).
 /// 3. **config and body, concurrently** — the routing config from the
 ///    isolate cache or KV ([`config_cache::current`]), the body with the
 ///    config's size limit ([`read_body`]).
 /// 4. **parse** — the request, its model checked, its worst-case cost over
 ///    every target it could reach ([`gateway::prepare`],
 ///    [`gateway::Prepared::worst_case`]).
-/// 5. **admit** — for a virtual key, one call to its Durable Object: key
-///    valid, model in scope, rate limits, budget reserved; it returns the
-///    key's tier and regions. A static key has no limits, so it skips this
-///    call (`chat`).
+/// 5. **admit** — a virtual key's request is admitted from the isolate's
+///    lease on the key's limits with no call at all; without a lease with
+///    room, its Durable Object decides (and grants the next lease), either
+///    first, or — when the key's last known headroom is ample — while the
+///    upstream request is already on its way, the client seeing nothing
+///    until it says yes. A static key has no limits: nothing to decide
+///    ([`accounting::admit`]).
 /// 6. **route** — candidates best-first for this caller: rules, data
 ///    residency from `request.cf` and the key, capabilities, strategy,
 ///    breakers ([`gateway::Prepared::route`], [`origin`]).
 /// 7. **translate, send, fail over** — each candidate until one answers,
-///    within the timeouts ([`gateway::dispatch`]).
+///    within the timeouts ([`gateway::dispatch`]), raced with an
+///    overlapped admission ([`dispatch_admitted`]).
 /// 8. **stream** — the answer passed to the client chunk by chunk, with the
 ///    `x-ratelimit-*` headers ([`into_response`]).
-/// 9. **settle** — off the request path (`waitUntil`): the reservation
-///    replaced by the actual cost when the answer (or the stream) ends (a
-///    static key's request recorded), and one JSON log line ([`settle`]).
+/// 9. **settle** — off the request path (`waitUntil`): one JSON log line,
+///    and the actual cost added to the key's batch, which the isolate sends
+///    to the key's object about once a second with the others
+///    ([`settle`], [`accounting::settle`]).
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let request_id = new_request_id();
@@ -95,12 +110,11 @@ async fn handle(
     match route {
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
         Route::Admin(admin) => return admin::handle(&mut req, env, admin, &method).await,
-        Route::TestPanic => {
-            if test_hooks(env) {
-                // Proves a panic costs one request, not the isolate.
-                panic!("panic requested by the test hook");
+        Route::Test(hook) => {
+            if !test_hooks(env) {
+                return Err(GatewayError::NotFound { path });
             }
-            return Err(GatewayError::NotFound { path });
+            return test_hook(&req, env, hook).await;
         }
         Route::ChatCompletions
         | Route::Embeddings
@@ -124,18 +138,16 @@ async fn handle(
         )
         .await),
         Route::Models | Route::Model(_) => models(env, &key, &route).await,
-        Route::Usage => match key_client::call(
-            env,
-            &key.object_name(),
-            &Command::Usage { auth: key.auth() },
-        )
-        .await?
-        {
-            KeyReply::Usage(report) => Ok(Reply::json_value(200, &report)),
-            KeyReply::Denied(d) => Err(gateway::denial_to_error(&d, "")),
-            other => Err(key_client::unexpected(other)),
-        },
-        Route::Health | Route::Admin(_) | Route::TestPanic => Err(GatewayError::Internal {
+        Route::Usage => {
+            let object = key.object_name();
+            accounting::before_report(env, &object).await;
+            match key_client::call(env, &object, &Command::Usage { auth: key.auth() }).await? {
+                KeyReply::Usage(report) => Ok(Reply::json_value(200, &report)),
+                KeyReply::Denied(d) => Err(gateway::denial_to_error(&d, "")),
+                other => Err(key_client::unexpected(other)),
+            }
+        }
+        Route::Health | Route::Admin(_) | Route::Test(_) => Err(GatewayError::Internal {
             message: "route handled earlier".into(),
         }),
     }
@@ -163,7 +175,8 @@ async fn chat(
             limit: config.limits.max_body_bytes,
         });
     }
-    let secret = |name: &str| var(env, name);
+    accounting::configure(&config);
+    let secret = |name: &str| secret(env, name);
     let gctx = Ctx {
         now_ms: started,
         clock: &now_ms,
@@ -176,45 +189,22 @@ async fn chat(
         Err(e) => return Reply::error(&e),
     };
     let (reserve, tokens) = prepared.worst_case();
-    // 5. admit: a virtual key's object decides (key valid, scope, limits,
-    // budget). A static key has no limits: nothing to decide, so no call on
-    // the request path; its request is counted when it settles.
-    let object = key.object_name();
-    let mut admitted = Admitted::default();
-    if let KeyRef::Virtual { .. } = key {
-        let admit = Command::Admit(Admit {
-            auth: key.auth(),
-            model: prepared.model().to_owned(),
-            reserve,
-            tokens,
-        });
-        admitted = match key_client::call(env, &object, &admit).await {
-            Ok(KeyReply::Admitted {
-                reservation,
-                rate,
-                tier,
-                regions,
-            }) => Admitted {
-                reservation: Some(reservation),
-                rate,
-                tier,
-                regions,
-            },
-            Ok(KeyReply::Denied(d)) => {
-                let mut reply = Reply::error(&gateway::denial_to_error(&d, prepared.model()));
-                reply.headers.extend(gateway::rate_headers(&d.rate));
-                return reply;
-            }
-            Ok(other) => return Reply::error(&key_client::unexpected(other)),
-            Err(e) => return Reply::error(&e),
+    // 5. admit
+    let (admitted, overlap) =
+        match accounting::admit(env, ctx, key, prepared.model(), reserve, tokens).await {
+            accounting::Decision::Go(a) => (Some(a), None),
+            accounting::Decision::Overlap {
+                routing,
+                object,
+                admit,
+            } => (None, Some((routing, object, admit))),
+            accounting::Decision::Refused(reply) => return reply,
         };
-    }
-    let Admitted {
-        reservation,
-        rate,
-        tier,
-        regions,
-    } = admitted;
+    let routing = match (&admitted, &overlap) {
+        (Some(a), _) => a.routing.clone(),
+        (None, Some((r, _, _))) => r.clone(),
+        (None, None) => Default::default(),
+    };
     // 6. route
     let origin = origin(req, env);
     let header = |name: &str| req.headers().get(name).ok().flatten();
@@ -222,25 +212,43 @@ async fn chat(
         origin: &origin,
         header: &header,
         key_id: key.id(),
-        tier: tier.as_deref(),
-        jurisdictions: regions.as_deref(),
+        tier: routing.tier.as_deref(),
+        jurisdictions: routing.regions.as_deref(),
         random: random_unit(),
     };
-    // 7. translate, send, fail over
+    // 7. translate, send, fail over (the admission alongside, if overlapped)
     let (end_tx, end_rx) = oneshot::channel::<StreamOutcome>();
     let on_end: StreamEnd = Box::new(move |outcome| {
         let _ = end_tx.send(outcome);
     });
     let streaming = prepared.stream();
-    let result = match prepared.route(&gctx, &caller) {
-        Ok(()) => gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end)).await,
-        Err(e) => Err(e),
+    let routed = prepared.route(&gctx, &caller);
+    let dispatched = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end));
+    let (admitted, result) = match (routed, admitted, overlap) {
+        (Err(e), admitted, _) => (admitted, Err(e)),
+        (Ok(()), Some(a), _) => (Some(a), dispatched.await),
+        (Ok(()), None, Some((_, object, admit))) => {
+            let admission = accounting::decide_overlapped(env, ctx, &object, admit);
+            match dispatch_admitted(admission, dispatched).await {
+                Ok((a, result)) => (Some(a), result),
+                Err(refused) => return refused,
+            }
+        }
+        (Ok(()), None, None) => (
+            None,
+            Err(GatewayError::Internal {
+                message: "no admission".into(),
+            }),
+        ),
     };
-    // 9. settle, off the request path (a refused route releases the reservation)
+    let rate = admitted
+        .as_ref()
+        .map(|a| a.rate.clone())
+        .unwrap_or_default();
+    // 9. settle, off the request path (a refused route settles as an error)
     let mut pending = Settlement {
         env: env.clone(),
-        object,
-        reservation,
+        ticket: admitted.map(|a| a.ticket),
         accounting: prepared.accounting(),
         key_id: key.id().to_owned(),
         request_id: request_id.to_owned(),
@@ -277,21 +285,39 @@ async fn chat(
     reply
 }
 
-/// What admission granted.
-#[derive(Default)]
-struct Admitted {
-    /// The reservation to settle; `None` for a static key (recorded instead).
-    reservation: Option<u64>,
-    rate: crate::limits::RateInfo,
-    tier: Option<String>,
-    regions: Option<Vec<String>>,
+/// Step 7 with an overlapped admission: the upstream answer and the key's
+/// decision race. Nothing reaches the client until the key is admitted; on
+/// a refusal the upstream request is dropped, which aborts its fetch (and a
+/// stream already committed is dropped unsent).
+async fn dispatch_admitted<A, D>(
+    admission: A,
+    dispatched: D,
+) -> Result<(accounting::Admitted, Result<Reply, GatewayError>), Reply>
+where
+    A: Future<Output = Result<accounting::Admitted, Reply>>,
+    D: Future<Output = Result<Reply, GatewayError>>,
+{
+    let admission = std::pin::pin!(admission);
+    let dispatched = std::pin::pin!(dispatched);
+    match select(admission, dispatched).await {
+        Either::Left((Ok(a), dispatched)) => Ok((a, dispatched.await)),
+        Either::Left((Err(refused), _dropped)) => Err(refused),
+        Either::Right((result, admission)) => match admission.await {
+            Ok(a) => Ok((a, result)),
+            Err(refused) => {
+                drop(result);
+                Err(refused)
+            }
+        },
+    }
 }
 
 /// What settling one request needs, owned so it can outlive the request.
 struct Settlement {
     env: Env,
-    object: String,
-    reservation: Option<u64>,
+    /// How it was admitted; `None` when it never was (a route refused
+    /// before an overlapped admission was asked).
+    ticket: Option<Ticket>,
     accounting: Accounting,
     key_id: String,
     request_id: String,
@@ -323,10 +349,9 @@ struct UsageLog<'a> {
     first_byte_ms: u64,
 }
 
-/// Replaces the reservation with the actual cost and logs the request.
+/// Logs the request and adds its actual cost to its key's batch.
 async fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
-    let (cost, event): (Money, UsageEvent) =
-        gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error);
+    let (cost, event) = gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error);
     let log = UsageLog {
         event: "request",
         request_id: &s.request_id,
@@ -348,17 +373,43 @@ async fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, er
     if let Ok(line) = serde_json::to_string(&log) {
         console_log!("{line}");
     }
-    let command = match s.reservation {
-        Some(reservation) => Command::Settle(Settle {
-            reservation,
-            cost,
-            usage: event,
-        }),
-        None => Command::Record { cost, usage: event },
-    };
-    if let Err(e) = key_client::call(&s.env, &s.object, &command).await {
-        // The reservation expires and is charged as reserved: never less.
-        worker::console_error!("settle failed for {}: {e}", s.request_id);
+    if let Some(ticket) = &s.ticket {
+        accounting::settle(&s.env, ticket, cost, &event).await;
+    }
+}
+
+/// `/__test/*` (test hooks on only).
+async fn test_hook(req: &Request, env: &Env, hook: TestHook) -> Result<Reply, GatewayError> {
+    match hook {
+        // Proves a panic costs one request, not the isolate.
+        TestHook::Panic => panic!("panic requested by the test hook"),
+        TestHook::Flush => {
+            accounting::flush_due(env, true).await;
+            Ok(Reply::json(200, br#"{"flushed":true}"#.to_vec()))
+        }
+        TestHook::Forget => {
+            accounting::forget();
+            Ok(Reply::json(200, br#"{"forgotten":true}"#.to_vec()))
+        }
+        TestHook::Seed => {
+            let url = req.url().map_err(|e| GatewayError::Internal {
+                message: e.to_string(),
+            })?;
+            let q = |name: &str| {
+                url.query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let n = |name: &str| q(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let id = q("key").unwrap_or_default();
+            let command = Command::Seed {
+                days: n("days"),
+                models: n("models"),
+                rpm: n("rpm"),
+            };
+            key_client::call(env, &keys::virtual_object_name(&id), &command).await?;
+            Ok(Reply::json(200, br#"{"seeded":true}"#.to_vec()))
+        }
     }
 }
 
@@ -376,7 +427,7 @@ async fn models(env: &Env, key: &KeyRef, route: &Route) -> Result<Reply, Gateway
         other => return Err(key_client::unexpected(other)),
     };
     let in_scope = |id: &str| scope.as_ref().is_none_or(|m| m.iter().any(|x| x == id));
-    let secret = |name: &str| var(env, name);
+    let secret = |name: &str| secret(env, name);
     match route {
         Route::Model(id) if in_scope(id) => Ok(Reply::json_value(
             200,
@@ -403,7 +454,7 @@ fn authenticate(req: &Request, env: &Env) -> Result<KeyRef, GatewayError> {
                 .into(),
         });
     };
-    keys::resolve(key, &var(env, GATEWAY_KEYS).unwrap_or_default()).ok_or_else(|| {
+    keys::resolve(key, &secret(env, GATEWAY_KEYS).unwrap_or_default()).ok_or_else(|| {
         GatewayError::Unauthorized {
             message: "Incorrect API key provided.".into(),
         }
@@ -522,11 +573,32 @@ fn origin_from_json(json: &str) -> Origin {
     }
 }
 
-/// A uniform draw in `[0, 1)` from the runtime's CSPRNG (weighted routing).
+/// 64 random bits from the runtime's CSPRNG, drawn 32 at a time: one
+/// crossing of the JS boundary per 32 draws instead of one per draw.
+fn random_u64() -> u64 {
+    thread_local! {
+        static POOL: RefCell<(usize, [u64; 32])> = const { RefCell::new((32, [0; 32])) };
+    }
+    POOL.with_borrow_mut(|(used, pool)| {
+        if *used == pool.len() {
+            let mut bytes = [0u8; 256];
+            // crypto.getRandomValues does not fail on Workers.
+            let _ = getrandom::fill(&mut bytes);
+            for (slot, chunk) in pool.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                *slot = u64::from_le_bytes(b);
+            }
+            *used = 0;
+        }
+        *used += 1;
+        pool[*used - 1]
+    })
+}
+
+/// A uniform draw in `[0, 1)` (weighted routing).
 fn random_unit() -> f64 {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Whether test-only behaviour is on. Vars are fixed for an isolate's life,
@@ -536,6 +608,21 @@ fn test_hooks(env: &Env) -> bool {
         static ON: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
     }
     ON.with(|on| *on.get_or_init(|| var(env, TEST_HOOKS).as_deref() == Some("1")))
+}
+
+/// A secret or var by name, read once per isolate: secrets and vars are
+/// fixed for an isolate's life (a change deploys new isolates), and each
+/// read is two lookups across the JS boundary.
+fn secret(env: &Env, name: &str) -> Option<String> {
+    thread_local! {
+        static SECRETS: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+    }
+    if let Some(v) = SECRETS.with_borrow(|s| s.get(name).cloned()) {
+        return v;
+    }
+    let v = var(env, name);
+    SECRETS.with_borrow_mut(|s| s.insert(name.to_owned(), v.clone()));
+    v
 }
 
 /// A secret or plain var by name.
@@ -552,9 +639,6 @@ fn now_ms() -> u64 {
 
 /// `req_` + 24 hex digits from the runtime's CSPRNG.
 fn new_request_id() -> String {
-    let mut bytes = [0u8; 12];
-    // getrandom on Workers is crypto.getRandomValues, which does not fail;
-    // a zero id would still be a valid (if unhelpful) id.
-    let _ = getrandom::fill(&mut bytes);
-    format!("req_{}", keys::hex(&bytes))
+    let (a, b) = (random_u64(), random_u64());
+    format!("req_{a:016x}{:08x}", b as u32)
 }

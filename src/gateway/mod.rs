@@ -56,9 +56,24 @@ pub enum Route {
     Health,
     /// `/admin/*`, guarded by `ADMIN_TOKEN`.
     Admin(AdminRoute),
-    /// `GET /__test/panic`: panics on purpose; served only when test hooks
-    /// are enabled (never in production).
-    TestPanic,
+    /// `/__test/*`: served only when test hooks are enabled (never in
+    /// production).
+    Test(TestHook),
+}
+
+/// Test-only endpoints (`GATEWAY_TEST_HOOKS=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestHook {
+    /// `GET /__test/panic`: panics on purpose.
+    Panic,
+    /// `POST /__test/flush`: sends every pending batch of this isolate now.
+    Flush,
+    /// `POST /__test/forget`: this isolate drops its leases and batches
+    /// unreported, as an isolate that dies would.
+    Forget,
+    /// `POST /__test/seed?key={id}&days=&models=&rpm=`: fills a key with
+    /// history (benchmarks of a busy key's decisions).
+    Seed,
 }
 
 /// The admin API's endpoints.
@@ -94,7 +109,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
         "/admin/config" => (Route::Admin(AdminRoute::Config), "GET, PUT"),
         "/admin/keys" => (Route::Admin(AdminRoute::Keys), "GET, POST"),
         "/admin/usage" => (Route::Admin(AdminRoute::Usage), "GET"),
-        "/__test/panic" => (Route::TestPanic, "GET"),
+        "/__test/panic" => (Route::Test(TestHook::Panic), "GET"),
+        "/__test/flush" => (Route::Test(TestHook::Flush), "POST"),
+        "/__test/forget" => (Route::Test(TestHook::Forget), "POST"),
+        "/__test/seed" => (Route::Test(TestHook::Seed), "POST"),
         p => {
             let not_found = || GatewayError::NotFound {
                 path: path.to_owned(),

@@ -52,4 +52,3 @@ pub(super) fn next_month_ms(ms: u64) -> u64 {
     let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     days_from_civil(y, m, 1) as u64 * DAY_MS
 }
-

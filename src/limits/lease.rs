@@ -32,11 +32,14 @@ use super::{Auth, RateInfo};
 pub const LEASE_SHARE: u64 = 4;
 /// Concurrency slots are scarcer: at most half the free ones.
 pub const SLOT_SHARE: u64 = 2;
-/// The longest a lease may be admitted from, whatever is asked.
-pub const MAX_LEASE_TTL_MS: u64 = 60_000;
+/// The longest a lease may be admitted from, whatever is asked. Short
+/// enough that the isolate can return it from within the `waitUntil` of
+/// the request that received it (the runtime allows 30 s after a response).
+pub const MAX_LEASE_TTL_MS: u64 = 20_000;
 /// Held money waits this long past `admit_until` + the request time limit
-/// for the isolate's report before it is charged (flushes are ~1 s apart).
-pub const REPORT_SLACK_MS: u64 = 60_000;
+/// for the isolate's report before it is charged (reports are sent about a
+/// second after each settlement).
+pub const REPORT_SLACK_MS: u64 = 15_000;
 
 /// What an isolate asks a key's object for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +213,9 @@ pub struct Sync {
     /// Every ask up to this id was answered, or its answer given up for.
     #[serde(default)]
     pub answered: u64,
+    /// Requests admitted from the holder's leases and not yet settled.
+    #[serde(default)]
+    pub in_flight: u64,
     /// The leases the isolate holds. A lease of this holder granted for an
     /// answered ask and not held here never reached it (a lost reply): the
     /// object takes it back unused.

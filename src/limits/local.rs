@@ -65,9 +65,10 @@ pub enum Local {
     Admitted(Admission),
     /// The object must decide.
     Ask {
-        /// Send the upstream request while the object decides: the key's
-        /// last known headroom is ample and it is not strict.
-        overlap: bool,
+        /// Send the upstream request while the object decides, routed for
+        /// the key as last seen: set when its last known headroom is ample
+        /// and it is not strict.
+        overlap: Option<Routing>,
         /// A lease to ask for along with the admission.
         lease: Option<LeaseAsk>,
     },
@@ -78,12 +79,28 @@ pub enum Local {
 pub struct Admission {
     /// Settle with this.
     pub ticket: Ticket,
+    /// How to route for the key.
+    pub routing: Routing,
+    /// For the `x-ratelimit-*` headers (approximate: as of the lease).
+    pub rate: RateInfo,
+}
+
+/// What routing needs of a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
     /// The key's tier.
     pub tier: Option<String>,
     /// The key's jurisdictions.
     pub regions: Option<Vec<String>>,
-    /// For the `x-ratelimit-*` headers (approximate: as of the lease).
-    pub rate: RateInfo,
+}
+
+impl Routing {
+    fn of(snap: &KeySnapshot) -> Routing {
+        Routing {
+            tier: snap.tier.clone(),
+            regions: snap.regions.clone(),
+        }
+    }
 }
 
 /// How a request was admitted, so it settles the same way.
@@ -181,7 +198,8 @@ impl Held {
         };
         half(self.requests_left, self.requests)
             || half(self.money_left.map(|m| m.0), self.money.map(|m| m.0))
-            || now_ms.saturating_sub(granted_ms) * 2 > self.admit_until_ms.saturating_sub(granted_ms)
+            || now_ms.saturating_sub(granted_ms) * 2
+                > self.admit_until_ms.saturating_sub(granted_ms)
     }
 
     /// Nothing in flight and nothing more to admit from it.
@@ -301,7 +319,7 @@ impl LocalLimits {
         let Some(snap) = &k.snapshot else {
             let lease = k.lease_ask(&config, holder, auth, reserve, tokens, now_ms);
             return Local::Ask {
-                overlap: false,
+                overlap: None,
                 lease,
             };
         };
@@ -315,7 +333,7 @@ impl LocalLimits {
                 .is_none_or(|m| m.iter().any(|x| x == model));
         if !valid || snap.strict {
             return Local::Ask {
-                overlap: false,
+                overlap: None,
                 lease: None,
             };
         }
@@ -332,7 +350,11 @@ impl LocalLimits {
             // As of the last reply, plus what this isolate still holds.
             let mut rate = k.rate_info.clone();
             if let Some(r) = rate.remaining_requests.as_mut() {
-                *r += k.leases.iter().filter_map(|(_, h)| h.requests_left).sum::<u64>();
+                *r += k
+                    .leases
+                    .iter()
+                    .filter_map(|(_, h)| h.requests_left)
+                    .sum::<u64>();
             }
             return Local::Admitted(Admission {
                 ticket: Ticket::Lease {
@@ -342,18 +364,14 @@ impl LocalLimits {
                     tokens,
                     admitted_ms: now_ms,
                 },
-                tier: snap.tier.clone(),
-                regions: snap.regions.clone(),
+                routing: Routing::of(snap),
                 rate,
             });
         }
         let fresh = now_ms.saturating_sub(k.seen_ms) < SNAPSHOT_FRESH_MS;
-        let ample = fresh && ample(snap, reserve, tokens);
+        let overlap = (fresh && ample(snap, reserve, tokens)).then(|| Routing::of(snap));
         let lease = k.lease_ask(&config, holder, auth, reserve, tokens, now_ms);
-        Local::Ask {
-            overlap: ample,
-            lease,
-        }
+        Local::Ask { overlap, lease }
     }
 
     /// What the object answered an admission, a lease ask or a batch.
@@ -442,7 +460,9 @@ impl LocalLimits {
                     h.slots_left = h.slots_left.map(|n| n + 1);
                     // What was reserved and not spent can be admitted again.
                     h.money_left = h.money_left.map(|m| m.plus(*reserve).minus(cost));
-                    h.tokens_left = h.tokens_left.map(|t| (t + tokens).saturating_sub(actual_tokens));
+                    h.tokens_left = h
+                        .tokens_left
+                        .map(|t| (t + tokens).saturating_sub(actual_tokens));
                 }
                 (Source::Lease { id: *lease }, *admitted_ms)
             }
@@ -521,6 +541,7 @@ impl LocalLimits {
             charges,
             done,
             answered: k.answered,
+            in_flight: k.leases.iter().map(|(_, h)| h.in_flight).sum(),
             held: k.leases.iter().map(|(_, h)| h.id).collect(),
             ask,
         };
@@ -546,6 +567,35 @@ impl LocalLimits {
             })
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Stops admitting from the key's leases (they are returned as their
+    /// requests settle) and forgets the key as last seen, so the next
+    /// request asks the object: after an admin change to the key, this
+    /// isolate applies it at once.
+    pub fn invalidate(&mut self, object: &str) {
+        if let Some(k) = self.keys.get_mut(object) {
+            k.snapshot = None;
+            k.no_lease_until_ms = 0;
+            for (_, h) in &mut k.leases {
+                h.requests_left = Some(0);
+            }
+        }
+    }
+
+    /// Returns the key's leases that have nothing in flight (with the next
+    /// batch): before a usage report, so that what it shows is not held.
+    pub fn release_idle(&mut self, object: &str) {
+        if let Some(k) = self.keys.get_mut(object) {
+            for (_, h) in k.leases.iter_mut().filter(|(_, h)| h.in_flight == 0) {
+                h.requests_left = Some(0);
+            }
+        }
+    }
+
+    /// Every key this isolate holds anything for.
+    pub fn objects(&self) -> Vec<String> {
+        self.keys.keys().cloned().collect()
     }
 
     /// When something next falls due (a batch, a lease to return or to
@@ -630,22 +680,34 @@ impl KeyLocal {
         })
     }
 
+    /// Whether the newest lease runs low and the next may be asked for now.
+    fn wants_refill(&self, config: &LocalConfig, now_ms: u64) -> bool {
+        let Some((granted, newest)) = self.leases.last() else {
+            return false;
+        };
+        newest.running_low(now_ms, *granted)
+            && now_ms < newest.admit_until_ms
+            && config.lease_ttl_ms > 0
+            && !self.asking
+            && now_ms >= self.no_lease_until_ms
+            && self.snapshot.as_ref().is_some_and(|s| !s.strict)
+    }
+
     /// A background ask for the next lease when the newest one runs low,
     /// so the isolate never waits for the object in steady state.
     fn refill(&mut self, config: &LocalConfig, holder: &str, now_ms: u64) -> Option<LeaseAsk> {
-        let (granted, newest) = self.leases.last()?;
-        if !newest.running_low(now_ms, *granted) || now_ms >= newest.admit_until_ms {
+        if !self.wants_refill(config, now_ms) {
             return None;
         }
-        let snap = self.snapshot.as_ref()?;
         let auth = Auth::Virtual {
-            secret_hash: snap.secret_hash.clone(),
+            secret_hash: self.snapshot.as_ref()?.secret_hash.clone(),
         };
         let (money, tokens) = (self.typical_money, self.typical_tokens);
         self.lease_ask(config, holder.to_owned(), auth, money, tokens, now_ms)
     }
 
-    /// When this key next needs a batch sent.
+    /// When this key next needs a batch sent. While one is on its way,
+    /// the next is looked at a flush interval later.
     fn wakeup(&self, config: &LocalConfig, now_ms: u64) -> Option<u64> {
         let flush = self.pending_since_ms.map(|t| {
             if self.pending.len() >= config.max_batch {
@@ -654,29 +716,30 @@ impl KeyLocal {
                 t + config.flush_ms
             }
         });
-        let resend = self.unacked.as_ref().map(|_| 0);
+        let resend = self.unacked.as_ref().map(|_| now_ms);
         let returns = self
             .leases
             .iter()
             .filter(|(_, h)| h.in_flight == 0)
             .map(|(_, h)| {
                 if h.requests_left == Some(0) {
-                    0
+                    now_ms
                 } else {
                     h.admit_until_ms
                 }
             });
-        let refill = self.leases.last().and_then(|(granted, newest)| {
-            let low = newest.running_low(now_ms, *granted) && now_ms < newest.admit_until_ms;
-            let may = !self.asking && config.lease_ttl_ms > 0 && now_ms >= self.no_lease_until_ms;
-            (low && may).then_some(now_ms)
-        });
-        flush
+        let refill = self.wants_refill(config, now_ms).then_some(now_ms);
+        let next = flush
             .into_iter()
             .chain(resend)
             .chain(returns)
             .chain(refill)
-            .min()
+            .min()?;
+        Some(if self.syncing {
+            next.max(now_ms + config.flush_ms)
+        } else {
+            next
+        })
     }
 }
 

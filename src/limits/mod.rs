@@ -131,6 +131,17 @@ pub enum Command {
     },
     /// Registry object: list every key.
     RegistryList,
+    /// Test and benchmark support (the object refuses it unless test hooks
+    /// are on): fills the key with `days` × `models` of usage history and a
+    /// minute window of `rpm` admissions.
+    Seed {
+        /// Days of history.
+        days: u64,
+        /// Models per day.
+        models: u64,
+        /// Admissions spread over the past minute.
+        rpm: u64,
+    },
 }
 
 /// An admission request.
@@ -214,6 +225,8 @@ pub enum Reply {
     },
     /// A usage report.
     Usage(Box<UsageReport>),
+    /// Test data was written.
+    Seeded,
     /// The command does not apply (no such key, key exists, ...).
     Rejected {
         /// HTTP-like status: 404 or 409.
@@ -298,7 +311,8 @@ pub struct UsageReport {
     pub first_request_ms: u64,
     /// Unix ms of the last request.
     pub last_request_ms: u64,
-    /// Requests admitted here and not yet settled.
+    /// Requests not yet settled: admitted here, or from leases as their
+    /// isolates last reported.
     pub in_flight: u64,
     /// Leases isolates hold.
     #[serde(default)]
@@ -396,6 +410,10 @@ struct Lease {
 struct Holder {
     seq: u64,
     seen_ms: u64,
+    /// Requests it had admitted from leases and not settled, as of its
+    /// last batch (for usage reports; limits use the leases' slots).
+    #[serde(default)]
+    in_flight: u64,
 }
 
 /// Spend in one calendar window.
@@ -513,6 +531,10 @@ impl KeyState {
             Command::RegistryList => Reply::Keys {
                 keys: self.registry.values().cloned().collect(),
             },
+            Command::Seed { days, models, rpm } => {
+                self.seed_history(now_ms, days, models, rpm);
+                Reply::Seeded
+            }
         }
     }
 
@@ -577,7 +599,9 @@ impl KeyState {
         let id = self.next_id();
         // The minute window exists for the per-minute limits; a key without
         // them keeps none (limits set later count from then on).
-        let bucket = self.windowed().then(|| self.window.add(now_ms, 1, a.tokens));
+        let bucket = self
+            .windowed()
+            .then(|| self.window.add(now_ms, 1, a.tokens));
         if let Some(idx) = bucket {
             self.touch_bucket(idx);
         }
@@ -691,7 +715,9 @@ impl KeyState {
             && self.day_requests(now_ms) >= rpd
         {
             let msg = format!("Rate limit reached: {rpd} requests per day.");
-            let wait = lease_wait.unwrap_or(u64::MAX).min(next_day_ms(now_ms) - now_ms);
+            let wait = lease_wait
+                .unwrap_or(u64::MAX)
+                .min(next_day_ms(now_ms) - now_ms);
             return Err(self.denial(DenialReason::RequestLimit, msg, Some(wait), now_ms));
         }
         if let Some(tpm) = l.tpm
@@ -725,7 +751,10 @@ impl KeyState {
     }
 
     /// Each budget with what was spent in its window and ms until it resets.
-    fn budget_windows(&self, now_ms: u64) -> [(Option<Money>, Money, &'static str, Option<u64>); 3] {
+    fn budget_windows(
+        &self,
+        now_ms: u64,
+    ) -> [(Option<Money>, Money, &'static str, Option<u64>); 3] {
         let b = self
             .record
             .as_ref()
@@ -756,7 +785,9 @@ impl KeyState {
         let l = &record.settings.limits;
         let used = self.window.totals();
         let rpm = l.rpm.map(|rpm| rpm.saturating_sub(used.requests));
-        let rpd = l.rpd.map(|rpd| rpd.saturating_sub(self.day_requests(now_ms)));
+        let rpd = l
+            .rpd
+            .map(|rpd| rpd.saturating_sub(self.day_requests(now_ms)));
         let reserved = self.reserved();
         let money = self
             .budget_windows(now_ms)
@@ -801,7 +832,8 @@ impl KeyState {
             return None;
         }
         // Never across midnight: `rpd` and the daily budget count by day.
-        let mut admit_until = (now_ms + ask.ttl_ms.clamp(1, MAX_LEASE_TTL_MS)).min(next_day_ms(now_ms));
+        let mut admit_until =
+            (now_ms + ask.ttl_ms.clamp(1, MAX_LEASE_TTL_MS)).min(next_day_ms(now_ms));
         if let Some(t) = settings.expires_at_ms {
             admit_until = admit_until.min(t);
         }
@@ -833,8 +865,10 @@ impl KeyState {
         // lease's life the isolate uses it, no minute window can hold more.
         let window_requests = if rpm { requests.unwrap_or(0) } else { 0 };
         let window_tokens = if tpm { tokens.unwrap_or(0) } else { 0 };
-        let bucket = (window_requests > 0 || window_tokens > 0)
-            .then(|| self.window.add(admit_until - 1, window_requests, window_tokens));
+        let bucket = (window_requests > 0 || window_tokens > 0).then(|| {
+            self.window
+                .add(admit_until - 1, window_requests, window_tokens)
+        });
         if let Some(idx) = bucket {
             self.touch_bucket(idx);
         }
@@ -871,22 +905,15 @@ impl KeyState {
 
     fn sync(&mut self, s: Sync, now_ms: u64) -> Reply {
         self.prune(now_ms);
-        let fresh = s.seq == 0
-            || self
-                .holders
-                .get(&s.holder)
-                .is_none_or(|h| s.seq > h.seq);
-        if s.seq > 0 && fresh {
+        let fresh = s.seq == 0 || self.holders.get(&s.holder).is_none_or(|h| s.seq > h.seq);
+        if fresh {
             if !self.holders.contains_key(&s.holder) {
                 self.forget_idle_holders(now_ms);
             }
-            self.holders.insert(
-                s.holder.clone(),
-                Holder {
-                    seq: s.seq,
-                    seen_ms: now_ms,
-                },
-            );
+            let h = self.holders.entry(s.holder.clone()).or_default();
+            h.seq = h.seq.max(s.seq);
+            h.seen_ms = now_ms;
+            h.in_flight = s.in_flight;
             self.touch(Table::Holder, &s.holder);
         }
         if fresh {
@@ -940,6 +967,16 @@ impl KeyState {
             };
             self.release(&done, now_ms);
         }
+    }
+
+    /// Requests in flight from leases, as the holders last reported; a
+    /// holder that no longer holds a lease has none.
+    fn lease_in_flight(&self) -> u64 {
+        self.holders
+            .iter()
+            .filter(|(name, _)| self.leases.values().any(|l| &l.holder == *name))
+            .map(|(_, h)| h.in_flight)
+            .sum()
     }
 
     fn forget_idle_holders(&mut self, now_ms: u64) {
@@ -1217,7 +1254,7 @@ impl KeyState {
             requests: self.meta.requests,
             first_request_ms: self.meta.first_request_ms,
             last_request_ms: self.meta.last_request_ms,
-            in_flight: self.reservations.len() as u64,
+            in_flight: self.reservations.len() as u64 + self.lease_in_flight(),
             leases: self.leases.len() as u64,
             spent_today_usd: spent_in(&self.meta.spent_day, now_ms / DAY_MS),
             spent_this_month_usd: spent_in(&self.meta.spent_month, month_index(now_ms)),

@@ -68,7 +68,10 @@ impl KeyState {
                     Table::Record => self.record.as_ref().map(json),
                     Table::Meta => Some(json(&self.meta)),
                     Table::Bucket => {
-                        let b = key.parse().map(|idx| self.window.get(idx)).unwrap_or_default();
+                        let b = key
+                            .parse()
+                            .map(|idx| self.window.get(idx))
+                            .unwrap_or_default();
                         (b != Bucket::default()).then(|| json(&b))
                     }
                     Table::Reservation => key
@@ -184,7 +187,11 @@ impl KeyState {
             .window
             .iter()
             .map(|(i, _)| (Table::Bucket, i.to_string()))
-            .chain(s.reservations.keys().map(|i| (Table::Reservation, i.to_string())))
+            .chain(
+                s.reservations
+                    .keys()
+                    .map(|i| (Table::Reservation, i.to_string())),
+            )
             .chain(s.usage.keys().map(|k| (Table::Usage, k.clone())))
             .chain(s.registry.keys().map(|k| (Table::Registry, k.clone())))
             .collect();

@@ -82,6 +82,7 @@ fn sync(s: &mut KeyState, now: u64, seq: u64, charges: Vec<Charge>, done: Vec<Le
             done,
             ask: None,
             answered: 0,
+            in_flight: 0,
             held: vec![],
         }),
         now,
@@ -92,7 +93,13 @@ fn sync(s: &mut KeyState, now: u64, seq: u64, charges: Vec<Charge>, done: Vec<Le
 fn settle(s: &mut KeyState, reservation: u64, cost: Money, input: u64, output: u64) -> bool {
     let before = report(s, NOON).in_flight;
     let seq = next_seq();
-    let c = charge(Source::Reservation { id: reservation }, "gpt", cost, input, output);
+    let c = charge(
+        Source::Reservation { id: reservation },
+        "gpt",
+        cost,
+        input,
+        output,
+    );
     sync(s, NOON, seq, vec![c], vec![]);
     report(s, NOON).in_flight < before
 }
@@ -146,6 +153,7 @@ fn lease(s: &mut KeyState, now: u64, a: LeaseAsk) -> Option<Grant> {
             done: vec![],
             ask: Some(a),
             answered: 0,
+            in_flight: 0,
             held: vec![],
         }),
         now,
@@ -692,7 +700,10 @@ fn legacy_documents_are_converted_to_rows() {
     store(&mut table, &mut s);
     let mut s = reload(&table);
     let r = report(&mut s, NOON);
-    assert_eq!((r.requests, r.in_flight, r.spent_total_usd), (3, 1, Money(5)));
+    assert_eq!(
+        (r.requests, r.in_flight, r.spent_total_usd),
+        (3, 1, Money(5))
+    );
     assert_eq!(r.reserved_usd, Money(7));
     assert_eq!(s.window.totals().tokens, 50);
     // The converted reservation settles, and ids continue where they were.
@@ -724,7 +735,13 @@ fn every_reply_crosses_the_object_boundary_as_json() {
     let mut replies = vec![
         s.apply(Command::Admit(admit()), NOON),
         s.apply(Command::Admit(admit()), NOON),
-        sync(&mut s, NOON, 1, vec![charge(Source::Reservation { id: 0 }, "gpt", Money(1), 1, 1)], vec![]),
+        sync(
+            &mut s,
+            NOON,
+            1,
+            vec![charge(Source::Reservation { id: 0 }, "gpt", Money(1), 1, 1)],
+            vec![],
+        ),
         s.apply(Command::Expire, NOON),
         s.apply(Command::Check { auth: auth() }, NOON),
         s.apply(Command::Usage { auth: auth() }, NOON),
@@ -751,6 +768,7 @@ fn lease_reply(s: &mut KeyState) -> Reply {
             done: vec![],
             ask: Some(ask(10, usd(1.0), Money(1))),
             answered: 0,
+            in_flight: 0,
             held: vec![],
         }),
         NOON,
@@ -957,6 +975,7 @@ fn a_lease_is_refused_to_a_wrong_or_revoked_key() {
             done: vec![],
             ask: Some(a),
             answered: 0,
+            in_flight: 0,
             held: vec![],
         }),
         NOON,
@@ -967,7 +986,10 @@ fn a_lease_is_refused_to_a_wrong_or_revoked_key() {
     s.apply(Command::Revoke, NOON);
     assert!(matches!(
         lease_reply(&mut s),
-        Reply::Synced { refused: Some(_), .. }
+        Reply::Synced {
+            refused: Some(_),
+            ..
+        }
     ));
 }
 

@@ -78,10 +78,12 @@ impl MinuteWindow {
     /// Requests and tokens in the window (call [`MinuteWindow::prune`] first;
     /// future buckets count: they hold leased slots).
     pub fn totals(&self) -> Bucket {
-        self.buckets.values().fold(Bucket::default(), |acc, b| Bucket {
-            requests: acc.requests.saturating_add(b.requests),
-            tokens: acc.tokens.saturating_add(b.tokens),
-        })
+        self.buckets
+            .values()
+            .fold(Bucket::default(), |acc, b| Bucket {
+                requests: acc.requests.saturating_add(b.requests),
+                tokens: acc.tokens.saturating_add(b.tokens),
+            })
     }
 
     /// Counts `requests` and `tokens` at `at_ms`; returns the bucket index.
@@ -182,11 +184,20 @@ mod tests {
         w.add(1_000, 2, 100);
         w.add(2_000, 3, 100);
         // rpm 5: full; one more fits when bucket 1 (2 requests) leaves.
-        assert_eq!(w.wait_for(30_000, 5, 1, |b| b.requests), Some(61_999 - 30_000));
+        assert_eq!(
+            w.wait_for(30_000, 5, 1, |b| b.requests),
+            Some(61_999 - 30_000)
+        );
         assert_eq!(w.wait_for(30_000, 6, 1, |b| b.requests), Some(0));
         // 200 tokens used: 150 more fit a 250 window once bucket 1 leaves.
-        assert_eq!(w.wait_for(30_000, 250, 150, |b| b.tokens), Some(61_999 - 30_000));
-        assert_eq!(w.wait_for(30_000, 250, 250, |b| b.tokens), Some(62_999 - 30_000));
+        assert_eq!(
+            w.wait_for(30_000, 250, 150, |b| b.tokens),
+            Some(61_999 - 30_000)
+        );
+        assert_eq!(
+            w.wait_for(30_000, 250, 250, |b| b.tokens),
+            Some(62_999 - 30_000)
+        );
         assert_eq!(w.wait_for(30_000, 250, 251, |b| b.tokens), None);
     }
 
@@ -195,7 +206,13 @@ mod tests {
         let mut w = MinuteWindow::default();
         let idx = w.add(5_000, 3, 30);
         w.remove(idx, 5, 10);
-        assert_eq!(w.get(idx), Bucket { requests: 0, tokens: 20 });
+        assert_eq!(
+            w.get(idx),
+            Bucket {
+                requests: 0,
+                tokens: 20
+            }
+        );
         w.remove(idx, 0, 20);
         assert_eq!(w.iter().count(), 0);
     }

@@ -1,0 +1,307 @@
+//! The isolate's side of the key objects: admission (from a lease with no
+//! call, or by the key's object, serially or overlapped with the upstream
+//! request), settlement into batches, and the flusher that sends them.
+//!
+//! The decisions are [`crate::limits::local`]'s; this module only does the
+//! I/O it asks for. One [`LocalLimits`] per isolate, in a thread-local (a
+//! Worker isolate is single-threaded); no borrow of it is held across an
+//! await.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use worker::{Context, Delay, Env};
+
+use super::{key_client, now_ms};
+use crate::config::Config;
+use crate::gateway::{self, Reply};
+use crate::keys::{self, KeyRef};
+use crate::limits::local::{Local, LocalConfig, LocalLimits, Routing, Ticket};
+use crate::limits::{Admit, Auth, Command, Money, RateInfo, Reply as KeyReply, UsageEvent};
+
+/// A flusher keeps going while work falls due within this long of its start:
+/// within the 30 s the runtime lets `waitUntil` run after a response.
+const FLUSHER_BUDGET_MS: u64 = 25_000;
+/// Rounds of one flusher are at least this far apart: work that cannot be
+/// done yet (its key's batch still on its way) never spins the isolate.
+const MIN_ROUND_MS: u64 = 20;
+
+thread_local! {
+    /// This isolate's leases and batches.
+    static LOCAL: RefCell<LocalLimits> = RefCell::new(LocalLimits::new(holder_id()));
+    /// When the next scheduled flusher wakes, if one is.
+    static FLUSHER_AT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// A random id for this isolate (its leases' holder).
+fn holder_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    format!("iso-{}", keys::hex(&bytes))
+}
+
+/// Applies the routing config's settings (cheap: a few integers).
+pub(super) fn configure(config: &Config) {
+    let local = LocalConfig {
+        lease_ttl_ms: config.limits.lease_ttl_ms,
+        hold_ms: config.failover.total_timeout_ms,
+        flush_ms: config.limits.flush_ms,
+        ..LocalConfig::default()
+    };
+    LOCAL.with(|l| l.borrow_mut().configure(local));
+}
+
+/// A request allowed to proceed.
+pub(super) struct Admitted {
+    /// How it settles.
+    pub(super) ticket: Ticket,
+    /// How to route for its key.
+    pub(super) routing: Routing,
+    /// For the `x-ratelimit-*` headers.
+    pub(super) rate: RateInfo,
+}
+
+/// Step 5's outcome.
+pub(super) enum Decision {
+    /// Go ahead.
+    Go(Admitted),
+    /// Ask the object while the upstream request is already on its way.
+    Overlap {
+        /// How to route meanwhile.
+        routing: Routing,
+        /// The key's object.
+        object: String,
+        /// What to ask it.
+        admit: Admit,
+    },
+    /// Refused, with the client's reply.
+    Refused(Reply),
+}
+
+/// Step 5: admits a request from a lease, or asks the key's object (now,
+/// or alongside the upstream request when the key's headroom is ample).
+/// A static key has no limits: it is only recorded when it settles.
+pub(super) async fn admit(
+    env: &Env,
+    ctx: &Context,
+    key: &KeyRef,
+    model: &str,
+    reserve: Money,
+    tokens: u64,
+) -> Decision {
+    let now = now_ms();
+    let object = key.object_name();
+    let KeyRef::Virtual { secret_hash, .. } = key else {
+        return Decision::Go(Admitted {
+            ticket: Ticket::Record {
+                object,
+                admitted_ms: now,
+            },
+            routing: Routing::default(),
+            rate: RateInfo::default(),
+        });
+    };
+    let local = LOCAL.with(|l| {
+        l.borrow_mut()
+            .admit(&object, secret_hash, model, reserve, tokens, now)
+    });
+    let (overlap, lease) = match local {
+        Local::Admitted(a) => {
+            // A renewal may now be due: ask off the request path.
+            ensure_flusher(env, Some(ctx));
+            return Decision::Go(Admitted {
+                ticket: a.ticket,
+                routing: a.routing,
+                rate: a.rate,
+            });
+        }
+        Local::Ask { overlap, lease } => (overlap, lease),
+    };
+    let admit = Admit {
+        auth: Auth::Virtual {
+            secret_hash: secret_hash.clone(),
+        },
+        model: model.to_owned(),
+        reserve,
+        tokens,
+        lease,
+    };
+    match overlap {
+        Some(routing) => Decision::Overlap {
+            routing,
+            object,
+            admit,
+        },
+        None => match decide(env, &object, admit).await {
+            Ok(a) => {
+                ensure_flusher(env, Some(ctx));
+                Decision::Go(a)
+            }
+            Err(reply) => Decision::Refused(reply),
+        },
+    }
+}
+
+/// Asks the key's object to admit one request (and perhaps to grant a
+/// lease); a denial becomes the client's error reply.
+pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admitted, Reply> {
+    let model = admit.model.clone();
+    let asked = admit.lease.is_some();
+    let result = key_client::call(env, object, &Command::Admit(admit)).await;
+    let now = now_ms();
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(e) => {
+            if asked {
+                LOCAL.with(|l| l.borrow_mut().on_failure(object, 0));
+            }
+            return Err(Reply::error(&e));
+        }
+    };
+    LOCAL.with(|l| l.borrow_mut().on_reply(object, 0, &reply, now));
+    match reply {
+        KeyReply::Admitted {
+            reservation,
+            rate,
+            key,
+            ..
+        } => Ok(Admitted {
+            ticket: Ticket::Reservation {
+                object: object.to_owned(),
+                id: reservation,
+                admitted_ms: now,
+            },
+            routing: Routing {
+                tier: key.tier,
+                regions: key.regions,
+            },
+            rate,
+        }),
+        KeyReply::Denied(d) => {
+            let mut reply = Reply::error(&gateway::denial_to_error(&d, &model));
+            reply.headers.extend(gateway::rate_headers(&d.rate));
+            Err(reply)
+        }
+        other => Err(Reply::error(&key_client::unexpected(other))),
+    }
+}
+
+/// Step 9: the request's cost joins its key's batch; the flusher sends it.
+pub(super) async fn settle(env: &Env, ticket: &Ticket, cost: Money, usage: &UsageEvent) {
+    LOCAL.with(|l| l.borrow_mut().settle(ticket, cost, usage, now_ms()));
+    // Already inside the request's `waitUntil`: flush from here if due.
+    if let Some(at) = claim_flusher() {
+        flusher(env.clone(), at).await;
+    }
+}
+
+/// Starts a flusher for the next work due (in `ctx`'s `waitUntil`), unless
+/// one already wakes for it.
+fn ensure_flusher(env: &Env, ctx: Option<&Context>) {
+    if let (Some(at), Some(ctx)) = (claim_flusher(), ctx) {
+        ctx.wait_until(flusher(env.clone(), at));
+    }
+}
+
+/// The time a new flusher should wake, if none wakes by then; claims it.
+fn claim_flusher() -> Option<u64> {
+    let at = LOCAL.with(|l| l.borrow().next_wakeup(now_ms()))?;
+    if FLUSHER_AT.get().is_some_and(|t| t <= at) {
+        return None;
+    }
+    FLUSHER_AT.set(Some(at));
+    Some(at)
+}
+
+/// Wakes at `at`, sends every batch due, and goes on while more falls due
+/// within its budget and no other flusher wakes sooner.
+async fn flusher(env: Env, mut at: u64) {
+    let started = now_ms();
+    let mut last_round = 0;
+    loop {
+        let now = now_ms();
+        let wake = at.max(last_round + MIN_ROUND_MS);
+        if wake > now {
+            Delay::from(Duration::from_millis(wake - now)).await;
+        }
+        last_round = now_ms();
+        flush_due(&env, false).await;
+        let next = LOCAL.with(|l| l.borrow().next_wakeup(now_ms()));
+        let mine = FLUSHER_AT.get() == Some(at);
+        match next {
+            Some(n)
+                if n <= started + FLUSHER_BUDGET_MS
+                    && (mine || FLUSHER_AT.get().is_none_or(|t| n < t)) =>
+            {
+                FLUSHER_AT.set(Some(n));
+                at = n;
+            }
+            _ => {
+                if mine {
+                    FLUSHER_AT.set(None);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Sends every key's due batch (all pending ones with `force`), one call
+/// per key, concurrently.
+pub(super) async fn flush_due(env: &Env, force: bool) {
+    let now = now_ms();
+    let objects = LOCAL.with(|l| {
+        let l = l.borrow();
+        if force { l.objects() } else { l.due(now) }
+    });
+    futures::future::join_all(objects.iter().map(|o| flush_key(env, o, force))).await;
+}
+
+/// Sends one key's batch, if it has one due (or any, with `force`).
+async fn flush_key(env: &Env, object: &str, force: bool) {
+    let Some(sync) = LOCAL.with(|l| l.borrow_mut().take_sync(object, now_ms(), force)) else {
+        return;
+    };
+    let seq = sync.seq;
+    match key_client::call(env, object, &Command::Sync(sync)).await {
+        Ok(reply) => LOCAL.with(|l| l.borrow_mut().on_reply(object, seq, &reply, now_ms())),
+        Err(e) => {
+            worker::console_error!("batch for {object} not sent (resent next time): {e}");
+            LOCAL.with(|l| l.borrow_mut().on_failure(object, seq));
+        }
+    }
+}
+
+/// Before a key's usage report: this isolate sends what it has settled and
+/// returns the leases it is not using, so the report shows both.
+pub(super) async fn before_report(env: &Env, object: &str) {
+    LOCAL.with(|l| l.borrow_mut().release_idle(object));
+    flush_key(env, object, true).await;
+}
+
+/// After an admin change to a key (revoked, rotated, limits changed): this
+/// isolate stops admitting from its leases at once; other isolates do when
+/// their leases end (`limits.lease_ttl_ms`).
+pub(super) async fn after_change(env: &Env, object: &str) {
+    LOCAL.with(|l| l.borrow_mut().invalidate(object));
+    flush_key(env, object, true).await;
+}
+
+/// Test hook: this isolate forgets its leases and batches, as if it died.
+pub(super) fn forget() {
+    LOCAL.with(|l| l.borrow_mut().forget());
+}
+
+/// Overlapped admission's answer, for a request already sent upstream.
+pub(super) async fn decide_overlapped(
+    env: &Env,
+    ctx: &Context,
+    object: &str,
+    admit: Admit,
+) -> Result<Admitted, Reply> {
+    let decided = decide(env, object, admit).await;
+    if decided.is_ok() {
+        ensure_flusher(env, Some(ctx));
+    }
+    decided
+}
