@@ -53,6 +53,36 @@ pub struct Config {
     /// Timeouts, retries and the circuit breaker.
     #[serde(default)]
     pub failover: Failover,
+    /// What the worker logs.
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// What the worker writes to its log (Workers Logs, `wrangler tail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// The per-request usage events (`"event":"request"`).
+    #[serde(default)]
+    pub requests: RequestLog,
+}
+
+/// How per-request events are logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLog {
+    /// Gathered per isolate and written about once a second as one line,
+    /// `{"event":"requests","requests":[...]}`: every event is kept, and a
+    /// log write (a runtime call that costs as much as a tenth of a request)
+    /// is paid once per batch, not per request.
+    #[default]
+    Batched,
+    /// One line per request, written when it ends.
+    Each,
+    /// Not logged (usage still reaches the key objects).
+    Off,
 }
 
 /// One upstream provider account or deployment.
@@ -256,6 +286,24 @@ fn default_flush_ms() -> u64 {
 fn default_max_body_bytes() -> u64 {
     // Room for a few base64 images; well under the Workers request limit.
     8 * 1024 * 1024
+}
+
+impl Config {
+    /// Whether routing `model` reads where the request comes from: data
+    /// residency rules, or a strategy ordered by distance. When it does
+    /// not, the edge does not read `request.cf` at all.
+    pub fn needs_origin(&self, model: &str) -> bool {
+        if !self.residency.is_empty() {
+            return true;
+        }
+        let by_distance = |s: &Strategy| matches!(s, Strategy::Nearest | Strategy::Latency);
+        self.models.get(model).is_some_and(|m| {
+            by_distance(&m.strategy)
+                || m.rules
+                    .iter()
+                    .any(|r| r.strategy.as_ref().is_some_and(by_distance))
+        })
+    }
 }
 
 /// One problem in a config document, with the path of the bad value.

@@ -74,6 +74,9 @@ pub enum TestHook {
     /// `POST /__test/seed?key={id}&days=&models=&rpm=`: fills a key with
     /// history (benchmarks of a busy key's decisions).
     Seed,
+    /// `GET /__test/stats`: this isolate's admissions by kind and its calls
+    /// to key objects.
+    Stats,
 }
 
 /// The admin API's endpoints.
@@ -113,6 +116,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
         "/__test/flush" => (Route::Test(TestHook::Flush), "POST"),
         "/__test/forget" => (Route::Test(TestHook::Forget), "POST"),
         "/__test/seed" => (Route::Test(TestHook::Seed), "POST"),
+        "/__test/stats" => (Route::Test(TestHook::Stats), "GET"),
         p => {
             let not_found = || GatewayError::NotFound {
                 path: path.to_owned(),
@@ -686,48 +690,82 @@ async fn try_chat<U: Upstream>(
     let target = &cand.target;
     let attempt_start = (ctx.clock)();
     let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
-    let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
-    if req.stream {
-        let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
-        let mut translated = Translated::new(target.name, resp.body, translator);
-        // Hold chunks until one carries output (time to first token), so a
-        // provider that fails before its first token is replaced unseen.
-        // Per attempt: a replacement target gets the whole allowance.
-        let deadline = attempt_start + policy.first_byte_timeout_ms;
-        let mut held: Vec<u8> = Vec::new();
-        loop {
-            let left = deadline.saturating_sub((ctx.clock)());
-            let next = within(upstream, left, translated.next())
-                .await
-                .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
-            match next {
-                Some(Ok(bytes)) => {
-                    held.extend_from_slice(&bytes);
-                    if carries_output(&held) {
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err(redact(e, cand.api_key.as_deref())),
-                None if held.is_empty() => {
-                    return Err(GatewayError::UpstreamInvalidResponse {
-                        provider: target.name.to_owned(),
-                        message: "empty stream".into(),
-                    });
-                }
-                None => break,
-            }
-        }
-        let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
-        let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
-        let limit = timeout(target, "end of stream", policy.total_timeout_ms);
-        let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
-        return Ok(stream_reply(body));
+    if !req.stream {
+        let body = answer_within(upstream, ctx, policy, cand, up_req).await?;
+        let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
+        let mut reply = Reply::json(200, body);
+        reply.usage = usage;
+        return Ok(reply);
     }
-    let body = collect_answer(upstream, policy, resp, target).await?;
-    let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
-    let mut reply = Reply::json(200, body);
-    reply.usage = usage;
-    Ok(reply)
+    // A stream's headers come at once: a provider silent past the connect
+    // timeout is not answering.
+    let resp = within(
+        upstream,
+        policy.connect_timeout_ms,
+        send_for_success(upstream, ctx, policy, cand, up_req),
+    )
+    .await
+    .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
+    let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
+    let mut translated = Translated::new(target.name, resp.body, translator);
+    // Hold chunks until one carries output (time to first token), so a
+    // provider that fails before its first token is replaced unseen.
+    // Per attempt: a replacement target gets the whole allowance.
+    let deadline = attempt_start + policy.first_byte_timeout_ms;
+    let mut held: Vec<u8> = Vec::new();
+    loop {
+        let left = deadline.saturating_sub((ctx.clock)());
+        let next = within(upstream, left, translated.next())
+            .await
+            .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
+        match next {
+            Some(Ok(bytes)) => {
+                held.extend_from_slice(&bytes);
+                if carries_output(&held) {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(redact(e, cand.api_key.as_deref())),
+            None if held.is_empty() => {
+                return Err(GatewayError::UpstreamInvalidResponse {
+                    provider: target.name.to_owned(),
+                    message: "empty stream".into(),
+                });
+            }
+            None => break,
+        }
+    }
+    let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
+    let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+    let limit = timeout(target, "end of stream", policy.total_timeout_ms);
+    let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
+    Ok(stream_reply(body))
+}
+
+/// Sends a non-streamed request and reads its whole answer, both within
+/// the first-byte timeout: providers write a whole answer's headers only
+/// when the answer is ready, so a long generation is not a silent provider.
+/// One timer for the attempt.
+async fn answer_within<U: Upstream>(
+    upstream: &U,
+    ctx: &Ctx<'_>,
+    policy: &Failover,
+    cand: &Candidate<'_>,
+    up_req: UpstreamRequest,
+) -> Result<Vec<u8>, GatewayError> {
+    let target = &cand.target;
+    let answer = async {
+        let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
+        resp.collect(RESPONSE_BODY_LIMIT).await.map_err(|message| {
+            GatewayError::UpstreamUnreachable {
+                provider: target.name.to_owned(),
+                message,
+            }
+        })
+    };
+    within(upstream, policy.first_byte_timeout_ms, answer)
+        .await
+        .ok_or_else(|| timeout(target, "complete answer", policy.first_byte_timeout_ms))?
 }
 
 /// One embeddings attempt at one candidate, within the policy's timeouts.
@@ -740,17 +778,16 @@ async fn try_embeddings<U: Upstream>(
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let up_req = providers::build_embeddings_request(target, req, cand.api_key.as_deref())?;
-    let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
-    let body = collect_answer(upstream, policy, resp, target).await?;
+    let body = answer_within(upstream, ctx, policy, cand, up_req).await?;
     let (body, usage) = providers::embeddings_response(target, req, body)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)
 }
 
-/// Sends a candidate's request within the connect timeout; a non-2xx answer
-/// becomes the provider's error, with its key redacted should the provider
-/// echo it.
+/// Sends a candidate's request; a non-2xx answer becomes the provider's
+/// error, with its key redacted should the provider echo it. The caller
+/// bounds the wait.
 async fn send_for_success<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
@@ -759,13 +796,7 @@ async fn send_for_success<U: Upstream>(
     up_req: UpstreamRequest,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let resp = within(
-        upstream,
-        policy.connect_timeout_ms,
-        send(upstream, target, up_req, ctx.now_ms),
-    )
-    .await
-    .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
+    let resp = send(upstream, target, up_req, ctx.now_ms).await?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
@@ -781,27 +812,6 @@ async fn send_for_success<U: Upstream>(
     .unwrap_or_default();
     let e = providers::error_from_response(target, status, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
-}
-
-/// Reads a whole non-streamed answer within the first-byte timeout; a body
-/// cut short is a transport failure (worth another target).
-async fn collect_answer<U: Upstream>(
-    upstream: &U,
-    policy: &Failover,
-    resp: UpstreamResponse,
-    target: &Target<'_>,
-) -> Result<Vec<u8>, GatewayError> {
-    within(
-        upstream,
-        policy.first_byte_timeout_ms,
-        resp.collect(RESPONSE_BODY_LIMIT),
-    )
-    .await
-    .ok_or_else(|| timeout(target, "complete body", policy.first_byte_timeout_ms))?
-    .map_err(|message| GatewayError::UpstreamUnreachable {
-        provider: target.name.to_owned(),
-        message,
-    })
 }
 
 /// The error of a phase that took longer than `ms`.

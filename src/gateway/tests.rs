@@ -32,6 +32,8 @@ struct Scripted {
     seen: RefCell<Vec<UpstreamRequest>>,
     /// Timers fire at once (every timeout passes); otherwise never.
     timers_fire: bool,
+    /// Every timer asked for, in ms.
+    sleeps: RefCell<Vec<u64>>,
 }
 
 impl Scripted {
@@ -40,6 +42,7 @@ impl Scripted {
             script: RefCell::new(script.into()),
             seen: RefCell::default(),
             timers_fire: false,
+            sleeps: RefCell::default(),
         }
     }
 }
@@ -77,7 +80,8 @@ impl Upstream for Scripted {
         }
     }
 
-    fn sleep(&self, _ms: u64) -> crate::http::Sleep {
+    fn sleep(&self, ms: u64) -> crate::http::Sleep {
+        self.sleeps.borrow_mut().push(ms);
         if self.timers_fire {
             Box::pin(futures::future::ready(()))
         } else {
@@ -694,6 +698,25 @@ fn a_target_silent_past_the_headers_timeout_fails_over() {
     )
     .unwrap();
     assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+}
+
+#[test]
+fn a_whole_answer_gets_the_first_byte_timeout_for_headers_and_body_with_one_timer() {
+    // Providers write a non-streamed answer's headers when it is ready: a
+    // 20-second generation is not a provider silent past the connect timeout.
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![COMPLETION.as_bytes().to_vec()],
+    )]);
+    let config = Config::from_json(&CONFIG.replacen(
+        r#""models""#,
+        r#""failover":{"connect_timeout_ms":15000,"first_byte_timeout_ms":60000},"models""#,
+        1,
+    ))
+    .unwrap();
+    run_in(&up, &config, &Health::new(), NON_STREAM).unwrap();
+    assert_eq!(*up.sleeps.borrow(), vec![60_000]);
 }
 
 #[test]
