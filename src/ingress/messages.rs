@@ -1,0 +1,1443 @@
+//! Anthropic Messages ingress: `POST /v1/messages` and
+//! `POST /v1/messages/count_tokens`, as Claude Code and the official
+//! `anthropic` SDKs send them.
+//!
+//! To an Anthropic target the request is forwarded losslessly: only `model`
+//! is rewritten and every other field is copied byte for byte
+//! ([`MessagesRequest::to_anthropic_body`]), so `cache_control`, `thinking`,
+//! `redacted_thinking`, documents, citations, server tools and `metadata`
+//! all arrive as sent. To any other target it is translated into the
+//! gateway's chat-completions body ([`messages_request_to_chat_body`]), and
+//! the answer back ([`chat_response_to_message`], [`ChunksToMessageEvents`]).
+//!
+//! # Anthropic parameters and what happens to them (non-Anthropic targets)
+//!
+//! | Anthropic parameter | OpenAI chat request |
+//! |---------------------|---------------------|
+//! | `model` | `model` (the name given to [`messages_request_to_chat_body`]) |
+//! | `max_tokens` | `max_tokens` (required, as Anthropic requires it: a 400 `max_tokens: Field required` when absent) |
+//! | `system` (string or text blocks) | a first `system` message; blocks joined with `"\n\n"` (a string system message is what every OpenAI-compatible server takes); a non-text block is a 400 |
+//! | `messages[]`, `user` | `user` messages: one text block (or a string) as a string, several blocks as `text`/`image_url` parts |
+//! | `messages[]`, `assistant` | an `assistant` message: its text blocks joined, `tool_use` blocks as `tool_calls` (`arguments` = the compact JSON of `input`), content `null` when there is no text |
+//! | `image` blocks | `image_url` parts: base64 sources as `data:<media_type>;base64,...` URLs, `url` sources as is; a `file` source is a 400 |
+//! | `tool_result` blocks | `tool` messages (`tool_call_id` = `tool_use_id`) in block order, so they follow the assistant's `tool_calls`; the user's other blocks of that turn follow as a `user` message. Content: a string as is; text blocks as one string or as parts, with images as `image_url` parts. `is_error` has no chat equivalent: the content carries the error, and an empty error result reads `Error` |
+//! | `thinking`, `redacted_thinking` blocks (history) | dropped: reasoning of earlier turns is not sent back to chat models (OpenAI's own guidance), and the signatures mean nothing elsewhere |
+//! | `document`, `search_result`, `container_upload` blocks, `citations` | 400 naming `messages`: the content would be lost and the answer would change |
+//! | server tool blocks in history (`server_tool_use`, `*_tool_result`) | 400 naming `messages` |
+//! | `cache_control` (anywhere, top-level too) | dropped: caching changes cost, not the answer (OpenAI-compatible servers cache prefixes on their own) |
+//! | `stop_sequences` | `stop` |
+//! | `stream` | `stream`, with `stream_options.include_usage: true` always (the usage chunk gives `message_delta` its counts) |
+//! | `temperature`, `top_p` | the same, spelled as sent (Anthropic's 0–1 temperature is within OpenAI's 0–2) |
+//! | `top_k` | `top_k` (read by the Anthropic and Gemini adapters and by open-model servers; OpenAI itself refuses it with a 400 that names it) |
+//! | `metadata.user_id` | `user` |
+//! | `tools`, custom tools (no `type`, or `custom`) | `function` tools: `input_schema` -> `parameters`, `strict` kept; `cache_control`, `input_examples`, `defer_loading`, `allowed_callers`, `eager_input_streaming` dropped |
+//! | `tools`, server and Anthropic-defined tools (`web_search_*`, `web_fetch_*`, `code_execution_*`, `bash_*`, `text_editor_*`, `computer_*`, `memory_*`, `tool_search_*`, ...) | 400 naming `tools` and the tool type: only Anthropic runs or defines them |
+//! | `tool_choice` | `auto` -> `"auto"`, `any` -> `"required"`, `tool` -> the named function, `none` -> `"none"`; left out when there are no tools |
+//! | `tool_choice.disable_parallel_tool_use: true` | `parallel_tool_calls: false` |
+//! | `thinking: {type: enabled, budget_tokens}` | `reasoning_effort` by [`thinking_budget_to_reasoning_effort`]: under 4,096 `low`, under 16,384 `medium`, else `high` (Claude Code's "think", "think hard" and "ultrathink" budgets land in the three levels). A target model that does not reason may refuse `reasoning_effort` |
+//! | `thinking: {type: adaptive}` or `disabled` | nothing (the target's default) |
+//! | `output_config.effort` | `reasoning_effort` (`low`/`medium`/`high` as is; `xhigh` and `max` as `high`, the highest level every reasoning API takes); wins over `thinking` |
+//! | `output_config.format` (`json_schema`) | `response_format: {type: json_schema, json_schema: {name: "output", schema, strict: true}}` |
+//! | `container`, `mcp_servers` | 400 naming them: Anthropic-hosted execution |
+//! | `service_tier`, `inference_geo`, `speed`, `context_management`, `diagnostics`, `user_profile_id`, `workspace_id`, anything else | dropped: they tune Anthropic's service, not the answer (residency is the gateway's own routing) |
+//!
+//! # The answer, either way
+//!
+//! A `chat.completion` becomes a `message`: its id is `msg_` and a stable
+//! hash of the upstream id (an upstream `msg_` id is kept); `model` is the
+//! model the client asked for; content blocks are `thinking` (from
+//! `reasoning_content` or `reasoning`, with an empty `signature`: there is
+//! none to give), `text` (content, or a refusal), then one `tool_use` per
+//! call (`input` = the parsed arguments, `{}` when they are not a JSON
+//! object). Stop reasons: `stop` -> `end_turn` (`stop_sequence` when the
+//! upstream names the sequence, as vLLM's `stop_reason` does; OpenAI's own
+//! format cannot tell), `length` -> `max_tokens`, `tool_calls` (or `stop`
+//! with calls) -> `tool_use`, `content_filter` -> `refusal`. Usage as
+//! Anthropic reports it: `input_tokens` excludes cached tokens, which are
+//! `cache_read_input_tokens`; `cache_creation_input_tokens` is 0 (OpenAI's
+//! format does not report writes); reasoning tokens also appear as
+//! `output_tokens_details.thinking_tokens` when reported.
+//!
+//! Streams: see [`ChunksToMessageEvents`]. Errors: [`anthropic_error_status`]
+//! and [`anthropic_error_body`].
+//!
+//! Order: constants, the request, request translation, response
+//! translation, stream translation, errors, token counting, tests.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::api::{Usage, field, parse_field, parse_object, write_object};
+use crate::error::GatewayError;
+use crate::sse::encode_event;
+
+use super::{
+    Answer, BlockKind, ChunkConverter, ChunkReader, Failure, Part, Stop, UsageIn, compact_json,
+    count_type_values, invalid, parse_completion, stable_id, to_json,
+};
+
+// ---- Constants ---------------------------------------------------------------
+
+/// The path of the Messages endpoint, on the gateway and on Anthropic.
+pub const MESSAGES_PATH: &str = "/v1/messages";
+
+/// The path of the token-counting endpoint, on the gateway and on Anthropic.
+/// An Anthropic target receives the client's body with `model` rewritten
+/// ([`MessagesRequest::to_anthropic_body`]) and answers `{"input_tokens":N}`.
+pub const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+
+/// Input tokens an image counts for in estimates: Anthropic's cost of an
+/// image at its largest size before resizing (about 1.15 megapixels / 750).
+pub const TOKENS_PER_IMAGE: u64 = 1_600;
+
+/// How the client is named in messages about what a target cannot do.
+const ELSEWHERE: &str = "a non-Anthropic target";
+
+// ---- The request -------------------------------------------------------------
+
+/// A parsed Messages request that borrows from the body: every top-level
+/// field raw, in order, and what the gateway decides on.
+#[derive(Debug)]
+pub struct MessagesRequest<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The model name the client asked for (a public alias in the config).
+    pub model: Cow<'a, str>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `max_tokens` (0 for `count_tokens`, which takes none).
+    pub max_tokens: u64,
+    /// Image blocks anywhere in `messages` (tool results included), whose
+    /// tokens the body's size does not bound.
+    pub images: usize,
+    /// Document blocks in `messages` (PDFs, text documents).
+    pub documents: usize,
+    /// `tools` is a non-empty list.
+    pub has_tools: bool,
+}
+
+impl<'a> MessagesRequest<'a> {
+    /// Parses a `POST /v1/messages` body. Errors are 400s in Anthropic's
+    /// words (`max_tokens: Field required`), naming the parameter.
+    pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
+        Self::parse_with(body, true)
+    }
+
+    /// Parses a `POST /v1/messages/count_tokens` body (no `max_tokens`).
+    pub fn parse_count_tokens(body: &'a [u8]) -> Result<Self, GatewayError> {
+        Self::parse_with(body, false)
+    }
+
+    fn parse_with(body: &'a [u8], needs_max_tokens: bool) -> Result<Self, GatewayError> {
+        let fields = parse_object(body)?;
+        let required = |name: &str| invalid(format!("{name}: Field required"), name);
+        let model = match field(&fields, "model") {
+            None => return Err(required("model")),
+            Some(raw) => match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+                Ok(m) if !m.trim().is_empty() => m,
+                Ok(_) => {
+                    return Err(invalid(
+                        "model: String should have at least 1 character".into(),
+                        "model",
+                    ));
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "model: Input should be a valid string".into(),
+                        "model",
+                    ));
+                }
+            },
+        };
+        let messages = match field(&fields, "messages") {
+            None => return Err(required("messages")),
+            Some(raw) if !raw.get().starts_with('[') => {
+                return Err(invalid(
+                    "messages: Input should be a valid list".into(),
+                    "messages",
+                ));
+            }
+            Some(raw) => raw.get(),
+        };
+        let max_tokens = match field(&fields, "max_tokens") {
+            None if needs_max_tokens => return Err(required("max_tokens")),
+            None => 0,
+            Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+                Ok(0) if needs_max_tokens => {
+                    return Err(invalid(
+                        "max_tokens: Input should be greater than or equal to 1".into(),
+                        "max_tokens",
+                    ));
+                }
+                Ok(n) => n,
+                Err(_) => {
+                    return Err(invalid(
+                        "max_tokens: Input should be a valid integer".into(),
+                        "max_tokens",
+                    ));
+                }
+            },
+        };
+        let stream = match field(&fields, "stream") {
+            None => false,
+            Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
+                .map_err(|_| invalid("stream: Input should be a valid boolean".into(), "stream"))?
+                .unwrap_or(false),
+        };
+        let has_tools = field(&fields, "tools")
+            .is_some_and(|raw| raw.get().starts_with('[') && raw.get()[1..].trim_start() != "]");
+        Ok(MessagesRequest {
+            images: count_type_values(messages, "image"),
+            documents: count_type_values(messages, "document"),
+            fields,
+            model,
+            stream,
+            max_tokens,
+            has_tools,
+        })
+    }
+
+    /// The raw JSON of a top-level field.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        field(&self.fields, key)
+    }
+
+    /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.
+    pub fn parse_field<T: Deserialize<'a> + Default>(&self, key: &str) -> Result<T, GatewayError> {
+        parse_field(&self.fields, key)
+    }
+
+    /// `metadata.user_id`, the end user for routing rules and logs.
+    pub fn user_id(&self) -> Option<String> {
+        self.parse_field::<Option<MetadataIn>>("metadata")
+            .ok()
+            .flatten()
+            .and_then(|m| m.user_id)
+    }
+
+    /// The body for an Anthropic target (`/v1/messages` or
+    /// `/v1/messages/count_tokens`): the client's fields in their order,
+    /// byte for byte, `model` replaced.
+    pub fn to_anthropic_body(&self, upstream_model: &str) -> Vec<u8> {
+        write_object(&self.fields, upstream_model, None, b"")
+    }
+}
+
+// ---- Request translation ---------------------------------------------------------
+
+/// A message of `messages`, its content kept raw (a string or blocks).
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow)]
+    content: &'a RawValue,
+}
+
+/// A content block. Flat rather than a tagged enum: a tagged enum buffers
+/// its content, and a borrowed `RawValue` cannot come from a buffer.
+#[derive(Deserialize)]
+struct BlockIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    source: Option<SourceIn<'a>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    tool_use_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default)]
+    is_error: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct SourceIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    url: Option<Cow<'a, str>>,
+}
+
+/// A tool of `tools`.
+#[derive(Deserialize)]
+struct ToolIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    description: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    input_schema: Option<&'a RawValue>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct ToolChoiceIn {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct ThinkingIn {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    budget_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct OutputConfigIn<'a> {
+    #[serde(default)]
+    effort: Option<String>,
+    #[serde(default, borrow)]
+    format: Option<OutputFormatIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OutputFormatIn<'a> {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default, borrow)]
+    schema: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct MetadataIn {
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// The chat-completions body.
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<ChatMessage<'a>>,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ChatTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ChatToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormatOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// A chat message; `content` is written even when `null` (an assistant
+/// message of tool calls only).
+#[derive(Serialize)]
+pub(crate) struct ChatMessage<'a> {
+    pub(crate) role: &'static str,
+    pub(crate) content: Option<ChatContent<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tool_calls: Vec<ChatToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_call_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> ChatMessage<'a> {
+    pub(crate) fn new(role: &'static str, content: ChatContent<'a>) -> Self {
+        ChatMessage {
+            role,
+            content: Some(content),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+/// A string, or parts.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum ChatContent<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<ChatPart<'a>>),
+}
+
+impl<'a> ChatContent<'a> {
+    /// One text part reads as a string (what every server takes); anything
+    /// else stays parts.
+    pub(crate) fn from_parts(mut parts: Vec<ChatPart<'a>>) -> Self {
+        if let [ChatPart::Text { .. }] = parts.as_slice()
+            && let Some(ChatPart::Text { text }) = parts.pop()
+        {
+            return ChatContent::Text(text);
+        }
+        ChatContent::Parts(parts)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ChatPart<'a> {
+    Text { text: Cow<'a, str> },
+    ImageUrl { image_url: ImageUrlOut<'a> },
+}
+
+#[derive(Serialize)]
+pub(crate) struct ImageUrlOut<'a> {
+    pub(crate) url: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ChatToolCall {
+    pub(crate) id: String,
+    #[serde(rename = "type")]
+    pub(crate) kind: &'static str,
+    pub(crate) function: ChatFunctionCall,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ChatFunctionCall {
+    pub(crate) name: String,
+    pub(crate) arguments: String,
+}
+
+#[derive(Serialize)]
+struct ChatTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: ChatFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct ChatFunction<'a> {
+    name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Cow<'a, str>>,
+    parameters: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChatToolChoice {
+    Mode(&'static str),
+    Named {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: NamedFunction,
+    },
+}
+
+#[derive(Serialize)]
+struct NamedFunction {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct ResponseFormatOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    json_schema: JsonSchemaOut<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonSchemaOut<'a> {
+    name: &'static str,
+    schema: &'a RawValue,
+    strict: bool,
+}
+
+/// `reasoning_effort` for a `thinking.budget_tokens`: under 4,096 `low`,
+/// under 16,384 `medium`, else `high`. Anthropic's minimum budget is 1,024;
+/// Claude Code asks 4,000, 10,000 and 31,999 for its three levels.
+pub fn thinking_budget_to_reasoning_effort(budget_tokens: u64) -> &'static str {
+    match budget_tokens {
+        0..4_096 => "low",
+        4_096..16_384 => "medium",
+        _ => "high",
+    }
+}
+
+/// The OpenAI chat-completions body for a Messages request, for a target
+/// that is not Anthropic. `model` is the name to put in it: the client's
+/// alias when the body then goes through the gateway's chat path, which
+/// rewrites it per target. Every rejection is a 400 naming the parameter.
+pub fn messages_request_to_chat_body(
+    req: &MessagesRequest<'_>,
+    model: &str,
+) -> Result<Vec<u8>, GatewayError> {
+    for hosted in ["container", "mcp_servers"] {
+        if req.get(hosted).is_some_and(|raw| raw.get() != "null") {
+            return Err(invalid(
+                format!("`{hosted}` (Anthropic-hosted execution) is not supported by {ELSEWHERE}"),
+                hosted,
+            ));
+        }
+    }
+    let mut messages = Vec::new();
+    if let Some(raw) = req.get("system")
+        && let Some(text) = system_text(raw)?
+    {
+        messages.push(ChatMessage::new("system", ChatContent::Text(text)));
+    }
+    let turns: Vec<MessageIn<'_>> = req.parse_field("messages")?;
+    for (i, turn) in turns.iter().enumerate() {
+        match turn.role.as_ref() {
+            "user" => user_turn(turn.content, i, &mut messages)?,
+            "assistant" => messages.push(assistant_turn(turn.content, i)?),
+            other => {
+                return Err(invalid(
+                    format!(
+                        "messages.{i}.role: Input should be 'user' or 'assistant', got {other:?}"
+                    ),
+                    "messages",
+                ));
+            }
+        }
+    }
+
+    let tools = tools_to_chat(req.parse_field("tools")?)?;
+    let choice: Option<ToolChoiceIn> = req.parse_field("tool_choice")?;
+    let (tool_choice, parallel_tool_calls) = match (&choice, tools.is_empty()) {
+        (Some(c), false) => (
+            tool_choice_to_chat(c)?,
+            (c.disable_parallel_tool_use == Some(true)).then_some(false),
+        ),
+        _ => (None, None),
+    };
+
+    let output: Option<OutputConfigIn<'_>> = req.parse_field("output_config")?;
+    let output = output.unwrap_or_default();
+    let thinking: Option<ThinkingIn> = req.parse_field("thinking")?;
+    let reasoning_effort = match output.effort.as_deref() {
+        Some("low") => Some("low"),
+        Some("medium") => Some("medium"),
+        Some("high" | "xhigh" | "max") => Some("high"),
+        _ => thinking
+            .filter(|t| t.kind == "enabled")
+            .map(|t| thinking_budget_to_reasoning_effort(t.budget_tokens.unwrap_or(0))),
+    };
+    let response_format = match output.format {
+        Some(OutputFormatIn {
+            kind,
+            schema: Some(schema),
+        }) if kind == "json_schema" => Some(ResponseFormatOut {
+            kind: "json_schema",
+            json_schema: JsonSchemaOut {
+                name: "output",
+                schema,
+                strict: true,
+            },
+        }),
+        Some(other) => {
+            return Err(invalid(
+                format!(
+                    "output_config.format: only `json_schema` with a `schema` is supported by {ELSEWHERE}, got {:?}",
+                    other.kind
+                ),
+                "output_config",
+            ));
+        }
+        None => None,
+    };
+    let nonnull = |key: &str| req.get(key).filter(|raw| raw.get() != "null");
+    let body = ChatBody {
+        model,
+        messages,
+        max_tokens: req.max_tokens,
+        temperature: nonnull("temperature"),
+        top_p: nonnull("top_p"),
+        top_k: nonnull("top_k"),
+        stop: req
+            .parse_field::<Option<Vec<String>>>("stop_sequences")?
+            .filter(|s| !s.is_empty()),
+        stream: req.stream,
+        stream_options: req.stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        reasoning_effort,
+        user: req.user_id(),
+    };
+    Ok(to_json(&body))
+}
+
+/// `system` as one string; `None` when empty.
+fn system_text(raw: &RawValue) -> Result<Option<Cow<'_, str>>, GatewayError> {
+    let text = match raw.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(raw.get())
+            .map_err(|e| invalid(format!("system: {e}"), "system"))?,
+        Some(b'[') => {
+            let blocks: Vec<BlockIn<'_>> = serde_json::from_str(raw.get())
+                .map_err(|e| invalid(format!("system: {e}"), "system"))?;
+            let mut texts = Vec::with_capacity(blocks.len());
+            for (j, b) in blocks.into_iter().enumerate() {
+                match (b.kind.as_ref(), b.text) {
+                    ("text", Some(text)) => texts.push(text),
+                    (kind, _) => {
+                        return Err(invalid(
+                            format!(
+                                "system.{j}: only text blocks are supported by {ELSEWHERE}, got `{kind}`"
+                            ),
+                            "system",
+                        ));
+                    }
+                }
+            }
+            Cow::Owned(texts.join("\n\n"))
+        }
+        Some(b'n') => return Ok(None),
+        _ => {
+            return Err(invalid(
+                "system: Input should be a valid string or list".into(),
+                "system",
+            ));
+        }
+    };
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// Content as blocks: a string is one text block.
+fn content_blocks<'a>(raw: &'a RawValue, at: &str) -> Result<Vec<BlockIn<'a>>, GatewayError> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        let text: Cow<'a, str> = serde_json::from_str(text)
+            .map_err(|e| invalid(format!("{at}.content: {e}"), "messages"))?;
+        return Ok(vec![BlockIn {
+            kind: Cow::Borrowed("text"),
+            text: Some(text),
+            thinking: None,
+            source: None,
+            id: None,
+            name: None,
+            input: None,
+            tool_use_id: None,
+            content: None,
+            is_error: None,
+        }]);
+    }
+    serde_json::from_str(text).map_err(|e| invalid(format!("{at}.content: {e}"), "messages"))
+}
+
+/// A 400 for a block a translated target cannot carry.
+fn unsupported_block(at: &str, kind: &str) -> GatewayError {
+    let why = match kind {
+        "document" | "search_result" | "container_upload" => {
+            "documents, search results and their citations are supported only by Anthropic targets"
+        }
+        "server_tool_use" => "server tools run only on Anthropic targets",
+        k if k.ends_with("_tool_result") => "server tools run only on Anthropic targets",
+        _ => "this block type is not supported here",
+    };
+    invalid(
+        format!("{at}: `{kind}` blocks are not supported by {ELSEWHERE}: {why}"),
+        "messages",
+    )
+}
+
+/// An image block as an `image_url` part.
+fn image_part<'a>(source: Option<SourceIn<'a>>, at: &str) -> Result<ChatPart<'a>, GatewayError> {
+    let bad = |why: &str| invalid(format!("{at}.source: {why}"), "messages");
+    let source = source.ok_or_else(|| bad("Field required"))?;
+    let url = match source.kind.as_ref() {
+        "base64" => {
+            let media_type = source
+                .media_type
+                .ok_or_else(|| bad("media_type: Field required"))?;
+            let data = source.data.ok_or_else(|| bad("data: Field required"))?;
+            Cow::Owned(format!("data:{media_type};base64,{data}"))
+        }
+        "url" => source.url.ok_or_else(|| bad("url: Field required"))?,
+        other => {
+            return Err(bad(&format!(
+                "`{other}` image sources (the Files API) are supported only by Anthropic targets"
+            )));
+        }
+    };
+    Ok(ChatPart::ImageUrl {
+        image_url: ImageUrlOut { url, detail: None },
+    })
+}
+
+/// A user turn: `tool` messages for its tool results, in block order, and
+/// `user` messages for the rest.
+fn user_turn<'a>(
+    raw: &'a RawValue,
+    i: usize,
+    out: &mut Vec<ChatMessage<'a>>,
+) -> Result<(), GatewayError> {
+    let at = format!("messages.{i}");
+    let mut parts: Vec<ChatPart<'a>> = Vec::new();
+    let flush = |parts: &mut Vec<ChatPart<'a>>, out: &mut Vec<ChatMessage<'a>>| {
+        if !parts.is_empty() {
+            let content = ChatContent::from_parts(std::mem::take(parts));
+            out.push(ChatMessage::new("user", content));
+        }
+    };
+    for (j, block) in content_blocks(raw, &at)?.into_iter().enumerate() {
+        let at = format!("{at}.content.{j}");
+        match block.kind.as_ref() {
+            "text" => parts.push(ChatPart::Text {
+                text: block.text.unwrap_or_default(),
+            }),
+            "image" => parts.push(image_part(block.source, &at)?),
+            "tool_result" => {
+                flush(&mut parts, out);
+                let id = block.tool_use_id.ok_or_else(|| {
+                    invalid(format!("{at}.tool_use_id: Field required"), "messages")
+                })?;
+                let content =
+                    tool_result_content(block.content, block.is_error == Some(true), &at)?;
+                out.push(ChatMessage {
+                    role: "tool",
+                    content: Some(content),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(id),
+                });
+            }
+            // Not valid in a user turn; nothing to carry either way.
+            "thinking" | "redacted_thinking" => {}
+            kind => return Err(unsupported_block(&at, kind)),
+        }
+    }
+    flush(&mut parts, out);
+    Ok(())
+}
+
+/// A tool result's content: a string as is; blocks as one string when they
+/// are all text (several joined with `"\n\n"`), else as parts.
+fn tool_result_content<'a>(
+    raw: Option<&'a RawValue>,
+    is_error: bool,
+    at: &str,
+) -> Result<ChatContent<'a>, GatewayError> {
+    let blocks = match raw {
+        None => Vec::new(),
+        Some(raw) if raw.get() == "null" => Vec::new(),
+        Some(raw) => content_blocks(raw, at)?,
+    };
+    let mut parts = Vec::with_capacity(blocks.len());
+    for (k, block) in blocks.into_iter().enumerate() {
+        match block.kind.as_ref() {
+            "text" => parts.push(ChatPart::Text {
+                text: block.text.unwrap_or_default(),
+            }),
+            "image" => parts.push(image_part(block.source, &format!("{at}.content.{k}"))?),
+            kind => return Err(unsupported_block(&format!("{at}.content.{k}"), kind)),
+        }
+    }
+    let all_text = parts.iter().all(|p| matches!(p, ChatPart::Text { .. }));
+    if all_text {
+        let texts: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| match p {
+                ChatPart::Text { text } => Some(text.as_ref()),
+                ChatPart::ImageUrl { .. } => None,
+            })
+            .collect();
+        let text = match texts.as_slice() {
+            [] if is_error => Cow::Borrowed("Error"),
+            [] => Cow::Borrowed(""),
+            _ if parts.len() == 1 => match parts.pop() {
+                Some(ChatPart::Text { text }) => text,
+                _ => Cow::Borrowed(""),
+            },
+            many => Cow::Owned(many.join("\n\n")),
+        };
+        return Ok(ChatContent::Text(text));
+    }
+    Ok(ChatContent::Parts(parts))
+}
+
+/// An assistant turn: its text, then its tool calls.
+fn assistant_turn<'a>(raw: &'a RawValue, i: usize) -> Result<ChatMessage<'a>, GatewayError> {
+    let at = format!("messages.{i}");
+    let mut text: Option<Cow<'a, str>> = None;
+    let mut tool_calls = Vec::new();
+    for (j, block) in content_blocks(raw, &at)?.into_iter().enumerate() {
+        let at = format!("{at}.content.{j}");
+        match block.kind.as_ref() {
+            "text" => {
+                let t = block.text.unwrap_or_default();
+                text = Some(match text.take() {
+                    None => t,
+                    Some(prev) => Cow::Owned(format!("{prev}{t}")),
+                });
+            }
+            "tool_use" => {
+                let id = block
+                    .id
+                    .ok_or_else(|| invalid(format!("{at}.id: Field required"), "messages"))?;
+                let name = block
+                    .name
+                    .ok_or_else(|| invalid(format!("{at}.name: Field required"), "messages"))?;
+                let arguments = block
+                    .input
+                    .map_or_else(|| "{}".to_owned(), |raw| compact_json(raw.get()));
+                tool_calls.push(ChatToolCall {
+                    id: id.into_owned(),
+                    kind: "function",
+                    function: ChatFunctionCall {
+                        name: name.into_owned(),
+                        arguments,
+                    },
+                });
+            }
+            // Earlier reasoning is not sent back (see the module table).
+            "thinking" | "redacted_thinking" => {}
+            kind => return Err(unsupported_block(&at, kind)),
+        }
+    }
+    // Tool calls alone: `content: null`, as OpenAI writes it.
+    let content = match text {
+        Some(t) if !t.is_empty() => Some(ChatContent::Text(t)),
+        _ if !tool_calls.is_empty() => None,
+        t => Some(ChatContent::Text(t.unwrap_or_default())),
+    };
+    Ok(ChatMessage {
+        role: "assistant",
+        content,
+        tool_calls,
+        tool_call_id: None,
+    })
+}
+
+fn tools_to_chat(tools: Option<Vec<ToolIn<'_>>>) -> Result<Vec<ChatTool<'_>>, GatewayError> {
+    let mut out = Vec::new();
+    for (i, tool) in tools.unwrap_or_default().into_iter().enumerate() {
+        match tool.kind.as_deref() {
+            None | Some("custom") => {}
+            Some(kind) => {
+                return Err(invalid(
+                    format!(
+                        "tools.{i}: the tool type `{kind}` is defined or run by Anthropic and is not supported by {ELSEWHERE}; declare a custom tool with an input_schema instead"
+                    ),
+                    "tools",
+                ));
+            }
+        }
+        let name = tool
+            .name
+            .ok_or_else(|| invalid(format!("tools.{i}.name: Field required"), "tools"))?;
+        let parameters = tool
+            .input_schema
+            .ok_or_else(|| invalid(format!("tools.{i}.input_schema: Field required"), "tools"))?;
+        out.push(ChatTool {
+            kind: "function",
+            function: ChatFunction {
+                name,
+                description: tool.description,
+                parameters,
+                strict: tool.strict,
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn tool_choice_to_chat(choice: &ToolChoiceIn) -> Result<Option<ChatToolChoice>, GatewayError> {
+    Ok(Some(match choice.kind.as_str() {
+        "auto" => ChatToolChoice::Mode("auto"),
+        "any" => ChatToolChoice::Mode("required"),
+        "none" => ChatToolChoice::Mode("none"),
+        "tool" => ChatToolChoice::Named {
+            kind: "function",
+            function: NamedFunction {
+                name: choice.name.clone().ok_or_else(|| {
+                    invalid("tool_choice.name: Field required".into(), "tool_choice")
+                })?,
+            },
+        },
+        other => {
+            return Err(invalid(
+                format!(
+                    "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none', got {other:?}"
+                ),
+                "tool_choice",
+            ));
+        }
+    }))
+}
+
+// ---- Response translation --------------------------------------------------------
+
+/// An Anthropic `message`.
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<BlockOut<'a>>,
+    stop_reason: Option<&'static str>,
+    stop_sequence: Option<&'a str>,
+    usage: UsageOut,
+}
+
+/// An output content block.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockOut<'a> {
+    Thinking {
+        thinking: &'a str,
+        signature: &'static str,
+    },
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: ToolInput<'a>,
+    },
+}
+
+/// A `tool_use` block's `input`: the call's arguments when they are a JSON
+/// object (as spelled), else `{}` (Anthropic's `input` is always an object).
+struct ToolInput<'a>(Option<&'a RawValue>);
+
+impl<'a> ToolInput<'a> {
+    fn from_arguments(arguments: &'a str) -> Self {
+        ToolInput(
+            serde_json::from_str::<&RawValue>(arguments)
+                .ok()
+                .filter(|raw| raw.get().starts_with('{')),
+        )
+    }
+}
+
+impl Serialize for ToolInput<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0 {
+            Some(raw) => raw.serialize(s),
+            None => s.serialize_map(Some(0))?.end(),
+        }
+    }
+}
+
+/// Usage as Anthropic reports it.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct UsageOut {
+    input_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+    output_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_tokens_details: Option<OutputTokensDetails>,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct OutputTokensDetails {
+    thinking_tokens: u64,
+}
+
+impl UsageOut {
+    /// Anthropic's `input_tokens` excludes cache reads; OpenAI's
+    /// `prompt_tokens` includes them.
+    fn from_openai(u: UsageIn) -> UsageOut {
+        let cached = u.cached().min(u.prompt());
+        UsageOut {
+            input_tokens: u.prompt() - cached,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: cached,
+            output_tokens: u.completion(),
+            output_tokens_details: u
+                .reasoning()
+                .map(|thinking_tokens| OutputTokensDetails { thinking_tokens }),
+        }
+    }
+}
+
+/// Anthropic's `stop_reason` and `stop_sequence` for a stop.
+fn stop_to_anthropic(stop: &Stop) -> (&'static str, Option<&str>) {
+    match stop {
+        Stop::EndTurn => ("end_turn", None),
+        Stop::Sequence(seq) => ("stop_sequence", Some(seq)),
+        Stop::MaxTokens => ("max_tokens", None),
+        Stop::ToolUse => ("tool_use", None),
+        Stop::Refusal => ("refusal", None),
+    }
+}
+
+/// The `msg_` id for an upstream completion id.
+fn message_id(upstream_id: &str) -> String {
+    if upstream_id.starts_with("msg_") {
+        upstream_id.to_owned()
+    } else {
+        stable_id("msg_", upstream_id)
+    }
+}
+
+/// Translates a 2xx `chat.completion` body (what the provider adapters
+/// return) into the client's Anthropic `message`. `client_model` is the
+/// model the client asked for; `provider` names the target in errors.
+pub fn chat_response_to_message(
+    provider: &str,
+    completion: &[u8],
+    client_model: &str,
+) -> Result<Vec<u8>, GatewayError> {
+    let answer = parse_completion(provider, completion)?;
+    Ok(answer_to_message(&answer, client_model))
+}
+
+fn answer_to_message(answer: &Answer, client_model: &str) -> Vec<u8> {
+    let id = message_id(&answer.id);
+    let mut content = Vec::with_capacity(2 + answer.tool_calls.len());
+    if let Some(thinking) = &answer.reasoning {
+        content.push(BlockOut::Thinking {
+            thinking,
+            signature: "",
+        });
+    }
+    if let Some(text) = &answer.text {
+        content.push(BlockOut::Text { text });
+    }
+    for (call_id, name, arguments) in &answer.tool_calls {
+        content.push(BlockOut::ToolUse {
+            id: call_id,
+            name,
+            input: ToolInput::from_arguments(arguments),
+        });
+    }
+    let (stop_reason, stop_sequence) =
+        stop_to_anthropic(answer.stop.as_ref().unwrap_or(&Stop::EndTurn));
+    to_json(&MessageOut {
+        id: &id,
+        kind: "message",
+        role: "assistant",
+        model: client_model,
+        content,
+        stop_reason: Some(stop_reason),
+        stop_sequence,
+        usage: answer.usage.map(UsageOut::from_openai).unwrap_or_default(),
+    })
+}
+
+// ---- Stream translation ----------------------------------------------------------
+
+/// OpenAI chunk SSE -> Anthropic Messages SSE events, incrementally.
+///
+/// On the first chunk: `message_start`, whose `message.usage.input_tokens`
+/// is the estimate given to [`ChunksToMessageEvents::new`] (OpenAI-format
+/// streams report usage only at their end; the SDKs require the field and
+/// the final `message_delta` carries the real counts, which the SDKs' stream
+/// accumulators take over). Then for each block of the answer, in order and
+/// one at a time: `content_block_start` (`thinking` with an empty
+/// `signature`, `text`, or `tool_use` with `input: {}`),
+/// `content_block_delta`s (`thinking_delta`, `text_delta`,
+/// `input_json_delta` with the argument fragments as `partial_json`) and
+/// `content_block_stop`. At the end: `message_delta` with `stop_reason`,
+/// `stop_sequence` and cumulative usage (`input_tokens` without cache reads,
+/// `cache_read_input_tokens`, `output_tokens`), then `message_stop`. A
+/// failure at any point is one `event: error` with
+/// `{"type":"error","error":{"type","message"}}`, and nothing after it.
+/// Every event has its `event:` line: the SDKs skip events without one.
+#[derive(Debug)]
+pub struct ChunksToMessageEvents {
+    reader: ChunkReader,
+    writer: EventWriter,
+}
+
+#[derive(Debug)]
+struct EventWriter {
+    model: String,
+    input_estimate: u64,
+    /// Kinds of the blocks opened so far, by index.
+    kinds: Vec<BlockKind>,
+    started: bool,
+}
+
+impl ChunksToMessageEvents {
+    /// A converter for one stream. `client_model` is the model the client
+    /// asked for; `input_tokens_estimate` goes in `message_start` (see
+    /// [`count_tokens_estimate`], or 0).
+    pub fn new(client_model: &str, input_tokens_estimate: u64) -> Self {
+        ChunksToMessageEvents {
+            reader: ChunkReader::default(),
+            writer: EventWriter {
+                model: client_model.to_owned(),
+                input_estimate: input_tokens_estimate,
+                kinds: Vec::new(),
+                started: false,
+            },
+        }
+    }
+}
+
+impl ChunkConverter for ChunksToMessageEvents {
+    fn push(&mut self, openai_sse: &[u8], out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.reader.push(openai_sse, &mut |p| writer.write(p, out));
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.reader.finish(&mut |p| writer.write(p, out));
+    }
+
+    fn error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.reader
+            .fail(Failure::from_error(e), &mut |p| writer.write(p, out));
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.reader.usage().map(UsageIn::to_usage)
+    }
+}
+
+#[derive(Serialize)]
+struct MessageStartEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: MessageOut<'a>,
+}
+
+#[derive(Serialize)]
+struct BlockStartEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+    content_block: BlockOut<'a>,
+}
+
+#[derive(Serialize)]
+struct BlockDeltaEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+    delta: DeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum DeltaOut<'a> {
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct BlockStopEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+}
+
+#[derive(Serialize)]
+struct MessageDeltaEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    delta: StopOut<'a>,
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct StopOut<'a> {
+    stop_reason: &'static str,
+    stop_sequence: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: ErrorDetailOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetailOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+impl EventWriter {
+    fn write(&mut self, part: Part<'_>, out: &mut Vec<u8>) {
+        match part {
+            Part::Start { id } => {
+                self.started = true;
+                let id = message_id(id);
+                let event = MessageStartEvent {
+                    kind: "message_start",
+                    message: MessageOut {
+                        id: &id,
+                        kind: "message",
+                        role: "assistant",
+                        model: &self.model,
+                        content: Vec::new(),
+                        stop_reason: None,
+                        stop_sequence: None,
+                        usage: UsageOut {
+                            input_tokens: self.input_estimate,
+                            ..UsageOut::default()
+                        },
+                    },
+                };
+                encode_event(out, "message_start", &to_json(&event));
+            }
+            Part::Open {
+                index,
+                kind,
+                call_id,
+                name,
+            } => {
+                if self.kinds.len() <= index {
+                    self.kinds.resize(index + 1, kind);
+                }
+                self.kinds[index] = kind;
+                let content_block = match kind {
+                    BlockKind::Reasoning => BlockOut::Thinking {
+                        thinking: "",
+                        signature: "",
+                    },
+                    BlockKind::Text => BlockOut::Text { text: "" },
+                    BlockKind::Tool => BlockOut::ToolUse {
+                        id: call_id,
+                        name,
+                        input: ToolInput(None),
+                    },
+                };
+                let event = BlockStartEvent {
+                    kind: "content_block_start",
+                    index,
+                    content_block,
+                };
+                encode_event(out, "content_block_start", &to_json(&event));
+            }
+            Part::Delta { index, text } => {
+                let delta = match self.kinds.get(index) {
+                    Some(BlockKind::Reasoning) => DeltaOut::Thinking { thinking: text },
+                    Some(BlockKind::Text) => DeltaOut::Text { text },
+                    Some(BlockKind::Tool) => DeltaOut::InputJson { partial_json: text },
+                    None => return,
+                };
+                let event = BlockDeltaEvent {
+                    kind: "content_block_delta",
+                    index,
+                    delta,
+                };
+                encode_event(out, "content_block_delta", &to_json(&event));
+            }
+            Part::Close { index, .. } => {
+                let event = BlockStopEvent {
+                    kind: "content_block_stop",
+                    index,
+                };
+                encode_event(out, "content_block_stop", &to_json(&event));
+            }
+            Part::End { stop, usage } => {
+                let (stop_reason, stop_sequence) = stop_to_anthropic(&stop);
+                let usage = match usage {
+                    Some(u) => UsageOut::from_openai(u),
+                    // No usage chunk: the estimate stands, output unknown.
+                    None => UsageOut {
+                        input_tokens: self.input_estimate,
+                        ..UsageOut::default()
+                    },
+                };
+                let event = MessageDeltaEvent {
+                    kind: "message_delta",
+                    delta: StopOut {
+                        stop_reason,
+                        stop_sequence,
+                    },
+                    usage,
+                };
+                encode_event(out, "message_delta", &to_json(&event));
+                encode_event(out, "message_stop", br#"{"type":"message_stop"}"#);
+            }
+            Part::Fail(failure) => {
+                let event = ErrorOut {
+                    kind: "error",
+                    error: ErrorDetailOut {
+                        kind: anthropic_error_type(failure.status),
+                        message: &failure.message,
+                    },
+                };
+                encode_event(out, "error", &to_json(&event));
+            }
+        }
+    }
+}
+
+// ---- Errors ----------------------------------------------------------------------
+
+/// The HTTP status an Anthropic client receives for an error: the
+/// gateway's own ([`GatewayError::status`]), except that an overload stays
+/// Anthropic's 529 `overloaded_error` — one target that answered 529 or 503,
+/// or every target, when all of them did. The SDKs raise `OverloadedError`
+/// on it and retry it, and Claude Code says "Overloaded" rather than
+/// reporting a broken gateway.
+pub fn anthropic_error_status(e: &GatewayError) -> u16 {
+    let overloaded = |status: u16| matches!(status, 503 | 529);
+    match e {
+        GatewayError::Upstream { status, .. } if overloaded(*status) => 529,
+        GatewayError::AllTargetsFailed { attempts }
+            if !attempts.is_empty()
+                && attempts.iter().all(|a| a.status.is_some_and(overloaded)) =>
+        {
+            529
+        }
+        other => other.status(),
+    }
+}
+
+/// Anthropic's `error.type` for a status, by Anthropic's error table:
+/// 400 `invalid_request_error`, 401 `authentication_error`, 402
+/// `billing_error`, 403 `permission_error`, 404 `not_found_error`, 413
+/// `request_too_large`, 429 `rate_limit_error`, 500 `api_error`, 504
+/// `timeout_error`, 529 `overloaded_error`. Statuses the table lacks: 502
+/// (a provider failed or sent garbage) is `api_error`, an unexpected
+/// failure behind the API; 503 (no target may serve now: breakers open, all
+/// cooling) is `overloaded_error`, the type that means "temporarily unable,
+/// retry"; other 4xx are `invalid_request_error`, other 5xx `api_error`.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        408 | 504 => "timeout_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// The error body in Anthropic's shape,
+/// `{"type":"error","error":{"type","message"}}`, for
+/// [`anthropic_error_status`]. The message is the gateway's (it lists every
+/// attempt when all targets failed). `Retry-After` is set as for OpenAI
+/// clients ([`GatewayError::retry_after`]).
+pub fn anthropic_error_body(e: &GatewayError) -> Vec<u8> {
+    let message = e.to_string();
+    to_json(&ErrorOut {
+        kind: "error",
+        error: ErrorDetailOut {
+            kind: anthropic_error_type(anthropic_error_status(e)),
+            message: &message,
+        },
+    })
+}
+
+// ---- Token counting --------------------------------------------------------------
+
+/// An estimate of a request's input tokens for a target that cannot count
+/// them (Anthropic targets answer `count_tokens` exactly: forward the body).
+///
+/// The heuristic: one token per four bytes of text (system, text and
+/// thinking blocks, tool names and inputs, tool results, tool definitions
+/// as JSON; English runs near four characters a token, and counting UTF-8
+/// bytes keeps scripts of one token a character near right), plus
+/// [`TOKENS_PER_IMAGE`] per image and four tokens of framing per message.
+/// Other blocks (documents, search results) count as their JSON.
+pub fn count_tokens_estimate(req: &MessagesRequest<'_>) -> Result<u64, GatewayError> {
+    let mut bytes: u64 = 0;
+    let mut tokens: u64 = 0;
+    if let Some(raw) = req.get("system")
+        && let Some(text) = system_text(raw)?
+    {
+        bytes += text.len() as u64;
+    }
+    let turns: Vec<MessageIn<'_>> = req.parse_field("messages")?;
+    for (i, turn) in turns.iter().enumerate() {
+        tokens += 4;
+        let at = format!("messages.{i}");
+        for block in content_blocks(turn.content, &at)? {
+            let (b, t) = block_size(&block, &at)?;
+            bytes += b;
+            tokens += t;
+        }
+    }
+    if let Some(raw) = req.get("tools") {
+        bytes += raw.get().len() as u64;
+    }
+    Ok(tokens + bytes.div_ceil(4))
+}
+
+/// (text bytes, extra tokens) of one block.
+fn block_size(block: &BlockIn<'_>, at: &str) -> Result<(u64, u64), GatewayError> {
+    let len = |s: &Option<Cow<'_, str>>| s.as_deref().map_or(0, str::len) as u64;
+    Ok(match block.kind.as_ref() {
+        "text" => (len(&block.text), 0),
+        "thinking" => (len(&block.thinking), 0),
+        "image" => (0, TOKENS_PER_IMAGE),
+        "tool_use" => (
+            len(&block.name) + block.input.map_or(0, |raw| raw.get().len()) as u64,
+            0,
+        ),
+        "tool_result" => {
+            let mut sum = (0, 0);
+            if let Some(raw) = block.content.filter(|raw| raw.get() != "null") {
+                for inner in content_blocks(raw, at)? {
+                    let (b, t) = block_size(&inner, at)?;
+                    sum = (sum.0 + b, sum.1 + t);
+                }
+            }
+            sum
+        }
+        // Documents, search results, server tool blocks: their JSON.
+        _ => (
+            len(&block.text)
+                + block
+                    .source
+                    .as_ref()
+                    .map_or(0, |s| len(&s.data) + len(&s.url))
+                + block.content.map_or(0, |raw| raw.get().len()) as u64,
+            0,
+        ),
+    })
+}
+
+/// The `count_tokens` answer: `{"input_tokens":N}`.
+pub fn count_tokens_body(input_tokens: u64) -> Vec<u8> {
+    format!("{{\"input_tokens\":{input_tokens}}}").into_bytes()
+}

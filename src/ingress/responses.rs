@@ -1,0 +1,1524 @@
+//! OpenAI Responses ingress: `POST /v1/responses`, stateless (`store:
+//! false` semantics: nothing is kept, so nothing can be referred to later).
+//!
+//! To OpenAI and Azure targets the request is forwarded as is, `model`
+//! rewritten ([`ResponsesRequest::to_openai_body`]), and the answer passed
+//! through. To every other target it is translated into the gateway's
+//! chat-completions body ([`responses_request_to_chat_body`]) and the answer
+//! back into a `response` ([`chat_response_to_response`],
+//! [`ChunksToResponseEvents`]). Errors keep OpenAI's shape, which is what
+//! [`GatewayError::to_body`] renders.
+//!
+//! # Responses parameters and what happens to them (translated targets)
+//!
+//! | Responses parameter | OpenAI chat request |
+//! |---------------------|---------------------|
+//! | `model` | `model` (the name given to [`responses_request_to_chat_body`]) |
+//! | `instructions` | a first `system` message |
+//! | `input` (string) | one `user` message |
+//! | `input` items: `message` (with or without `type`), roles `user`, `assistant` | messages of that role; `input_text`/`output_text` -> text, `input_image` (`image_url`, `detail`) -> `image_url` parts; one text part reads as a string; an assistant's `refusal` parts are text |
+//! | `message` items, roles `system`, `developer` | `system` messages (every OpenAI-compatible server and translating adapter knows `system`) |
+//! | `function_call` items | `tool_calls` (`call_id` -> `id`, `arguments` as sent) on the assistant message they follow, or on a new one |
+//! | `function_call_output` items | `tool` messages (`call_id` -> `tool_call_id`); list outputs become text and image parts |
+//! | `reasoning` items | dropped: earlier reasoning is not sent back to chat models, and encrypted reasoning means nothing elsewhere |
+//! | `input_image` by `file_id`, `input_file`, `input_audio` | 400 naming `input`: the content would be lost |
+//! | `item_reference` items, and items of built-in tools (`web_search_call`, `computer_call`, `mcp_*`, ...) | 400 naming `input`: they need OpenAI's stored state or tools |
+//! | `tools`, `type: function` (flat: `name`, `description`, `parameters`, `strict`) | `function` tools |
+//! | `tools`, built-in tools (`web_search`, `file_search`, `computer_use_preview`, `code_interpreter`, `mcp`, `image_generation`, `local_shell`, `shell`, `custom`, ...) | 400 naming `tools` and the type: only OpenAI runs them |
+//! | `tool_choice` | `auto`/`none`/`required` as is; `{type: function, name}` -> the named function; `{type: allowed_tools, mode, tools}` -> the tools list narrowed to those and `mode`; a built-in tool choice is a 400 |
+//! | `parallel_tool_calls` | `parallel_tool_calls` |
+//! | `text.format` | `json_schema` (flat `name`, `schema`, `description`, `strict`) -> `response_format: {type: json_schema, json_schema: {...}}`; `json_object` -> `{type: json_object}`; `text` -> nothing |
+//! | `text.verbosity` | dropped (a style hint) |
+//! | `reasoning.effort` | `reasoning_effort` (as given; adapters without an equivalent drop it) |
+//! | `reasoning.summary` | dropped: reasoning the target returns comes back whole, as `reasoning_text` |
+//! | `max_output_tokens` | `max_tokens`: these targets are never OpenAI's own, and `max_tokens` is the name every OpenAI-compatible server and the gateway's adapters read (`max_completion_tokens` is refused by some, e.g. Mistral's strict schema) |
+//! | `temperature`, `top_p` | the same, spelled as sent |
+//! | `metadata` | `metadata` (routing rules read it) |
+//! | `user`, else `safety_identifier` | `user` |
+//! | `stream` | `stream`, with `stream_options.include_usage: true` always (usage ends in `response.completed`) |
+//! | `previous_response_id`, `conversation` | 400 naming them: the gateway stores nothing (send the whole conversation as `input`) |
+//! | `background: true` | 400 naming `background`: answers are not kept for later |
+//! | `prompt` (stored prompt templates) | 400 naming `prompt`: its text is on OpenAI |
+//! | `moderation` | 400 naming `moderation`: dropping a moderation policy would change what comes back |
+//! | `store`, `include`, `truncation`, `max_tool_calls`, `top_logprobs`, `service_tier`, `prompt_cache_key`, `prompt_cache_retention`, `prompt_cache_options`, `context_management`, `stream_options`, anything else | dropped: nothing is stored, built-in tools are refused, and the rest tunes OpenAI's service rather than the answer |
+//!
+//! # The answer
+//!
+//! A `response` object as the API returns it: `id` `resp_` and a stable
+//! hash of the upstream id and time, `object: "response"`, `created_at`,
+//! `status` `completed`, or `incomplete` with `incomplete_details.reason`
+//! `max_output_tokens` (finish reason `length`) or `content_filter`;
+//! `output` items in order: `reasoning` (from `reasoning_content` or
+//! `reasoning`, as one `reasoning_text` content part and an empty
+//! `summary`), a `message` with one `output_text` part (`annotations: []`,
+//! `logprobs: []`; a refusal is text), then one `function_call` per call
+//! (`id` `fc_...`, `call_id` the upstream's call id, `arguments` as sent).
+//! `usage` has `input_tokens` (cached included, as OpenAI counts),
+//! `input_tokens_details.cached_tokens`, `output_tokens`,
+//! `output_tokens_details.reasoning_tokens` and `total_tokens`. The request
+//! is echoed as the API does (`instructions`, `max_output_tokens`, `model`
+//! as the client named it, `parallel_tool_calls`, `reasoning`,
+//! `temperature`, `text`, `tool_choice`, `tools`, `top_p`, `user`,
+//! `metadata`, with the API's defaults when absent) and `store: false`.
+//! `output_text` is an SDK convenience property, not on the wire, so it is
+//! not written.
+//!
+//! Order: the request, request translation, response translation, stream
+//! translation, tests.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::api::{Usage, field, parse_field, parse_object, write_object};
+use crate::error::GatewayError;
+use crate::sse::encode_event;
+
+use super::messages::{
+    ChatContent, ChatFunctionCall, ChatMessage, ChatPart, ChatToolCall, ImageUrlOut,
+};
+use super::{
+    Answer, BlockKind, ChunkConverter, ChunkReader, Failure, Part, Stop, UsageIn,
+    count_type_values, invalid, parse_completion, stable_id, to_json,
+};
+
+/// How the target is named in messages about what it cannot do.
+const ELSEWHERE: &str = "a target that is not OpenAI";
+
+// ---- The request ---------------------------------------------------------------
+
+/// A parsed Responses request that borrows from the body: every top-level
+/// field raw, in order, and what the gateway decides on.
+#[derive(Debug)]
+pub struct ResponsesRequest<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The model name the client asked for (a public alias in the config).
+    pub model: Cow<'a, str>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `max_output_tokens`, when given.
+    pub max_output_tokens: Option<u64>,
+    /// `input_image` parts in `input`.
+    pub images: usize,
+    /// `tools` is a non-empty list.
+    pub has_tools: bool,
+}
+
+impl<'a> ResponsesRequest<'a> {
+    /// Parses and validates the body. Errors are 400s naming the parameter,
+    /// in OpenAI's words.
+    pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
+        let fields = parse_object(body)?;
+        let model = match field(&fields, "model") {
+            None => {
+                return Err(invalid(
+                    "Missing required parameter: 'model'.".into(),
+                    "model",
+                ));
+            }
+            Some(raw) => match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+                Ok(m) if !m.trim().is_empty() => m,
+                _ => {
+                    return Err(invalid(
+                        "Invalid 'model': expected a non-empty string.".into(),
+                        "model",
+                    ));
+                }
+            },
+        };
+        let stream = parse_field::<Option<bool>>(&fields, "stream")?.unwrap_or(false);
+        let max_output_tokens = parse_field::<Option<u64>>(&fields, "max_output_tokens")?;
+        let images =
+            field(&fields, "input").map_or(0, |raw| count_type_values(raw.get(), "input_image"));
+        let has_tools = field(&fields, "tools")
+            .is_some_and(|raw| raw.get().starts_with('[') && raw.get()[1..].trim_start() != "]");
+        Ok(ResponsesRequest {
+            fields,
+            model,
+            stream,
+            max_output_tokens,
+            images,
+            has_tools,
+        })
+    }
+
+    /// The raw JSON of a top-level field.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        field(&self.fields, key)
+    }
+
+    /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.
+    pub fn parse_field<T: Deserialize<'a> + Default>(&self, key: &str) -> Result<T, GatewayError> {
+        parse_field(&self.fields, key)
+    }
+
+    /// `user`, else `safety_identifier`: the end user for routing rules.
+    pub fn user(&self) -> Option<String> {
+        self.parse_field::<Option<String>>("user")
+            .ok()
+            .flatten()
+            .or_else(|| self.parse_field("safety_identifier").ok().flatten())
+    }
+
+    /// The body for an OpenAI or Azure target: the client's fields in their
+    /// order, byte for byte, `model` replaced.
+    pub fn to_openai_body(&self, upstream_model: &str) -> Vec<u8> {
+        write_object(&self.fields, upstream_model, None, b"")
+    }
+
+    /// A top-level field that is present and not `null`.
+    fn nonnull(&self, key: &str) -> Option<&'a RawValue> {
+        self.get(key).filter(|raw| raw.get() != "null")
+    }
+}
+
+// ---- Request translation -------------------------------------------------------
+
+/// An item of `input`. Flat rather than a tagged enum: a tagged enum
+/// buffers its content, and a borrowed `RawValue` cannot come from a buffer.
+#[derive(Deserialize)]
+struct ItemIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    call_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    output: Option<&'a RawValue>,
+}
+
+/// A content part of a message item or of a list output.
+#[derive(Deserialize)]
+struct PartIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    image_url: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    detail: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    description: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ToolChoiceIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    tools: Option<Vec<AllowedToolIn>>,
+}
+
+#[derive(Deserialize)]
+struct AllowedToolIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct TextConfigIn<'a> {
+    #[serde(default, borrow)]
+    format: Option<FormatIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FormatIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    description: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    schema: Option<&'a RawValue>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct ReasoningIn {
+    #[serde(default)]
+    effort: Option<String>,
+}
+
+/// The chat-completions body.
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<ChatMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ChatTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ChatToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormatOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct ChatTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: ChatFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct ChatFunction<'a> {
+    name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChatToolChoice {
+    Mode(String),
+    Named {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: NamedFunction,
+    },
+}
+
+#[derive(Serialize)]
+struct NamedFunction {
+    name: String,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormatOut<'a> {
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaOut<'a> },
+}
+
+#[derive(Serialize)]
+struct JsonSchemaOut<'a> {
+    name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+}
+
+/// The OpenAI chat-completions body for a Responses request, for a target
+/// that is not OpenAI or Azure. `model` is the name to put in it: the
+/// client's alias when the body then goes through the gateway's chat path,
+/// which rewrites it per target. Every rejection is a 400 naming the
+/// parameter.
+pub fn responses_request_to_chat_body(
+    req: &ResponsesRequest<'_>,
+    model: &str,
+) -> Result<Vec<u8>, GatewayError> {
+    for (key, why) in [
+        (
+            "previous_response_id",
+            "the gateway stores no responses; send the whole conversation as `input`",
+        ),
+        (
+            "conversation",
+            "the gateway stores no conversations; send the whole conversation as `input`",
+        ),
+        ("prompt", "stored prompt templates live on OpenAI"),
+        (
+            "moderation",
+            "a moderation policy cannot be applied, and dropping it would change the answer",
+        ),
+    ] {
+        if req.nonnull(key).is_some() {
+            return Err(invalid(
+                format!("`{key}` is not supported by {ELSEWHERE}: {why}."),
+                key,
+            ));
+        }
+    }
+    if req.parse_field::<Option<bool>>("background")? == Some(true) {
+        return Err(invalid(
+            format!(
+                "`background: true` is not supported by {ELSEWHERE}: answers are not kept for later retrieval."
+            ),
+            "background",
+        ));
+    }
+
+    let mut messages = Vec::new();
+    match req.nonnull("instructions") {
+        None => {}
+        Some(raw) => {
+            let text: Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| {
+                invalid(
+                    "Invalid type for 'instructions': expected a string.".into(),
+                    "instructions",
+                )
+            })?;
+            if !text.is_empty() {
+                messages.push(ChatMessage::new("system", ChatContent::Text(text)));
+            }
+        }
+    }
+    match req.nonnull("input") {
+        None => {
+            return Err(invalid(
+                "Missing required parameter: 'input'.".into(),
+                "input",
+            ));
+        }
+        Some(raw) if raw.get().starts_with('"') => {
+            let text: Cow<'_, str> = serde_json::from_str(raw.get())
+                .map_err(|e| invalid(format!("Invalid 'input': {e}"), "input"))?;
+            messages.push(ChatMessage::new("user", ChatContent::Text(text)));
+        }
+        Some(raw) => {
+            let items: Vec<ItemIn<'_>> = serde_json::from_str(raw.get())
+                .map_err(|e| invalid(format!("Invalid 'input': {e}"), "input"))?;
+            for (i, item) in items.into_iter().enumerate() {
+                input_item(item, i, &mut messages)?;
+            }
+        }
+    }
+
+    let mut tools = tools_to_chat(req.parse_field("tools")?)?;
+    let tool_choice = match req.nonnull("tool_choice") {
+        None => None,
+        Some(raw) if raw.get().starts_with('"') => {
+            let mode: String = serde_json::from_str(raw.get())
+                .map_err(|e| invalid(format!("Invalid 'tool_choice': {e}"), "tool_choice"))?;
+            match mode.as_str() {
+                "auto" | "none" | "required" => Some(ChatToolChoice::Mode(mode)),
+                other => {
+                    return Err(invalid(
+                        format!(
+                            "Invalid value for 'tool_choice': {other:?}; expected 'auto', 'none' or 'required'."
+                        ),
+                        "tool_choice",
+                    ));
+                }
+            }
+        }
+        Some(raw) => {
+            let choice: ToolChoiceIn = serde_json::from_str(raw.get())
+                .map_err(|e| invalid(format!("Invalid 'tool_choice': {e}"), "tool_choice"))?;
+            tool_choice_to_chat(choice, &mut tools)?
+        }
+    };
+    let tool_choice = tool_choice.filter(|_| !tools.is_empty());
+    let parallel_tool_calls = req
+        .parse_field::<Option<bool>>("parallel_tool_calls")?
+        .filter(|_| !tools.is_empty());
+
+    let text: Option<TextConfigIn<'_>> = req.parse_field("text")?;
+    let response_format = match text.and_then(|t| t.format) {
+        None => None,
+        Some(f) => match f.kind.as_ref() {
+            "text" => None,
+            "json_object" => Some(ResponseFormatOut::JsonObject),
+            "json_schema" => Some(ResponseFormatOut::JsonSchema {
+                json_schema: JsonSchemaOut {
+                    name: f.name.unwrap_or(Cow::Borrowed("response")),
+                    description: f.description,
+                    schema: f.schema,
+                    strict: f.strict,
+                },
+            }),
+            other => {
+                return Err(invalid(
+                    format!("Invalid value for 'text.format.type': {other:?}."),
+                    "text",
+                ));
+            }
+        },
+    };
+    let reasoning: Option<ReasoningIn> = req.parse_field("reasoning")?;
+    let body = ChatBody {
+        model,
+        messages,
+        max_tokens: req.max_output_tokens,
+        temperature: req.nonnull("temperature"),
+        top_p: req.nonnull("top_p"),
+        stream: req.stream,
+        stream_options: req.stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        reasoning_effort: reasoning.and_then(|r| r.effort),
+        metadata: req.nonnull("metadata"),
+        user: req.user(),
+    };
+    Ok(to_json(&body))
+}
+
+/// Content as parts: a string is one text part.
+fn parts_of<'a>(raw: &'a RawValue, at: &str) -> Result<Vec<PartIn<'a>>, GatewayError> {
+    if raw.get().starts_with('"') {
+        let text: Cow<'a, str> = serde_json::from_str(raw.get())
+            .map_err(|e| invalid(format!("Invalid '{at}': {e}"), "input"))?;
+        return Ok(vec![PartIn {
+            kind: Cow::Borrowed("input_text"),
+            text: Some(text),
+            refusal: None,
+            image_url: None,
+            detail: None,
+        }]);
+    }
+    serde_json::from_str(raw.get()).map_err(|e| invalid(format!("Invalid '{at}': {e}"), "input"))
+}
+
+/// Parts as chat content (text and images).
+fn parts_to_chat<'a>(parts: Vec<PartIn<'a>>, at: &str) -> Result<ChatContent<'a>, GatewayError> {
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        match part.kind.as_ref() {
+            "input_text" | "output_text" | "text" => out.push(ChatPart::Text {
+                text: part.text.unwrap_or_default(),
+            }),
+            "refusal" => out.push(ChatPart::Text {
+                text: part.refusal.unwrap_or_default(),
+            }),
+            "input_image" => match part.image_url {
+                Some(url) => out.push(ChatPart::ImageUrl {
+                    image_url: ImageUrlOut {
+                        url,
+                        detail: part.detail,
+                    },
+                }),
+                None => {
+                    return Err(invalid(
+                        format!(
+                            "{at}[{j}]: images by `file_id` (the Files API) are not supported by {ELSEWHERE}; send an `image_url` (a data URL works)."
+                        ),
+                        "input",
+                    ));
+                }
+            },
+            kind => {
+                return Err(invalid(
+                    format!("{at}[{j}]: `{kind}` content is not supported by {ELSEWHERE}."),
+                    "input",
+                ));
+            }
+        }
+    }
+    Ok(ChatContent::from_parts(out))
+}
+
+/// Text-only content as one string (system messages).
+fn text_only<'a>(content: ChatContent<'a>, at: &str) -> Result<Cow<'a, str>, GatewayError> {
+    match content {
+        ChatContent::Text(text) => Ok(text),
+        ChatContent::Parts(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match part {
+                    ChatPart::Text { text } => texts.push(text),
+                    ChatPart::ImageUrl { .. } => {
+                        return Err(invalid(
+                            format!(
+                                "{at}: a system or developer message may contain only text for {ELSEWHERE}."
+                            ),
+                            "input",
+                        ));
+                    }
+                }
+            }
+            Ok(Cow::Owned(texts.join("\n\n")))
+        }
+    }
+}
+
+/// One `input` item as chat messages, appended to `out`.
+fn input_item<'a>(
+    item: ItemIn<'a>,
+    i: usize,
+    out: &mut Vec<ChatMessage<'a>>,
+) -> Result<(), GatewayError> {
+    let at = format!("input[{i}]");
+    let kind = item.kind.as_deref().unwrap_or("message");
+    match kind {
+        "message" => {
+            let role = item.role.as_deref().unwrap_or_default();
+            let content = match item.content {
+                Some(raw) => parts_to_chat(
+                    parts_of(raw, &format!("{at}.content"))?,
+                    &format!("{at}.content"),
+                )?,
+                None => ChatContent::Text(Cow::Borrowed("")),
+            };
+            match role {
+                "user" => out.push(ChatMessage::new("user", content)),
+                "assistant" => {
+                    let text = text_only(content, &at)?;
+                    out.push(ChatMessage::new("assistant", ChatContent::Text(text)));
+                }
+                "system" | "developer" => {
+                    let text = text_only(content, &at)?;
+                    out.push(ChatMessage::new("system", ChatContent::Text(text)));
+                }
+                other => {
+                    return Err(invalid(
+                        format!(
+                            "Invalid value for '{at}.role': {other:?}; expected 'user', 'assistant', 'system' or 'developer'."
+                        ),
+                        "input",
+                    ));
+                }
+            }
+        }
+        "function_call" => {
+            let call_id = item.call_id.ok_or_else(|| {
+                invalid(
+                    format!("Missing required parameter: '{at}.call_id'."),
+                    "input",
+                )
+            })?;
+            let name = item.name.ok_or_else(|| {
+                invalid(format!("Missing required parameter: '{at}.name'."), "input")
+            })?;
+            let call = ChatToolCall {
+                id: call_id.into_owned(),
+                kind: "function",
+                function: ChatFunctionCall {
+                    name: name.into_owned(),
+                    arguments: item.arguments.map(Cow::into_owned).unwrap_or_default(),
+                },
+            };
+            // Calls follow the assistant's text in one chat message, and
+            // parallel calls share it.
+            match out.last_mut() {
+                Some(last) if last.role == "assistant" => {
+                    if matches!(&last.content, Some(ChatContent::Text(t)) if t.is_empty()) {
+                        last.content = None;
+                    }
+                    last.tool_calls.push(call);
+                }
+                _ => out.push(ChatMessage {
+                    role: "assistant",
+                    content: None,
+                    tool_calls: vec![call],
+                    tool_call_id: None,
+                }),
+            }
+        }
+        "function_call_output" => {
+            let call_id = item.call_id.ok_or_else(|| {
+                invalid(
+                    format!("Missing required parameter: '{at}.call_id'."),
+                    "input",
+                )
+            })?;
+            let content = match item.output {
+                None => ChatContent::Text(Cow::Borrowed("")),
+                Some(raw) => parts_to_chat(
+                    parts_of(raw, &format!("{at}.output"))?,
+                    &format!("{at}.output"),
+                )?,
+            };
+            out.push(ChatMessage {
+                role: "tool",
+                content: Some(content),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call_id),
+            });
+        }
+        // Earlier reasoning is not sent back (see the module table).
+        "reasoning" => {}
+        "item_reference" => {
+            return Err(invalid(
+                format!(
+                    "{at}: `item_reference` is not supported by {ELSEWHERE}: the gateway stores no items; send the item itself."
+                ),
+                "input",
+            ));
+        }
+        other => {
+            return Err(invalid(
+                format!("{at}: `{other}` items (built-in tools) are not supported by {ELSEWHERE}."),
+                "input",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tools_to_chat(tools: Option<Vec<ToolIn<'_>>>) -> Result<Vec<ChatTool<'_>>, GatewayError> {
+    let mut out = Vec::new();
+    for (i, tool) in tools.unwrap_or_default().into_iter().enumerate() {
+        if tool.kind != "function" {
+            return Err(invalid(
+                format!(
+                    "tools[{i}]: the built-in tool `{}` is not supported by {ELSEWHERE}; only `function` tools are.",
+                    tool.kind
+                ),
+                "tools",
+            ));
+        }
+        let name = tool.name.ok_or_else(|| {
+            invalid(
+                format!("Missing required parameter: 'tools[{i}].name'."),
+                "tools",
+            )
+        })?;
+        out.push(ChatTool {
+            kind: "function",
+            function: ChatFunction {
+                name,
+                description: tool.description,
+                parameters: tool.parameters.filter(|raw| raw.get() != "null"),
+                strict: tool.strict,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// An object `tool_choice`; `allowed_tools` narrows `tools`.
+fn tool_choice_to_chat(
+    choice: ToolChoiceIn,
+    tools: &mut Vec<ChatTool<'_>>,
+) -> Result<Option<ChatToolChoice>, GatewayError> {
+    match choice.kind.as_str() {
+        "function" => {
+            let name = choice.name.ok_or_else(|| {
+                invalid(
+                    "Missing required parameter: 'tool_choice.name'.".into(),
+                    "tool_choice",
+                )
+            })?;
+            Ok(Some(ChatToolChoice::Named {
+                kind: "function",
+                function: NamedFunction { name },
+            }))
+        }
+        "allowed_tools" => {
+            let mut allowed = Vec::new();
+            for t in choice.tools.unwrap_or_default() {
+                match (t.kind.as_str(), t.name) {
+                    ("function", Some(name)) => allowed.push(name),
+                    (kind, _) => {
+                        return Err(invalid(
+                            format!(
+                                "tool_choice.tools: the built-in tool `{kind}` is not supported by {ELSEWHERE}."
+                            ),
+                            "tool_choice",
+                        ));
+                    }
+                }
+            }
+            tools.retain(|t| allowed.iter().any(|a| *a == t.function.name));
+            let mode = choice.mode.unwrap_or_else(|| "auto".to_owned());
+            match mode.as_str() {
+                "auto" | "required" => Ok(Some(ChatToolChoice::Mode(mode))),
+                other => Err(invalid(
+                    format!(
+                        "Invalid value for 'tool_choice.mode': {other:?}; expected 'auto' or 'required'."
+                    ),
+                    "tool_choice",
+                )),
+            }
+        }
+        other => Err(invalid(
+            format!("tool_choice: the built-in tool `{other}` is not supported by {ELSEWHERE}."),
+            "tool_choice",
+        )),
+    }
+}
+
+// ---- Response translation ------------------------------------------------------
+
+/// What a `response` echoes of its request, owned so that a stream can
+/// outlive the request body. `None`: the API's default is written.
+#[derive(Debug, Clone, Default)]
+struct Echo {
+    model: String,
+    instructions: Option<Box<RawValue>>,
+    max_output_tokens: Option<Box<RawValue>>,
+    metadata: Option<Box<RawValue>>,
+    parallel_tool_calls: Option<Box<RawValue>>,
+    reasoning: Option<Box<RawValue>>,
+    temperature: Option<Box<RawValue>>,
+    text: Option<Box<RawValue>>,
+    tool_choice: Option<Box<RawValue>>,
+    tools: Option<Box<RawValue>>,
+    top_p: Option<Box<RawValue>>,
+    user: Option<Box<RawValue>>,
+    safety_identifier: Option<Box<RawValue>>,
+}
+
+impl Echo {
+    fn of(req: &ResponsesRequest<'_>) -> Echo {
+        let raw = |key: &str| req.nonnull(key).map(RawValue::to_owned);
+        Echo {
+            model: req.model.to_string(),
+            instructions: raw("instructions"),
+            max_output_tokens: raw("max_output_tokens"),
+            metadata: raw("metadata"),
+            parallel_tool_calls: raw("parallel_tool_calls"),
+            reasoning: raw("reasoning"),
+            temperature: raw("temperature"),
+            text: raw("text"),
+            tool_choice: raw("tool_choice"),
+            tools: raw("tools"),
+            top_p: raw("top_p"),
+            user: raw("user"),
+            safety_identifier: raw("safety_identifier"),
+        }
+    }
+}
+
+/// A raw value, or the API's default (a JSON literal) when absent.
+struct RawOr<'a>(Option<&'a RawValue>, &'static str);
+
+impl Serialize for RawOr<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw = match self.0 {
+            Some(raw) => raw,
+            None => match serde_json::from_str::<&RawValue>(self.1) {
+                Ok(raw) => raw,
+                Err(_) => return s.serialize_unit(),
+            },
+        };
+        raw.serialize(s)
+    }
+}
+
+/// A `response` object.
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created_at: u64,
+    status: &'static str,
+    background: bool,
+    error: Option<ResponseErrorOut<'a>>,
+    incomplete_details: Option<IncompleteOut>,
+    instructions: RawOr<'a>,
+    max_output_tokens: RawOr<'a>,
+    max_tool_calls: Option<u64>,
+    model: &'a str,
+    output: &'a [ItemOut<'a>],
+    parallel_tool_calls: RawOr<'a>,
+    previous_response_id: Option<&'a str>,
+    reasoning: RawOr<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    safety_identifier: Option<&'a RawValue>,
+    store: bool,
+    temperature: RawOr<'a>,
+    text: RawOr<'a>,
+    tool_choice: RawOr<'a>,
+    tools: RawOr<'a>,
+    top_p: RawOr<'a>,
+    truncation: &'static str,
+    usage: Option<UsageOut>,
+    user: RawOr<'a>,
+    metadata: RawOr<'a>,
+}
+
+#[derive(Serialize)]
+struct ResponseErrorOut<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct IncompleteOut {
+    reason: &'static str,
+}
+
+/// An output item.
+#[derive(Serialize, Debug, Clone)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ItemOut<'a> {
+    Reasoning {
+        id: Cow<'a, str>,
+        summary: [(); 0],
+        content: Vec<ReasoningTextOut<'a>>,
+    },
+    Message {
+        id: Cow<'a, str>,
+        status: &'static str,
+        role: &'static str,
+        content: Vec<OutputTextOut<'a>>,
+    },
+    FunctionCall {
+        id: Cow<'a, str>,
+        status: &'static str,
+        arguments: Cow<'a, str>,
+        call_id: Cow<'a, str>,
+        name: Cow<'a, str>,
+    },
+}
+
+/// `{"type":"output_text","annotations":[],"logprobs":[],"text"}`.
+#[derive(Serialize, Debug, Clone)]
+struct OutputTextOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    annotations: [(); 0],
+    logprobs: [(); 0],
+    text: Cow<'a, str>,
+}
+
+impl<'a> OutputTextOut<'a> {
+    fn new(text: Cow<'a, str>) -> Self {
+        OutputTextOut {
+            kind: "output_text",
+            annotations: [],
+            logprobs: [],
+            text,
+        }
+    }
+}
+
+/// `{"type":"reasoning_text","text"}`.
+#[derive(Serialize, Debug, Clone)]
+struct ReasoningTextOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: Cow<'a, str>,
+}
+
+impl<'a> ReasoningTextOut<'a> {
+    fn new(text: Cow<'a, str>) -> Self {
+        ReasoningTextOut {
+            kind: "reasoning_text",
+            text,
+        }
+    }
+}
+
+/// Usage as the Responses API reports it.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct UsageOut {
+    input_tokens: u64,
+    input_tokens_details: InputDetails,
+    output_tokens: u64,
+    output_tokens_details: OutputDetails,
+    total_tokens: u64,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct InputDetails {
+    cached_tokens: u64,
+    /// Writes are not reported by OpenAI's chat format: 0.
+    cache_write_tokens: u64,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct OutputDetails {
+    reasoning_tokens: u64,
+}
+
+impl UsageOut {
+    fn from_openai(u: UsageIn) -> UsageOut {
+        UsageOut {
+            input_tokens: u.prompt(),
+            input_tokens_details: InputDetails {
+                cached_tokens: u.cached(),
+                cache_write_tokens: 0,
+            },
+            output_tokens: u.completion(),
+            output_tokens_details: OutputDetails {
+                reasoning_tokens: u.reasoning().unwrap_or(0),
+            },
+            total_tokens: u.prompt() + u.completion(),
+        }
+    }
+}
+
+/// The response's `status` and `incomplete_details.reason` for a stop.
+fn stop_to_status(stop: &Stop) -> (&'static str, Option<&'static str>) {
+    match stop {
+        Stop::MaxTokens => ("incomplete", Some("max_output_tokens")),
+        Stop::Refusal => ("incomplete", Some("content_filter")),
+        Stop::EndTurn | Stop::Sequence(_) | Stop::ToolUse => ("completed", None),
+    }
+}
+
+/// The `resp_` id for an upstream completion id at a time.
+fn response_id(upstream_id: &str, now_s: u64) -> String {
+    stable_id("resp_", &format!("{upstream_id}@{now_s}"))
+}
+
+/// The id of output item `index` of a response.
+fn item_id(prefix: &str, response_id: &str, index: usize) -> String {
+    stable_id(prefix, &format!("{response_id}/{index}"))
+}
+
+impl Echo {
+    /// The `response` object around `output`.
+    #[allow(clippy::too_many_arguments)]
+    fn response<'a>(
+        &'a self,
+        id: &'a str,
+        created_at: u64,
+        status: &'static str,
+        incomplete: Option<&'static str>,
+        error: Option<ResponseErrorOut<'a>>,
+        output: &'a [ItemOut<'a>],
+        usage: Option<UsageOut>,
+    ) -> ResponseOut<'a> {
+        let r = |v: &'a Option<Box<RawValue>>, default: &'static str| RawOr(v.as_deref(), default);
+        ResponseOut {
+            id,
+            object: "response",
+            created_at,
+            status,
+            background: false,
+            error,
+            incomplete_details: incomplete.map(|reason| IncompleteOut { reason }),
+            instructions: r(&self.instructions, "null"),
+            max_output_tokens: r(&self.max_output_tokens, "null"),
+            max_tool_calls: None,
+            model: &self.model,
+            output,
+            parallel_tool_calls: r(&self.parallel_tool_calls, "true"),
+            previous_response_id: None,
+            reasoning: r(&self.reasoning, r#"{"effort":null,"summary":null}"#),
+            safety_identifier: self.safety_identifier.as_deref(),
+            store: false,
+            temperature: r(&self.temperature, "1.0"),
+            text: r(&self.text, r#"{"format":{"type":"text"}}"#),
+            tool_choice: r(&self.tool_choice, r#""auto""#),
+            tools: r(&self.tools, "[]"),
+            top_p: r(&self.top_p, "1.0"),
+            truncation: "disabled",
+            usage,
+            user: r(&self.user, "null"),
+            metadata: r(&self.metadata, "{}"),
+        }
+    }
+}
+
+/// Translates a 2xx `chat.completion` body (what the provider adapters
+/// return) into the client's `response` object. `now_s` (Unix seconds) is
+/// its `created_at`; `provider` names the target in errors.
+pub fn chat_response_to_response(
+    provider: &str,
+    completion: &[u8],
+    req: &ResponsesRequest<'_>,
+    now_s: u64,
+) -> Result<Vec<u8>, GatewayError> {
+    let answer = parse_completion(provider, completion)?;
+    Ok(answer_to_response(&answer, &Echo::of(req), now_s))
+}
+
+fn answer_to_response(answer: &Answer, echo: &Echo, now_s: u64) -> Vec<u8> {
+    let id = response_id(&answer.id, now_s);
+    let stop = answer.stop.clone().unwrap_or(Stop::EndTurn);
+    let (status, incomplete) = stop_to_status(&stop);
+    let mut output = Vec::with_capacity(2 + answer.tool_calls.len());
+    if let Some(reasoning) = &answer.reasoning {
+        output.push(ItemOut::Reasoning {
+            id: Cow::Owned(item_id("rs_", &id, output.len())),
+            summary: [],
+            content: vec![ReasoningTextOut::new(Cow::Borrowed(reasoning))],
+        });
+    }
+    if let Some(text) = &answer.text {
+        output.push(ItemOut::Message {
+            id: Cow::Owned(item_id("msg_", &id, output.len())),
+            status,
+            role: "assistant",
+            content: vec![OutputTextOut::new(Cow::Borrowed(text))],
+        });
+    }
+    for (call_id, name, arguments) in &answer.tool_calls {
+        output.push(ItemOut::FunctionCall {
+            id: Cow::Owned(item_id("fc_", &id, output.len())),
+            status: "completed",
+            arguments: Cow::Borrowed(arguments),
+            call_id: Cow::Borrowed(call_id),
+            name: Cow::Borrowed(name),
+        });
+    }
+    let usage = answer.usage.map(UsageOut::from_openai);
+    to_json(&echo.response(&id, now_s, status, incomplete, None, &output, usage))
+}
+
+// ---- Stream translation --------------------------------------------------------
+
+/// OpenAI chunk SSE -> Responses streaming events, incrementally, each with
+/// its `event:` line and a `sequence_number` from 0.
+///
+/// On the first chunk: `response.created` and `response.in_progress` (status
+/// `in_progress`, no output, no usage). Then for each output item, in order
+/// and one at a time (`output_index` 0, 1, ...): a message is
+/// `response.output_item.added`, `response.content_part.added`,
+/// `response.output_text.delta`s, `response.output_text.done`,
+/// `response.content_part.done`, `response.output_item.done`; a function
+/// call is `response.output_item.added`,
+/// `response.function_call_arguments.delta`s and `.done`,
+/// `response.output_item.done`; reasoning is like a message with a
+/// `reasoning_text` part and `response.reasoning_text.delta`/`.done`. At the
+/// end: `response.completed` with the whole response and its usage, or
+/// `response.incomplete` when the token cap or a content filter stopped it
+/// (as the API does). A failure is an `error` event (OpenAI's nested
+/// `error` object, and its fields flat as the published event type has
+/// them: the SDKs raise on it) and then `response.failed` with what was
+/// produced so far.
+#[derive(Debug)]
+pub struct ChunksToResponseEvents {
+    reader: ChunkReader,
+    writer: EventWriter,
+}
+
+#[derive(Debug)]
+struct EventWriter {
+    echo: Echo,
+    created_at: u64,
+    id: String,
+    sequence: u64,
+    started: bool,
+    items: Vec<ItemState>,
+}
+
+/// An output item as it streams.
+#[derive(Debug)]
+struct ItemState {
+    kind: BlockKind,
+    id: String,
+    /// Text, reasoning or arguments so far.
+    text: String,
+    call_id: String,
+    name: String,
+    /// Closed; and the status it was closed with.
+    done: Option<&'static str>,
+}
+
+impl ItemState {
+    fn to_item(&self, status: &'static str) -> ItemOut<'_> {
+        let text = Cow::Borrowed(self.text.as_str());
+        match self.kind {
+            BlockKind::Reasoning => ItemOut::Reasoning {
+                id: Cow::Borrowed(&self.id),
+                summary: [],
+                content: if status == "in_progress" {
+                    Vec::new()
+                } else {
+                    vec![ReasoningTextOut::new(text)]
+                },
+            },
+            BlockKind::Text => ItemOut::Message {
+                id: Cow::Borrowed(&self.id),
+                status,
+                role: "assistant",
+                content: if status == "in_progress" {
+                    Vec::new()
+                } else {
+                    vec![OutputTextOut::new(text)]
+                },
+            },
+            BlockKind::Tool => ItemOut::FunctionCall {
+                id: Cow::Borrowed(&self.id),
+                status,
+                arguments: text,
+                call_id: Cow::Borrowed(&self.call_id),
+                name: Cow::Borrowed(&self.name),
+            },
+        }
+    }
+}
+
+impl ChunksToResponseEvents {
+    /// A converter for one stream of `req`'s answer; `now_s` (Unix seconds)
+    /// is the response's `created_at`.
+    pub fn new(req: &ResponsesRequest<'_>, now_s: u64) -> Self {
+        ChunksToResponseEvents {
+            reader: ChunkReader::default(),
+            writer: EventWriter {
+                echo: Echo::of(req),
+                created_at: now_s,
+                id: String::new(),
+                sequence: 0,
+                started: false,
+                items: Vec::new(),
+            },
+        }
+    }
+}
+
+impl ChunkConverter for ChunksToResponseEvents {
+    fn push(&mut self, openai_sse: &[u8], out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.reader.push(openai_sse, &mut |p| writer.write(p, out));
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.reader.finish(&mut |p| writer.write(p, out));
+    }
+
+    fn error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.reader
+            .fail(Failure::from_error(e), &mut |p| writer.write(p, out));
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.reader.usage().map(UsageIn::to_usage)
+    }
+}
+
+/// `{"type","sequence_number","response"}`.
+#[derive(Serialize)]
+struct LifecycleEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    response: ResponseOut<'a>,
+}
+
+/// `response.output_item.added` and `.done`.
+#[derive(Serialize)]
+struct ItemEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    output_index: usize,
+    item: ItemOut<'a>,
+}
+
+/// `response.content_part.added` and `.done`.
+#[derive(Serialize)]
+struct PartEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    item_id: &'a str,
+    output_index: usize,
+    content_index: usize,
+    part: PartOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PartOut<'a> {
+    Text(OutputTextOut<'a>),
+    Reasoning(ReasoningTextOut<'a>),
+}
+
+/// Text deltas and dones (`delta` or `text`), reasoning deltas and dones,
+/// argument deltas and dones (`arguments`, no content index).
+#[derive(Serialize)]
+struct TextEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    item_id: &'a str,
+    output_index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<[(); 0]>,
+}
+
+/// The `error` event.
+#[derive(Serialize)]
+struct ErrorEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    code: &'a str,
+    message: &'a str,
+    param: Option<&'a str>,
+    error: ErrorEventDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorEventDetail<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a str,
+    message: &'a str,
+    param: Option<&'a str>,
+}
+
+impl EventWriter {
+    fn next_sequence(&mut self) -> u64 {
+        let n = self.sequence;
+        self.sequence += 1;
+        n
+    }
+
+    fn lifecycle(
+        &mut self,
+        out: &mut Vec<u8>,
+        kind: &'static str,
+        status: &'static str,
+        incomplete: Option<&'static str>,
+        error: Option<ResponseErrorOut<'_>>,
+        usage: Option<UsageOut>,
+    ) {
+        let sequence_number = self.next_sequence();
+        // Items keep the status they were closed with; one still open when
+        // the stream failed is incomplete.
+        let output: Vec<ItemOut<'_>> = if status == "in_progress" {
+            Vec::new()
+        } else {
+            self.items
+                .iter()
+                .map(|item| item.to_item(item.done.unwrap_or("incomplete")))
+                .collect()
+        };
+        let response = self.echo.response(
+            &self.id,
+            self.created_at,
+            status,
+            incomplete,
+            error,
+            &output,
+            usage,
+        );
+        let event = LifecycleEvent {
+            kind,
+            sequence_number,
+            response,
+        };
+        encode_event(out, kind, &to_json(&event));
+    }
+
+    fn start(&mut self, upstream_id: &str, out: &mut Vec<u8>) {
+        self.started = true;
+        self.id = response_id(upstream_id, self.created_at);
+        self.lifecycle(out, "response.created", "in_progress", None, None, None);
+        self.lifecycle(out, "response.in_progress", "in_progress", None, None, None);
+    }
+
+    fn item_event(
+        &mut self,
+        out: &mut Vec<u8>,
+        kind: &'static str,
+        index: usize,
+        status: &'static str,
+    ) {
+        let sequence_number = self.next_sequence();
+        let Some(item) = self.items.get(index) else {
+            return;
+        };
+        let event = ItemEvent {
+            kind,
+            sequence_number,
+            output_index: index,
+            item: item.to_item(status),
+        };
+        encode_event(out, kind, &to_json(&event));
+    }
+
+    fn part_event(&mut self, out: &mut Vec<u8>, kind: &'static str, index: usize, full: bool) {
+        let sequence_number = self.next_sequence();
+        let Some(item) = self.items.get(index) else {
+            return;
+        };
+        let text = Cow::Borrowed(if full { item.text.as_str() } else { "" });
+        let part = match item.kind {
+            BlockKind::Reasoning => PartOut::Reasoning(ReasoningTextOut::new(text)),
+            _ => PartOut::Text(OutputTextOut::new(text)),
+        };
+        let event = PartEvent {
+            kind,
+            sequence_number,
+            item_id: &item.id,
+            output_index: index,
+            content_index: 0,
+            part,
+        };
+        encode_event(out, kind, &to_json(&event));
+    }
+
+    /// A delta (`delta` given) or a done (the item's whole text) event.
+    fn text_event(&mut self, out: &mut Vec<u8>, index: usize, delta: Option<&str>) {
+        let sequence_number = self.next_sequence();
+        let Some(item) = self.items.get(index) else {
+            return;
+        };
+        let done = delta.is_none();
+        let (kind, content_index, logprobs) = match (item.kind, done) {
+            (BlockKind::Text, false) => ("response.output_text.delta", Some(0), Some([])),
+            (BlockKind::Text, true) => ("response.output_text.done", Some(0), Some([])),
+            (BlockKind::Reasoning, false) => ("response.reasoning_text.delta", Some(0), None),
+            (BlockKind::Reasoning, true) => ("response.reasoning_text.done", Some(0), None),
+            (BlockKind::Tool, false) => ("response.function_call_arguments.delta", None, None),
+            (BlockKind::Tool, true) => ("response.function_call_arguments.done", None, None),
+        };
+        let whole = item.text.as_str();
+        let event = TextEvent {
+            kind,
+            sequence_number,
+            item_id: &item.id,
+            output_index: index,
+            content_index,
+            delta,
+            text: (done && item.kind != BlockKind::Tool).then_some(whole),
+            arguments: (done && item.kind == BlockKind::Tool).then_some(whole),
+            logprobs,
+        };
+        encode_event(out, kind, &to_json(&event));
+    }
+
+    fn write(&mut self, part: Part<'_>, out: &mut Vec<u8>) {
+        match part {
+            Part::Start { id } => self.start(id, out),
+            Part::Open {
+                index,
+                kind,
+                call_id,
+                name,
+            } => {
+                let prefix = match kind {
+                    BlockKind::Reasoning => "rs_",
+                    BlockKind::Text => "msg_",
+                    BlockKind::Tool => "fc_",
+                };
+                let id = item_id(prefix, &self.id, index);
+                self.items.push(ItemState {
+                    kind,
+                    id,
+                    text: String::new(),
+                    call_id: call_id.to_owned(),
+                    name: name.to_owned(),
+                    done: None,
+                });
+                let index = self.items.len() - 1;
+                self.item_event(out, "response.output_item.added", index, "in_progress");
+                if kind != BlockKind::Tool {
+                    self.part_event(out, "response.content_part.added", index, false);
+                }
+            }
+            Part::Delta { index, text } => {
+                let Some(item) = self.items.get_mut(index) else {
+                    return;
+                };
+                item.text.push_str(text);
+                self.text_event(out, index, Some(text));
+            }
+            Part::Close { index, cut } => {
+                let Some(item) = self.items.get_mut(index) else {
+                    return;
+                };
+                // A message the token cap cut is incomplete, as the API marks it.
+                let status = if cut && item.kind == BlockKind::Text {
+                    "incomplete"
+                } else {
+                    "completed"
+                };
+                item.done = Some(status);
+                let kind = item.kind;
+                self.text_event(out, index, None);
+                if kind != BlockKind::Tool {
+                    self.part_event(out, "response.content_part.done", index, true);
+                }
+                self.item_event(out, "response.output_item.done", index, status);
+            }
+            Part::End { stop, usage } => {
+                let (status, incomplete) = stop_to_status(&stop);
+                let kind = if status == "completed" {
+                    "response.completed"
+                } else {
+                    "response.incomplete"
+                };
+                let usage = usage.map(UsageOut::from_openai);
+                self.lifecycle(out, kind, status, incomplete, None, usage);
+            }
+            Part::Fail(failure) => {
+                if !self.started {
+                    self.start("", out);
+                }
+                let code = match failure.status {
+                    429 => "rate_limit_exceeded",
+                    _ => "server_error",
+                };
+                let sequence_number = self.next_sequence();
+                let event = ErrorEvent {
+                    kind: "error",
+                    sequence_number,
+                    code: &failure.code,
+                    message: &failure.message,
+                    param: None,
+                    error: ErrorEventDetail {
+                        kind: if failure.status == 429 {
+                            "rate_limit_error"
+                        } else if failure.status < 500 {
+                            "invalid_request_error"
+                        } else {
+                            "server_error"
+                        },
+                        code: &failure.code,
+                        message: &failure.message,
+                        param: None,
+                    },
+                };
+                encode_event(out, "error", &to_json(&event));
+                let error = ResponseErrorOut {
+                    code,
+                    message: &failure.message,
+                };
+                self.lifecycle(out, "response.failed", "failed", None, Some(error), None);
+            }
+        }
+    }
+}
