@@ -245,8 +245,10 @@ struct BlockIn<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     thinking: Option<Cow<'a, str>>,
+    /// Kept raw: its shape depends on the block type (a string in
+    /// `search_result`).
     #[serde(default, borrow)]
-    source: Option<SourceIn<'a>>,
+    source: Option<&'a RawValue>,
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -676,9 +678,11 @@ fn unsupported_block(at: &str, kind: &str) -> GatewayError {
 }
 
 /// An image block as an `image_url` part.
-fn image_part<'a>(source: Option<SourceIn<'a>>, at: &str) -> Result<ChatPart<'a>, GatewayError> {
+fn image_part<'a>(source: Option<&'a RawValue>, at: &str) -> Result<ChatPart<'a>, GatewayError> {
     let bad = |why: &str| invalid(format!("{at}.source: {why}"), "messages");
     let source = source.ok_or_else(|| bad("Field required"))?;
+    let source: SourceIn<'a> =
+        serde_json::from_str(source.get()).map_err(|e| bad(&e.to_string()))?;
     let url = match source.kind.as_ref() {
         "base64" => {
             let media_type = source
@@ -1427,10 +1431,7 @@ fn block_size(block: &BlockIn<'_>, at: &str) -> Result<(u64, u64), GatewayError>
         // Documents, search results, server tool blocks: their JSON.
         _ => (
             len(&block.text)
-                + block
-                    .source
-                    .as_ref()
-                    .map_or(0, |s| len(&s.data) + len(&s.url))
+                + block.source.map_or(0, |raw| raw.get().len()) as u64
                 + block.content.map_or(0, |raw| raw.get().len()) as u64,
             0,
         ),
@@ -1440,4 +1441,913 @@ fn block_size(block: &BlockIn<'_>, at: &str) -> Result<(u64, u64), GatewayError>
 /// The `count_tokens` answer: `{"input_tokens":N}`.
 pub fn count_tokens_body(input_tokens: u64) -> Vec<u8> {
     format!("{{\"input_tokens\":{input_tokens}}}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use futures::{StreamExt, stream};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::api::ChatRequest;
+    use crate::config::Provider;
+    use crate::error::Attempt;
+    use crate::ingress::convert_stream;
+    use crate::providers::{self, Target};
+    use crate::sse::SseParser;
+
+    /// A golden file under `tests/fixtures/`.
+    macro_rules! fixture {
+        ($path:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/",
+                $path
+            ))
+        };
+    }
+
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn chat_body(body: &str) -> Result<Value, GatewayError> {
+        let req = MessagesRequest::parse(body.as_bytes())?;
+        messages_request_to_chat_body(&req, "claude-sonnet-4-5")
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// The 400's parameter and message.
+    fn rejection(body: &str) -> (String, String) {
+        match chat_body(body) {
+            Err(GatewayError::InvalidRequest { message, param }) => (param.unwrap(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    /// A minimal request with `extra` top-level fields.
+    fn with(extra: &str) -> String {
+        format!(
+            r#"{{"model":"c","max_tokens":10,"messages":[{{"role":"user","content":"x"}}]{extra}}}"#
+        )
+    }
+
+    // ---- Requests ------------------------------------------------------------
+
+    const REQUESTS: [(&str, &str, &str); 4] = [
+        (
+            "text",
+            fixture!("ingress/messages_request_text.anthropic.json"),
+            fixture!("ingress/messages_request_text.openai.json"),
+        ),
+        (
+            "tool_round_trip",
+            fixture!("ingress/messages_request_tool_round_trip.anthropic.json"),
+            fixture!("ingress/messages_request_tool_round_trip.openai.json"),
+        ),
+        (
+            "image_input",
+            fixture!("ingress/messages_request_image_input.anthropic.json"),
+            fixture!("ingress/messages_request_image_input.openai.json"),
+        ),
+        (
+            "thinking",
+            fixture!("ingress/messages_request_thinking.anthropic.json"),
+            fixture!("ingress/messages_request_thinking.openai.json"),
+        ),
+    ];
+
+    #[test]
+    fn golden_requests_translate_exactly() {
+        for (name, anthropic, openai) in REQUESTS {
+            assert_eq!(chat_body(anthropic).unwrap(), json(openai), "{name}");
+        }
+    }
+
+    #[test]
+    fn translated_requests_are_chat_requests_every_adapter_takes() {
+        for (name, anthropic, _) in REQUESTS {
+            let req = MessagesRequest::parse(anthropic.as_bytes()).unwrap();
+            let body = messages_request_to_chat_body(&req, "alias").unwrap();
+            let chat = ChatRequest::parse(&body).unwrap();
+            assert_eq!(chat.model, "alias", "{name}");
+            assert_eq!(chat.stream, req.stream, "{name}");
+            assert_eq!(
+                chat.include_usage, req.stream,
+                "{name}: streams always ask for usage"
+            );
+            assert_eq!(chat.max_tokens, Some(req.max_tokens), "{name}");
+            chat.messages().unwrap();
+            for kind in ["openai", "anthropic", "gemini"] {
+                let p: Provider = serde_json::from_str(&format!(r#"{{"kind":"{kind}"}}"#)).unwrap();
+                let target = Target {
+                    name: kind,
+                    provider: &p,
+                    model: "m",
+                };
+                providers::build_chat_request(&target, &chat, None)
+                    .unwrap_or_else(|e| panic!("{name} to {kind}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn claude_code_request_reaches_anthropic_byte_for_byte_but_the_model() {
+        let body = fixture!("ingress/messages_request_claude_code.anthropic.json");
+        let req = MessagesRequest::parse(body.as_bytes()).unwrap();
+        assert!(req.stream && req.has_tools);
+        assert_eq!(req.max_tokens, 32_000);
+        let out =
+            String::from_utf8(req.to_anthropic_body("claude-sonnet-4-5-20250929-eu")).unwrap();
+        let want = body.replacen(
+            r#""model":"claude-sonnet-4-5-20250929""#,
+            r#""model":"claude-sonnet-4-5-20250929-eu""#,
+            1,
+        );
+        assert_eq!(out, want);
+        // The spellings a re-serializer would change survive.
+        assert!(out.contains(r#"t\u0065st"#) && out.contains(r#""limit":2.0e3"#));
+        // count_tokens bodies pass through the same way.
+        let req = MessagesRequest::parse_count_tokens(
+            br#"{"model":"a","messages":[{"role":"user","content":"hi"}],"system":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.to_anthropic_body("b"),
+            br#"{"model":"b","messages":[{"role":"user","content":"hi"}],"system":"s"}"#
+        );
+    }
+
+    #[test]
+    fn routing_facts_are_read_without_translating() {
+        let req = MessagesRequest::parse(
+            fixture!("ingress/messages_request_image_input.anthropic.json").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            (req.images, req.documents, req.has_tools, req.stream),
+            (2, 0, false, false)
+        );
+        assert_eq!(req.model, "claude-sonnet-4-5");
+        let req = MessagesRequest::parse(
+            fixture!("ingress/messages_request_text.anthropic.json").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(req.user_id().as_deref(), Some("user-42"));
+        assert!(req.stream);
+        let body = with(
+            r#","tools":[],"messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="}},{"type":"tool_result","tool_use_id":"t","content":[{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]}]}]"#,
+        );
+        let req = MessagesRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!((req.images, req.documents, req.has_tools), (1, 1, false));
+    }
+
+    #[test]
+    fn invalid_requests_are_400s_in_anthropics_words() {
+        let err = |body: &str| match MessagesRequest::parse(body.as_bytes()) {
+            Err(GatewayError::InvalidRequest { message, param }) => (param.unwrap(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        assert_eq!(
+            err(r#"{"model":"c","messages":[]}"#),
+            ("max_tokens".into(), "max_tokens: Field required".into())
+        );
+        assert_eq!(
+            err(r#"{"max_tokens":1,"messages":[]}"#).1,
+            "model: Field required"
+        );
+        assert_eq!(
+            err(r#"{"model":"c","max_tokens":1}"#).1,
+            "messages: Field required"
+        );
+        assert_eq!(
+            err(r#"{"model":"c","max_tokens":1,"messages":{}}"#).0,
+            "messages"
+        );
+        assert_eq!(
+            err(r#"{"model":"c","max_tokens":0,"messages":[]}"#).0,
+            "max_tokens"
+        );
+        assert_eq!(
+            err(r#"{"model":"c","max_tokens":"9","messages":[]}"#).0,
+            "max_tokens"
+        );
+        assert_eq!(
+            err(r#"{"model":"","max_tokens":9,"messages":[]}"#).0,
+            "model"
+        );
+        assert_eq!(
+            err(r#"{"model":"c","max_tokens":9,"messages":[],"stream":"yes"}"#).0,
+            "stream"
+        );
+        assert!(matches!(
+            MessagesRequest::parse(b"{\"model\":"),
+            Err(GatewayError::InvalidJson { .. })
+        ));
+        // count_tokens takes no max_tokens.
+        let req = MessagesRequest::parse_count_tokens(br#"{"model":"c","messages":[]}"#).unwrap();
+        assert_eq!(req.max_tokens, 0);
+    }
+
+    #[test]
+    fn what_would_change_the_answer_is_refused_naming_it() {
+        let cases = [
+            (
+                r#","tools":[{"type":"web_search_20250305","name":"web_search","max_uses":5}]"#,
+                "tools",
+                "web_search_20250305",
+            ),
+            (
+                r#","tools":[{"type":"bash_20250124","name":"bash"}]"#,
+                "tools",
+                "bash_20250124",
+            ),
+            (r#","container":"container_1""#, "container", "container"),
+            (
+                r#","mcp_servers":[{"type":"url","url":"https://m","name":"m"}]"#,
+                "mcp_servers",
+                "mcp_servers",
+            ),
+            (
+                r#","messages":[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="},"citations":{"enabled":true}}]}]"#,
+                "messages",
+                "`document` blocks",
+            ),
+            (
+                r#","messages":[{"role":"user","content":[{"type":"search_result","source":"s","title":"t","content":[]}]}]"#,
+                "messages",
+                "search_result",
+            ),
+            (
+                r#","messages":[{"role":"user","content":"q"},{"role":"assistant","content":[{"type":"server_tool_use","id":"s","name":"web_search","input":{}}]}]"#,
+                "messages",
+                "server tools",
+            ),
+            (
+                r#","messages":[{"role":"user","content":[{"type":"image","source":{"type":"file","file_id":"file_1"}}]}]"#,
+                "messages",
+                "Files API",
+            ),
+            (
+                r#","system":[{"type":"image","source":{}}]"#,
+                "system",
+                "system.0",
+            ),
+            (
+                r#","output_config":{"format":{"type":"xml"}}"#,
+                "output_config",
+                "json_schema",
+            ),
+            (
+                r#","messages":[{"role":"system","content":"x"}]"#,
+                "messages",
+                "role",
+            ),
+        ];
+        for (extra, param, needle) in cases {
+            let (p, message) = rejection(&with(extra));
+            assert_eq!(p, param, "{extra}");
+            assert!(message.contains(needle), "{message}");
+        }
+    }
+
+    #[test]
+    fn harmless_anthropic_only_fields_are_dropped() {
+        let v = chat_body(&with(
+            r#","service_tier":"auto","inference_geo":"eu","context_management":{"edits":[]},"cache_control":{"type":"ephemeral"},"thinking":{"type":"adaptive"},"speed":"fast""#,
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"x"}],"max_tokens":10})
+        );
+    }
+
+    #[test]
+    fn tool_choice_maps_and_is_left_out_without_tools() {
+        const TOOLS: &str = r#","tools":[{"name":"f","input_schema":{"type":"object"}}]"#;
+        let choice = |c: &str| chat_body(&with(&format!(r#"{TOOLS},"tool_choice":{c}"#))).unwrap();
+        assert_eq!(choice(r#"{"type":"auto"}"#)["tool_choice"], "auto");
+        assert_eq!(choice(r#"{"type":"any"}"#)["tool_choice"], "required");
+        assert_eq!(choice(r#"{"type":"none"}"#)["tool_choice"], "none");
+        let v = choice(r#"{"type":"tool","name":"f","disable_parallel_tool_use":true}"#);
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type":"function","function":{"name":"f"}})
+        );
+        assert_eq!(v["parallel_tool_calls"], false);
+        assert!(
+            choice(r#"{"type":"auto","disable_parallel_tool_use":false}"#)
+                .get("parallel_tool_calls")
+                .is_none()
+        );
+        let v = chat_body(&with(
+            r#","tool_choice":{"type":"any","disable_parallel_tool_use":true}"#,
+        ))
+        .unwrap();
+        assert!(
+            v.get("tool_choice").is_none() && v.get("parallel_tool_calls").is_none(),
+            "{v}"
+        );
+        let (param, _) = rejection(&with(&format!(
+            r#"{TOOLS},"tool_choice":{{"type":"tool"}}"#
+        )));
+        assert_eq!(param, "tool_choice");
+    }
+
+    #[test]
+    fn thinking_budgets_map_to_reasoning_effort() {
+        let f = thinking_budget_to_reasoning_effort;
+        assert_eq!([f(1_024), f(4_000), f(4_095)], ["low"; 3]);
+        assert_eq!([f(4_096), f(10_000), f(16_383)], ["medium"; 3]);
+        assert_eq!([f(16_384), f(31_999), f(u64::MAX)], ["high"; 3]);
+        let effort = |extra: &str| {
+            chat_body(&with(extra))
+                .unwrap()
+                .get("reasoning_effort")
+                .cloned()
+        };
+        assert_eq!(
+            effort(r#","thinking":{"type":"enabled","budget_tokens":31999}"#),
+            Some(json!("high"))
+        );
+        assert_eq!(effort(r#","thinking":{"type":"disabled"}"#), None);
+        // An explicit effort wins; Anthropic's top levels read as `high`.
+        assert_eq!(
+            effort(
+                r#","thinking":{"type":"enabled","budget_tokens":2000},"output_config":{"effort":"max"}"#
+            ),
+            Some(json!("high"))
+        );
+        assert_eq!(
+            effort(r#","output_config":{"effort":"low"}"#),
+            Some(json!("low"))
+        );
+    }
+
+    #[test]
+    fn tool_results_keep_images_and_say_when_an_empty_one_failed() {
+        let v = chat_body(&with(
+            r#","messages":[{"role":"user","content":[
+                {"type":"tool_result","tool_use_id":"a","is_error":true},
+                {"type":"tool_result","tool_use_id":"b","content":[{"type":"text","text":"see"},{"type":"image","source":{"type":"base64","media_type":"image/jpeg","data":"/9j/"}}]},
+                {"type":"tool_result","tool_use_id":"c","content":[]}]}]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role":"tool","content":"Error","tool_call_id":"a"},
+                {"role":"tool","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,/9j/"}}],"tool_call_id":"b"},
+                {"role":"tool","content":"","tool_call_id":"c"}
+            ])
+        );
+    }
+
+    // ---- Answers -------------------------------------------------------------
+
+    #[test]
+    fn golden_answers_translate_exactly() {
+        let cases = [
+            (
+                "text",
+                fixture!("ingress/response_text.openai.json"),
+                fixture!("ingress/response_text.anthropic.json"),
+            ),
+            (
+                "tool_calls",
+                fixture!("ingress/response_tool_calls.openai.json"),
+                fixture!("ingress/response_tool_calls.anthropic.json"),
+            ),
+            (
+                "length",
+                fixture!("ingress/response_length.openai.json"),
+                fixture!("ingress/response_length.anthropic.json"),
+            ),
+        ];
+        for (name, openai, anthropic) in cases {
+            let out =
+                chat_response_to_message("p", openai.as_bytes(), "claude-sonnet-4-5").unwrap();
+            assert_eq!(
+                serde_json::from_slice::<Value>(&out).unwrap(),
+                json(anthropic),
+                "{name}"
+            );
+        }
+    }
+
+    fn answer(choice: &str) -> Value {
+        let body = format!(
+            r#"{{"id":"chatcmpl-1","choices":[{choice}],"usage":{{"prompt_tokens":3,"completion_tokens":1}}}}"#
+        );
+        serde_json::from_slice(&chat_response_to_message("p", body.as_bytes(), "m").unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn answers_carry_stop_reasons_ids_and_objects_as_anthropic_does() {
+        let v = answer(r#"{"index":0,"message":{"content":"x"},"finish_reason":"content_filter"}"#);
+        assert_eq!(v["stop_reason"], "refusal");
+        // vLLM names the stop sequence it hit.
+        let v = answer(
+            r#"{"index":0,"message":{"content":"x"},"finish_reason":"stop","stop_reason":"END"}"#,
+        );
+        assert_eq!(
+            (v["stop_reason"].as_str(), v["stop_sequence"].as_str()),
+            (Some("stop_sequence"), Some("END"))
+        );
+        // Arguments that are not an object still give an object input.
+        let v = answer(
+            r#"{"index":0,"message":{"content":null,"tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":"}},{"id":"d","function":{"name":"g","arguments":""}}]},"finish_reason":"stop"}"#,
+        );
+        assert_eq!(
+            v["content"],
+            json!([{"type":"tool_use","id":"c","name":"f","input":{}},{"type":"tool_use","id":"d","name":"g","input":{}}])
+        );
+        assert_eq!(v["stop_reason"], "tool_use");
+        // An empty answer has no blocks; an Anthropic id is kept.
+        let body =
+            br#"{"id":"msg_01X","choices":[{"message":{"content":""},"finish_reason":"stop"}]}"#;
+        let v: Value =
+            serde_json::from_slice(&chat_response_to_message("p", body, "m").unwrap()).unwrap();
+        assert_eq!(
+            (v["id"].as_str(), &v["content"]),
+            (Some("msg_01X"), &json!([]))
+        );
+        assert_eq!(
+            v["usage"],
+            json!({"input_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":0})
+        );
+    }
+
+    #[test]
+    fn an_answer_that_is_not_a_completion_is_a_retryable_upstream_error() {
+        for body in [&b"not json"[..], b"{\"choices\":[]}", b"[]"] {
+            let e = chat_response_to_message("prov", body, "m").unwrap_err();
+            assert!(
+                matches!(&e, GatewayError::UpstreamInvalidResponse { provider, .. } if provider == "prov"),
+                "{e:?}"
+            );
+            assert!(e.is_retryable());
+        }
+    }
+
+    // ---- Streams -------------------------------------------------------------
+
+    /// (scenario, OpenAI chunk stream, expected Anthropic events). The error
+    /// and length inputs are what the Anthropic and Gemini adapters produce.
+    const STREAMS: [(&str, &str, &str); 4] = [
+        (
+            "text",
+            fixture!("ingress/stream_text.openai.sse"),
+            fixture!("ingress/stream_text.anthropic.sse"),
+        ),
+        (
+            "tool_calls",
+            fixture!("ingress/stream_tool_calls.openai.sse"),
+            fixture!("ingress/stream_tool_calls.anthropic.sse"),
+        ),
+        (
+            "error_mid_stream",
+            fixture!("anthropic/stream_error_mid_stream.openai.sse"),
+            fixture!("ingress/stream_error_mid_stream.anthropic.sse"),
+        ),
+        (
+            "length",
+            fixture!("gemini/stream_max_tokens.openai.sse"),
+            fixture!("ingress/stream_length.anthropic.sse"),
+        ),
+    ];
+
+    /// Every chat stream the provider adapters' golden files hold.
+    const ADAPTER_STREAMS: [&str; 14] = [
+        fixture!("anthropic/stream_text.openai.sse"),
+        fixture!("anthropic/stream_tool_call.openai.sse"),
+        fixture!("anthropic/stream_parallel_tool_calls.openai.sse"),
+        fixture!("anthropic/stream_json_schema.openai.sse"),
+        fixture!("anthropic/stream_length.openai.sse"),
+        fixture!("anthropic/stream_refusal.openai.sse"),
+        fixture!("anthropic/stream_error_mid_stream.openai.sse"),
+        fixture!("gemini/stream_text.openai.sse"),
+        fixture!("gemini/stream_tool_call.openai.sse"),
+        fixture!("gemini/stream_parallel_tool_calls.openai.sse"),
+        fixture!("gemini/stream_mock_parallel_tool_calls.openai.sse"),
+        fixture!("gemini/stream_safety.openai.sse"),
+        fixture!("gemini/stream_prompt_blocked.openai.sse"),
+        fixture!("gemini/stream_error_mid_stream.openai.sse"),
+    ];
+
+    fn convert(chunks: &[&[u8]]) -> (String, ChunksToMessageEvents) {
+        let mut c = ChunksToMessageEvents::new("claude-sonnet-4-5", 30);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            c.push(chunk, &mut out);
+        }
+        c.finish(&mut out);
+        (String::from_utf8(out).unwrap(), c)
+    }
+
+    #[test]
+    fn golden_streams_translate_exactly() {
+        for (name, input, want) in STREAMS {
+            assert_eq!(convert(&[input.as_bytes()]).0, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn golden_streams_survive_every_split_and_byte_by_byte() {
+        for (name, input, want) in STREAMS {
+            let input = input.as_bytes();
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(convert(&[a, b]).0, want, "{name} split at {i}");
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(convert(&bytes).0, want, "{name} byte by byte");
+        }
+    }
+
+    /// Checks what the SDKs rely on: every event named by its `type`;
+    /// `message_start` first; blocks started, filled and stopped one at a
+    /// time with indices 0, 1, ...; then `message_delta` and `message_stop`,
+    /// or one `error` last. Returns the event types.
+    fn check_protocol(sse: &str) -> Vec<String> {
+        let mut parser = SseParser::new();
+        parser.push(sse.as_bytes());
+        let mut types = Vec::new();
+        let mut open: Option<u64> = None;
+        let mut next_index = 0;
+        while let Some(ev) = parser.finish() {
+            let v = json(&ev.data);
+            let kind = v["type"].as_str().unwrap().to_owned();
+            assert_eq!(ev.event.as_deref(), Some(kind.as_str()), "{sse}");
+            assert!(
+                types
+                    .last()
+                    .is_none_or(|t| t != "message_stop" && t != "error"),
+                "{sse}"
+            );
+            match kind.as_str() {
+                "message_start" => {
+                    assert!(types.is_empty(), "{sse}");
+                    assert!(v["message"]["usage"]["input_tokens"].is_u64());
+                }
+                "content_block_start" => {
+                    assert_eq!(
+                        (open, v["index"].as_u64()),
+                        (None, Some(next_index)),
+                        "{sse}"
+                    );
+                    open = Some(next_index);
+                    next_index += 1;
+                }
+                "content_block_delta" => assert_eq!(v["index"].as_u64(), open, "{sse}"),
+                "content_block_stop" => assert_eq!(open.take(), v["index"].as_u64(), "{sse}"),
+                "message_delta" => {
+                    assert_eq!(open, None, "{sse}");
+                    assert!(
+                        v["delta"]["stop_reason"].is_string()
+                            && v["usage"]["output_tokens"].is_u64()
+                    );
+                }
+                "message_stop" => {
+                    assert_eq!(types.last().map(String::as_str), Some("message_delta"))
+                }
+                "error" => {
+                    assert!(v["error"]["type"].is_string() && v["error"]["message"].is_string())
+                }
+                other => panic!("unexpected event {other}"),
+            }
+            types.push(kind);
+        }
+        assert!(
+            matches!(types[0].as_str(), "message_start" | "error"),
+            "{sse}"
+        );
+        assert!(
+            matches!(
+                types.last().map(String::as_str),
+                Some("message_stop" | "error")
+            ),
+            "{sse}"
+        );
+        types
+    }
+
+    #[test]
+    fn every_adapter_stream_converts_to_a_well_formed_message_stream() {
+        for input in ADAPTER_STREAMS.iter().chain(STREAMS.iter().map(|s| &s.1)) {
+            let (out, _) = convert(&[input.as_bytes()]);
+            check_protocol(&out);
+            // Nothing of the answer is lost: every text and argument piece is there.
+            let texts = |s: &str, keys: &[&str]| -> String {
+                let mut parser = SseParser::new();
+                parser.push(s.as_bytes());
+                let mut all = String::new();
+                while let Some(ev) = parser.finish() {
+                    if ev.data == "[DONE]" {
+                        continue;
+                    }
+                    let v = json(&ev.data);
+                    for d in [
+                        &v["delta"],
+                        &v["choices"][0]["delta"],
+                        &v["choices"][0]["delta"]["tool_calls"][0]["function"],
+                    ] {
+                        for k in keys {
+                            all.push_str(d[*k].as_str().unwrap_or_default());
+                        }
+                    }
+                }
+                all
+            };
+            assert_eq!(
+                texts(&out, &["text", "thinking", "partial_json"]),
+                texts(input, &["content", "reasoning_content", "arguments"]),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_usage_is_readable_for_settlement() {
+        let (out, c) = convert(&[STREAMS[0].1.as_bytes()]);
+        assert_eq!(c.usage(), Some(Usage::new(25, 7, Some(20))));
+        assert!(out.contains(r#""usage":{"input_tokens":5,"cache_creation_input_tokens":0,"cache_read_input_tokens":20,"output_tokens":7"#));
+        let (_, c) = convert(&[STREAMS[3].1.as_bytes()]);
+        assert_eq!(c.usage(), None);
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_finish_ends_with_an_error_event() {
+        let input = STREAMS[0].1;
+        let cut = &input[..input.find("\"finish_reason\":\"stop\"").unwrap()];
+        let cut = &cut[..cut.rfind("data:").unwrap()];
+        let (out, _) = convert(&[cut.as_bytes()]);
+        assert!(out.contains("Ciao"));
+        assert!(out.ends_with(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"The stream ended before the answer was complete.\"}}\n\n"
+        ), "{out}");
+        check_protocol(&out);
+    }
+
+    #[test]
+    fn errors_end_the_stream_in_anthropics_shape_keeping_an_overload() {
+        let overloaded = GatewayError::AllTargetsFailed {
+            attempts: vec![
+                Attempt {
+                    provider: "a".into(),
+                    model: "m".into(),
+                    status: Some(529),
+                    reason: "Overloaded".into(),
+                },
+                Attempt {
+                    provider: "b".into(),
+                    model: "m".into(),
+                    status: Some(503),
+                    reason: "busy".into(),
+                },
+            ],
+        };
+        let mut c = ChunksToMessageEvents::new("m", 0);
+        let mut out = Vec::new();
+        c.push(
+            b"data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            &mut out,
+        );
+        c.error(&overloaded, &mut out);
+        let before = out.len();
+        c.push(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"more\"}}]}\n\n",
+            &mut out,
+        );
+        c.finish(&mut out);
+        assert_eq!(out.len(), before, "nothing after the error");
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            check_protocol(&out).last().map(String::as_str),
+            Some("error")
+        );
+        assert!(out.contains(r#"{"type":"error","error":{"type":"overloaded_error","message":"All 2 targets failed:"#), "{out}");
+        // An error before anything was sent is still one error event.
+        let mut c = ChunksToMessageEvents::new("m", 0);
+        let mut out = Vec::new();
+        c.error(
+            &GatewayError::Timeout {
+                provider: "p".into(),
+                phase: "end of stream",
+                ms: 5,
+            },
+            &mut out,
+        );
+        assert!(String::from_utf8(out).unwrap().starts_with(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"timeout_error\""
+        ));
+    }
+
+    #[test]
+    fn convert_stream_wraps_the_gateways_client_stream() {
+        let (_, input, want) = STREAMS[1];
+        let chunks: Vec<Result<Vec<u8>, String>> =
+            input.as_bytes().chunks(5).map(|c| Ok(c.to_vec())).collect();
+        let converted = convert_stream(
+            Box::pin(stream::iter(chunks)),
+            Box::new(ChunksToMessageEvents::new("claude-sonnet-4-5", 30)),
+        );
+        let out = block_on(converted.map(Result::unwrap).concat());
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        // A transport error ends it with an error event.
+        let chunks = vec![
+            Ok(input.as_bytes()[..400].to_vec()),
+            Err("reset".to_owned()),
+        ];
+        let converted = convert_stream(
+            Box::pin(stream::iter(chunks)),
+            Box::new(ChunksToMessageEvents::new("m", 0)),
+        );
+        let out = String::from_utf8(block_on(converted.map(Result::unwrap).concat())).unwrap();
+        assert!(
+            out.ends_with("could not be reached: reset\"}}\n\n"),
+            "{out}"
+        );
+    }
+
+    // ---- Errors --------------------------------------------------------------
+
+    #[test]
+    fn errors_take_anthropics_statuses_and_types() {
+        let up = |status| GatewayError::Upstream {
+            provider: "p".into(),
+            status,
+            message: "m".into(),
+            retry_after: None,
+        };
+        let attempt = |status| Attempt {
+            provider: "p".into(),
+            model: "m".into(),
+            status,
+            reason: "r".into(),
+        };
+        let cases = [
+            (
+                GatewayError::InvalidRequest {
+                    message: "m".into(),
+                    param: None,
+                },
+                400,
+                "invalid_request_error",
+            ),
+            (
+                GatewayError::InvalidJson {
+                    message: "m".into(),
+                },
+                400,
+                "invalid_request_error",
+            ),
+            (
+                GatewayError::Unauthorized {
+                    message: "bad key".into(),
+                },
+                401,
+                "authentication_error",
+            ),
+            (
+                GatewayError::ModelNotFound { model: "m".into() },
+                404,
+                "not_found_error",
+            ),
+            (
+                GatewayError::NotFound { path: "/x".into() },
+                404,
+                "not_found_error",
+            ),
+            (
+                GatewayError::MethodNotAllowed {
+                    method: "GET".into(),
+                    allowed: "POST",
+                },
+                405,
+                "invalid_request_error",
+            ),
+            (
+                GatewayError::BodyTooLarge { limit: 1 },
+                413,
+                "request_too_large",
+            ),
+            (
+                GatewayError::RateLimited {
+                    message: "m".into(),
+                    retry_after: Some(2),
+                },
+                429,
+                "rate_limit_error",
+            ),
+            (
+                GatewayError::BudgetExceeded {
+                    message: "m".into(),
+                    retry_after: None,
+                },
+                429,
+                "rate_limit_error",
+            ),
+            (
+                GatewayError::Internal {
+                    message: "m".into(),
+                },
+                500,
+                "api_error",
+            ),
+            (up(400), 400, "invalid_request_error"),
+            (up(401), 502, "api_error"),
+            (up(429), 429, "rate_limit_error"),
+            (up(500), 502, "api_error"),
+            (up(503), 529, "overloaded_error"),
+            (up(529), 529, "overloaded_error"),
+            (
+                GatewayError::UpstreamUnreachable {
+                    provider: "p".into(),
+                    message: "m".into(),
+                },
+                502,
+                "api_error",
+            ),
+            (
+                GatewayError::Timeout {
+                    provider: "p".into(),
+                    phase: "first token",
+                    ms: 1,
+                },
+                504,
+                "timeout_error",
+            ),
+            (
+                GatewayError::Unavailable {
+                    message: "m".into(),
+                    retry_after: Some(1),
+                },
+                503,
+                "overloaded_error",
+            ),
+            (
+                GatewayError::AllTargetsFailed {
+                    attempts: vec![attempt(Some(529)), attempt(Some(529))],
+                },
+                529,
+                "overloaded_error",
+            ),
+            (
+                GatewayError::AllTargetsFailed {
+                    attempts: vec![attempt(Some(529)), attempt(None)],
+                },
+                503,
+                "overloaded_error",
+            ),
+            (
+                GatewayError::AllTargetsFailed {
+                    attempts: vec![attempt(Some(429)), attempt(Some(429))],
+                },
+                429,
+                "rate_limit_error",
+            ),
+        ];
+        for (e, status, kind) in cases {
+            assert_eq!(
+                (
+                    anthropic_error_status(&e),
+                    anthropic_error_type(anthropic_error_status(&e))
+                ),
+                (status, kind),
+                "{e:?}"
+            );
+            let body: Value = serde_json::from_slice(&anthropic_error_body(&e)).unwrap();
+            assert_eq!(
+                body,
+                json!({"type":"error","error":{"type":kind,"message":e.to_string()}})
+            );
+        }
+        assert_eq!(anthropic_error_type(402), "billing_error");
+        assert_eq!(anthropic_error_type(403), "permission_error");
+    }
+
+    // ---- Token counting ------------------------------------------------------
+
+    #[test]
+    fn token_estimates_count_text_images_and_framing() {
+        let body = r#"{"model":"m","system":[{"type":"text","text":"12345678"}],"messages":[
+            {"role":"user","content":"abcd"},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"ab","signature":"s"},{"type":"tool_use","id":"t","name":"fn","input":{}}]},
+            {"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"ab"},{"type":"image","source":{"type":"url","url":"u"}}]}]}],
+            "tools":[{"name":"fn","input_schema":{}}]}"#;
+        let req = MessagesRequest::parse_count_tokens(body.as_bytes()).unwrap();
+        // Text: 8 + 4 + 2 + (2 + 2) + 2 = 20 bytes, tools JSON 33 bytes:
+        // 53 bytes = 14 tokens; 3 messages x 4; one image.
+        let tools_len = r#"[{"name":"fn","input_schema":{}}]"#.len() as u64;
+        assert_eq!(tools_len, 33);
+        assert_eq!(
+            count_tokens_estimate(&req).unwrap(),
+            14 + 12 + TOKENS_PER_IMAGE
+        );
+        assert_eq!(count_tokens_body(42), br#"{"input_tokens":42}"#);
+    }
 }
