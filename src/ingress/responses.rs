@@ -1522,3 +1522,649 @@ impl EventWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use futures::{StreamExt, stream};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::api::ChatRequest;
+    use crate::config::Provider;
+    use crate::ingress::convert_stream;
+    use crate::providers::{self, Target};
+    use crate::sse::SseParser;
+
+    /// A golden file under `tests/fixtures/`.
+    macro_rules! fixture {
+        ($path:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/",
+                $path
+            ))
+        };
+    }
+
+    const NOW_S: u64 = 1_700_000_000;
+
+    /// The request whose echo the golden answers and streams carry.
+    const ECHO_REQUEST: &str = r#"{"model":"gpt-4.1","input":"hi","instructions":"Be brief.","tools":[{"type":"function","name":"get_weather","parameters":{"type":"object"},"strict":true}],"temperature":0.5}"#;
+
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn chat_body(body: &str) -> Result<Value, GatewayError> {
+        let req = ResponsesRequest::parse(body.as_bytes())?;
+        responses_request_to_chat_body(&req, "gpt-5").map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// The 400's parameter and message.
+    fn rejection(body: &str) -> (String, String) {
+        match chat_body(body) {
+            Err(GatewayError::InvalidRequest { message, param }) => (param.unwrap(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    /// A minimal request with `extra` top-level fields.
+    fn with(extra: &str) -> String {
+        format!(r#"{{"model":"m","input":"x"{extra}}}"#)
+    }
+
+    // ---- Requests ------------------------------------------------------------
+
+    const REQUESTS: [(&str, &str, &str); 2] = [
+        (
+            "text",
+            fixture!("ingress/responses_request_text.responses.json"),
+            fixture!("ingress/responses_request_text.openai.json"),
+        ),
+        (
+            "function_round_trip",
+            fixture!("ingress/responses_request_function_round_trip.responses.json"),
+            fixture!("ingress/responses_request_function_round_trip.openai.json"),
+        ),
+    ];
+
+    #[test]
+    fn golden_requests_translate_exactly() {
+        for (name, responses, openai) in REQUESTS {
+            assert_eq!(chat_body(responses).unwrap(), json(openai), "{name}");
+        }
+    }
+
+    #[test]
+    fn translated_requests_are_chat_requests_every_adapter_takes() {
+        for (name, responses, _) in REQUESTS {
+            let req = ResponsesRequest::parse(responses.as_bytes()).unwrap();
+            let body = responses_request_to_chat_body(&req, "alias").unwrap();
+            let chat = ChatRequest::parse(&body).unwrap();
+            assert_eq!(chat.model, "alias", "{name}");
+            assert_eq!(
+                (chat.stream, chat.include_usage),
+                (req.stream, req.stream),
+                "{name}"
+            );
+            assert_eq!(chat.max_tokens, req.max_output_tokens, "{name}");
+            chat.messages().unwrap();
+            for kind in ["openai", "anthropic", "gemini"] {
+                let p: Provider = serde_json::from_str(&format!(r#"{{"kind":"{kind}"}}"#)).unwrap();
+                let target = Target {
+                    name: kind,
+                    provider: &p,
+                    model: "m",
+                };
+                providers::build_chat_request(&target, &chat, None)
+                    .unwrap_or_else(|e| panic!("{name} to {kind}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn openai_targets_get_the_request_byte_for_byte_but_the_model() {
+        let body = r#"{"model":"alias","input":[{"role":"user","content":"h\u00e9"}],"previous_response_id":"resp_1","tools":[{"type":"web_search"}],"temperature":0.70}"#;
+        let req = ResponsesRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(req.to_openai_body("gpt-4.1")).unwrap(),
+            body.replace(r#""model":"alias""#, r#""model":"gpt-4.1""#)
+        );
+    }
+
+    #[test]
+    fn routing_facts_are_read_without_translating() {
+        let req = ResponsesRequest::parse(REQUESTS[1].1.as_bytes()).unwrap();
+        assert_eq!((req.images, req.has_tools, req.stream), (1, true, false));
+        assert_eq!(req.user().as_deref(), Some("hashed-user-1"));
+        let req = ResponsesRequest::parse(REQUESTS[0].1.as_bytes()).unwrap();
+        assert_eq!(
+            (req.max_output_tokens, req.stream, req.has_tools),
+            (Some(200), true, false)
+        );
+        assert_eq!(req.model, "gpt-4.1");
+    }
+
+    #[test]
+    fn invalid_requests_are_400s_naming_the_parameter() {
+        let param = |body: &str| match ResponsesRequest::parse(body.as_bytes()) {
+            Err(GatewayError::InvalidRequest { param, message }) => (param.unwrap(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        assert_eq!(
+            param(r#"{"input":"x"}"#),
+            (
+                "model".into(),
+                "Missing required parameter: 'model'.".into()
+            )
+        );
+        assert_eq!(param(r#"{"model":"","input":"x"}"#).0, "model");
+        assert_eq!(param(r#"{"model":"m","stream":1}"#).0, "stream");
+        assert_eq!(
+            param(r#"{"model":"m","max_output_tokens":-5}"#).0,
+            "max_output_tokens"
+        );
+        // Parsing allows no input (a stored prompt may supply it); translating needs it.
+        assert_eq!(rejection(r#"{"model":"m"}"#).0, "input");
+    }
+
+    #[test]
+    fn what_needs_openai_is_refused_naming_it() {
+        let cases = [
+            (
+                r#","previous_response_id":"resp_1""#,
+                "previous_response_id",
+                "stores no responses",
+            ),
+            (
+                r#","conversation":"conv_1""#,
+                "conversation",
+                "conversation",
+            ),
+            (r#","background":true"#, "background", "background"),
+            (r#","prompt":{"id":"pmpt_1"}"#, "prompt", "prompt"),
+            (
+                r#","moderation":{"model":"omni-moderation-latest"}"#,
+                "moderation",
+                "moderation",
+            ),
+            (
+                r#","tools":[{"type":"web_search"}]"#,
+                "tools",
+                "`web_search`",
+            ),
+            (
+                r#","tools":[{"type":"file_search","vector_store_ids":["vs_1"]}]"#,
+                "tools",
+                "file_search",
+            ),
+            (
+                r#","tools":[{"type":"function","name":"f"}],"tool_choice":{"type":"web_search_preview"}"#,
+                "tool_choice",
+                "web_search_preview",
+            ),
+            (r#","tool_choice":"sometimes""#, "tool_choice", "sometimes"),
+            (
+                r#","instructions":[{"role":"system","content":"x"}]"#,
+                "instructions",
+                "string",
+            ),
+            (
+                r#","text":{"format":{"type":"grammar"}}"#,
+                "text",
+                "grammar",
+            ),
+        ];
+        for (extra, p, needle) in cases {
+            let (param, message) = rejection(&with(extra));
+            assert_eq!(param, p, "{extra}");
+            assert!(message.contains(needle), "{message}");
+        }
+        let input_cases = [
+            (
+                r#"[{"type":"item_reference","id":"msg_1"}]"#,
+                "item_reference",
+            ),
+            (
+                r#"[{"type":"web_search_call","id":"ws_1","status":"completed"}]"#,
+                "web_search_call",
+            ),
+            (
+                r#"[{"role":"user","content":[{"type":"input_file","file_id":"file_1"}]}]"#,
+                "input_file",
+            ),
+            (
+                r#"[{"role":"user","content":[{"type":"input_image","file_id":"file_1"}]}]"#,
+                "file_id",
+            ),
+            (r#"[{"role":"tool","content":"x"}]"#, "role"),
+            (
+                r#"[{"role":"system","content":[{"type":"input_image","image_url":"https://x/y.png"}]}]"#,
+                "only text",
+            ),
+            (
+                r#"[{"type":"function_call","name":"f","arguments":"{}"}]"#,
+                "call_id",
+            ),
+        ];
+        for (input, needle) in input_cases {
+            let (param, message) = rejection(&format!(r#"{{"model":"m","input":{input}}}"#));
+            assert_eq!(param, "input", "{input}");
+            assert!(message.contains(needle), "{message}");
+        }
+    }
+
+    #[test]
+    fn stateless_and_service_options_are_dropped() {
+        let v = chat_body(&with(
+            r#","store":true,"background":false,"previous_response_id":null,"include":["reasoning.encrypted_content"],"truncation":"auto","service_tier":"flex","max_tool_calls":3,"top_logprobs":2,"prompt_cache_key":"k","reasoning":{"summary":"auto"},"text":{"format":{"type":"text"},"verbosity":"low"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"model":"gpt-5","messages":[{"role":"user","content":"x"}]})
+        );
+    }
+
+    #[test]
+    fn tool_choices_and_formats_map() {
+        const TOOLS: &str = r#","tools":[{"type":"function","name":"f","parameters":{"type":"object"}},{"type":"function","name":"g"}]"#;
+        let v = chat_body(&with(&format!(
+            r#"{TOOLS},"tool_choice":"required","parallel_tool_calls":true"#
+        )))
+        .unwrap();
+        assert_eq!(
+            (&v["tool_choice"], &v["parallel_tool_calls"]),
+            (&json!("required"), &json!(true))
+        );
+        assert_eq!(
+            v["tools"][1],
+            json!({"type":"function","function":{"name":"g"}})
+        );
+        let v = chat_body(&with(&format!(
+            r#"{TOOLS},"tool_choice":{{"type":"function","name":"g"}}"#
+        )))
+        .unwrap();
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type":"function","function":{"name":"g"}})
+        );
+        let v = chat_body(&with(&format!(
+            r#"{TOOLS},"tool_choice":{{"type":"allowed_tools","mode":"required","tools":[{{"type":"function","name":"g"}}]}}"#
+        )))
+        .unwrap();
+        assert_eq!(v["tool_choice"], "required");
+        assert_eq!(v["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(v["tools"][0]["function"]["name"], "g");
+        // Without tools there is nothing to choose.
+        let v = chat_body(&with(
+            r#","tool_choice":"required","parallel_tool_calls":false"#,
+        ))
+        .unwrap();
+        assert!(v.get("tool_choice").is_none() && v.get("parallel_tool_calls").is_none());
+        let v = chat_body(&with(r#","text":{"format":{"type":"json_object"}}"#)).unwrap();
+        assert_eq!(v["response_format"], json!({"type":"json_object"}));
+    }
+
+    #[test]
+    fn function_calls_attach_to_the_assistant_message_they_follow() {
+        let v = chat_body(
+            r#"{"model":"m","input":[
+                {"type":"function_call","call_id":"a","name":"f","arguments":"{}"},
+                {"type":"function_call_output","call_id":"a","output":"1"},
+                {"role":"assistant","content":""},
+                {"type":"function_call","call_id":"b","name":"f","arguments":"{\"x\":2}"},
+                {"type":"function_call_output","call_id":"b","output":[{"type":"input_text","text":"2"},{"type":"input_image","image_url":"https://x/p.png"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","content":"1","tool_call_id":"a"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"b","type":"function","function":{"name":"f","arguments":"{\"x\":2}"}}]},
+                {"role":"tool","content":[{"type":"text","text":"2"},{"type":"image_url","image_url":{"url":"https://x/p.png"}}],"tool_call_id":"b"}
+            ])
+        );
+    }
+
+    // ---- Answers -------------------------------------------------------------
+
+    fn echo_request() -> ResponsesRequest<'static> {
+        ResponsesRequest::parse(ECHO_REQUEST.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn golden_answers_translate_exactly() {
+        let cases = [
+            (
+                "text",
+                fixture!("ingress/response_text.openai.json"),
+                fixture!("ingress/response_text.responses.json"),
+            ),
+            (
+                "tool_calls",
+                fixture!("ingress/response_tool_calls.openai.json"),
+                fixture!("ingress/response_tool_calls.responses.json"),
+            ),
+            (
+                "length",
+                fixture!("ingress/response_length.openai.json"),
+                fixture!("ingress/response_length.responses.json"),
+            ),
+        ];
+        for (name, openai, responses) in cases {
+            let out =
+                chat_response_to_response("p", openai.as_bytes(), &echo_request(), NOW_S).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<Value>(&out).unwrap(),
+                json(responses),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_echo_the_request_with_the_apis_defaults() {
+        let req = ResponsesRequest::parse(
+            br#"{"model":"alias","input":"x","max_output_tokens":50,"reasoning":{"effort":"high"},"user":"u","metadata":{"k":"v"},"parallel_tool_calls":false,"top_p":null}"#,
+        )
+        .unwrap();
+        let body = br#"{"id":"c","choices":[{"message":{"content":"x"},"finish_reason":"content_filter"}]}"#;
+        let v: Value =
+            serde_json::from_slice(&chat_response_to_response("p", body, &req, NOW_S).unwrap())
+                .unwrap();
+        assert_eq!(v["model"], "alias");
+        assert_eq!(
+            (v["status"].as_str(), &v["incomplete_details"]),
+            (Some("incomplete"), &json!({"reason":"content_filter"}))
+        );
+        assert_eq!(
+            (
+                &v["max_output_tokens"],
+                &v["reasoning"],
+                &v["user"],
+                &v["metadata"],
+                &v["parallel_tool_calls"]
+            ),
+            (
+                &json!(50),
+                &json!({"effort":"high"}),
+                &json!("u"),
+                &json!({"k":"v"}),
+                &json!(false)
+            )
+        );
+        assert_eq!(
+            (
+                &v["top_p"],
+                &v["temperature"],
+                &v["tools"],
+                &v["tool_choice"]
+            ),
+            (&json!(1.0), &json!(1.0), &json!([]), &json!("auto"))
+        );
+        assert_eq!(
+            (&v["store"], &v["usage"], &v["created_at"]),
+            (&json!(false), &Value::Null, &json!(NOW_S))
+        );
+        assert!(
+            v.get("output_text").is_none(),
+            "an SDK property, not on the wire"
+        );
+        assert!(v["id"].as_str().unwrap().starts_with("resp_"));
+    }
+
+    #[test]
+    fn an_answer_that_is_not_a_completion_is_a_retryable_upstream_error() {
+        let e = chat_response_to_response("prov", b"<html>", &echo_request(), NOW_S).unwrap_err();
+        assert!(e.is_retryable() && matches!(e, GatewayError::UpstreamInvalidResponse { .. }));
+    }
+
+    // ---- Streams -------------------------------------------------------------
+
+    /// (scenario, OpenAI chunk stream, expected Responses events). The error
+    /// and length inputs are what the Anthropic and Gemini adapters produce.
+    const STREAMS: [(&str, &str, &str); 4] = [
+        (
+            "text",
+            fixture!("ingress/stream_text.openai.sse"),
+            fixture!("ingress/stream_text.responses.sse"),
+        ),
+        (
+            "tool_calls",
+            fixture!("ingress/stream_tool_calls.openai.sse"),
+            fixture!("ingress/stream_tool_calls.responses.sse"),
+        ),
+        (
+            "error_mid_stream",
+            fixture!("anthropic/stream_error_mid_stream.openai.sse"),
+            fixture!("ingress/stream_error_mid_stream.responses.sse"),
+        ),
+        (
+            "length",
+            fixture!("gemini/stream_max_tokens.openai.sse"),
+            fixture!("ingress/stream_length.responses.sse"),
+        ),
+    ];
+
+    /// Every chat stream the provider adapters' golden files hold.
+    const ADAPTER_STREAMS: [&str; 14] = [
+        fixture!("anthropic/stream_text.openai.sse"),
+        fixture!("anthropic/stream_tool_call.openai.sse"),
+        fixture!("anthropic/stream_parallel_tool_calls.openai.sse"),
+        fixture!("anthropic/stream_json_schema.openai.sse"),
+        fixture!("anthropic/stream_length.openai.sse"),
+        fixture!("anthropic/stream_refusal.openai.sse"),
+        fixture!("anthropic/stream_error_mid_stream.openai.sse"),
+        fixture!("gemini/stream_text.openai.sse"),
+        fixture!("gemini/stream_tool_call.openai.sse"),
+        fixture!("gemini/stream_parallel_tool_calls.openai.sse"),
+        fixture!("gemini/stream_mock_parallel_tool_calls.openai.sse"),
+        fixture!("gemini/stream_safety.openai.sse"),
+        fixture!("gemini/stream_prompt_blocked.openai.sse"),
+        fixture!("gemini/stream_error_mid_stream.openai.sse"),
+    ];
+
+    fn convert(chunks: &[&[u8]]) -> (String, ChunksToResponseEvents) {
+        let mut c = ChunksToResponseEvents::new(&echo_request(), NOW_S);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            c.push(chunk, &mut out);
+        }
+        c.finish(&mut out);
+        (String::from_utf8(out).unwrap(), c)
+    }
+
+    #[test]
+    fn golden_streams_translate_exactly() {
+        for (name, input, want) in STREAMS {
+            assert_eq!(convert(&[input.as_bytes()]).0, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn golden_streams_survive_every_split_and_byte_by_byte() {
+        for (name, input, want) in STREAMS {
+            let input = input.as_bytes();
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(convert(&[a, b]).0, want, "{name} split at {i}");
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(convert(&bytes).0, want, "{name} byte by byte");
+        }
+    }
+
+    /// Checks what the SDKs' stream accumulators enforce: events named by
+    /// their `type`, `sequence_number` 0, 1, ...; `response.created` then
+    /// `response.in_progress` first, one response id throughout; output
+    /// items added at 0, 1, ... one at a time, their events naming the open
+    /// item's id and index, each done before the next; a terminal
+    /// `response.completed`/`.incomplete` (whose output matches the items),
+    /// or `error` then `response.failed`. Returns the terminal response.
+    fn check_protocol(sse: &str) -> Value {
+        let mut parser = SseParser::new();
+        parser.push(sse.as_bytes());
+        let mut events = Vec::new();
+        while let Some(ev) = parser.finish() {
+            let v = json(&ev.data);
+            assert_eq!(ev.event.as_deref(), v["type"].as_str(), "{sse}");
+            assert_eq!(
+                v["sequence_number"].as_u64(),
+                Some(events.len() as u64),
+                "{sse}"
+            );
+            events.push(v);
+        }
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|v| v["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            &kinds[..2],
+            ["response.created", "response.in_progress"],
+            "{sse}"
+        );
+        let id = events[0]["response"]["id"].clone();
+        let mut open: Option<(usize, Value)> = None;
+        let mut items: Vec<Value> = Vec::new();
+        for (i, v) in events.iter().enumerate().skip(2) {
+            let last = i == events.len() - 1;
+            match kinds[i].as_str() {
+                "response.output_item.added" => {
+                    assert!(open.is_none(), "{sse}");
+                    assert_eq!(v["output_index"].as_u64(), Some(items.len() as u64));
+                    assert_eq!(
+                        v["item"]["status"].as_str().unwrap_or("in_progress"),
+                        "in_progress"
+                    );
+                    open = Some((items.len(), v["item"]["id"].clone()));
+                    items.push(v["item"].clone());
+                }
+                "response.output_item.done" => {
+                    let (index, item_id) = open.take().expect("an open item");
+                    assert_eq!(
+                        (v["output_index"].as_u64(), &v["item"]["id"]),
+                        (Some(index as u64), &item_id)
+                    );
+                    items[index] = v["item"].clone();
+                }
+                kind @ ("response.completed" | "response.incomplete" | "response.failed") => {
+                    assert!(last, "{sse}");
+                    assert_eq!(v["response"]["id"], id);
+                    if kind == "response.failed" {
+                        assert_eq!(kinds[i - 1], "error", "{sse}");
+                        assert_eq!(v["response"]["status"], "failed");
+                    } else {
+                        assert!(open.is_none(), "{sse}");
+                        assert_eq!(v["response"]["output"], json!(items), "{sse}");
+                    }
+                }
+                "error" => assert!(v["message"].is_string() && v["error"]["message"].is_string()),
+                _ => {
+                    let (index, item_id) = open.as_ref().expect("an open item");
+                    assert_eq!(
+                        (v["output_index"].as_u64(), &v["item_id"]),
+                        (Some(*index as u64), item_id),
+                        "{sse}"
+                    );
+                }
+            }
+        }
+        events.pop().unwrap()["response"].clone()
+    }
+
+    #[test]
+    fn every_adapter_stream_converts_to_a_well_formed_response_stream() {
+        for input in ADAPTER_STREAMS.iter().chain(STREAMS.iter().map(|s| &s.1)) {
+            let (out, _) = convert(&[input.as_bytes()]);
+            let response = check_protocol(&out);
+            // Nothing of the answer is lost: every text and argument piece is there.
+            let mut parser = SseParser::new();
+            parser.push(input.as_bytes());
+            let mut sent = String::new();
+            while let Some(ev) = parser.finish() {
+                if ev.data == "[DONE]" {
+                    continue;
+                }
+                let v = json(&ev.data);
+                let d = &v["choices"][0]["delta"];
+                for piece in [
+                    &d["reasoning_content"],
+                    &d["content"],
+                    &d["tool_calls"][0]["function"]["arguments"],
+                ] {
+                    sent.push_str(piece.as_str().unwrap_or_default());
+                }
+            }
+            let mut got = String::new();
+            for item in response["output"].as_array().unwrap() {
+                for piece in [&item["content"][0]["text"], &item["arguments"]] {
+                    got.push_str(piece.as_str().unwrap_or_default());
+                }
+            }
+            assert_eq!(got, sent, "{input}");
+        }
+    }
+
+    #[test]
+    fn stream_usage_is_readable_and_reported_in_the_final_response() {
+        let (out, c) = convert(&[STREAMS[0].1.as_bytes()]);
+        assert_eq!(c.usage(), Some(Usage::new(25, 7, Some(20))));
+        assert_eq!(
+            check_protocol(&out)["usage"],
+            json!({"input_tokens":25,"input_tokens_details":{"cached_tokens":20,"cache_write_tokens":0},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":32})
+        );
+    }
+
+    #[test]
+    fn a_capped_stream_ends_incomplete_as_the_api_does() {
+        let (out, _) = convert(&[STREAMS[3].1.as_bytes()]);
+        let response = check_protocol(&out);
+        assert!(out.contains("event: response.incomplete\n"));
+        assert_eq!(
+            (&response["status"], &response["incomplete_details"]),
+            (&json!("incomplete"), &json!({"reason":"max_output_tokens"}))
+        );
+        assert_eq!(response["output"][0]["status"], "incomplete");
+    }
+
+    #[test]
+    fn errors_before_any_output_still_open_the_response() {
+        let mut c = ChunksToResponseEvents::new(&echo_request(), NOW_S);
+        let mut out = Vec::new();
+        c.error(
+            &GatewayError::RateLimited {
+                message: "slow down".into(),
+                retry_after: Some(1),
+            },
+            &mut out,
+        );
+        let before = out.len();
+        c.push(STREAMS[0].1.as_bytes(), &mut out);
+        c.finish(&mut out);
+        assert_eq!(out.len(), before, "nothing after the error");
+        let out = String::from_utf8(out).unwrap();
+        let response = check_protocol(&out);
+        assert_eq!(
+            response["error"],
+            json!({"code":"rate_limit_exceeded","message":"slow down"})
+        );
+        assert!(out.contains(r#""type":"error","sequence_number":2,"code":"rate_limit_exceeded","message":"slow down","param":null,"error":{"type":"rate_limit_error""#), "{out}");
+    }
+
+    #[test]
+    fn convert_stream_wraps_the_gateways_client_stream() {
+        let (_, input, want) = STREAMS[1];
+        let chunks: Vec<Result<Vec<u8>, String>> =
+            input.as_bytes().chunks(7).map(|c| Ok(c.to_vec())).collect();
+        let converted = convert_stream(
+            Box::pin(stream::iter(chunks)),
+            Box::new(ChunksToResponseEvents::new(&echo_request(), NOW_S)),
+        );
+        let out = block_on(converted.map(Result::unwrap).concat());
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+}
