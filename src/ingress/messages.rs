@@ -18,7 +18,8 @@
 //! | `max_tokens` | `max_tokens` (required, as Anthropic requires it: a 400 `max_tokens: Field required` when absent) |
 //! | `system` (string or text blocks) | a first `system` message; blocks joined with `"\n\n"` (a string system message is what every OpenAI-compatible server takes); a non-text block is a 400 |
 //! | `messages[]`, `user` | `user` messages: one text block (or a string) as a string, several blocks as `text`/`image_url` parts |
-//! | `messages[]`, `assistant` | an `assistant` message: its text blocks joined, `tool_use` blocks as `tool_calls` (`arguments` = the compact JSON of `input`), content `null` when there is no text |
+//! | `messages[]`, `assistant` | an `assistant` message: its text blocks joined as written (Anthropic splits one text at citations), `tool_use` blocks as `tool_calls` after it (`arguments` = the compact JSON of `input`), content `null` when there is no text; any other block is a 400 |
+//! | `messages[]`, any other role | 400 naming `messages` (Anthropic takes only `user` and `assistant`) |
 //! | `image` blocks | `image_url` parts: base64 sources as `data:<media_type>;base64,...` URLs, `url` sources as is; a `file` source is a 400 |
 //! | `tool_result` blocks | `tool` messages (`tool_call_id` = `tool_use_id`) in block order, so they follow the assistant's `tool_calls`; the user's other blocks of that turn follow as a `user` message. Content: a string as is; text blocks as one string or as parts, with images as `image_url` parts. `is_error` has no chat equivalent: the content carries the error, and an empty error result reads `Error` |
 //! | `thinking`, `redacted_thinking` blocks (history) | dropped: reasoning of earlier turns is not sent back to chat models (OpenAI's own guidance), and the signatures mean nothing elsewhere |
@@ -1359,8 +1360,9 @@ pub fn anthropic_error_type(status: u16) -> &'static str {
 /// The error body in Anthropic's shape,
 /// `{"type":"error","error":{"type","message"}}`, for
 /// [`anthropic_error_status`]. The message is the gateway's (it lists every
-/// attempt when all targets failed). `Retry-After` is set as for OpenAI
-/// clients ([`GatewayError::retry_after`]).
+/// attempt when all targets failed). A key's exhausted budget is a 429
+/// `rate_limit_error`, as Anthropic reports its own spend limits.
+/// `Retry-After` is set as for OpenAI clients ([`GatewayError::retry_after`]).
 pub fn anthropic_error_body(e: &GatewayError) -> Vec<u8> {
     let message = e.to_string();
     to_json(&ErrorOut {

@@ -16,7 +16,7 @@
 //! | step | Anthropic Messages (`POST /v1/messages`) | OpenAI Responses (`POST /v1/responses`) |
 //! |------|------------------------------------------|-----------------------------------------|
 //! | parse the body | [`messages::MessagesRequest::parse`] (400s in Anthropic's words) | [`responses::ResponsesRequest::parse`] |
-//! | route and price | its `model`, `stream`, `max_tokens`, `images`, `has_tools`, [`messages::MessagesRequest::user_id`] | its `model`, `stream`, `max_output_tokens`, `images`, `has_tools`, `user` |
+//! | route and price | its `model`, `stream`, `max_tokens`, `images`, `has_tools`, [`messages::MessagesRequest::user_id`] | its `model`, `stream`, `max_output_tokens`, `images`, `has_tools`, [`responses::ResponsesRequest::user`] |
 //! | the chat body | [`messages::messages_request_to_chat_body`] | [`responses::responses_request_to_chat_body`] |
 //! | then | `ChatRequest::parse` of that body, and the usual prepare, route, dispatch | same |
 //! | non-stream answer | [`messages::chat_response_to_message`] on the `chat.completion` that [`crate::providers::chat_response`] returned | [`responses::chat_response_to_response`] |
@@ -33,9 +33,25 @@
 //! usage chunk arrives and settlement reads usage from the provider's
 //! translator as it does today ([`ChunkConverter::usage`] reads it too). An
 //! error that `into_client_stream` renders as an OpenAI `data: {"error":...}`
-//! event is recognised and re-rendered in the client's protocol; calling
-//! [`ChunkConverter::error`] with the [`GatewayError`] itself is more exact
-//! (it keeps the status, so an overload stays an overload).
+//! event is recognised and re-rendered in the client's protocol (its status
+//! read back from its code, or from a provider's message, so an overload
+//! stays an overload); calling [`ChunkConverter::error`] with the
+//! [`GatewayError`] itself is exact.
+//!
+//! `message_start` must carry an input token count before the upstream has
+//! reported one: give [`messages::ChunksToMessageEvents::new`]
+//! [`messages::count_tokens_estimate`], or the gateway's own
+//! `Accounting::input_estimate`; the final `message_delta` carries the real
+//! counts, which the SDKs adopt.
+//!
+//! Not here (pass-through targets): the `anthropic-version` and
+//! `anthropic-beta` request headers must reach an Anthropic target as sent;
+//! a pass-through stream needs a relaying `StreamTranslator` that reads
+//! usage from `message_start`/`message_delta` (cache creation and reads
+//! included) or from `response.completed`, a commit test that knows those
+//! events (`carries_output` looks for OpenAI fields), and errors after the
+//! commit rendered in the client's protocol rather than by
+//! `into_client_stream`'s OpenAI `error_event`.
 //!
 //! Shared here: the reader that turns an OpenAI chunk stream into content
 //! blocks opened, filled and closed one at a time (Anthropic's content
