@@ -28,7 +28,7 @@ use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, Failover, ProviderKind};
 use crate::error::{Attempt, GatewayError};
 use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
-use crate::limits::{Money, Pricing, UsageEvent};
+use crate::limits::{Money, Pricing, Tokens, UsageEvent};
 use crate::providers::{self, Target, mock};
 use crate::routing::{
     self, Candidate, Health, Needs, Origin, RouteInput, SecretLookup, target_key,
@@ -388,7 +388,7 @@ impl<'a> Prepared<'a> {
                     .unwrap_or(DEFAULT_OUTPUT_CAP),
                 Request::Embeddings(_) => 0,
             };
-            cost = cost.max(info.pricing().cost(input, output, 0));
+            cost = cost.max(info.pricing().worst_cost(input, output));
             tokens = tokens.max(input + output);
         }
         (cost, tokens)
@@ -641,21 +641,26 @@ pub fn settlement(
     events: u64,
     error: bool,
 ) -> (Money, UsageEvent) {
-    let (input, output, cached) = match (served, usage) {
-        (None, _) => (0, 0, 0),
-        (Some(_), Some(u)) => (
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
-        ),
-        (Some(_), None) => (acc.input_estimate, events, 0),
+    let tokens = match (served, usage) {
+        (None, _) => Tokens::default(),
+        (Some(_), Some(u)) => Tokens {
+            input: u.prompt_tokens,
+            output: u.completion_tokens,
+            cache_read: u.cache_read_tokens(),
+            cache_write: u.cache_write_tokens,
+        },
+        (Some(_), None) => Tokens {
+            input: acc.input_estimate,
+            output: events,
+            ..Tokens::default()
+        },
     };
-    let cost = served.map_or(Money::ZERO, |s| s.pricing.cost(input, output, cached));
+    let cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
     let event = UsageEvent {
         model: acc.model.clone(),
-        input_tokens: input,
-        output_tokens: output,
-        cached_tokens: cached,
+        input_tokens: tokens.input,
+        output_tokens: tokens.output,
+        cached_tokens: tokens.cache_read,
         error,
     };
     (cost, event)
