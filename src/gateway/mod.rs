@@ -708,7 +708,7 @@ async fn try_chat<U: Upstream>(
             match next {
                 Some(Ok(bytes)) => {
                     held.extend_from_slice(&bytes);
-                    if carries_output(&held) {
+                    if translated.has_output() {
                         break;
                     }
                 }
