@@ -59,11 +59,13 @@
 //! format does not report writes); reasoning tokens also appear as
 //! `output_tokens_details.thinking_tokens` when reported.
 //!
-//! Streams: see [`ChunksToMessageEvents`]. Errors: [`anthropic_error_status`]
-//! and [`anthropic_error_body`].
+//! Streams: see [`ChunksToMessageEvents`] (translated) and
+//! [`MessageEventsRelay`] (Anthropic targets). Errors:
+//! [`anthropic_error_status`] and [`anthropic_error_body`].
 //!
 //! Order: constants, the request, request translation, response
-//! translation, stream translation, errors, token counting, tests.
+//! translation, stream translation, errors, token counting, pass-through
+//! to Anthropic targets, tests.
 
 use std::borrow::Cow;
 
@@ -72,7 +74,9 @@ use serde_json::value::RawValue;
 
 use crate::api::{Usage, field, parse_field, parse_object, write_object};
 use crate::error::GatewayError;
-use crate::sse::encode_event;
+use crate::http::UpstreamRequest;
+use crate::providers::{StreamTranslator, Target, anthropic};
+use crate::sse::{SseEvent, encode_data, encode_event};
 
 use super::{
     Answer, BlockKind, ChunkConverter, ChunkReader, Failure, Part, Stop, UsageIn, compact_json,
@@ -1445,17 +1449,321 @@ pub fn count_tokens_body(input_tokens: u64) -> Vec<u8> {
     format!("{{\"input_tokens\":{input_tokens}}}").into_bytes()
 }
 
+// ---- Pass-through to Anthropic targets -------------------------------------------
+
+/// The client headers an Anthropic target receives, as sent: the API
+/// version the client's shapes follow, and the beta features it opted into
+/// (prompt-caching TTLs, long context, interleaved thinking, ...), without
+/// which the same body can be refused or answered differently. Nothing else
+/// is forwarded: the client's `x-api-key` or `Authorization` is the
+/// gateway's key, and the rest (`user-agent`, `x-stainless-*`, ...)
+/// describes the client, not the request.
+pub const FORWARDED_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
+/// The forwarded headers ([`FORWARDED_HEADERS`]) the client sent.
+pub fn forwarded_headers(header: &dyn Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+    FORWARDED_HEADERS
+        .iter()
+        .filter_map(|&name| header(name).map(|v| (name, v)))
+        .collect()
+}
+
+/// The request to an Anthropic target for a Messages request (or, with
+/// `count_tokens`, a token count): `{base}/v1/messages` or
+/// `{base}/v1/messages/count_tokens`, the client's body with `model`
+/// rewritten ([`MessagesRequest::to_anthropic_body`]), `x-api-key`, and
+/// `anthropic-version` as the client sent it (else the provider's configured
+/// header, else [`anthropic::API_VERSION`]). `anthropic-beta` is the
+/// client's, unchanged, joined after any the operator configured for the
+/// provider; other configured headers follow.
+pub fn build_anthropic_request(
+    target: &Target<'_>,
+    req: &MessagesRequest<'_>,
+    count_tokens: bool,
+    forwarded: &[(&'static str, String)],
+    api_key: Option<&str>,
+) -> UpstreamRequest {
+    let p = target.provider;
+    let base = p
+        .base_url
+        .as_deref()
+        .unwrap_or(anthropic::DEFAULT_BASE_URL)
+        .trim_end_matches('/');
+    let path = if count_tokens {
+        COUNT_TOKENS_PATH
+    } else {
+        MESSAGES_PATH
+    };
+    let client = |name: &str| {
+        forwarded
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let configured = |name: &str| {
+        p.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let mut headers = Vec::with_capacity(5 + p.headers.len());
+    headers.push(("content-type".to_owned(), "application/json".to_owned()));
+    let version = client("anthropic-version")
+        .or(configured("anthropic-version"))
+        .unwrap_or(anthropic::API_VERSION);
+    headers.push(("anthropic-version".to_owned(), version.to_owned()));
+    let beta = match (configured("anthropic-beta"), client("anthropic-beta")) {
+        (Some(ours), Some(theirs)) => Some(format!("{ours},{theirs}")),
+        (ours, theirs) => ours.or(theirs).map(str::to_owned),
+    };
+    if let Some(beta) = beta {
+        headers.push(("anthropic-beta".to_owned(), beta));
+    }
+    if req.stream && !count_tokens {
+        headers.push(("accept".to_owned(), "text/event-stream".to_owned()));
+    }
+    if let Some(key) = api_key {
+        headers.push(("x-api-key".to_owned(), key.to_owned()));
+    }
+    headers.extend(
+        p.headers
+            .iter()
+            .filter(|(k, _)| {
+                !k.eq_ignore_ascii_case("anthropic-version")
+                    && !k.eq_ignore_ascii_case("anthropic-beta")
+            })
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    UpstreamRequest {
+        method: "POST",
+        url: format!("{base}{path}"),
+        headers,
+        body: req.to_anthropic_body(target.model),
+    }
+}
+
+/// The parts of an Anthropic `message` the gateway reads.
+#[derive(Deserialize)]
+struct MessageUsageIn {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    usage: Option<anthropic::UsageIn>,
+}
+
+/// Checks a 2xx answer of an Anthropic target (a `message`) and reads its
+/// usage, cache reads and writes included. The body goes to the client
+/// unchanged.
+pub fn read_anthropic_message(provider: &str, body: &[u8]) -> Result<Option<Usage>, GatewayError> {
+    let invalid = |message: String| GatewayError::UpstreamInvalidResponse {
+        provider: provider.to_owned(),
+        message,
+    };
+    let m: MessageUsageIn =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("not a message: {e}")))?;
+    if m.kind.as_deref() != Some("message") {
+        return Err(invalid("not a message object".to_owned()));
+    }
+    Ok(m.usage.map(anthropic::UsageIn::to_openai))
+}
+
+/// Checks a 2xx answer of an Anthropic target to `count_tokens`
+/// (`{"input_tokens":N}`). The body goes to the client unchanged.
+pub fn read_anthropic_count(provider: &str, body: &[u8]) -> Result<u64, GatewayError> {
+    #[derive(Deserialize)]
+    struct CountIn {
+        input_tokens: u64,
+    }
+    serde_json::from_slice::<CountIn>(body)
+        .map(|c| c.input_tokens)
+        .map_err(|e| GatewayError::UpstreamInvalidResponse {
+            provider: provider.to_owned(),
+            message: format!("not a token count: {e}"),
+        })
+}
+
+/// Relays an Anthropic target's Messages stream to a Messages client event
+/// by event: each event's name and data exactly as received (the framing
+/// normalised to `event: ...\ndata: ...\n\n`, which is Anthropic's own),
+/// while it reads usage from `message_start.message.usage` (input, cache
+/// creation and cache read tokens) and `message_delta.usage` (output), and
+/// watches for the end (`message_stop`) and for errors.
+///
+/// Commit point ([`StreamTranslator::carries_output`]): every event but
+/// `message_start`, `ping` and `content_block_start` is output, so a target
+/// that fails before its first delta is replaced unseen (the next one's
+/// `message_start` replaces the held one). An upstream `event: error` ends
+/// the stream as the provider's error (`overloaded_error` a retryable 529,
+/// `rate_limit_error` 429, anything else 500), so failover can still act
+/// before the commit; after it the client receives that event byte for
+/// byte ([`StreamTranslator::write_error`]). Other failures (a cut stream,
+/// a timeout) become one `event: error` in Anthropic's shape.
+#[derive(Debug)]
+pub struct MessageEventsRelay {
+    provider: String,
+    usage: Option<anthropic::UsageIn>,
+    output: bool,
+    stopped: bool,
+    /// The upstream's error event, and the error it was read as.
+    upstream_error: Option<(GatewayError, Vec<u8>)>,
+}
+
+impl MessageEventsRelay {
+    /// A relay for one stream of `target`.
+    pub fn new(target: &Target<'_>) -> Self {
+        MessageEventsRelay {
+            provider: target.name.to_owned(),
+            usage: None,
+            output: false,
+            stopped: false,
+            upstream_error: None,
+        }
+    }
+
+    fn invalid(&self, message: String) -> GatewayError {
+        GatewayError::UpstreamInvalidResponse {
+            provider: self.provider.clone(),
+            message,
+        }
+    }
+}
+
+/// The fields of the events the relay reads.
+#[derive(Deserialize)]
+struct RelayEventIn<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<MessageUsageIn>,
+    #[serde(default)]
+    usage: Option<anthropic::UsageIn>,
+    #[serde(default)]
+    error: Option<RelayErrorIn>,
+}
+
+#[derive(Deserialize)]
+struct RelayErrorIn {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl StreamTranslator for MessageEventsRelay {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        if self.stopped {
+            return Ok(());
+        }
+        // Anthropic names every event; the hot deltas are told by name alone.
+        let named = ev.event.as_deref();
+        let needs_reading = !matches!(
+            named,
+            Some("content_block_delta" | "content_block_start" | "content_block_stop" | "ping")
+        );
+        let mut kind = named.map(Cow::Borrowed);
+        if needs_reading {
+            let event: RelayEventIn<'_> = serde_json::from_str(&ev.data)
+                .map_err(|e| self.invalid(format!("invalid stream event: {e}")))?;
+            if kind.is_none() {
+                kind = event.kind;
+            }
+            match kind.as_deref() {
+                Some("message_start") => {
+                    let usage = event.message.and_then(|m| m.usage).unwrap_or_default();
+                    self.usage = Some(usage);
+                }
+                Some("message_delta") => {
+                    if let Some(later) = event.usage {
+                        self.usage.get_or_insert_default().merge(later);
+                    }
+                }
+                Some("message_stop") => self.stopped = true,
+                Some("error") => {
+                    let detail = event.error.unwrap_or(RelayErrorIn {
+                        kind: None,
+                        message: None,
+                    });
+                    let status = match detail.kind.as_deref() {
+                        Some("overloaded_error") => 529,
+                        Some("rate_limit_error") => 429,
+                        _ => 500,
+                    };
+                    let e = GatewayError::Upstream {
+                        provider: self.provider.clone(),
+                        status,
+                        message: detail
+                            .message
+                            .or(detail.kind)
+                            .unwrap_or_else(|| "stream error".to_owned()),
+                        retry_after: None,
+                    };
+                    let mut raw = Vec::new();
+                    encode_event(&mut raw, "error", ev.data.as_bytes());
+                    self.upstream_error = Some((e.clone(), raw));
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
+        let name = kind.as_deref().unwrap_or_default();
+        if !matches!(name, "message_start" | "ping" | "content_block_start") {
+            self.output = true;
+        }
+        match ev.event.as_deref() {
+            Some(name) => encode_event(out, name, ev.data.as_bytes()),
+            None => encode_data(out, ev.data.as_bytes()),
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, _out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        if self.stopped {
+            return Ok(());
+        }
+        Err(GatewayError::UpstreamUnreachable {
+            provider: self.provider.clone(),
+            message: "stream ended before message_stop".into(),
+        })
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.map(anthropic::UsageIn::to_openai)
+    }
+
+    fn carries_output(&self, _written: &[u8]) -> bool {
+        self.output
+    }
+
+    fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        match self.upstream_error.take() {
+            Some((own, raw)) if own == *e => out.extend_from_slice(&raw),
+            _ => write_error_event(e, out),
+        }
+    }
+}
+
+/// `event: error` with `{"type":"error","error":{"type","message"}}` for a
+/// gateway error, typed by [`anthropic_error_status`].
+pub fn write_error_event(e: &GatewayError, out: &mut Vec<u8>) {
+    let message = e.to_string();
+    let event = ErrorOut {
+        kind: "error",
+        error: ErrorDetailOut {
+            kind: anthropic_error_type(anthropic_error_status(e)),
+            message: &message,
+        },
+    };
+    encode_event(out, "error", &to_json(&event));
+}
+
 #[cfg(test)]
 mod tests {
-    use futures::executor::block_on;
-    use futures::{StreamExt, stream};
     use serde_json::{Value, json};
 
     use super::*;
     use crate::api::ChatRequest;
     use crate::config::Provider;
     use crate::error::Attempt;
-    use crate::ingress::convert_stream;
     use crate::providers::{self, Target};
     use crate::sse::SseParser;
 
@@ -2148,33 +2456,6 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn convert_stream_wraps_the_gateways_client_stream() {
-        let (_, input, want) = STREAMS[1];
-        let chunks: Vec<Result<Vec<u8>, String>> =
-            input.as_bytes().chunks(5).map(|c| Ok(c.to_vec())).collect();
-        let converted = convert_stream(
-            Box::pin(stream::iter(chunks)),
-            Box::new(ChunksToMessageEvents::new("claude-sonnet-4-5", 30)),
-        );
-        let out = block_on(converted.map(Result::unwrap).concat());
-        assert_eq!(String::from_utf8(out).unwrap(), want);
-        // A transport error ends it with an error event.
-        let chunks = vec![
-            Ok(input.as_bytes()[..400].to_vec()),
-            Err("reset".to_owned()),
-        ];
-        let converted = convert_stream(
-            Box::pin(stream::iter(chunks)),
-            Box::new(ChunksToMessageEvents::new("m", 0)),
-        );
-        let out = String::from_utf8(block_on(converted.map(Result::unwrap).concat())).unwrap();
-        assert!(
-            out.ends_with("could not be reached: reset\"}}\n\n"),
-            "{out}"
-        );
-    }
-
     // ---- Errors --------------------------------------------------------------
 
     #[test]
@@ -2351,5 +2632,104 @@ mod tests {
             14 + 12 + TOKENS_PER_IMAGE
         );
         assert_eq!(count_tokens_body(42), br#"{"input_tokens":42}"#);
+    }
+
+    // ---- Pass-through ----------------------------------------------------------
+
+    fn relay_events(relay: &mut MessageEventsRelay, sse: &str) -> Vec<(String, bool)> {
+        let mut parser = SseParser::new();
+        parser.push(sse.as_bytes());
+        let mut seen = Vec::new();
+        while let Some(ev) = parser.next_event() {
+            let name = ev.event.clone().unwrap_or_default();
+            let mut out = Vec::new();
+            relay.on_event(ev, &mut out).unwrap();
+            seen.push((name, relay.carries_output(&out)));
+        }
+        seen
+    }
+
+    #[test]
+    fn the_relay_commits_at_the_first_delta_and_reads_usage_as_it_goes() {
+        let p: Provider = serde_json::from_str(r#"{"kind":"anthropic"}"#).unwrap();
+        let target = Target {
+            name: "anthropic",
+            provider: &p,
+            model: "claude-x",
+        };
+        let mut relay = MessageEventsRelay::new(&target);
+        let seen = relay_events(
+            &mut relay,
+            fixture!("anthropic/stream_tool_call.anthropic.sse"),
+        );
+        let first_output = seen.iter().position(|(_, output)| *output).unwrap();
+        assert_eq!(seen[first_output].0, "content_block_delta");
+        assert!(seen[..first_output].iter().all(|(name, _)| matches!(
+            name.as_str(),
+            "message_start" | "ping" | "content_block_start"
+        )));
+        assert!(relay.on_end(&mut Vec::new()).is_ok());
+        let usage = relay.usage().unwrap();
+        assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+        // Cut before message_stop: the end is an error.
+        let mut relay = MessageEventsRelay::new(&target);
+        relay_events(&mut relay, "event: ping\ndata: {\"type\":\"ping\"}\n\n");
+        assert!(relay.on_end(&mut Vec::new()).unwrap_err().is_retryable());
+        // An event that is not JSON, where it must be read, is the upstream's fault.
+        let mut relay = MessageEventsRelay::new(&target);
+        let ev = SseEvent {
+            event: Some("message_start".into()),
+            data: "{oops".into(),
+        };
+        let e = relay.on_event(ev, &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, GatewayError::UpstreamInvalidResponse { .. }));
+    }
+
+    #[test]
+    fn upstream_errors_in_a_relayed_stream_keep_their_meaning() {
+        let p: Provider = serde_json::from_str(r#"{"kind":"anthropic"}"#).unwrap();
+        let target = Target {
+            name: "anthropic",
+            provider: &p,
+            model: "claude-x",
+        };
+        for (kind, status) in [
+            ("overloaded_error", 529),
+            ("rate_limit_error", 429),
+            ("api_error", 500),
+        ] {
+            let mut relay = MessageEventsRelay::new(&target);
+            let data = format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"m"}}}}"#);
+            let ev = SseEvent {
+                event: Some("error".into()),
+                data: data.clone(),
+            };
+            let e = relay.on_event(ev, &mut Vec::new()).unwrap_err();
+            assert!(matches!(e, GatewayError::Upstream { status: s, .. } if s == status));
+            // Rendered after the commit: the event as sent.
+            let mut out = Vec::new();
+            relay.write_error(&e, &mut out);
+            assert_eq!(out, format!("event: error\ndata: {data}\n\n").into_bytes());
+        }
+    }
+
+    #[test]
+    fn non_streamed_answers_of_anthropic_targets_are_checked() {
+        let usage = read_anthropic_message(
+            "a",
+            fixture!("anthropic/response_text.anthropic.json").as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((usage.prompt_tokens, usage.cache_write_tokens), (20, 3));
+        for bad in [&br#"{"type":"error"}"#[..], b"[]", b"<html>"] {
+            let e = read_anthropic_message("a", bad).unwrap_err();
+            assert!(e.is_retryable(), "{e:?}");
+        }
+        assert_eq!(
+            read_anthropic_count("a", br#"{"input_tokens":9}"#).unwrap(),
+            9
+        );
+        assert!(read_anthropic_count("a", b"{}").is_err());
     }
 }

@@ -1,57 +1,100 @@
 //! Client protocols besides OpenAI chat completions: Anthropic Messages
-//! ([`messages`]) and OpenAI Responses ([`responses`]), translated to and
-//! from the gateway's one internal representation, the OpenAI
-//! chat-completions request, `chat.completion` and `chat.completion.chunk`
-//! stream that the provider adapters in [`crate::providers`] take and give.
+//! ([`messages`]) and OpenAI Responses ([`responses`]), on the same request
+//! path as chat completions (keys, limits, budgets, routing, residency,
+//! failover, the stream commit, settlement).
 //!
 //! Everything here is sans-IO: bytes and values in, bytes and values out.
-//! When the client's protocol is also the target's wire format (Messages to
-//! an Anthropic target, Responses to OpenAI or Azure), the request is passed
-//! through with only `model` rewritten ([`messages::MessagesRequest::to_anthropic_body`],
-//! [`responses::ResponsesRequest::to_openai_body`]); otherwise it goes
-//! through the chat format and back, never through a translator per pair.
+//! When the target speaks the client's protocol (Messages to an Anthropic
+//! target, Responses to OpenAI or Azure) the request is passed through with
+//! only `model` rewritten and the answer relayed as sent, usage read on the
+//! way; otherwise it goes through the gateway's one internal
+//! representation, the OpenAI chat format that the provider adapters in
+//! [`crate::providers`] take and give, and back, never through a
+//! translator per pair.
 //!
-//! # How to integrate (translated targets)
+//! # The integration API
 //!
-//! | step | Anthropic Messages (`POST /v1/messages`) | OpenAI Responses (`POST /v1/responses`) |
-//! |------|------------------------------------------|-----------------------------------------|
-//! | parse the body | [`messages::MessagesRequest::parse`] (400s in Anthropic's words) | [`responses::ResponsesRequest::parse`] |
-//! | route and price | its `model`, `stream`, `max_tokens`, `images`, `has_tools`, [`messages::MessagesRequest::user_id`] | its `model`, `stream`, `max_output_tokens`, `images`, `has_tools`, [`responses::ResponsesRequest::user`] |
-//! | the chat body | [`messages::messages_request_to_chat_body`] | [`responses::responses_request_to_chat_body`] |
-//! | then | `ChatRequest::parse` of that body, and the usual prepare, route, dispatch | same |
-//! | non-stream answer | [`messages::chat_response_to_message`] on the `chat.completion` that [`crate::providers::chat_response`] returned | [`responses::chat_response_to_response`] |
-//! | stream | wrap the committed client stream: [`convert_stream`] with a [`messages::ChunksToMessageEvents`] | same with a [`responses::ChunksToResponseEvents`] |
-//! | errors before the stream | [`messages::anthropic_error_status`] and [`messages::anthropic_error_body`] (same `Retry-After`) | `GatewayError::to_body` as today (OpenAI's shape) |
-//! | `POST /v1/messages/count_tokens` | [`messages::MessagesRequest::parse_count_tokens`]; Anthropic target: same pass-through to [`messages::COUNT_TOKENS_PATH`]; others: [`messages::count_tokens_estimate`] and [`messages::count_tokens_body`] | — |
+//! - [`Ingress`]: the client's protocol, by path ([`Ingress::of_path`]);
+//!   which provider kinds speak it ([`Ingress::is_native_to`]); an error's
+//!   status and body in it ([`Ingress::error`]).
+//! - [`ClientRequest`]: the parsed request (`parse_messages`,
+//!   `parse_count_tokens`, `parse_responses`), what routing and pricing
+//!   read of it, the client headers native targets receive
+//!   ([`ClientRequest::keep_headers`]) and its translation, made once
+//!   ([`ClientRequest::translate`]).
+//! - [`Call`]: one attempt at one candidate, whatever the pair of protocols:
+//!   [`Call::for_target`] picks native, translated or (token counts)
+//!   estimated; then `local_answer`, `build_request`, `stream_translator`
+//!   and `answer` are the steps of an attempt. Streams get a
+//!   [`crate::providers::StreamTranslator`] that writes the client's
+//!   protocol and answers the gateway's two questions in it: has output
+//!   been committed yet (`carries_output`: the relays know their events,
+//!   a translated stream asks the OpenAI chunks' test) and how does a
+//!   failure after the commit read (`write_error`: `event: error` for
+//!   Messages, `error` and `response.failed` for Responses).
 //!
-//! The converters take the OpenAI SSE bytes the gateway already produces for
-//! a chat-completions client, so they sit *after* the existing pipeline
-//! ([`crate::gateway::Translated`], the first-token commit, and
-//! [`crate::gateway::into_client_stream`]) without changing it: failover and
-//! the commit decision still look at OpenAI chunks. The chat body these
-//! modules build always asks for `stream_options.include_usage`, so the
-//! usage chunk arrives and settlement reads usage from the provider's
-//! translator as it does today ([`ChunkConverter::usage`] reads it too). An
-//! error that `into_client_stream` renders as an OpenAI `data: {"error":...}`
-//! event is recognised and re-rendered in the client's protocol (its status
-//! read back from its code, or from a provider's message, so an overload
-//! stays an overload); calling [`ChunkConverter::error`] with the
-//! [`GatewayError`] itself is exact.
+//! # How the gateway uses it (`crate::gateway`, done)
 //!
-//! `message_start` must carry an input token count before the upstream has
-//! reported one: give [`messages::ChunksToMessageEvents::new`]
-//! [`messages::count_tokens_estimate`], or the gateway's own
-//! `Accounting::input_estimate`; the final `message_delta` carries the real
-//! counts, which the SDKs adopt.
+//! 1. **prepare** — [`crate::gateway::prepare_messages`],
+//!    [`crate::gateway::prepare_count_tokens`] and
+//!    [`crate::gateway::prepare_responses`] have the type of
+//!    [`crate::gateway::prepare`] (`gateway::Prepare`) and hold a
+//!    `gateway::Request::Ingress(ClientRequest)`: model, stream, worst case
+//!    (a token count reserves and costs nothing), accounting.
+//! 2. **route** — [`crate::gateway::Prepared::route`] keeps the allow-listed
+//!    client headers, translates once if a candidate needs it, and drops
+//!    the candidates that cannot take what only the client's protocol
+//!    carries (a `document` block, a `previous_response_id`): their 400 is
+//!    the answer only when no candidate is left.
+//! 3. **dispatch** — the one failover loop; per candidate `Call::for_target`,
+//!    and `try_chat` runs the call's steps: the commit still waits for the
+//!    first output, so a 503 or a broken stream before it stays invisible.
+//! 4. **errors** — `Reply::error` keeps the error; `Reply::for_client`
+//!    renders it in the client's protocol (Anthropic's shape and statuses:
+//!    401 `authentication_error`, 429 `rate_limit_error`, 529
+//!    `overloaded_error` when every target is overloaded).
+//! 5. **settle** — unchanged: usage comes from the call (`answer`) or from
+//!    the stream's translator; Anthropic's cache writes travel in
+//!    `Usage::cache_write_tokens` and are charged at their price.
 //!
-//! Not here (pass-through targets): the `anthropic-version` and
-//! `anthropic-beta` request headers must reach an Anthropic target as sent;
-//! a pass-through stream needs a relaying `StreamTranslator` that reads
-//! usage from `message_start`/`message_delta` (cache creation and reads
-//! included) or from `response.completed`, a commit test that knows those
-//! events (`carries_output` looks for OpenAI fields), and errors after the
-//! commit rendered in the client's protocol rather than by
-//! `into_client_stream`'s OpenAI `error_event`.
+//! # What the edge still has to do (the wiring)
+//!
+//! 1. Route table ([`crate::gateway::route`]): `Route::Messages`,
+//!    `Route::CountTokens`, `Route::Responses` for `POST /v1/messages`,
+//!    `POST /v1/messages/count_tokens`, `POST /v1/responses`.
+//! 2. `edge::handle`: list them with the proxied routes (auth first:
+//!    `x-api-key` and `Authorization: Bearer` are both read already), and
+//!    serve each with the existing request path, `chat(&mut req, env, ctx,
+//!    &key, request_id, gateway::prepare_messages)` (and
+//!    `prepare_count_tokens`, `prepare_responses`).
+//! 3. `edge::fetch`: `let ingress = Ingress::of_path(&req.path());` before
+//!    `handle`, and `into_response(reply.for_client(ingress), ..)`, so every
+//!    refusal (auth, limits, budgets, routing, upstream) reaches an
+//!    Anthropic client in Anthropic's shape.
+//! 4. Flip `WIRED` to `true` in `tests/e2e/ingress.test.mjs` and
+//!    `tests/e2e/sdk.test.mjs`.
+//!
+//! A token count passes through the same admission as any request (it
+//! reserves nothing, but it counts against a key's requests per minute).
+//!
+//! # Inside
+//!
+//! The translated paths: [`messages::messages_request_to_chat_body`] and
+//! [`responses::responses_request_to_chat_body`] (each with its table of
+//! what happens to every parameter), [`messages::chat_response_to_message`]
+//! and [`responses::chat_response_to_response`], and the stream converters
+//! [`messages::ChunksToMessageEvents`] and
+//! [`responses::ChunksToResponseEvents`] behind the provider's own
+//! translator. The chat body always asks for `stream_options.include_usage`,
+//! so the usage chunk arrives. `message_start` must announce input tokens
+//! before the target has counted any: the estimate is four bytes a token
+//! plus Anthropic's image cost, and the final `message_delta` carries the
+//! real counts, which the SDKs adopt. The pass-through paths:
+//! [`messages::build_anthropic_request`] (headers in
+//! [`messages::FORWARDED_HEADERS`]), [`messages::MessageEventsRelay`],
+//! [`messages::read_anthropic_message`];
+//! [`crate::providers::openai::build_responses_request`],
+//! [`responses::ResponseEventsRelay`], [`responses::read_openai_response`].
 //!
 //! Shared here: the reader that turns an OpenAI chunk stream into content
 //! blocks opened, filled and closed one at a time (Anthropic's content
@@ -61,19 +104,517 @@
 pub mod messages;
 pub mod responses;
 
-use std::borrow::Cow;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+#[cfg(test)]
+mod flow_tests;
 
-use futures::{Stream, StreamExt};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::api::Usage;
+use crate::api::{ChatRequest, Usage};
+use crate::config::ProviderKind;
 use crate::error::GatewayError;
-use crate::http::ByteStream;
-use crate::providers::fnv1a;
-use crate::sse::SseParser;
+use crate::http::UpstreamRequest;
+use crate::providers::{self, StreamTranslator, Target, fnv1a, openai};
+use crate::sse::{SseEvent, SseParser};
+
+use messages::{ChunksToMessageEvents, MessageEventsRelay, MessagesRequest};
+use responses::{ChunksToResponseEvents, ResponseEventsRelay, ResponsesRequest};
+
+// ---- The integration API ----------------------------------------------------------
+
+/// The client protocol a request came in, by its path: the shape of its
+/// body, of its answer and of its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// OpenAI chat completions, and every other OpenAI-shaped endpoint.
+    Chat,
+    /// Anthropic Messages: `POST /v1/messages` and
+    /// `POST /v1/messages/count_tokens`.
+    Messages,
+    /// OpenAI Responses: `POST /v1/responses`.
+    Responses,
+}
+
+impl Ingress {
+    /// The protocol of a path (trailing `/` ignored, as the route table
+    /// does): Messages for `/v1/messages` and `/v1/messages/count_tokens`,
+    /// Responses for `/v1/responses`, Chat for anything else.
+    pub fn of_path(path: &str) -> Ingress {
+        match path.trim_end_matches('/') {
+            messages::MESSAGES_PATH | messages::COUNT_TOKENS_PATH => Ingress::Messages,
+            responses::RESPONSES_PATH => Ingress::Responses,
+            _ => Ingress::Chat,
+        }
+    }
+
+    /// Whether a provider kind speaks this protocol itself, so that a
+    /// request in it is passed through rather than translated: Anthropic
+    /// for Messages, OpenAI and Azure for Responses. Chat completions have
+    /// their own path through the provider adapters (always `false`).
+    pub fn is_native_to(self, kind: ProviderKind) -> bool {
+        match self {
+            Ingress::Chat => false,
+            Ingress::Messages => kind == ProviderKind::Anthropic,
+            Ingress::Responses => matches!(kind, ProviderKind::Openai | ProviderKind::Azure),
+        }
+    }
+
+    /// An error's status and body in this protocol: Anthropic's shape and
+    /// statuses for Messages ([`messages::anthropic_error_status`],
+    /// [`messages::anthropic_error_body`]); OpenAI's for the others, which
+    /// the Responses API shares.
+    pub fn error(self, e: &GatewayError) -> (u16, Vec<u8>) {
+        match self {
+            Ingress::Messages => (
+                messages::anthropic_error_status(e),
+                messages::anthropic_error_body(e),
+            ),
+            Ingress::Chat | Ingress::Responses => (e.status(), e.to_body()),
+        }
+    }
+}
+
+/// A request of another client protocol, parsed, as the gateway prepares,
+/// routes and sends it. It borrows the client's body, kept for targets that
+/// speak the protocol ([`Call::Native`]); for the others it is translated
+/// once, when routing finds one among the candidates ([`Self::translate`]).
+#[derive(Debug)]
+pub struct ClientRequest<'a> {
+    body: ClientBody<'a>,
+    /// The body's size (an input-token estimate's basis).
+    body_len: usize,
+    /// The chat-completions body for translated targets, once made.
+    chat: Option<Result<Vec<u8>, GatewayError>>,
+    /// Client headers that native targets receive.
+    forwarded: Vec<(&'static str, String)>,
+}
+
+/// The parsed body, by endpoint.
+#[derive(Debug)]
+enum ClientBody<'a> {
+    Messages(MessagesRequest<'a>),
+    CountTokens(MessagesRequest<'a>),
+    Responses(ResponsesRequest<'a>),
+}
+
+impl<'a> ClientRequest<'a> {
+    /// Parses a `POST /v1/messages` body (400s in Anthropic's words).
+    pub fn parse_messages(body: &'a [u8]) -> Result<Self, GatewayError> {
+        Ok(Self::new(
+            ClientBody::Messages(MessagesRequest::parse(body)?),
+            body,
+        ))
+    }
+
+    /// Parses a `POST /v1/messages/count_tokens` body.
+    pub fn parse_count_tokens(body: &'a [u8]) -> Result<Self, GatewayError> {
+        Ok(Self::new(
+            ClientBody::CountTokens(MessagesRequest::parse_count_tokens(body)?),
+            body,
+        ))
+    }
+
+    /// Parses a `POST /v1/responses` body.
+    pub fn parse_responses(body: &'a [u8]) -> Result<Self, GatewayError> {
+        Ok(Self::new(
+            ClientBody::Responses(ResponsesRequest::parse(body)?),
+            body,
+        ))
+    }
+
+    fn new(body: ClientBody<'a>, bytes: &[u8]) -> Self {
+        ClientRequest {
+            body,
+            body_len: bytes.len(),
+            chat: None,
+            forwarded: Vec::new(),
+        }
+    }
+
+    /// The protocol.
+    pub fn ingress(&self) -> Ingress {
+        match self.body {
+            ClientBody::Messages(_) | ClientBody::CountTokens(_) => Ingress::Messages,
+            ClientBody::Responses(_) => Ingress::Responses,
+        }
+    }
+
+    /// The model the client asked for.
+    pub fn model(&self) -> &str {
+        match &self.body {
+            ClientBody::Messages(r) | ClientBody::CountTokens(r) => &r.model,
+            ClientBody::Responses(r) => &r.model,
+        }
+    }
+
+    /// Whether the answer is streamed.
+    pub fn stream(&self) -> bool {
+        match &self.body {
+            ClientBody::Messages(r) => r.stream,
+            ClientBody::CountTokens(_) => false,
+            ClientBody::Responses(r) => r.stream,
+        }
+    }
+
+    /// A token count costs nothing and uses no tokens: the gateway reserves
+    /// nothing for it and charges nothing ([`Call::answer`] reports zero
+    /// usage).
+    pub fn is_free(&self) -> bool {
+        matches!(self.body, ClientBody::CountTokens(_))
+    }
+
+    /// The output cap the client set (`max_tokens`, `max_output_tokens`).
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        match &self.body {
+            ClientBody::Messages(r) => Some(r.max_tokens),
+            ClientBody::CountTokens(_) => Some(0),
+            ClientBody::Responses(r) => r.max_output_tokens,
+        }
+    }
+
+    /// Images (and documents, which Anthropic bills as images per page),
+    /// whose tokens the body's bytes do not bound.
+    pub fn images(&self) -> usize {
+        match &self.body {
+            ClientBody::Messages(r) | ClientBody::CountTokens(r) => r.images + r.documents,
+            ClientBody::Responses(r) => r.images,
+        }
+    }
+
+    /// Whether it offers tools.
+    pub fn has_tools(&self) -> bool {
+        match &self.body {
+            ClientBody::Messages(r) | ClientBody::CountTokens(r) => r.has_tools,
+            ClientBody::Responses(r) => r.has_tools,
+        }
+    }
+
+    /// Whether it asks for JSON output (`output_config.format`,
+    /// `text.format` of a JSON type).
+    pub fn wants_json(&self) -> bool {
+        let (raw, needle) = match &self.body {
+            ClientBody::Messages(r) | ClientBody::CountTokens(r) => {
+                (r.get("output_config"), "json_schema")
+            }
+            ClientBody::Responses(r) => (r.get("text"), "json_"),
+        };
+        raw.is_some_and(|raw| raw.get().contains(needle))
+    }
+
+    /// The end user for routing rules: `metadata.user_id`, or `user` (else
+    /// `safety_identifier`).
+    pub fn user(&self) -> Option<String> {
+        match &self.body {
+            ClientBody::Messages(r) | ClientBody::CountTokens(r) => r.user_id(),
+            ClientBody::Responses(r) => r.user(),
+        }
+    }
+
+    /// The string fields of `metadata`, for routing rules.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let metadata = match &self.body {
+            ClientBody::Messages(r) | ClientBody::CountTokens(r) => r.get("metadata"),
+            ClientBody::Responses(r) => r.get("metadata"),
+        };
+        metadata
+            .and_then(|raw| {
+                serde_json::from_str::<BTreeMap<String, serde_json::Value>>(raw.get()).ok()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+            .collect()
+    }
+
+    /// Keeps the client headers that native targets receive
+    /// ([`messages::FORWARDED_HEADERS`]; none for Responses: OpenAI's
+    /// `OpenAI-Organization` and `OpenAI-Project` name the operator's account,
+    /// not the client's).
+    pub fn keep_headers(&mut self, header: &dyn Fn(&str) -> Option<String>) {
+        self.forwarded = match self.body {
+            ClientBody::Messages(_) | ClientBody::CountTokens(_) => {
+                messages::forwarded_headers(header)
+            }
+            ClientBody::Responses(_) => Vec::new(),
+        };
+    }
+
+    /// Whether a target of this kind takes the request as it is.
+    pub fn is_native_to(&self, kind: ProviderKind) -> bool {
+        self.ingress().is_native_to(kind)
+    }
+
+    /// Makes the chat-completions body that targets of other wire formats
+    /// need, once; a request that cannot be translated keeps its 400
+    /// ([`Self::translation_error`]). A token count needs none: other
+    /// targets estimate it.
+    pub fn translate(&mut self) {
+        if self.chat.is_some() {
+            return;
+        }
+        let model = self.model().to_owned();
+        self.chat = match &self.body {
+            ClientBody::Messages(r) => Some(messages::messages_request_to_chat_body(r, &model)),
+            ClientBody::Responses(r) => Some(responses::responses_request_to_chat_body(r, &model)),
+            ClientBody::CountTokens(_) => None,
+        };
+    }
+
+    /// Why the request cannot go to a target of another wire format (a
+    /// 400 naming what would be lost), once [`Self::translate`] ran.
+    pub fn translation_error(&self) -> Option<&GatewayError> {
+        match &self.chat {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The translated request, when [`Self::translate`] made one.
+    pub fn chat_request(&self) -> Result<Option<ChatRequest<'_>>, GatewayError> {
+        match &self.chat {
+            Some(Ok(body)) => {
+                ChatRequest::parse(body)
+                    .map(Some)
+                    .map_err(|e| GatewayError::Internal {
+                        message: format!("a translated request does not parse: {e}"),
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Input tokens to announce before the target reports any (Anthropic's
+    /// `message_start`): four bytes a token, plus Anthropic's image cost.
+    fn input_estimate(&self) -> u64 {
+        (self.body_len as u64).div_ceil(4) + self.images() as u64 * messages::TOKENS_PER_IMAGE
+    }
+}
+
+/// One attempt's protocol work at one candidate: what the gateway's
+/// attempt (`gateway::try_chat`) asks at each step, whatever the client's
+/// protocol and the target's wire format.
+#[derive(Debug, Clone, Copy)]
+pub enum Call<'r> {
+    /// A chat-completions request: the provider adapters' own path.
+    Chat(&'r ChatRequest<'r>),
+    /// Another protocol to a target that speaks it: passed through, the
+    /// answer relayed.
+    Native(&'r ClientRequest<'r>),
+    /// Another protocol to a target that does not: through the chat
+    /// format (the translated request) and back.
+    Translated(&'r ClientRequest<'r>, &'r ChatRequest<'r>),
+    /// A token count for a target that cannot count: estimated here, with
+    /// no upstream request ([`Call::local_answer`]).
+    Estimate(&'r MessagesRequest<'r>),
+}
+
+impl<'r> Call<'r> {
+    /// The call for a candidate of `kind`: native when it speaks the
+    /// client's protocol, else translated. A 400 when the request could not
+    /// be translated (routing leaves such candidates out).
+    pub fn for_target(
+        client: &'r ClientRequest<'r>,
+        chat: Option<&'r ChatRequest<'r>>,
+        kind: ProviderKind,
+    ) -> Result<Call<'r>, GatewayError> {
+        if client.is_native_to(kind) {
+            return Ok(Call::Native(client));
+        }
+        if let ClientBody::CountTokens(r) = &client.body {
+            return Ok(Call::Estimate(r));
+        }
+        if let Some(chat) = chat {
+            return Ok(Call::Translated(client, chat));
+        }
+        Err(client
+            .translation_error()
+            .cloned()
+            .unwrap_or_else(|| GatewayError::Internal {
+                message: "a request for another wire format was not translated".into(),
+            }))
+    }
+
+    /// Whether the answer is streamed.
+    pub fn stream(&self) -> bool {
+        match self {
+            Call::Chat(r) => r.stream,
+            Call::Native(c) | Call::Translated(c, _) => c.stream(),
+            Call::Estimate(_) => false,
+        }
+    }
+
+    /// The answer when this call needs no upstream request: a token count
+    /// estimated for a target that cannot count
+    /// ([`messages::count_tokens_estimate`]), with zero usage (it is free).
+    pub fn local_answer(&self) -> Option<Result<(Vec<u8>, Usage), GatewayError>> {
+        match self {
+            Call::Estimate(r) => Some(
+                messages::count_tokens_estimate(r)
+                    .map(|n| (messages::count_tokens_body(n), Usage::default())),
+            ),
+            Call::Chat(_) | Call::Native(_) | Call::Translated(..) => None,
+        }
+    }
+
+    /// The upstream request.
+    pub fn build_request(
+        &self,
+        target: &Target<'_>,
+        api_key: Option<&str>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match self {
+            Call::Chat(r) | Call::Translated(_, r) => {
+                providers::build_chat_request(target, r, api_key)
+            }
+            Call::Native(c) => Ok(match &c.body {
+                ClientBody::Messages(r) => {
+                    messages::build_anthropic_request(target, r, false, &c.forwarded, api_key)
+                }
+                ClientBody::CountTokens(r) => {
+                    messages::build_anthropic_request(target, r, true, &c.forwarded, api_key)
+                }
+                ClientBody::Responses(r) => openai::build_responses_request(
+                    target,
+                    r.to_openai_body(target.model),
+                    r.stream,
+                    api_key,
+                ),
+            }),
+            Call::Estimate(_) => Err(GatewayError::Internal {
+                message: "a token estimate has no upstream request".into(),
+            }),
+        }
+    }
+
+    /// The stream's translator: upstream events in, the client's protocol
+    /// out, with its own commit test and post-commit error events.
+    /// `now_s` (Unix seconds) dates what a translator builds.
+    pub fn stream_translator(&self, target: &Target<'_>, now_s: u64) -> Box<dyn StreamTranslator> {
+        match self {
+            Call::Chat(r) => providers::stream_translator(target, r, now_s),
+            Call::Native(c) => match c.body {
+                ClientBody::Messages(_) | ClientBody::CountTokens(_) => {
+                    Box::new(MessageEventsRelay::new(target))
+                }
+                ClientBody::Responses(_) => Box::new(ResponseEventsRelay::new(target)),
+            },
+            Call::Translated(c, chat) => {
+                let converter: Box<dyn ChunkConverter> = match &c.body {
+                    ClientBody::Messages(r) | ClientBody::CountTokens(r) => {
+                        Box::new(ChunksToMessageEvents::new(&r.model, c.input_estimate()))
+                    }
+                    ClientBody::Responses(r) => Box::new(ChunksToResponseEvents::new(r, now_s)),
+                };
+                Box::new(Converted {
+                    inner: providers::stream_translator(target, chat, now_s),
+                    converter,
+                    chunks: Vec::new(),
+                    output: false,
+                })
+            }
+            // Never streamed (a token count answers whole).
+            Call::Estimate(_) => Box::new(MessageEventsRelay::new(target)),
+        }
+    }
+
+    /// A 2xx non-streamed answer in the client's protocol, and its usage.
+    /// An answer that is not what the target's format promises is the
+    /// upstream's fault (and worth another target).
+    pub fn answer(
+        &self,
+        target: &Target<'_>,
+        body: Vec<u8>,
+        now_s: u64,
+    ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
+        match self {
+            Call::Chat(r) => providers::chat_response(target, r, body, now_s),
+            Call::Native(c) => {
+                let usage = match c.body {
+                    ClientBody::Messages(_) => {
+                        messages::read_anthropic_message(target.name, &body)?
+                    }
+                    ClientBody::CountTokens(_) => {
+                        messages::read_anthropic_count(target.name, &body)?;
+                        Some(Usage::default())
+                    }
+                    ClientBody::Responses(_) => responses::read_openai_response(target, &body)?,
+                };
+                Ok((body, usage))
+            }
+            Call::Translated(c, chat) => {
+                let (completion, usage) = providers::chat_response(target, chat, body, now_s)?;
+                let body = match &c.body {
+                    ClientBody::Messages(r) | ClientBody::CountTokens(r) => {
+                        messages::chat_response_to_message(target.name, &completion, &r.model)?
+                    }
+                    ClientBody::Responses(r) => {
+                        responses::chat_response_to_response(target.name, &completion, r, now_s)?
+                    }
+                };
+                Ok((body, usage))
+            }
+            Call::Estimate(r) => {
+                let n = messages::count_tokens_estimate(r)?;
+                Ok((messages::count_tokens_body(n), Some(Usage::default())))
+            }
+        }
+    }
+}
+
+/// A provider's translator to OpenAI chunks, then a converter to the
+/// client's protocol: one [`StreamTranslator`] to the gateway. The commit
+/// test is the OpenAI chunks' (what the same answer would commit at for a
+/// chat client); errors after the commit are the converter's, from the
+/// gateway's error itself (an overload stays Anthropic's 529).
+struct Converted {
+    inner: Box<dyn StreamTranslator>,
+    converter: Box<dyn ChunkConverter>,
+    /// The inner translator's chunks, reused between events.
+    chunks: Vec<u8>,
+    output: bool,
+}
+
+impl Converted {
+    fn pass(&mut self, out: &mut Vec<u8>) {
+        if !self.output && !self.chunks.is_empty() {
+            self.output = providers::chunk_carries_output(&self.chunks);
+        }
+        self.converter.push(&self.chunks, out);
+        self.chunks.clear();
+    }
+}
+
+impl StreamTranslator for Converted {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let result = self.inner.on_event(ev, &mut self.chunks);
+        self.pass(out);
+        result
+    }
+
+    fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let result = self.inner.on_end(&mut self.chunks);
+        self.pass(out);
+        if result.is_ok() {
+            self.converter.finish(out);
+        }
+        result
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.inner.usage()
+    }
+
+    fn carries_output(&self, _written: &[u8]) -> bool {
+        self.output
+    }
+
+    fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        self.converter.error(e, out);
+    }
+}
 
 // ---- The stream converters' common interface -----------------------------------
 
@@ -90,57 +631,6 @@ pub trait ChunkConverter {
     fn error(&mut self, e: &GatewayError, out: &mut Vec<u8>);
     /// Usage from the stream's usage chunk, once it has been seen.
     fn usage(&self) -> Option<Usage>;
-}
-
-/// Wraps a client stream of OpenAI chunk bytes (what
-/// [`crate::gateway::into_client_stream`] returns) so that it yields the
-/// converter's protocol instead. A transport error ends it with the
-/// converter's error event.
-pub fn convert_stream(stream: ByteStream, converter: Box<dyn ChunkConverter>) -> ByteStream {
-    Box::pin(Converted {
-        inner: stream,
-        converter,
-        done: false,
-    })
-}
-
-struct Converted {
-    inner: ByteStream,
-    converter: Box<dyn ChunkConverter>,
-    done: bool,
-}
-
-impl Stream for Converted {
-    type Item = Result<Vec<u8>, String>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            let mut out = Vec::new();
-            match this.inner.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(bytes))) => this.converter.push(&bytes, &mut out),
-                Poll::Ready(Some(Err(message))) => {
-                    this.done = true;
-                    let e = GatewayError::UpstreamUnreachable {
-                        provider: "upstream".to_owned(),
-                        message,
-                    };
-                    this.converter.error(&e, &mut out);
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    this.converter.finish(&mut out);
-                }
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(out)));
-            }
-        }
-    }
 }
 
 // ---- What the converters read from OpenAI -----------------------------------------

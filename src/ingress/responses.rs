@@ -3,7 +3,8 @@
 //!
 //! To OpenAI and Azure targets the request is forwarded as is, `model`
 //! rewritten ([`ResponsesRequest::to_openai_body`]), and the answer passed
-//! through. To every other target it is translated into the gateway's
+//! through ([`ResponseEventsRelay`], [`read_openai_response`]); no client
+//! header is forwarded. To every other target it is translated into the gateway's
 //! chat-completions body ([`responses_request_to_chat_body`]) and the answer
 //! back into a `response` ([`chat_response_to_response`],
 //! [`ChunksToResponseEvents`]). Errors keep OpenAI's shape, which is what
@@ -64,7 +65,7 @@
 //! not written.
 //!
 //! Order: the request, request translation, response translation, stream
-//! translation, tests.
+//! translation, pass-through to OpenAI and Azure, tests.
 
 use std::borrow::Cow;
 
@@ -73,7 +74,8 @@ use serde_json::value::RawValue;
 
 use crate::api::{Usage, field, parse_field, parse_object, write_object};
 use crate::error::GatewayError;
-use crate::sse::encode_event;
+use crate::providers::{StreamTranslator, Target, openai};
+use crate::sse::{SseEvent, encode_data, encode_event};
 
 use super::messages::{
     ChatContent, ChatFunctionCall, ChatMessage, ChatPart, ChatToolCall, ImageUrlOut,
@@ -82,6 +84,9 @@ use super::{
     Answer, BlockKind, ChunkConverter, ChunkReader, Failure, Part, Stop, UsageIn,
     count_type_values, invalid, parse_completion, stable_id, to_json,
 };
+
+/// The path of the Responses endpoint, on the gateway and on OpenAI.
+pub const RESPONSES_PATH: &str = "/v1/responses";
 
 /// How the target is named in messages about what it cannot do.
 const ELSEWHERE: &str = "a target that is not OpenAI";
@@ -1488,31 +1493,9 @@ impl EventWriter {
                 if !self.started {
                     self.start("", out);
                 }
-                let code = match failure.status {
-                    429 => "rate_limit_exceeded",
-                    _ => "server_error",
-                };
+                let code = failure_code(&failure);
                 let sequence_number = self.next_sequence();
-                let event = ErrorEvent {
-                    kind: "error",
-                    sequence_number,
-                    code: &failure.code,
-                    message: &failure.message,
-                    param: None,
-                    error: ErrorEventDetail {
-                        kind: if failure.status == 429 {
-                            "rate_limit_error"
-                        } else if failure.status < 500 {
-                            "invalid_request_error"
-                        } else {
-                            "server_error"
-                        },
-                        code: &failure.code,
-                        message: &failure.message,
-                        param: None,
-                    },
-                };
-                encode_event(out, "error", &to_json(&event));
+                write_error_event(out, sequence_number, &failure);
                 let error = ResponseErrorOut {
                     code,
                     message: &failure.message,
@@ -1523,16 +1506,282 @@ impl EventWriter {
     }
 }
 
+/// The `error` event for a failure: OpenAI's nested `error` object, and its
+/// fields flat as the published event type has them (the SDKs raise on it).
+fn write_error_event(out: &mut Vec<u8>, sequence_number: u64, failure: &Failure) {
+    let event = ErrorEvent {
+        kind: "error",
+        sequence_number,
+        code: &failure.code,
+        message: &failure.message,
+        param: None,
+        error: ErrorEventDetail {
+            kind: if failure.status == 429 {
+                "rate_limit_error"
+            } else if failure.status < 500 {
+                "invalid_request_error"
+            } else {
+                "server_error"
+            },
+            code: &failure.code,
+            message: &failure.message,
+            param: None,
+        },
+    };
+    encode_event(out, "error", &to_json(&event));
+}
+
+/// `response.error.code` of a failed response.
+fn failure_code(failure: &Failure) -> &'static str {
+    match failure.status {
+        429 => "rate_limit_exceeded",
+        _ => "server_error",
+    }
+}
+
+// ---- Pass-through to OpenAI and Azure ----------------------------------------------
+
+/// Relays an OpenAI or Azure target's Responses stream to a Responses
+/// client event by event: each event's name and data exactly as received
+/// (framing normalised to `event: ...\ndata: ...\n\n`, OpenAI's own), while
+/// it reads usage from the terminal event (`response.completed`, or
+/// `response.incomplete`), and watches for failures (`response.failed`, an
+/// `error` event).
+///
+/// Commit point ([`StreamTranslator::carries_output`]): every event but
+/// `response.created`, `response.queued`, `response.in_progress`,
+/// `response.output_item.added` and `response.content_part.added` is output,
+/// so a target that fails before its first delta is replaced unseen. A
+/// `response.failed` or `error` event ends the stream as the provider's
+/// error (a rate limit 429, an invalid prompt 400, anything else a
+/// retryable 500), so failover can still act before the commit; after it
+/// the client receives that event as sent. Other failures (a cut stream, a
+/// timeout) become an `error` event and a `response.failed` built on the
+/// stream's `response.created`, sequence numbers continuing the upstream's.
+#[derive(Debug)]
+pub struct ResponseEventsRelay {
+    provider: String,
+    usage: Option<Usage>,
+    output: bool,
+    done: bool,
+    /// Events relayed: OpenAI numbers them from 0, so this is the next
+    /// `sequence_number`.
+    events: u64,
+    /// The `response` of `response.created`, for a `response.failed`.
+    created: Option<String>,
+    /// The upstream's failure event, and the error it was read as.
+    upstream_error: Option<(GatewayError, Vec<u8>)>,
+}
+
+impl ResponseEventsRelay {
+    /// A relay for one stream of `target`.
+    pub fn new(target: &Target<'_>) -> Self {
+        ResponseEventsRelay {
+            provider: target.name.to_owned(),
+            usage: None,
+            output: false,
+            done: false,
+            events: 0,
+            created: None,
+            upstream_error: None,
+        }
+    }
+
+    fn invalid(&self, message: String) -> GatewayError {
+        GatewayError::UpstreamInvalidResponse {
+            provider: self.provider.clone(),
+            message,
+        }
+    }
+
+    /// The provider's error for a failure `code` and message.
+    fn upstream(&self, code: Option<&str>, message: Option<String>) -> GatewayError {
+        let code = code.unwrap_or("server_error");
+        let status = if code.contains("rate_limit") || code.contains("quota") {
+            429
+        } else if code.starts_with("invalid") || code.contains("context_length") {
+            400
+        } else {
+            500
+        };
+        GatewayError::Upstream {
+            provider: self.provider.clone(),
+            status,
+            message: message.unwrap_or_else(|| code.to_owned()),
+            retry_after: None,
+        }
+    }
+}
+
+/// The fields of the events the relay reads.
+#[derive(Deserialize)]
+struct RelayEventIn<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RelayResponseIn {
+    #[serde(default)]
+    usage: Option<openai::ResponsesUsage>,
+    #[serde(default)]
+    error: Option<RelayErrorIn>,
+}
+
+#[derive(Deserialize)]
+struct RelayErrorIn {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl StreamTranslator for ResponseEventsRelay {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        if self.done {
+            return Ok(());
+        }
+        // OpenAI names every event; deltas are told by name alone.
+        let named = ev.event.as_deref();
+        let needs_reading = match named {
+            None => true,
+            Some(name) => matches!(
+                name,
+                "response.created"
+                    | "response.completed"
+                    | "response.incomplete"
+                    | "response.failed"
+                    | "error"
+            ),
+        };
+        let mut kind = named.map(Cow::Borrowed);
+        if needs_reading {
+            let event: RelayEventIn<'_> = serde_json::from_str(&ev.data)
+                .map_err(|e| self.invalid(format!("invalid stream event: {e}")))?;
+            if kind.is_none() {
+                kind = event.kind;
+            }
+            let response = |raw: Option<&RawValue>| {
+                raw.and_then(|r| serde_json::from_str::<RelayResponseIn>(r.get()).ok())
+            };
+            match kind.as_deref() {
+                Some("response.created") => {
+                    self.created = event.response.map(|r| r.get().to_owned());
+                }
+                Some("response.completed" | "response.incomplete") => {
+                    self.done = true;
+                    self.usage = response(event.response)
+                        .and_then(|r| r.usage)
+                        .map(openai::ResponsesUsage::to_usage);
+                }
+                Some(failure @ ("response.failed" | "error")) => {
+                    let e = if failure == "error" {
+                        self.upstream(event.code.as_deref(), event.message)
+                    } else {
+                        let r = response(event.response);
+                        self.usage = r.as_ref().and_then(|r| r.usage).map(|u| u.to_usage());
+                        let error = r.and_then(|r| r.error);
+                        let (code, message) = error.map_or((None, None), |e| (e.code, e.message));
+                        self.upstream(code.as_deref(), message)
+                    };
+                    let mut raw = Vec::new();
+                    encode_event(&mut raw, failure, ev.data.as_bytes());
+                    self.upstream_error = Some((e.clone(), raw));
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
+        let name = kind.as_deref().unwrap_or_default();
+        if !matches!(
+            name,
+            "response.created"
+                | "response.queued"
+                | "response.in_progress"
+                | "response.output_item.added"
+                | "response.content_part.added"
+        ) {
+            self.output = true;
+        }
+        match ev.event.as_deref() {
+            Some(name) => encode_event(out, name, ev.data.as_bytes()),
+            None => encode_data(out, ev.data.as_bytes()),
+        }
+        self.events += 1;
+        Ok(())
+    }
+
+    fn on_end(&mut self, _out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        if self.done {
+            return Ok(());
+        }
+        Err(GatewayError::UpstreamUnreachable {
+            provider: self.provider.clone(),
+            message: "stream ended before response.completed".into(),
+        })
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn carries_output(&self, _written: &[u8]) -> bool {
+        self.output
+    }
+
+    fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        if let Some((own, raw)) = self.upstream_error.take()
+            && own == *e
+        {
+            out.extend_from_slice(&raw);
+            return;
+        }
+        let failure = Failure::from_error(e);
+        write_error_event(out, self.events, &failure);
+        let Some(mut response) = self
+            .created
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .filter(serde_json::Value::is_object)
+        else {
+            return;
+        };
+        response["status"] = "failed".into();
+        response["error"] = serde_json::json!({
+            "code": failure_code(&failure),
+            "message": failure.message,
+        });
+        let event = serde_json::json!({
+            "type": "response.failed",
+            "sequence_number": self.events + 1,
+            "response": response,
+        });
+        encode_event(out, "response.failed", &to_json(&event));
+    }
+}
+
+/// Checks a 2xx `response` of an OpenAI or Azure target and reads its
+/// usage; the body goes to the client unchanged.
+pub fn read_openai_response(
+    target: &Target<'_>,
+    body: &[u8],
+) -> Result<Option<Usage>, GatewayError> {
+    openai::read_responses_response(target, body)
+}
+
 #[cfg(test)]
 mod tests {
-    use futures::executor::block_on;
-    use futures::{StreamExt, stream};
     use serde_json::{Value, json};
 
     use super::*;
     use crate::api::ChatRequest;
     use crate::config::Provider;
-    use crate::ingress::convert_stream;
     use crate::providers::{self, Target};
     use crate::sse::SseParser;
 
@@ -2153,18 +2402,5 @@ mod tests {
             json!({"code":"rate_limit_exceeded","message":"slow down"})
         );
         assert!(out.contains(r#""type":"error","sequence_number":2,"code":"rate_limit_exceeded","message":"slow down","param":null,"error":{"type":"rate_limit_error""#), "{out}");
-    }
-
-    #[test]
-    fn convert_stream_wraps_the_gateways_client_stream() {
-        let (_, input, want) = STREAMS[1];
-        let chunks: Vec<Result<Vec<u8>, String>> =
-            input.as_bytes().chunks(7).map(|c| Ok(c.to_vec())).collect();
-        let converted = convert_stream(
-            Box::pin(stream::iter(chunks)),
-            Box::new(ChunksToResponseEvents::new(&echo_request(), NOW_S)),
-        );
-        let out = block_on(converted.map(Result::unwrap).concat());
-        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }
