@@ -4,10 +4,12 @@
 //! [`prepare`] (chat completions), [`prepare_embeddings`], or for the other
 //! client protocols [`prepare_messages`], [`prepare_count_tokens`] and
 //! [`prepare_responses`] parses a request and prices its worst case;
-//! [`Prepared::route`] asks [`crate::routing`] for the ordered candidates; [`dispatch`] walks them with the one failover loop
-//! (`failover`): build the provider request, send it through the
-//! [`Upstream`] seam within the policy's timeouts, and on a retryable failure
-//! move to the next candidate, recording each target's health. A stream is
+//! [`Prepared::route`] asks [`crate::routing`] for the ordered candidates;
+//! [`dispatch`] walks them with the one failover loop (`failover`): build
+//! the provider request (an [`crate::ingress::Call`] per attempt), send it
+//! through the [`Upstream`] seam within the policy's timeouts, and on a
+//! retryable failure move to the next candidate, recording each target's
+//! health. A stream is
 //! committed only at its first token, so a provider that fails before it
 //! costs the client nothing but the time of that attempt. Every attempt's
 //! error is kept, so when all fail the client learns why.
