@@ -392,6 +392,7 @@ describe('Anthropic headers, cache usage, count_tokens and tool loops', () => {
     assert.equal(json.content[0].text, 'anthropic-version=2023-06-01 anthropic-beta=prompt-caching-2024-07-31,context-1m-2025-08-07');
     const seq = Number(res.headers.get('x-mock-seq'));
     const rec = mock.requests.find((r) => r.seq === seq);
+    assert.equal(rec.rawBody, JSON.stringify(body('c;echo_headers=1')));
     assert.equal(rec.headers['anthropic-version'], '2023-06-01');
     assert.equal(rec.headers['anthropic-beta'], headers['anthropic-beta']);
     const bare = await postJson(`${mock.url}/v1/messages`, body('c;echo_headers=1'));
@@ -767,7 +768,7 @@ describe('directives and recording', () => {
       await res.arrayBuffer();
       assert.equal(own.requests.length, 1);
       const rec = own.requests[0];
-      assert.deepEqual(Object.keys(rec), ['seq', 't', 'method', 'path', 'rawPath', 'query', 'headers', 'body', 'directives', 'format']);
+      assert.deepEqual(Object.keys(rec), ['seq', 't', 'method', 'path', 'rawPath', 'query', 'headers', 'body', 'rawBody', 'directives', 'format']);
       assert.equal(rec.seq, 1);
       assert.ok(Math.abs(rec.t - Date.now()) < 5000);
       assert.equal(rec.method, 'POST');

@@ -853,6 +853,8 @@ async function handle(state, req, res) {
     query,
     headers: req.headers,
     body: buf.length > MAX_RECORDED_BODY_BYTES ? { truncated: true, length: buf.length } : body,
+    // The bytes as sent, for byte-for-byte checks of pass-through.
+    rawBody: buf.length > MAX_RECORDED_BODY_BYTES ? null : buf.toString('utf8'),
     directives: d,
     format: route.format,
   });
