@@ -71,8 +71,11 @@ after(async () => {
 });
 
 function env() {
+  // Without NODE_TEST_CONTEXT, which would make the child `node --test`
+  // think it is nested in this run and skip its file.
+  const { NODE_TEST_CONTEXT: _nested, ...inherited } = process.env;
   return {
-    ...process.env,
+    ...inherited,
     GATEWAY_URL: gw.url,
     GATEWAY_KEY: KEY,
     MOCK_URL: mock.url,

@@ -189,7 +189,13 @@ function lastToolResult(format, body) {
     }
   } else if (format === 'gemini') {
     for (const c of body.contents ?? []) {
-      for (const part of c?.parts ?? []) if (part?.functionResponse) found = JSON.stringify(part.functionResponse.response ?? null);
+      for (const part of c?.parts ?? []) {
+        if (!part?.functionResponse) continue;
+        // A text result travels as `{"content": text}` (or `result`).
+        const r = part.functionResponse.response;
+        const text = typeof r?.content === 'string' ? r.content : r?.result;
+        found = typeof text === 'string' ? text : JSON.stringify(r ?? null);
+      }
     }
   } else if (format === 'responses') {
     for (const item of Array.isArray(body.input) ? body.input : []) {

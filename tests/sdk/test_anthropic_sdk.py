@@ -248,7 +248,9 @@ class PassThroughTest(GatewayTest):
         )
         seen = [r for r in mock_requests()[before:] if r["format"] == "anthropic"]
         self.assertEqual(len(seen), 1)
-        self.assertEqual(seen[0]["headers"]["anthropic-version"], "2023-06-01")
+        # The version the SDK sent, whichever it is, and not the gateway's default.
+        sent_version = self.client.default_headers["anthropic-version"]
+        self.assertEqual(seen[0]["headers"]["anthropic-version"], sent_version)
         self.assertEqual(seen[0]["headers"]["anthropic-beta"], "context-1m-2025-08-07")
 
 
