@@ -18,6 +18,11 @@
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
 //!   Anthropic Messages, Google Gemini, the built-in demo model): request
 //!   building, response and stream translation, error mapping.
+//! - [`ingress`]   — the other client protocols, Anthropic Messages and
+//!   OpenAI Responses: lossless pass-through and relayed streams for their
+//!   own providers, translation to and from the chat format for the others
+//!   (requests, answers, incremental stream conversion, error shapes), and
+//!   the per-attempt `Call` the gateway runs for either.
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
 //!   data residency, capabilities, strategies, per-target health (breaker,
 //!   429 cooling, time-to-first-byte EWMA).
@@ -42,6 +47,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod ingress;
 pub mod keys;
 pub mod limits;
 pub mod providers;

@@ -137,6 +137,13 @@ pub struct ModelInfo {
     /// USD per million cached input tokens (the input price when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million input tokens written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`). When absent: on an `anthropic`
+    /// provider 1.25 × the input price, Anthropic's price of its default
+    /// five-minute writes (one-hour writes cost 2 ×: set it for models used
+    /// that way); elsewhere the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
     /// The most output tokens one answer can have; bounds the reservation of
     /// a request that sets no `max_tokens`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +169,7 @@ impl ModelInfo {
             input_per_mtok: self.input_per_mtok,
             output_per_mtok: self.output_per_mtok,
             cached_input_per_mtok: self.cached_input_per_mtok,
+            cache_write_per_mtok: self.cache_write_per_mtok,
         }
     }
 }
@@ -169,8 +177,18 @@ impl ModelInfo {
 impl Provider {
     /// Facts about a provider-side model; all zero when not configured
     /// (an unpriced model costs nothing against budgets).
+    ///
+    /// An Anthropic model without a cache-write price gets Anthropic's:
+    /// [`crate::limits::CACHE_WRITE_MARKUP`] times its input price. No other
+    /// provider reports cache writes, so theirs stay at the input price and
+    /// their worst cases do not grow.
     pub fn model_info(&self, model: &str) -> ModelInfo {
-        self.models.get(model).copied().unwrap_or_default()
+        let mut info = self.models.get(model).copied().unwrap_or_default();
+        if self.kind == ProviderKind::Anthropic && info.cache_write_per_mtok.is_none() {
+            info.cache_write_per_mtok =
+                Some(info.input_per_mtok * crate::limits::CACHE_WRITE_MARKUP);
+        }
+        info
     }
 }
 

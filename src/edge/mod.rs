@@ -35,6 +35,7 @@ use crate::gateway::{
     self, Accounting, Caller, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
     TestHook,
 };
+use crate::ingress::Ingress;
 use crate::keys::{self, KeyRef};
 use crate::limits::local::Ticket;
 use crate::limits::{Command, Money, Reply as KeyReply};
@@ -94,11 +95,13 @@ thread_local! {
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let request_id = new_request_id();
+    // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
+    let ingress = Ingress::of_path(path_of(&req.url()));
     let reply = match handle(req, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
-    into_response(reply, &request_id)
+    into_response(reply.for_client(ingress), &request_id)
 }
 
 /// The request as the runtime gives it: the raw `web_sys` object, not
@@ -133,6 +136,9 @@ async fn handle(
         }
         Route::ChatCompletions
         | Route::Embeddings
+        | Route::Messages
+        | Route::CountTokens
+        | Route::Responses
         | Route::Models
         | Route::Model(_)
         | Route::Usage => {}
@@ -142,6 +148,21 @@ async fn handle(
     match route {
         Route::ChatCompletions => {
             Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare).await)
+        }
+        Route::Messages => {
+            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare_messages).await)
+        }
+        Route::CountTokens => Ok(chat(
+            &req,
+            env,
+            ctx,
+            &key,
+            request_id,
+            gateway::prepare_count_tokens,
+        )
+        .await),
+        Route::Responses => {
+            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare_responses).await)
         }
         Route::Embeddings => Ok(chat(
             &req,

@@ -4,9 +4,11 @@
 //! through the provider's translator as it arrives: nothing is buffered
 //! beyond one partial event. It yields `Err` when the upstream breaks or
 //! reports an error, so the failover loop can still move on while nothing has
-//! reached the client. Once committed, [`into_client_stream`] turns such an
-//! error into an OpenAI-style error event and a clean end, so a broken stream
-//! never looks complete and never hangs.
+//! reached the client. The translator also says when its bytes first carry
+//! output ([`Translated::has_output`], the commit point) and how an error
+//! reads in the client's protocol. Once committed, [`into_client_stream`]
+//! turns such an error into that error event and a clean end, so a broken
+//! stream never looks complete and never hangs.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,7 +19,6 @@ use crate::api::Usage;
 use crate::error::GatewayError;
 use crate::http::{ByteStream, Sleep};
 use crate::providers::StreamTranslator;
-use crate::providers::{field_is_nonempty_string, field_value_starts_with};
 use crate::sse::{SseParser, encode_data};
 
 /// Upstream SSE -> translated client bytes, chunk by chunk.
@@ -32,6 +33,9 @@ pub struct Translated {
     /// Upstream events handled: an output-token estimate when a stream is
     /// cut before its usage arrives (providers send about a token an event).
     events: u64,
+    /// Some translated bytes carried output (the translator's own test):
+    /// the stream may be committed.
+    output: bool,
 }
 
 impl Translated {
@@ -49,7 +53,22 @@ impl Translated {
             pending_error: None,
             ended: false,
             events: 0,
+            output: false,
         }
+    }
+
+    /// Whether the bytes yielded so far carry output the client must not
+    /// lose ([`StreamTranslator::carries_output`]): the commit point.
+    pub fn has_output(&self) -> bool {
+        self.output
+    }
+
+    /// A failure after the commit, in the client's protocol
+    /// ([`StreamTranslator::write_error`]).
+    pub fn error_event(&mut self, e: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.translator.write_error(e, &mut out);
+        out
     }
 
     /// Usage the provider reported so far.
@@ -59,6 +78,15 @@ impl Translated {
 
     /// Runs every complete event through the translator.
     fn drain_events(&mut self, out: &mut Vec<u8>, at_eof: bool) {
+        let from = out.len();
+        self.translate(out, at_eof);
+        // Only until the commit: afterwards nothing asks.
+        if !self.output && out.len() > from {
+            self.output = self.translator.carries_output(&out[from..]);
+        }
+    }
+
+    fn translate(&mut self, out: &mut Vec<u8>, at_eof: bool) {
         loop {
             let ev = if at_eof {
                 self.parser.finish()
@@ -130,8 +158,9 @@ pub struct StreamOutcome {
 pub type StreamEnd = Box<dyn FnOnce(StreamOutcome)>;
 
 /// The client-facing stream once the first bytes are committed: `first`,
-/// then the rest, with an error rendered as a final `data: {"error":...}`
-/// event (what the OpenAI SDKs raise on) and no `[DONE]`. When the
+/// then the rest, with an error rendered by the translator as the last
+/// event (for OpenAI chunks a `data: {"error":...}` event, what the OpenAI
+/// SDKs raise on, and no `[DONE]`). When the
 /// `deadline` timer fires first, the stream ends with its error.
 pub fn into_client_stream(
     first: Vec<u8>,
@@ -185,14 +214,14 @@ impl Stream for ClientStream {
             this.rest.ended = true;
             this.rest.pending_error = None;
             this.failed = true;
-            return Poll::Ready(Some(Ok(error_event(&e))));
+            return Poll::Ready(Some(Ok(this.rest.error_event(&e))));
         }
         match this.rest.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(bytes))),
             Poll::Ready(Some(Err(e))) => {
                 this.failed = true;
-                Poll::Ready(Some(Ok(error_event(&e))))
+                Poll::Ready(Some(Ok(this.rest.error_event(&e))))
             }
             Poll::Ready(None) => {
                 let complete = !this.failed;
@@ -214,14 +243,10 @@ impl Drop for ClientStream {
 /// Whether translated chunk bytes carry something the client must not
 /// lose: text, a tool call, a finish, an error or the end. Until they do
 /// (a role-only first chunk), the stream is not committed and a failing
-/// provider can still be replaced without the client noticing.
+/// provider can still be replaced without the client noticing. The OpenAI
+/// chunks' test; [`Translated::has_output`] asks the stream's translator.
 pub fn carries_output(bytes: &[u8]) -> bool {
-    let s = String::from_utf8_lossy(bytes);
-    field_is_nonempty_string(&s, "content")
-        || field_value_starts_with(&s, "tool_calls", b'[')
-        || field_value_starts_with(&s, "finish_reason", b'"')
-        || field_value_starts_with(&s, "error", b'{')
-        || s.contains("[DONE]")
+    crate::providers::chunk_carries_output(bytes)
 }
 
 /// An in-stream error event in OpenAI's shape.

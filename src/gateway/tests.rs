@@ -526,7 +526,8 @@ fn worst_case_takes_the_dearest_candidate_and_the_output_cap() {
         Pricing {
             input_per_mtok: 10.0,
             output_per_mtok: 20.0,
-            cached_input_per_mtok: None
+            cached_input_per_mtok: None,
+            cache_write_per_mtok: None,
         }
         .cost(input, DEFAULT_OUTPUT_CAP, 0)
     );
@@ -554,6 +555,7 @@ fn settlement_charges_reported_usage_or_an_estimate() {
             input_per_mtok: 1.0,
             output_per_mtok: 2.0,
             cached_input_per_mtok: Some(0.5),
+            cache_write_per_mtok: None,
         },
         attempts: 1,
     };
@@ -580,6 +582,38 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         (acc.input_estimate, 12, true)
     );
     assert_eq!(settlement(&acc, None, None, 0, true).0, Money::ZERO);
+}
+
+#[test]
+fn settlement_charges_cache_reads_and_writes_at_their_prices() {
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        clock: &|| 0,
+        secret: &secret,
+        health: &Health::new(),
+    };
+    let acc = prepare(&config, &ctx, NON_STREAM.as_bytes())
+        .unwrap()
+        .accounting();
+    // Claude Sonnet 4.5's prices; the write price left to the default for
+    // an Anthropic provider, 1.25 × input = $3.75 per million.
+    let anthropic: crate::config::Provider = serde_json::from_str(
+        r#"{"kind":"anthropic","models":{"s":{"input_per_mtok":3,"output_per_mtok":15,"cached_input_per_mtok":0.3}}}"#,
+    )
+    .unwrap();
+    let served = Served {
+        provider: "anthropic".into(),
+        model: "s".into(),
+        pricing: anthropic.model_info("s").pricing(),
+        attempts: 1,
+    };
+    // Anthropic's usage: 1,000 fresh, 6,000 read, 3,000 written; 500 out.
+    let usage = Usage::new(10_000, 500, Some(6_000)).with_cache_writes(3_000);
+    let (cost, ev) = settlement(&acc, Some(&served), Some(usage), 0, false);
+    // 1,000 × 3,000,000 + 6,000 × 300,000 + 3,000 × 3,750,000 + 500 × 15,000,000.
+    assert_eq!(cost, Money(23_550_000_000));
+    assert_eq!((ev.input_tokens, ev.cached_tokens), (10_000, 6_000));
 }
 
 fn recorder() -> (Rc<RefCell<Vec<StreamOutcome>>>, StreamEnd) {
@@ -1031,6 +1065,7 @@ fn embeddings_reserve_input_only_and_report_their_model() {
         input_per_mtok: 1.0,
         output_per_mtok: 50.0,
         cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
     };
     assert_eq!(p.worst_case(), (pricing.cost(input, 0, 0), input));
     assert_eq!(
