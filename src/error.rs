@@ -75,6 +75,21 @@ pub enum GatewayError {
         /// Why the key was refused (never echoes the key).
         message: String,
     },
+    /// The request's data class may not go to any target of its model
+    /// (the config's `data_classes` policy), or its key's class has no
+    /// policy. Nothing was sent.
+    DataClassDenied {
+        /// Which class and what it needs.
+        message: String,
+    },
+    /// Personal data was found where the PII policy says `block`. Nothing
+    /// was sent.
+    PiiDetected {
+        /// The kinds found (`email`, `card_number`, ...), never the values.
+        kinds: Vec<String>,
+        /// The field they were found in (`messages`, `input`, ...).
+        param: String,
+    },
     /// The key's rate or concurrency limit is reached.
     RateLimited {
         /// Which limit, in a sentence.
@@ -156,7 +171,10 @@ impl GatewayError {
         match self {
             Self::NotFound { .. } | Self::ModelNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
+            Self::InvalidJson { .. } | Self::InvalidRequest { .. } | Self::PiiDetected { .. } => {
+                400
+            }
+            Self::DataClassDenied { .. } => 403,
             Self::BodyTooLarge { .. } => 413,
             Self::Unauthorized { .. } => 401,
             Self::RateLimited { .. } | Self::BudgetExceeded { .. } => 429,
@@ -193,6 +211,8 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
+            | Self::DataClassDenied { .. }
+            | Self::PiiDetected { .. }
             | Self::BodyTooLarge { .. }
             | Self::Unauthorized { .. }
             | Self::RateLimited { .. }
@@ -215,6 +235,8 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
+            | Self::DataClassDenied { .. }
+            | Self::PiiDetected { .. }
             | Self::BodyTooLarge { .. }
             | Self::Unauthorized { .. }
             | Self::RateLimited { .. }
@@ -237,8 +259,10 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
+            | Self::PiiDetected { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. } => "invalid_request_error",
+            Self::DataClassDenied { .. } => "permission_error",
             Self::Unauthorized { .. } => "authentication_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::BudgetExceeded { .. } => "insufficient_quota",
@@ -269,6 +293,8 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InvalidJson { .. } => "invalid_json",
             Self::InvalidRequest { .. } => "invalid_value",
+            Self::DataClassDenied { .. } => "data_class_denied",
+            Self::PiiDetected { .. } => "pii_detected",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::Unauthorized { .. } => "invalid_api_key",
             Self::RateLimited { .. } => "rate_limit_exceeded",
@@ -293,10 +319,12 @@ impl GatewayError {
     fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::PiiDetected { param, .. } => Some(param),
             Self::ModelNotFound { .. } => Some("model"),
             Self::NotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
+            | Self::DataClassDenied { .. }
             | Self::BodyTooLarge { .. }
             | Self::Unauthorized { .. }
             | Self::RateLimited { .. }
@@ -395,7 +423,14 @@ impl fmt::Display for GatewayError {
             Self::InvalidJson { message } => {
                 write!(f, "The request body is not valid JSON: {message}")
             }
-            Self::InvalidRequest { message, .. } => f.write_str(message),
+            Self::InvalidRequest { message, .. } | Self::DataClassDenied { message } => {
+                f.write_str(message)
+            }
+            Self::PiiDetected { kinds, param } => write!(
+                f,
+                "The request contains personal data this gateway may not forward ({}) in `{param}`; remove it or ask for a policy that redacts it.",
+                kinds.join(", ")
+            ),
             Self::BodyTooLarge { limit } => {
                 write!(
                     f,

@@ -34,6 +34,10 @@
 //!   failover, stream commit at the first token, settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
 //!   types, timers.
+//! - [`trust`]     — what a request may carry and where it may go: body
+//!   shape limits, parameter types and ranges, PII detection, redaction and
+//!   restoration, the provider-request header allow-list, request ids, CORS
+//!   (data-class routing is in [`routing::classes`]).
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
@@ -53,6 +57,7 @@ pub mod limits;
 pub mod providers;
 pub mod routing;
 pub mod sse;
+pub mod trust;
 
 #[cfg(test)]
 mod bench;

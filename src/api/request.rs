@@ -70,6 +70,7 @@ impl<'a> ChatRequest<'a> {
             Some(n) => Some(n),
             None => cap("max_tokens")?,
         };
+        crate::trust::params::check(crate::trust::params::Params::Chat, &req.fields)?;
         Ok(req)
     }
 

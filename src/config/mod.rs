@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::Pricing;
 
+mod classes;
 mod policy;
 
+pub use classes::{Cors, CustomPattern, DataClass, PiiConfig, PiiMode, PiiPolicy, is_name};
 pub use policy::{
     Breaker, Condition, Failover, Location, OriginMatch, Residency, Rule, Sticky, Strategy,
 };
@@ -56,6 +58,22 @@ pub struct Config {
     /// What the worker logs.
     #[serde(default)]
     pub logging: Logging,
+    /// Data classes by name (`phi`, `pci`, ...): what a target must be to
+    /// receive each, and how its requests are redacted. A request names its
+    /// class with `x-gateway-data-class` or `metadata.data_class`; a key may
+    /// have one by default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_classes: BTreeMap<String, DataClass>,
+    /// Custom PII patterns for redaction policies.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pii: PiiConfig,
+    /// Cross-origin requests from browsers (off by default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cors: Cors,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// What the worker writes to its log (Workers Logs, `wrangler tail`).
@@ -117,6 +135,10 @@ pub struct Provider {
     /// residency. A constrained request never goes to a deployment without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jurisdiction: Option<String>,
+    /// What the account or deployment guarantees, for data-class policies
+    /// (`hipaa`, `zero_data_retention`, `no_training`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<String>,
     /// What the gateway knows of each provider-side model: prices (for
     /// budgets) and the output cap (for worst-case reservations).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -241,6 +263,9 @@ pub struct Model {
     /// Conditional routes, checked in order before the default targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// PII redaction for every request of this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii: Option<PiiPolicy>,
 }
 
 fn is_priority(s: &Strategy) -> bool {
@@ -259,6 +284,10 @@ pub struct Target {
     /// Relative share for the `weighted` strategy (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Attributes of this deployment beyond its provider's, for data-class
+    /// policies (a BAA that covers one model, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<String>,
 }
 
 /// Request limits.
@@ -281,6 +310,21 @@ pub struct Limits {
     /// interval, however many requests). Usage reports lag by about this.
     #[serde(default = "default_flush_ms")]
     pub flush_ms: u64,
+    /// Deepest nesting of arrays and objects accepted in a request body
+    /// (at most 128, serde's own bound). Checked before anything parses the
+    /// body, so no body can exhaust the stack, here or at a provider.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: u32,
+    /// Most messages (`messages`, or the items of a Responses `input`) in
+    /// one request.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u32,
+    /// Most tools one request may offer.
+    #[serde(default = "default_max_tools")]
+    pub max_tools: u32,
+    /// Most content parts (blocks) over all messages of one request.
+    #[serde(default = "default_max_content_parts")]
+    pub max_content_parts: u32,
 }
 
 impl Default for Limits {
@@ -289,8 +333,31 @@ impl Default for Limits {
             max_body_bytes: default_max_body_bytes(),
             lease_ttl_ms: default_lease_ttl_ms(),
             flush_ms: default_flush_ms(),
+            max_json_depth: default_max_json_depth(),
+            max_messages: default_max_messages(),
+            max_tools: default_max_tools(),
+            max_content_parts: default_max_content_parts(),
         }
     }
+}
+
+fn default_max_json_depth() -> u32 {
+    // Chat bodies nest about 6 deep; tool schemas add their own depth.
+    64
+}
+
+fn default_max_messages() -> u32 {
+    // Long agent sessions (Claude Code) reach the low thousands.
+    5_000
+}
+
+fn default_max_tools() -> u32 {
+    // MCP-heavy agents offer a few hundred; OpenAI itself takes 128.
+    512
+}
+
+fn default_max_content_parts() -> u32 {
+    20_000
 }
 
 fn default_lease_ttl_ms() -> u64 {
@@ -399,6 +466,21 @@ impl Config {
                 "must be between 10 and 10000".into(),
             );
         }
+        if !(2..=128).contains(&self.limits.max_json_depth) {
+            err(
+                "limits.max_json_depth".into(),
+                "must be between 2 and 128".into(),
+            );
+        }
+        for (name, value) in [
+            ("max_messages", self.limits.max_messages),
+            ("max_tools", self.limits.max_tools),
+            ("max_content_parts", self.limits.max_content_parts),
+        ] {
+            if value == 0 {
+                err(format!("limits.{name}"), "must be greater than 0".into());
+            }
+        }
         for (name, p) in &self.providers {
             let path = format!("providers.{name}");
             match (&p.base_url, p.kind) {
@@ -456,6 +538,11 @@ impl Config {
                         format!("{path}.headers.{header}"),
                         "credentials belong in a secret, not in the config".into(),
                     );
+                } else if !crate::trust::headers::configurable_upstream_header(&lower) {
+                    err(
+                        format!("{path}.headers.{header}"),
+                        "not a header a provider request may carry (hop-by-hop, cookie, host or length)".into(),
+                    );
                 }
             }
         }
@@ -486,6 +573,7 @@ impl Config {
                 }
             }
         }
+        classes::validate(self, &mut err);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -53,6 +53,18 @@ thread_local! {
     static TTL: OnceCell<u64> = const { OnceCell::new() };
 }
 
+/// Whether CORS may be on: the cached config lists origins, or nothing is
+/// cached yet (the isolate's first request). No KV read: a sync check the
+/// fetch handler can make before it knows which route it serves.
+pub(super) fn cors_may_be_on() -> bool {
+    CACHE.with_borrow(|c| c.as_ref().is_none_or(|c| !c.config.cors.origins.is_empty()))
+}
+
+/// Whether the cached config lets `origin` call from a browser.
+pub(super) fn cors_allows(origin: &str) -> bool {
+    CACHE.with_borrow(|c| c.as_ref().is_some_and(|c| c.config.cors.allows(origin)))
+}
+
 /// The config to serve now.
 pub(super) async fn current(env: &Env) -> Rc<Config> {
     let now = super::now_ms();

@@ -17,7 +17,7 @@ mod key_object;
 mod upstream;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 use futures::channel::oneshot;
@@ -40,6 +40,7 @@ use crate::keys::{self, KeyRef};
 use crate::limits::local::Ticket;
 use crate::limits::{Command, Money, Reply as KeyReply};
 use crate::routing::{self, Health, Origin};
+use crate::trust;
 
 /// Secret with the static gateway keys, comma-separated.
 const GATEWAY_KEYS: &str = "GATEWAY_KEYS";
@@ -94,14 +95,64 @@ thread_local! {
 ///    ([`settle`], [`accounting::settle`]).
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
-    let request_id = new_request_id();
+    // Trust: a client's request id in a safe format is kept; the Origin is
+    // read only while CORS may be on (trust::headers).
+    let (request_id, origin) = request_id_and_origin(&req);
     // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
     let ingress = Ingress::of_path(path_of(&req.url()));
     let reply = match handle(req, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
-    into_response(reply.for_client(ingress), &request_id)
+    let mut reply = reply.for_client(ingress);
+    if let Some(origin) = origin.filter(|o| config_cache::cors_allows(o)) {
+        reply.headers.extend(trust::headers::cors_headers(&origin));
+    }
+    into_response(reply, &request_id)
+}
+
+/// The request id (the client's `x-request-id` when it is in a safe
+/// format, else a new one) and, while CORS may be on, the `Origin`.
+fn request_id_and_origin(req: &RawRequest) -> (String, Option<String>) {
+    let headers = req.headers();
+    let id = headers
+        .get("x-request-id")
+        .ok()
+        .flatten()
+        .and_then(|v| trust::headers::client_request_id(&v).map(str::to_owned))
+        .unwrap_or_else(new_request_id);
+    let origin = if config_cache::cors_may_be_on() {
+        headers.get("origin").ok().flatten()
+    } else {
+        None
+    };
+    (id, origin)
+}
+
+/// A CORS preflight (`OPTIONS`) from an origin the config lists, for a
+/// path that exists: 200 with the `Access-Control-Allow-*` headers. Any
+/// other `OPTIONS` is routed as before (405 or 404): CORS is off by default.
+async fn preflight(req: &RawRequest, env: &Env, path: &str) -> Option<Reply> {
+    let config = config_cache::current(env).await;
+    if config.cors.origins.is_empty() {
+        return None;
+    }
+    let headers = req.headers();
+    let origin = headers.get("origin").ok().flatten()?;
+    if !config.cors.allows(&origin) {
+        return None;
+    }
+    let method = headers
+        .get("access-control-request-method")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "POST".to_owned());
+    gateway::route(&method, path).ok()?;
+    let requested = headers.get("access-control-request-headers").ok().flatten();
+    let mut reply = Reply::json(200, Vec::new());
+    reply.headers =
+        trust::headers::preflight_headers(&origin, requested.as_deref(), config.cors.max_age_s);
+    Some(reply)
 }
 
 /// The request as the runtime gives it: the raw `web_sys` object, not
@@ -119,6 +170,12 @@ async fn handle(
     let method = req.method();
     let url = req.url();
     let path = path_of(&url);
+    // CORS preflight (trust): answered only for the config's origins.
+    if method == "OPTIONS"
+        && let Some(reply) = preflight(&req, env, path).await
+    {
+        return Ok(reply);
+    }
     let route = gateway::route(&method, path)?;
     match route {
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
@@ -220,7 +277,7 @@ async fn chat(
         health: HEALTH.with(|h| *h),
     };
     // 4. parse
-    let mut prepared = match prepare(&config, &gctx, &body) {
+    let prepared = match prepare(&config, &gctx, &body) {
         Ok(p) => p,
         Err(e) => return Reply::error(&e),
     };
@@ -262,8 +319,24 @@ async fn chat(
     let on_end: StreamEnd = Box::new(move |outcome| {
         let _ = end_tx.send(outcome);
     });
+    // 6a. trust — data class and PII redaction (gateway::screen); a
+    //     redacted request is prepared again from its redacted body
+    let key_trust = gateway::KeyTrust {
+        data_class: routing.data_class.as_deref(),
+        pii: routing.pii.as_ref(),
+    };
+    let mut redacted = Vec::new();
+    let (mut prepared, screened) = gateway::screen(
+        &config,
+        &gctx,
+        prepared,
+        prepare,
+        &mut redacted,
+        &header,
+        key_trust,
+    );
     let streaming = prepared.stream();
-    let routed = prepared.route(&gctx, &caller);
+    let routed = screened.and_then(|()| prepared.route(&gctx, &caller));
     let dispatched = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end));
     let (admitted, result) = match (routed, admitted, overlap) {
         (Err(e), admitted, _) => (admitted, Err(e)),
@@ -282,6 +355,8 @@ async fn chat(
             }),
         ),
     };
+    // (trust) a `restore` request's answer gets its originals back
+    let result = result.map(|reply| prepared.restore(reply));
     let rate = admitted
         .as_ref()
         .map(|a| a.rate.clone())
@@ -298,6 +373,8 @@ async fn chat(
         started_ms: started,
         first_byte_ms: now_ms() - started,
         stream: streaming,
+        data_class: prepared.trust.class_label().map(str::to_owned),
+        pii: prepared.trust.pii_found.clone(),
     };
     let mut reply = match result {
         Ok(reply) => {
@@ -370,6 +447,10 @@ struct Settlement {
     started_ms: u64,
     first_byte_ms: u64,
     stream: bool,
+    /// The request's data class.
+    data_class: Option<String>,
+    /// Personal data redacted or refused, by kind (counts, never values).
+    pii: BTreeMap<String, u32>,
 }
 
 /// One structured log line per request.
@@ -391,6 +472,10 @@ struct UsageLog<'a> {
     cost_usd: Money,
     latency_ms: u64,
     first_byte_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pii: &'a BTreeMap<String, u32>,
 }
 
 /// Logs the request and adds its actual cost to its key's batch.
@@ -413,6 +498,8 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         cost_usd: cost,
         latency_ms: now_ms() - s.started_ms,
         first_byte_ms: s.first_byte_ms,
+        data_class: s.data_class.as_deref(),
+        pii: &s.pii,
     };
     if let Ok(line) = serde_json::to_string(&log) {
         accounting::log_request(&line);

@@ -16,6 +16,7 @@
 
 mod admission;
 mod stream;
+mod trust;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{
     StreamEnd, StreamOutcome, Translated, carries_output, error_event, into_client_stream,
 };
+pub use trust::{KeyTrust, Trust, screen};
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, Failover, ProviderKind};
@@ -300,10 +302,14 @@ pub struct Prepared<'a> {
     all: Vec<Candidate<'a>>,
     /// Where it goes, best first, once routed.
     pub candidates: Vec<Candidate<'a>>,
+    /// The body as parsed (the client's, or its redaction).
+    body: &'a [u8],
     /// The body's size, an upper bound of its input tokens.
     body_len: usize,
     /// Image parts, whose tokens the bytes do not bound.
     images: usize,
+    /// What the trust step decided ([`screen`]): data class, PII.
+    pub trust: Trust,
 }
 
 /// Output tokens assumed for a request that sets no `max_tokens` on a model
@@ -325,6 +331,7 @@ pub fn prepare<'a>(
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
+    crate::trust::check_shape(&config.limits, body, Ingress::Chat)?;
     let req = ChatRequest::parse(body)?;
     let all = routing::all_candidates(config, &req.model, ctx.secret);
     if all.is_empty() {
@@ -340,8 +347,10 @@ pub fn prepare<'a>(
         req: Request::Chat(req),
         all,
         candidates: vec![],
+        body,
         body_len: body.len(),
         images,
+        trust: Trust::default(),
     })
 }
 
@@ -353,6 +362,8 @@ pub fn prepare_embeddings<'a>(
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
+    // Depth only: an embeddings body has no messages or tools.
+    crate::trust::check_shape(&config.limits, body, Ingress::Chat)?;
     let req = EmbeddingsRequest::parse(body)?;
     let mut all = routing::all_candidates(config, &req.model, ctx.secret);
     if all.is_empty() {
@@ -369,8 +380,10 @@ pub fn prepare_embeddings<'a>(
         req: Request::Embeddings(req),
         all,
         candidates: vec![],
+        body,
         body_len: body.len(),
         images: 0,
+        trust: Trust::default(),
     })
 }
 
@@ -381,6 +394,7 @@ pub fn prepare_messages<'a>(
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
+    crate::trust::check_shape(&config.limits, body, Ingress::Messages)?;
     prepare_client(config, ctx, body, ClientRequest::parse_messages(body)?)
 }
 
@@ -391,6 +405,7 @@ pub fn prepare_count_tokens<'a>(
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
+    crate::trust::check_shape(&config.limits, body, Ingress::Messages)?;
     prepare_client(config, ctx, body, ClientRequest::parse_count_tokens(body)?)
 }
 
@@ -400,6 +415,7 @@ pub fn prepare_responses<'a>(
     ctx: &Ctx<'_>,
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
+    crate::trust::check_shape(&config.limits, body, Ingress::Responses)?;
     prepare_client(config, ctx, body, ClientRequest::parse_responses(body)?)
 }
 
@@ -421,7 +437,9 @@ fn prepare_client<'a>(
         req: Request::Ingress(req),
         all,
         candidates: vec![],
+        body,
         body_len: body.len(),
+        trust: Trust::default(),
     })
 }
 
@@ -456,6 +474,21 @@ impl<'a> Prepared<'a> {
             Request::Chat(r) => &r.model,
             Request::Embeddings(r) => &r.model,
             Request::Ingress(r) => r.model(),
+        }
+    }
+
+    /// A string field of the request's `metadata`.
+    pub fn metadata_field(&self, name: &str) -> Option<String> {
+        match &self.req {
+            Request::Chat(r) => r
+                .parse_field::<Option<BTreeMap<String, serde_json::Value>>>("metadata")
+                .ok()
+                .flatten()?
+                .remove(name)?
+                .as_str()
+                .map(str::to_owned),
+            Request::Ingress(r) => r.metadata().remove(name),
+            Request::Embeddings(_) => None,
         }
     }
 
@@ -564,6 +597,7 @@ impl<'a> Prepared<'a> {
             random: caller.random,
             now_ms: ctx.now_ms,
             health: ctx.health,
+            data_class: self.trust.class.as_ref(),
         };
         self.candidates = routing::plan(self.config, self.model(), ctx.secret, &input)?;
         if let Request::Ingress(req) = &mut self.req {
@@ -1008,6 +1042,8 @@ async fn send<U: Upstream>(
     if target.provider.kind == ProviderKind::Mock {
         return Ok(mock::respond(&req, now_ms / 1000));
     }
+    // Trust (issue 14): only allow-listed headers leave for a provider.
+    let req = crate::trust::headers::allow_listed(req, target.provider);
     upstream
         .send(req)
         .await

@@ -192,6 +192,7 @@ impl<'a> MessagesRequest<'a> {
         };
         let has_tools = field(&fields, "tools")
             .is_some_and(|raw| raw.get().starts_with('[') && raw.get()[1..].trim_start() != "]");
+        crate::trust::params::check(crate::trust::params::Params::Messages, &fields)?;
         Ok(MessagesRequest {
             images: count_type_values(messages, "image"),
             documents: count_type_values(messages, "document"),

@@ -138,6 +138,7 @@ impl<'a> ResponsesRequest<'a> {
             field(&fields, "input").map_or(0, |raw| count_type_values(raw.get(), "input_image"));
         let has_tools = field(&fields, "tools")
             .is_some_and(|raw| raw.get().starts_with('[') && raw.get()[1..].trim_start() != "]");
+        crate::trust::params::check(crate::trust::params::Params::Responses, &fields)?;
         Ok(ResponsesRequest {
             fields,
             model,

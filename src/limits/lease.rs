@@ -113,6 +113,12 @@ pub struct KeySnapshot {
     /// Its allowed jurisdictions, for routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<String>>,
+    /// Its data class, for routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_class: Option<String>,
+    /// Its PII policy, for redaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii: Option<crate::config::PiiPolicy>,
     /// Every request goes to the object, serially (no lease, no overlap).
     #[serde(default)]
     pub strict: bool,

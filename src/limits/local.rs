@@ -94,13 +94,20 @@ pub struct Routing {
     pub tier: Option<String>,
     /// The key's jurisdictions.
     pub regions: Option<Vec<String>>,
+    /// The key's data class.
+    pub data_class: Option<String>,
+    /// The key's PII policy.
+    pub pii: Option<crate::config::PiiPolicy>,
 }
 
 impl Routing {
-    fn of(snap: &KeySnapshot) -> Routing {
+    /// What routing needs of a key, from what the isolate knows of it.
+    pub fn of(snap: &KeySnapshot) -> Routing {
         Routing {
             tier: snap.tier.clone(),
             regions: snap.regions.clone(),
+            data_class: snap.data_class.clone(),
+            pii: snap.pii.clone(),
         }
     }
 }

@@ -819,6 +819,8 @@ impl KeyState {
             allowed_models: s.allowed_models.clone(),
             tier: s.tier.clone(),
             regions: s.allowed_regions.clone(),
+            data_class: s.data_class.clone(),
+            pii: s.pii.clone(),
             strict: s.strict_admission,
             headroom: self.headroom(now_ms),
         }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::money::Money;
+use crate::config::PiiPolicy;
 
 /// Request and token rate limits; `None` is unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,14 @@ pub struct KeySettings {
     /// Jurisdictions its requests may be served in; `None` is anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_regions: Option<Vec<String>>,
+    /// The data class of its requests (a name in the config's
+    /// `data_classes`). A request that names another class must satisfy
+    /// both policies: a key's class is a floor its callers cannot lower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_class: Option<String>,
+    /// PII redaction for its requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii: Option<PiiPolicy>,
     /// Rate limits.
     #[serde(default)]
     pub limits: RateLimits,
@@ -127,6 +136,20 @@ pub struct KeyPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub allowed_regions: Option<Option<Vec<String>>>,
+    /// New data class (`null` clears).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_class: Option<Option<String>>,
+    /// New PII policy (`null` clears).
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pii: Option<Option<PiiPolicy>>,
     /// New rate limits (replace all four).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RateLimits>,
@@ -175,6 +198,12 @@ impl KeySettings {
         }
         if let Some(v) = p.allowed_regions {
             self.allowed_regions = v;
+        }
+        if let Some(v) = p.data_class {
+            self.data_class = v;
+        }
+        if let Some(v) = p.pii {
+            self.pii = v;
         }
         if let Some(v) = p.limits {
             self.limits = v;

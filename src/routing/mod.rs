@@ -17,6 +17,7 @@
 //!
 //! Randomness and time are passed in, so selection is exact in tests.
 
+pub mod classes;
 pub mod geo;
 pub mod health;
 
@@ -42,6 +43,8 @@ pub struct Candidate<'c> {
     pub api_key: Option<String>,
     /// Its share under the `weighted` strategy.
     pub weight: u32,
+    /// The target's own attributes, for data-class policies ([`classes`]).
+    pub attributes: &'c [String],
 }
 
 /// What the request needs from a target.
@@ -85,6 +88,8 @@ pub struct RouteInput<'a> {
     pub now_ms: u64,
     /// What this isolate knows of each target.
     pub health: &'a Health,
+    /// The request's data-class requirement, if it has one ([`classes`]).
+    pub data_class: Option<&'a classes::ClassRequirement>,
 }
 
 /// The ordered, available candidates for a request.
@@ -130,6 +135,8 @@ pub fn plan<'c>(
             });
         }
     }
+    // Data-class policy (trust, issue 14): hard like residency, before ordering.
+    classes::retain_eligible(&mut list, input.data_class, model)?;
     list.retain(|c| capable(c, input.needs));
     if list.is_empty() {
         return Err(GatewayError::InvalidRequest {
@@ -346,6 +353,7 @@ fn resolve<'c>(
                 },
                 api_key,
                 weight: t.weight.unwrap_or(1),
+                attributes: &t.attributes,
             })
         })
         .collect()

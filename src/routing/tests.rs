@@ -170,6 +170,7 @@ fn plan_names(
         random: i.random,
         now_ms: i.now_ms,
         health,
+        data_class: None,
     };
     plan(config, model, &key_secret, &input)
         .map(|l| l.into_iter().map(|c| c.target.name.to_owned()).collect())

@@ -1,4 +1,4 @@
-// End-to-end harness: runs the built worker (build/worker/shim.mjs) on
+// End-to-end harness: runs the built worker (src/edge/entry.mjs over build/) on
 // workerd through `wrangler dev` with local KV and Durable Objects, on a free
 // loopback port, with its own state directory; and helpers to talk to it.
 // Every process it starts is stopped by `stop()`, and also when the test

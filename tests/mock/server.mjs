@@ -677,6 +677,16 @@ function errorBody(format, status) {
   return openaiError(status, message);
 }
 
+/** Headers real providers send that name their accounts (`provider_headers=1`). */
+const PROVIDER_HEADERS = {
+  'openai-organization': 'org-mock-account',
+  'openai-project': 'proj_mock',
+  'openai-processing-ms': '12',
+  'anthropic-organization-id': 'mock-org-id',
+  'x-request-id': 'mock-upstream-request-id',
+  'set-cookie': 'mock_session=secret; Path=/; HttpOnly',
+};
+
 // ---------------------------------------------------------------------------
 // Response writers
 // ---------------------------------------------------------------------------
@@ -875,6 +885,7 @@ async function handle(state, req, res) {
   const stream = format === 'gemini' ? route.action === 'streamGenerateContent' : streamable && json.stream === true;
   const faults = faultsOf(d, stream);
   const headers = { 'x-mock-seq': String(seq) };
+  if (flag(d.provider_headers)) Object.assign(headers, PROVIDER_HEADERS);
 
   if (format === 'unknown') {
     return sendBody(res, 404, headers, JSON.stringify(openaiError(404, `Invalid URL (${req.method} ${path})`, 'unknown_url')), faults, pause);

@@ -1,0 +1,68 @@
+// The worker's entry module: the Rust worker that worker-build makes
+// (build/index.js + build/index_bg.wasm) behind one small wrapper, so that a
+// panic answers like any other gateway error.
+//
+// Why JavaScript: release builds use `panic = "abort"` (stable Rust cannot
+// unwind in wasm32), so a panic traps the whole wasm instance and no Rust
+// code can run after it to write a response. Worse, the trap happens inside
+// a microtask that polls the request's future, so the fetch promise never
+// settles: the runtime waits, decides the request "hung", and answers a
+// plain-text 500. worker-build's shim already rebuilds the instance for the
+// next request; what it cannot do is answer this one. The wrapper can:
+// every request races its promise against the isolate's next trap (the
+// global `error` event a `WebAssembly.RuntimeError` raises), and a trap
+// answers every request still waiting with an OpenAI-shaped JSON 500 (an
+// Anthropic-shaped one on /v1/messages), since none of them can finish on
+// the dead instance. Per request the cost is one promise and a Set entry.
+
+import { WorkerEntrypoint } from 'cloudflare:workers';
+import Gateway from '../../build/index.js';
+
+export { KeyObject } from '../../build/index.js';
+
+/** Rejecters of the requests in flight in this isolate. */
+const inFlight = new Set();
+
+addEventListener('error', (event) => {
+  if (!(event.error instanceof WebAssembly.RuntimeError)) return;
+  for (const fail of inFlight) fail(event.error);
+  inFlight.clear();
+});
+
+/** A request id for a reply the Rust side never got to write. */
+function requestId(request) {
+  const own = request.headers.get('x-request-id');
+  if (own && /^[A-Za-z0-9._:-]{1,128}$/.test(own)) return own;
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return 'req_' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** The JSON 500 for a request the gateway failed to finish. */
+function panicReply(request, error) {
+  const id = requestId(request);
+  const message = 'Internal gateway error: the request failed unexpectedly and was not completed; retrying it is safe.';
+  console.error(JSON.stringify({ event: 'panic', request_id: id, error: String(error) }));
+  const path = new URL(request.url).pathname.replace(/\/+$/, '');
+  const anthropic = path === '/v1/messages' || path === '/v1/messages/count_tokens';
+  const body = anthropic
+    ? { type: 'error', error: { type: 'api_error', message } }
+    : { error: { message, type: 'server_error', code: 'internal_error', param: null } };
+  return new Response(JSON.stringify(body), {
+    status: 500,
+    headers: { 'content-type': 'application/json', 'x-request-id': id },
+  });
+}
+
+export default class extends WorkerEntrypoint {
+  fetch(request) {
+    let fail;
+    const trapped = new Promise((_, reject) => {
+      fail = reject;
+    });
+    inFlight.add(fail);
+    const served = new Gateway(this.ctx, this.env).fetch(request);
+    return Promise.race([served, trapped])
+      .catch((error) => panicReply(request, error))
+      .finally(() => inFlight.delete(fail));
+  }
+}

@@ -1,0 +1,353 @@
+//! Two passes over raw JSON text that never build a tree and never recurse:
+//! [`shape`], the nesting depth and the sizes the request limits bound,
+//! taken before anything parses a body (so a body nested 200,000 deep is a
+//! 400, not a stack overflow); and [`rewrite_strings`], which replaces
+//! string values in place, everything else copied byte for byte (what
+//! redaction and restoration need on lossless paths).
+
+use std::borrow::Cow;
+
+use crate::api::write_json_string;
+
+/// What the request limits bound, counted in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Deepest nesting of arrays and objects (`{}` is 1).
+    pub depth: u32,
+    /// Elements of the top-level `messages` array, or of `input` when it is
+    /// an array (Responses).
+    pub messages: u32,
+    /// Elements of the top-level `tools` array.
+    pub tools: u32,
+    /// Elements of every `content` array below the top level (content
+    /// parts and blocks, tool results' blocks included).
+    pub parts: u32,
+}
+
+/// The body nests deeper than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep {
+    /// Byte offset where the limit was passed.
+    pub at: usize,
+}
+
+/// Which keys the counts follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Messages,
+    Tools,
+    Content,
+    Other,
+}
+
+fn key_of(raw: &str) -> Key {
+    let decoded: Cow<'_, str> = if raw.contains('\\') {
+        serde_json::from_str::<String>(raw).map_or(Cow::Borrowed(""), Cow::Owned)
+    } else {
+        Cow::Borrowed(&raw[1..raw.len() - 1])
+    };
+    match decoded.as_ref() {
+        "messages" | "input" => Key::Messages,
+        "tools" => Key::Tools,
+        "content" => Key::Content,
+        _ => Key::Other,
+    }
+}
+
+/// One open array or object.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    array: bool,
+    /// The key this container is the value of.
+    key: Key,
+    /// Objects: the key of the value being read; arrays: unused.
+    current: Key,
+    /// Objects: a key is expected next.
+    expect_key: bool,
+}
+
+/// The shape of a JSON text, or where it nests deeper than `max_depth`.
+/// Linear and non-recursive; it does not validate (the parser that runs
+/// next does), and no input makes it panic.
+pub fn shape(json: &[u8], max_depth: u32) -> Result<Shape, TooDeep> {
+    let mut stack: Vec<Frame> = Vec::with_capacity(16);
+    let mut out = Shape::default();
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        match b {
+            b'"' => {
+                let end = string_end(json, i);
+                let is_key = stack.last().is_some_and(|f| !f.array && f.expect_key);
+                if is_key {
+                    let raw = std::str::from_utf8(&json[i..end]).unwrap_or("\"\"");
+                    let key = if raw.len() >= 2 {
+                        key_of(raw)
+                    } else {
+                        Key::Other
+                    };
+                    if let Some(f) = stack.last_mut() {
+                        f.current = key;
+                        f.expect_key = false;
+                    }
+                } else {
+                    count_value(&stack, &mut out);
+                }
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => {
+                count_value(&stack, &mut out);
+                let key = match stack.last() {
+                    Some(f) if !f.array => f.current,
+                    Some(f) => f.key,
+                    None => Key::Other,
+                };
+                stack.push(Frame {
+                    array: b == b'[',
+                    key,
+                    current: Key::Other,
+                    expect_key: b == b'{',
+                });
+                let depth = stack.len() as u32;
+                if depth > max_depth {
+                    return Err(TooDeep { at: i });
+                }
+                out.depth = out.depth.max(depth);
+            }
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some(f) = stack.last_mut()
+                    && !f.array
+                {
+                    f.expect_key = true;
+                }
+            }
+            b':' | b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => {
+                // A number or literal: one value, read to its end.
+                count_value(&stack, &mut out);
+                while i + 1 < json.len()
+                    && !matches!(
+                        json[i + 1],
+                        b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t' | b'"' | b'{' | b'['
+                    )
+                {
+                    i += 1;
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// A value starts in the innermost container: count it where it counts.
+fn count_value(stack: &[Frame], out: &mut Shape) {
+    let Some(f) = stack.last() else { return };
+    if !f.array {
+        return;
+    }
+    match (f.key, stack.len()) {
+        (Key::Messages, 2) => out.messages = out.messages.saturating_add(1),
+        (Key::Tools, 2) => out.tools = out.tools.saturating_add(1),
+        (Key::Content, n) if n > 2 => out.parts = out.parts.saturating_add(1),
+        _ => {}
+    }
+}
+
+/// The offset just past the string that starts at `start` (a `"`), or the
+/// end of the input for an unterminated one.
+fn string_end(json: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < json.len() {
+        match json[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    json.len()
+}
+
+/// One open container while rewriting.
+#[derive(Debug, Clone)]
+struct RewriteFrame {
+    array: bool,
+    /// The nearest key for values directly inside.
+    key: Option<String>,
+    expect_key: bool,
+}
+
+/// Rewrites the string values of a JSON text: `f(key, value)` gets each
+/// string value (decoded) with its nearest key (for a string in an array,
+/// the array's key; `top_key` at the top) and may return a replacement.
+/// Keys, numbers, whitespace, order and untouched strings are copied
+/// exactly. `None` when nothing changed. Non-recursive; a text that is not
+/// JSON comes back unchanged or partly rewritten, never with a panic.
+pub fn rewrite_strings(
+    json: &str,
+    top_key: Option<&str>,
+    f: &mut dyn FnMut(Option<&str>, &str) -> Option<String>,
+) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut stack: Vec<RewriteFrame> = Vec::with_capacity(16);
+    let mut out: Option<String> = None;
+    let mut copied = 0; // bytes of `json` already in `out`
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let end = string_end(bytes, i);
+                let raw = &json[i..end];
+                let is_key = stack.last().is_some_and(|fr| !fr.array && fr.expect_key);
+                if is_key {
+                    let key = decode(raw).into_owned();
+                    if let Some(fr) = stack.last_mut() {
+                        fr.key = Some(key);
+                        fr.expect_key = false;
+                    }
+                } else {
+                    let key = match stack.last() {
+                        Some(fr) => fr.key.as_deref(),
+                        None => top_key,
+                    };
+                    if raw.len() >= 2
+                        && let Some(new) = f(key, &decode(raw))
+                    {
+                        let o = out.get_or_insert_with(|| String::with_capacity(json.len() + 64));
+                        o.push_str(&json[copied..i]);
+                        let mut buf = Vec::with_capacity(new.len() + 2);
+                        write_json_string(&mut buf, &new);
+                        o.push_str(std::str::from_utf8(&buf).unwrap_or("\"\""));
+                        copied = end;
+                    }
+                }
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => {
+                let key = match stack.last() {
+                    Some(fr) => fr.key.clone(),
+                    None => top_key.map(str::to_owned),
+                };
+                let array = bytes[i] == b'[';
+                stack.push(RewriteFrame {
+                    array,
+                    // An object's values have their own keys.
+                    key: if array { key } else { None },
+                    expect_key: !array,
+                });
+            }
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some(fr) = stack.last_mut()
+                    && !fr.array
+                {
+                    fr.expect_key = true;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.map(|mut o| {
+        o.push_str(&json[copied..]);
+        o
+    })
+}
+
+/// A string literal's value (`raw` includes the quotes).
+fn decode(raw: &str) -> Cow<'_, str> {
+    if raw.len() < 2 {
+        return Cow::Borrowed("");
+    }
+    if !raw.contains('\\') {
+        return Cow::Borrowed(&raw[1..raw.len() - 1]);
+    }
+    serde_json::from_str::<String>(raw).map_or(Cow::Borrowed(""), Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_counts_messages_tools_and_content_parts() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]},
+            {"role":"assistant","content":"hi"},{"role":"tool","content":[{"type":"text","text":"]}[{"}]}],
+            "tools":[{"type":"function"},{"type":"function"},{"type":"function"}],"x":{"messages":[1,2,3,4]}}"#;
+        let s = shape(body, 64).unwrap();
+        assert_eq!((s.messages, s.tools, s.parts), (3, 3, 3));
+        assert_eq!(s.depth, 6);
+        let responses = br#"{"input":[{"type":"message","content":[{"type":"input_text","text":"x"}]},{"type":"function_call_output"}]}"#;
+        let s = shape(responses, 64).unwrap();
+        assert_eq!((s.messages, s.parts), (2, 1));
+    }
+
+    #[test]
+    fn shape_follows_escaped_keys_as_the_parser_reads_them() {
+        let s = shape(br#"{"m\u0065ssages":[1,2],"tools":[]}"#, 8).unwrap();
+        assert_eq!((s.messages, s.tools), (2, 0));
+    }
+
+    #[test]
+    fn shape_stops_at_the_depth_limit_without_recursing() {
+        let mut body = b"{\"messages\":".to_vec();
+        body.extend(std::iter::repeat_n(b'[', 200_000));
+        body.extend(std::iter::repeat_n(b']', 200_000));
+        body.push(b'}');
+        assert_eq!(shape(&body, 64), Err(TooDeep { at: 12 + 63 }));
+        assert!(shape(b"[[[]]]", 3).is_ok());
+        assert!(shape(b"[[[[]]]]", 3).is_err());
+        // Brackets in strings do not count.
+        assert_eq!(shape(br#"["[[[[[["]"#, 2).unwrap().depth, 1);
+    }
+
+    #[test]
+    fn shape_never_panics_on_garbage() {
+        for junk in [
+            &b""[..],
+            b"]]]}}",
+            b"\"",
+            b"\"\\",
+            b"{\"a",
+            b"{\"a\":",
+            b"[1,",
+        ] {
+            let _ = shape(junk, 4);
+        }
+    }
+
+    #[test]
+    fn rewrite_touches_only_string_values_and_keeps_the_rest_exactly() {
+        let json = r#"[ {"role" : "user", "content":"a@b.io", "n":1.50,"parts":["x", {"text":"y\u00e9"}]} ]"#;
+        let mut seen = vec![];
+        let out = rewrite_strings(json, Some("messages"), &mut |key, value| {
+            seen.push((key.map(str::to_owned), value.to_owned()));
+            (value == "a@b.io").then(|| "[EMAIL_1]".to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"[ {"role" : "user", "content":"[EMAIL_1]", "n":1.50,"parts":["x", {"text":"y\u00e9"}]} ]"#
+        );
+        let keys: Vec<_> = seen
+            .iter()
+            .map(|(k, _)| k.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(keys, ["role", "content", "parts", "text"]);
+        assert_eq!(seen[3].1, "yé");
+        assert!(rewrite_strings(json, None, &mut |_, _| None).is_none());
+        // A top-level string has the top key.
+        let out = rewrite_strings(r#""hi""#, Some("system"), &mut |k, _| {
+            assert_eq!(k, Some("system"));
+            Some("a\"b".into())
+        });
+        assert_eq!(out.unwrap(), r#""a\"b""#);
+    }
+}
