@@ -149,20 +149,23 @@ impl Detector {
                 }
             }
         }
-        if found.is_empty() {
-            return Vec::new();
-        }
-        // The better kind first, then the earlier and the longer match; a
-        // match overlapping one already taken is dropped.
-        found.sort_unstable_by_key(|(rank, m)| (*rank, m.start, usize::MAX - m.end));
-        let mut taken: BTreeMap<usize, Match> = BTreeMap::new();
-        for (_, m) in found {
-            let before = taken.range(..m.end).next_back();
-            if before.is_none_or(|(_, kept)| kept.end <= m.start) {
-                taken.insert(m.start, m);
+        // In order of start; where two overlap, the better-ranked kind
+        // keeps the span (the longer one on a tie). One sort and one sweep:
+        // linear after sorting, whatever the text.
+        found.sort_unstable_by_key(|(rank, m)| (m.start, *rank, usize::MAX - m.end));
+        let mut kept: Vec<(u8, Match)> = Vec::with_capacity(found.len());
+        for (rank, m) in found {
+            match kept.last_mut() {
+                Some((r, last)) if last.end > m.start => {
+                    if rank < *r || (rank == *r && m.end - m.start > last.end - last.start) {
+                        *r = rank;
+                        *last = m;
+                    }
+                }
+                _ => kept.push((rank, m)),
             }
         }
-        taken.into_values().collect()
+        kept.into_iter().map(|(_, m)| m).collect()
     }
 }
 
@@ -773,12 +776,14 @@ impl Mask {
 /// leave it.
 #[derive(Debug, Clone, Default)]
 pub struct Vault {
-    /// Placeholder -> original.
-    originals: HashMap<String, String>,
-    /// (kind name, original) -> placeholder.
-    placeholders: HashMap<(String, String), String>,
+    /// (placeholder, original), in the order they were made.
+    entries: Vec<(String, String)>,
+    /// `kind` NUL `original` -> entry.
+    by_value: HashMap<String, usize>,
+    /// Placeholder -> entry.
+    by_placeholder: HashMap<String, usize>,
     /// Distinct values so far by placeholder stem, for numbering.
-    numbers: HashMap<String, u32>,
+    numbers: Vec<(String, u32)>,
     /// Occurrences by kind name.
     counts: BTreeMap<String, u32>,
     /// The longest placeholder, in bytes.
@@ -794,17 +799,30 @@ impl Vault {
     /// The placeholder for `original` of a kind, made on first sight.
     pub fn placeholder(&mut self, kind: &str, stem: &str, original: &str) -> &str {
         *self.counts.entry(kind.to_owned()).or_default() += 1;
-        let key = (kind.to_owned(), original.to_owned());
-        if !self.placeholders.contains_key(&key) {
-            let n = self.numbers.entry(stem.to_owned()).or_default();
-            *n += 1;
-            let placeholder = format!("[{stem}_{n}]");
-            self.longest = self.longest.max(placeholder.len());
-            self.originals
-                .insert(placeholder.clone(), original.to_owned());
-            self.placeholders.insert(key.clone(), placeholder);
-        }
-        &self.placeholders[&key]
+        let key = format!("{kind}\0{original}");
+        let index = match self.by_value.get(&key) {
+            Some(&i) => i,
+            None => {
+                let n = match self.numbers.iter_mut().find(|(s, _)| s == stem) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        self.numbers.push((stem.to_owned(), 1));
+                        1
+                    }
+                };
+                let placeholder = format!("[{stem}_{n}]");
+                self.longest = self.longest.max(placeholder.len());
+                let i = self.entries.len();
+                self.by_placeholder.insert(placeholder.clone(), i);
+                self.by_value.insert(key, i);
+                self.entries.push((placeholder, original.to_owned()));
+                i
+            }
+        };
+        &self.entries[index].0
     }
 
     /// Occurrences found, by kind name.
@@ -819,17 +837,18 @@ impl Vault {
 
     /// The original behind a placeholder.
     pub fn original(&self, placeholder: &str) -> Option<&str> {
-        self.originals.get(placeholder).map(String::as_str)
+        let &i = self.by_placeholder.get(placeholder)?;
+        Some(&self.entries[i].1)
     }
 
     /// Whether `tail` could still grow into a placeholder.
     fn could_become(&self, tail: &str) -> bool {
-        tail.len() < self.longest && self.originals.keys().any(|p| p.starts_with(tail))
+        tail.len() < self.longest && self.entries.iter().any(|(p, _)| p.starts_with(tail))
     }
 
     /// Replaces every whole placeholder in `text`.
     pub fn restore_all(&self, text: &str, escape: Escape) -> Option<String> {
-        if self.originals.is_empty() || !text.contains('[') {
+        if self.entries.is_empty() || !text.contains('[') {
             return None;
         }
         let mut r = Restorer::new(escape);
