@@ -484,10 +484,10 @@ impl<'a> Prepared<'a> {
                 .parse_field::<Option<BTreeMap<String, serde_json::Value>>>("metadata")
                 .ok()
                 .flatten()?
-                .remove(name)?
+                .get(name)?
                 .as_str()
                 .map(str::to_owned),
-            Request::Ingress(r) => r.metadata().remove(name),
+            Request::Ingress(r) => r.metadata().get(name).cloned(),
             Request::Embeddings(_) => None,
         }
     }

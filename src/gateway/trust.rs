@@ -121,7 +121,7 @@ pub fn screen<'a>(
             return (prepared, Err(e));
         }
     };
-    decided.pii_found = vault.counts().clone();
+    decided.pii_found = vault.take_counts();
     let Some(body) = redacted else {
         prepared.trust = decided;
         return (prepared, Ok(()));

@@ -67,6 +67,9 @@ enum Scanner {
     },
 }
 
+/// Where a scanner reports a match (start and end byte offsets).
+type Push<'a> = &'a mut dyn FnMut(usize, usize);
+
 /// A span of text found to be personal data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Match {
@@ -127,34 +130,51 @@ impl Detector {
     /// The matches in `text`, in order, none overlapping.
     pub fn find(&self, text: &str) -> Vec<Match> {
         let bytes = text.as_bytes();
-        let mut found: Vec<(u8, Match)> = Vec::new();
+        // One list per scanner (each in order of start), merged below.
+        let mut lists: Vec<(u8, Vec<Match>)> = Vec::new();
         for (kind, spec) in self.kinds.iter().enumerate() {
-            let mut push = |start: usize, end: usize| {
-                found.push((spec.rank, Match { start, end, kind }));
+            let mut scan = |f: &mut dyn FnMut(Push<'_>)| {
+                let mut found = Vec::new();
+                f(&mut |start, end| found.push(Match { start, end, kind }));
+                if !found.is_empty() {
+                    lists.push((spec.rank, found));
+                }
             };
             match &spec.scanner {
-                Scanner::Email => scan_emails(bytes, &mut push),
-                Scanner::Phone => scan_phones(bytes, &mut push),
-                Scanner::Card => scan_cards(bytes, &mut push),
-                Scanner::Iban => scan_ibans(bytes, &mut push),
-                Scanner::Ssn => scan_ssns(bytes, &mut push),
-                Scanner::Ip => scan_ips(bytes, &mut push),
+                Scanner::Email => scan(&mut |push| scan_emails(bytes, push)),
+                Scanner::Phone => scan(&mut |push| scan_phones(bytes, push)),
+                Scanner::Card => scan(&mut |push| scan_cards(bytes, push)),
+                Scanner::Iban => scan(&mut |push| scan_ibans(bytes, push)),
+                Scanner::Ssn => scan(&mut |push| scan_ssns(bytes, push)),
+                Scanner::Ip => scan(&mut |push| scan_ips(bytes, push)),
                 Scanner::Custom { masks, terms } => {
                     for mask in masks {
-                        mask.scan(bytes, &mut push);
+                        scan(&mut |push| mask.scan(bytes, push));
                     }
                     for term in terms {
-                        scan_term(bytes, term.as_bytes(), &mut push);
+                        scan(&mut |push| scan_term(bytes, term.as_bytes(), push));
                     }
                 }
             }
         }
-        // In order of start; where two overlap, the better-ranked kind
-        // keeps the span (the longer one on a tie). One sort and one sweep:
-        // linear after sorting, whatever the text.
-        found.sort_unstable_by_key(|(rank, m)| (m.start, *rank, usize::MAX - m.end));
-        let mut kept: Vec<(u8, Match)> = Vec::with_capacity(found.len());
-        for (rank, m) in found {
+        // Merge the lists by start; where two matches overlap, the
+        // better-ranked kind keeps the span (the longer one on a tie).
+        // Linear in the matches times the (few) lists, whatever the text.
+        let mut next = vec![0usize; lists.len()];
+        let mut kept: Vec<(u8, Match)> = Vec::new();
+        loop {
+            let mut best: Option<(usize, (usize, u8, usize))> = None;
+            for (l, (rank, list)) in lists.iter().enumerate() {
+                if let Some(m) = list.get(next[l]) {
+                    let key = (m.start, *rank, usize::MAX - m.end);
+                    if best.is_none_or(|(_, k)| key < k) {
+                        best = Some((l, key));
+                    }
+                }
+            }
+            let Some((l, _)) = best else { break };
+            let (rank, m) = (lists[l].0, lists[l].1[next[l]]);
+            next[l] += 1;
             match kept.last_mut() {
                 Some((r, last)) if last.end > m.start => {
                     if rank < *r || (rank == *r && m.end - m.start > last.end - last.start) {
@@ -828,6 +848,11 @@ impl Vault {
     /// Occurrences found, by kind name.
     pub fn counts(&self) -> &BTreeMap<String, u32> {
         &self.counts
+    }
+
+    /// Takes the counts out (for the usage log), leaving none.
+    pub fn take_counts(&mut self) -> BTreeMap<String, u32> {
+        std::mem::take(&mut self.counts)
     }
 
     /// Whether nothing was found.
