@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::gateway::{AdminRoute, Reply};
 use crate::keys;
-use crate::limits::{Auth, Command, KeyPatch, KeyRecord, KeySettings, KeyView, Reply as KeyReply};
+use crate::limits::{
+    Auth, Command, KeyPatch, KeyRecord, KeySettings, KeyView, Reply as KeyReply, check_trust,
+};
 
 /// Secret that guards `/admin/*`.
 const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
@@ -33,6 +35,10 @@ pub(super) async fn handle(
         (AdminRoute::Keys, _) => list_keys(env).await,
         (AdminRoute::Key(id), "PATCH") => {
             let patch: KeyPatch = parse_json(&read_body(req.inner()).await?)?;
+            check_trust(
+                patch.data_class.clone().flatten().as_deref(),
+                patch.pii.as_ref().and_then(Option::as_ref),
+            )?;
             change_key(env, &id, Command::Update { patch }).await
         }
         (AdminRoute::Key(id), "DELETE") | (AdminRoute::RevokeKey(id), _) => {
@@ -117,6 +123,7 @@ async fn create_key(req: &mut Request, env: &Env) -> Result<Reply, GatewayError>
             param: Some("name".into()),
         });
     }
+    check_trust(settings.data_class.as_deref(), settings.pii.as_ref())?;
     let (id, secret) = keys::new_virtual_key(&random()?);
     let now = super::now_ms();
     let record = KeyRecord {

@@ -44,7 +44,7 @@ pub use lease::{
     Charge, Grant, Headroom, KeySnapshot, LeaseAsk, LeaseDone, MAX_LEASE_TTL_MS, Source, Sync,
 };
 pub use money::{CACHE_WRITE_MARKUP, Money, Pricing, Tokens};
-pub use record::{Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits};
+pub use record::{Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits, check_trust};
 pub use store::Row;
 
 use crate::keys::constant_time_eq;

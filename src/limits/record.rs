@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::money::Money;
 use crate::config::PiiPolicy;
+use crate::error::GatewayError;
 
 /// Request and token rate limits; `None` is unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +176,31 @@ fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Checks a key's trust settings: a data class and PII kinds are names
+/// (whether the config knows them is decided per request, failing closed).
+pub fn check_trust(data_class: Option<&str>, pii: Option<&PiiPolicy>) -> Result<(), GatewayError> {
+    if let Some(c) = data_class
+        && !crate::config::is_name(c)
+    {
+        return Err(GatewayError::InvalidRequest {
+            message: format!(
+                "`data_class` must be a class name (lower-case letters, digits, _ or -), got {c:?}."
+            ),
+            param: Some("data_class".into()),
+        });
+    }
+    if let Some(kind) = pii
+        .and_then(|p| p.kinds.as_ref())
+        .and_then(|k| k.iter().find(|k| !crate::config::is_name(k)))
+    {
+        return Err(GatewayError::InvalidRequest {
+            message: format!("`pii.kinds` holds {kind:?}, which is not a kind name."),
+            param: Some("pii".into()),
+        });
+    }
+    Ok(())
+}
+
 impl KeySettings {
     /// Applies a patch.
     pub fn apply(&mut self, p: KeyPatch) {
@@ -314,5 +340,22 @@ mod tests {
         let json = serde_json::to_string(&KeyView::from(&r)).unwrap();
         assert!(!json.contains("deadbeef"), "{json}");
         assert!(json.contains("\"object\":\"gateway.key\""));
+    }
+
+    #[test]
+    fn trust_settings_need_well_formed_names() {
+        assert!(check_trust(Some("phi"), None).is_ok());
+        assert!(check_trust(Some("PHI class"), None).is_err());
+        let policy = |kind: &str| PiiPolicy {
+            mode: crate::config::PiiMode::Redact,
+            kinds: Some(vec![kind.to_owned()]),
+        };
+        assert!(check_trust(None, Some(&policy("email"))).is_ok());
+        assert!(check_trust(None, Some(&policy("e mail"))).is_err());
+        let patch: KeyPatch =
+            serde_json::from_str(r#"{"data_class":"phi","pii":{"mode":"restore"}}"#).unwrap();
+        assert_eq!(patch.data_class, Some(Some("phi".to_owned())));
+        let cleared: KeyPatch = serde_json::from_str(r#"{"data_class":null,"pii":null}"#).unwrap();
+        assert_eq!((cleared.data_class, cleared.pii), (Some(None), Some(None)));
     }
 }
