@@ -96,9 +96,11 @@ thread_local! {
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let request_id = new_request_id();
+    let url = req.url();
+    let path = path_of(&url);
     // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
-    let ingress = Ingress::of_path(path_of(&req.url()));
-    let reply = match handle(req, &env, &ctx, &request_id).await {
+    let ingress = Ingress::of_path(path);
+    let reply = match handle(req, path, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
@@ -112,14 +114,13 @@ type RawRequest = web_sys::Request;
 
 async fn handle(
     req: RawRequest,
+    path: &str,
     env: &Env,
     ctx: &Context,
     request_id: &str,
 ) -> Result<Reply, GatewayError> {
     // 1. route
     let method = req.method();
-    let url = req.url();
-    let path = path_of(&url);
     let route = gateway::route(&method, path)?;
     match route {
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
