@@ -7,7 +7,9 @@
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
-//! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
+//! - `pipe`           — the rest of a committed pass-through stream, piped by
+//!   a small JavaScript reader (no chunk crosses into wasm)
+//! - `upstream`       — [`crate::http::Upstream`] over the runtime's `fetch`
 
 mod accounting;
 mod admin;
