@@ -268,7 +268,10 @@ async fn chat(
     });
     let streaming = prepared.stream();
     let routed = prepared.route(&gctx, &caller);
-    let dispatched = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end));
+    let fetcher = upstream::FetchUpstream {
+        abortable: overlap.is_some(),
+    };
+    let dispatched = gateway::dispatch(&fetcher, &gctx, &prepared, Some(on_end));
     let (admitted, result) = match (routed, admitted, overlap) {
         (Err(e), admitted, _) => (admitted, Err(e)),
         (Ok(()), Some(a), _) => (Some(a), dispatched.await),

@@ -25,7 +25,14 @@ use crate::http::{
 };
 
 /// Sends provider requests with the runtime's `fetch`.
-pub(super) struct FetchUpstream;
+pub(super) struct FetchUpstream {
+    /// Whether a whole answer may be abandoned before its deadline (an
+    /// admission that runs beside it may refuse): its fetch then gets an
+    /// abort controller. Otherwise only the deadline ends it, and the
+    /// runtime's timeout signal alone does (no controller, no combined
+    /// signal: three objects fewer per request).
+    pub(super) abortable: bool,
+}
 
 /// Aborts the fetch when dropped unless disarmed: a request abandoned by a
 /// timeout, by failover or by a client that went away stops at once instead
@@ -74,7 +81,7 @@ fn js_error(e: worker::wasm_bindgen::JsValue) -> String {
 
 impl Upstream for FetchUpstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
-        fetch(req, None).await
+        fetch(req, None, true).await
     }
 
     fn enforces_deadlines(&self) -> bool {
@@ -82,7 +89,7 @@ impl Upstream for FetchUpstream {
     }
 
     async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
-        fetch(req, Some(ms)).await
+        fetch(req, Some(ms), self.abortable).await
     }
 
     fn sleep(&self, ms: u64) -> Sleep {
@@ -101,39 +108,56 @@ fn transport_error(e: worker::wasm_bindgen::JsValue) -> String {
     js_error(e)
 }
 
-/// An abort signal that also fires after `ms`: the runtime's own timer
-/// (`AbortSignal.timeout`), with no task or closure of ours behind it. The
-/// two static functions are looked up once per isolate.
-fn with_timeout(signal: &web_sys::AbortSignal, ms: u64) -> Result<web_sys::AbortSignal, String> {
+/// `AbortSignal.timeout` and `AbortSignal.any`, looked up once per isolate.
+fn signal_statics() -> Result<(js_sys::Function, js_sys::Function, JsValue), String> {
     thread_local! {
         static STATICS: std::cell::OnceCell<Option<(js_sys::Function, js_sys::Function, JsValue)>> =
             const { std::cell::OnceCell::new() };
     }
-    let statics = STATICS.with(|s| {
-        s.get_or_init(|| {
-            let class = js_sys::Reflect::get(&js_sys::global(), &"AbortSignal".into()).ok()?;
-            let f = |name: &str| -> Option<js_sys::Function> {
-                js_sys::Reflect::get(&class, &name.into())
-                    .ok()?
-                    .dyn_into()
-                    .ok()
-            };
-            Some((f("timeout")?, f("any")?, class))
+    STATICS
+        .with(|s| {
+            s.get_or_init(|| {
+                let class = js_sys::Reflect::get(&js_sys::global(), &"AbortSignal".into()).ok()?;
+                let f = |name: &str| -> Option<js_sys::Function> {
+                    js_sys::Reflect::get(&class, &name.into())
+                        .ok()?
+                        .dyn_into()
+                        .ok()
+                };
+                Some((f("timeout")?, f("any")?, class))
+            })
+            .clone()
         })
-        .clone()
-    });
-    let (timeout, any, class) = statics.ok_or("AbortSignal.timeout is not available")?;
-    let timer = timeout
+        .ok_or_else(|| "AbortSignal.timeout is not available".to_owned())
+}
+
+/// A signal that fires after `ms`: the runtime's own timer, with no task or
+/// closure of ours behind it.
+fn timeout_signal(ms: u64) -> Result<web_sys::AbortSignal, String> {
+    let (timeout, _, class) = signal_statics()?;
+    Ok(timeout
         .call1(&class, &(ms as f64).into())
-        .map_err(js_error)?;
+        .map_err(js_error)?
+        .unchecked_into())
+}
+
+/// `signal`, or the runtime's timer after `ms`, whichever fires first.
+fn with_timeout(signal: &web_sys::AbortSignal, ms: u64) -> Result<web_sys::AbortSignal, String> {
+    let (_, any, class) = signal_statics()?;
+    let timer = timeout_signal(ms)?;
     let both = any
         .call1(&class, &js_sys::Array::of2(signal, &timer))
         .map_err(js_error)?;
     Ok(both.unchecked_into())
 }
 
-/// One fetch; `deadline`: the whole answer must arrive within it (ms).
-async fn fetch(req: UpstreamRequest, deadline: Option<u64>) -> Result<UpstreamResponse, String> {
+/// One fetch; `deadline`: the whole answer must arrive within it (ms);
+/// `abortable`: dropping it aborts it.
+async fn fetch(
+    req: UpstreamRequest,
+    deadline: Option<u64>,
+    abortable: bool,
+) -> Result<UpstreamResponse, String> {
     // Adapters ask for streams with `accept: text/event-stream`.
     let wants_stream = req
         .headers
@@ -149,16 +173,27 @@ async fn fetch(req: UpstreamRequest, deadline: Option<u64>) -> Result<UpstreamRe
     if !req.body.is_empty() {
         init.set_body(&Uint8Array::from(req.body.as_slice()));
     }
-    let controller = AbortController::new().map_err(js_error)?;
-    match deadline {
-        Some(ms) => init.set_signal(Some(&with_timeout(&controller.signal(), ms)?)),
-        None => init.set_signal(Some(&controller.signal())),
-    }
-    let mut guard = AbortOnDrop(Some(controller));
+    let controller = match deadline {
+        Some(ms) if !abortable => {
+            init.set_signal(Some(&timeout_signal(ms)?));
+            None
+        }
+        Some(ms) => {
+            let c = AbortController::new().map_err(js_error)?;
+            init.set_signal(Some(&with_timeout(&c.signal(), ms)?));
+            Some(c)
+        }
+        None => {
+            let c = AbortController::new().map_err(js_error)?;
+            init.set_signal(Some(&c.signal()));
+            Some(c)
+        }
+    };
+    let mut guard = AbortOnDrop(controller);
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let resp: web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&req.url, &init))
         .await
-        .map_err(js_error)?
+        .map_err(transport_error)?
         .unchecked_into();
     let status = resp.status();
     // The core reads these headers of failures only (`Retry-After`):
