@@ -40,6 +40,23 @@ pub struct UpstreamResponse {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: ByteStream,
+    /// The runtime's own handle on the body, when it has one (the edge's;
+    /// `None` in tests and for the in-worker demo model).
+    pub native: Option<NativeBody>,
+}
+
+/// Takes a response body back from [`UpstreamResponse::body`] in the
+/// runtime's own form: once nothing in the rest of a stream needs
+/// translating, the edge pipes it to the client without carrying every
+/// chunk into Rust and back. Called at most once; after it, `body` yields
+/// nothing more. `None` when the body cannot be handed over.
+pub struct NativeBody(pub Box<dyn FnOnce() -> Option<Box<dyn std::any::Any>>>);
+
+impl NativeBody {
+    /// Hands the body over.
+    pub fn detach(self) -> Option<Box<dyn std::any::Any>> {
+        (self.0)()
+    }
 }
 
 impl UpstreamResponse {
@@ -93,4 +110,20 @@ pub trait Upstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String>;
     /// Completes after `ms` milliseconds.
     fn sleep(&self, ms: u64) -> Sleep;
+    /// Whether [`Upstream::send_until`] enforces its deadline itself: the
+    /// core then sets no timer of its own for a whole answer.
+    fn enforces_deadlines(&self) -> bool {
+        false
+    }
+    /// Sends a request whose whole answer, body included, must arrive
+    /// within `ms`: past it, the send or the body's read fails with
+    /// [`DEADLINE_PASSED`]. The default ignores `ms` (the caller times it).
+    async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
+        let _ = ms;
+        self.send(req).await
+    }
 }
+
+/// The transport error of a request past its [`Upstream::send_until`]
+/// deadline.
+pub const DEADLINE_PASSED: &str = "deadline passed";

@@ -26,14 +26,17 @@
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
 //!   data residency, capabilities, strategies, per-target health (breaker,
 //!   429 cooling, time-to-first-byte EWMA).
-//! - [`limits`]    — the per-key state machine its Durable Object runs: key
-//!   records, sliding rate windows, budgets reserved then settled in exact
-//!   picodollars, usage rollups; time passed in.
+//! - [`limits`]    — the per-key state machine its Durable Object runs (key
+//!   records, one-second-bucket rate windows, budgets reserved then settled
+//!   in exact picodollars, leases on slices of the limits, usage rollups,
+//!   stored as rows), and the isolate's side (`limits::local`: admission
+//!   from leases, settlements in batches); time passed in.
 //! - [`gateway`]   — the request path as plain async Rust over the
 //!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts and
-//!   failover, stream commit at the first token, settlement.
+//!   failover, stream commit at the first token (then, for a stream with
+//!   nothing to translate, the rest handed to the runtime), settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
-//!   types, timers.
+//!   types, timers and deadlines, the runtime's handle on a body.
 //! - [`trust`]     — what a request may carry and where it may go: body
 //!   shape limits, parameter types and ranges, PII detection, redaction and
 //!   restoration, the provider-request header allow-list, request ids, CORS
@@ -41,8 +44,9 @@
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
-//!   path, the admin API, the KV config cache, the per-key Durable Object,
-//!   outbound fetch with abort.
+//!   path, admission and batched accounting, the admin API, the KV config
+//!   cache, the per-key Durable Object, outbound fetch with abort, the
+//!   runtime-side pipe of committed streams.
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 

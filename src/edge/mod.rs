@@ -7,13 +7,16 @@
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
-//! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
+//! - `pipe`           — the rest of a committed pass-through stream, piped by
+//!   a small JavaScript reader (no chunk crosses into wasm)
+//! - `upstream`       — [`crate::http::Upstream`] over the runtime's `fetch`
 
 mod accounting;
 mod admin;
 mod config_cache;
 mod key_client;
 mod key_object;
+mod pipe;
 mod upstream;
 
 use std::cell::RefCell;
@@ -98,9 +101,11 @@ async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<
     // Trust: a client's request id in a safe format is kept; the Origin is
     // read only while CORS may be on (trust::headers).
     let (request_id, origin) = request_id_and_origin(&req);
+    let url = req.url();
+    let path = path_of(&url);
     // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
-    let ingress = Ingress::of_path(path_of(&req.url()));
-    let reply = match handle(req, &env, &ctx, &request_id).await {
+    let ingress = Ingress::of_path(path);
+    let reply = match handle(req, path, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
@@ -162,14 +167,13 @@ type RawRequest = web_sys::Request;
 
 async fn handle(
     req: RawRequest,
+    path: &str,
     env: &Env,
     ctx: &Context,
     request_id: &str,
 ) -> Result<Reply, GatewayError> {
     // 1. route
     let method = req.method();
-    let url = req.url();
-    let path = path_of(&url);
     // CORS preflight (trust): answered only for the config's origins.
     if method == "OPTIONS"
         && let Some(reply) = preflight(&req, env, path).await
@@ -337,7 +341,10 @@ async fn chat(
     );
     let streaming = prepared.stream();
     let routed = screened.and_then(|()| prepared.route(&gctx, &caller));
-    let dispatched = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end));
+    let fetcher = upstream::FetchUpstream {
+        abortable: overlap.is_some(),
+    };
+    let dispatched = gateway::dispatch(&fetcher, &gctx, &prepared, Some(on_end));
     let (admitted, result) = match (routed, admitted, overlap) {
         (Err(e), admitted, _) => (admitted, Err(e)),
         (Ok(()), Some(a), _) => (Some(a), dispatched.await),
@@ -379,7 +386,7 @@ async fn chat(
     let mut reply = match result {
         Ok(reply) => {
             pending.served = reply.served.clone();
-            if matches!(reply.body, ReplyBody::Stream(_)) {
+            if matches!(reply.body, ReplyBody::Stream(_) | ReplyBody::Native(_)) {
                 ctx.wait_until(async move {
                     let outcome = end_rx.await.ok();
                     let complete = outcome.as_ref().is_some_and(|o| o.complete);
@@ -690,6 +697,12 @@ fn into_response(reply: Reply, request_id: &str) -> worker::Result<web_sys::Resp
                 Some(raw.unchecked_ref()),
                 &init,
             )?
+        }
+        ReplyBody::Native(native) => {
+            let raw = pipe::pipe(native).ok_or_else(|| {
+                worker::Error::RustError("a stream was handed over in a foreign form".into())
+            })?;
+            web_sys::Response::new_with_opt_readable_stream_and_init(Some(&raw), &init)?
         }
     };
     Ok(response)

@@ -7,21 +7,32 @@
 //! instead of one `arrayBuffer()`), and `scripts/bench`'s profile showed
 //! them (tests/bench/README.md, "Where the CPU goes").
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures::stream;
 use worker::Delay;
 use worker::js_sys::{self, Uint8Array};
-use worker::wasm_bindgen::JsCast;
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController};
 
 use crate::http::{
-    ByteStream, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse,
+    ByteStream, DEADLINE_PASSED, NativeBody, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest,
+    UpstreamResponse,
 };
 
 /// Sends provider requests with the runtime's `fetch`.
-pub(super) struct FetchUpstream;
+pub(super) struct FetchUpstream {
+    /// Whether a whole answer may be abandoned before its deadline (an
+    /// admission that runs beside it may refuse): its fetch then gets an
+    /// abort controller. Otherwise only the deadline ends it, and the
+    /// runtime's timeout signal alone does (no controller, no combined
+    /// signal: three objects fewer per request).
+    pub(super) abortable: bool,
+}
 
 /// Aborts the fetch when dropped unless disarmed: a request abandoned by a
 /// timeout, by failover or by a client that went away stops at once instead
@@ -34,6 +45,20 @@ impl AbortOnDrop {
     pub(super) fn disarm(&mut self) {
         self.0 = None;
     }
+
+    /// The controller, for whoever aborts the fetch from now on.
+    pub(super) fn take(&mut self) -> Option<AbortController> {
+        self.0.take()
+    }
+}
+
+/// A response body handed back to the edge ([`crate::http::NativeBody`]):
+/// its reader, read on from where the gateway stopped, and the abort of its
+/// fetch. The reader itself changes hands: releasing its lock would cost a
+/// rejected promise and an error object with a stack trace.
+pub(super) struct NativeParts {
+    pub(super) reader: web_sys::ReadableStreamDefaultReader,
+    pub(super) guard: AbortOnDrop,
 }
 
 impl Drop for AbortOnDrop {
@@ -56,72 +81,15 @@ fn js_error(e: worker::wasm_bindgen::JsValue) -> String {
 
 impl Upstream for FetchUpstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
-        // Adapters ask for streams with `accept: text/event-stream`.
-        let wants_stream = req
-            .headers
-            .iter()
-            .any(|(k, v)| k == "accept" && v.contains("text/event-stream"));
-        let headers = web_sys::Headers::new().map_err(js_error)?;
-        for (name, value) in &req.headers {
-            headers.set(name, value).map_err(js_error)?;
-        }
-        let init = web_sys::RequestInit::new();
-        init.set_method(req.method);
-        init.set_headers(&headers);
-        if !req.body.is_empty() {
-            init.set_body(&Uint8Array::from(req.body.as_slice()));
-        }
-        let controller = AbortController::new().map_err(js_error)?;
-        init.set_signal(Some(&controller.signal()));
-        let mut guard = AbortOnDrop(Some(controller));
-        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        let resp: web_sys::Response =
-            JsFuture::from(global.fetch_with_str_and_init(&req.url, &init))
-                .await
-                .map_err(js_error)?
-                .unchecked_into();
-        let status = resp.status();
-        // The core reads these headers of failures only (`Retry-After`):
-        // a success costs no header lookup.
-        let headers = if (200..300).contains(&status) {
-            Vec::new()
-        } else {
-            let resp_headers = resp.headers();
-            UPSTREAM_HEADERS
-                .iter()
-                .filter_map(|&name| {
-                    let value = resp_headers.get(name).ok().flatten()?;
-                    Some((name.to_owned(), value))
-                })
-                .collect()
-        };
-        // The body owns the guard: dropping it early aborts the fetch.
-        let streamed = if wants_stream { resp.body() } else { None };
-        let body: ByteStream = match streamed {
-            Some(raw) => {
-                let chunks =
-                    wasm_streams::ReadableStream::from_raw(raw.unchecked_into()).into_stream();
-                Box::pin(ChunkStream {
-                    chunks,
-                    guard: Some(guard),
-                })
-            }
-            _ => {
-                // A whole answer in one `arrayBuffer()`: one copy across the
-                // boundary, no reader, no promise per chunk.
-                Box::pin(stream::once(async move {
-                    let buf = resp.array_buffer().map_err(js_error)?;
-                    let buf = JsFuture::from(buf).await.map_err(js_error)?;
-                    guard.disarm();
-                    Ok(Uint8Array::new(&buf).to_vec())
-                }))
-            }
-        };
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body,
-        })
+        fetch(req, None, true).await
+    }
+
+    fn enforces_deadlines(&self) -> bool {
+        true
+    }
+
+    async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
+        fetch(req, Some(ms), self.abortable).await
     }
 
     fn sleep(&self, ms: u64) -> Sleep {
@@ -129,10 +97,183 @@ impl Upstream for FetchUpstream {
     }
 }
 
+/// The runtime's error, or [`DEADLINE_PASSED`] when it is the timeout's.
+fn transport_error(e: worker::wasm_bindgen::JsValue) -> String {
+    let name = js_sys::Reflect::get(&e, &"name".into())
+        .ok()
+        .and_then(|n| n.as_string());
+    if name.as_deref() == Some("TimeoutError") {
+        return DEADLINE_PASSED.to_owned();
+    }
+    js_error(e)
+}
+
+/// `AbortSignal.timeout` and `AbortSignal.any`, looked up once per isolate.
+fn signal_statics() -> Result<(js_sys::Function, js_sys::Function, JsValue), String> {
+    thread_local! {
+        static STATICS: std::cell::OnceCell<Option<(js_sys::Function, js_sys::Function, JsValue)>> =
+            const { std::cell::OnceCell::new() };
+    }
+    STATICS
+        .with(|s| {
+            s.get_or_init(|| {
+                let class = js_sys::Reflect::get(&js_sys::global(), &"AbortSignal".into()).ok()?;
+                let f = |name: &str| -> Option<js_sys::Function> {
+                    js_sys::Reflect::get(&class, &name.into())
+                        .ok()?
+                        .dyn_into()
+                        .ok()
+                };
+                Some((f("timeout")?, f("any")?, class))
+            })
+            .clone()
+        })
+        .ok_or_else(|| "AbortSignal.timeout is not available".to_owned())
+}
+
+/// A signal that fires after `ms`: the runtime's own timer, with no task or
+/// closure of ours behind it.
+fn timeout_signal(ms: u64) -> Result<web_sys::AbortSignal, String> {
+    let (timeout, _, class) = signal_statics()?;
+    Ok(timeout
+        .call1(&class, &(ms as f64).into())
+        .map_err(js_error)?
+        .unchecked_into())
+}
+
+/// `signal`, or the runtime's timer after `ms`, whichever fires first.
+fn with_timeout(signal: &web_sys::AbortSignal, ms: u64) -> Result<web_sys::AbortSignal, String> {
+    let (_, any, class) = signal_statics()?;
+    let timer = timeout_signal(ms)?;
+    let both = any
+        .call1(&class, &js_sys::Array::of2(signal, &timer))
+        .map_err(js_error)?;
+    Ok(both.unchecked_into())
+}
+
+/// One fetch; `deadline`: the whole answer must arrive within it (ms);
+/// `abortable`: dropping it aborts it.
+async fn fetch(
+    req: UpstreamRequest,
+    deadline: Option<u64>,
+    abortable: bool,
+) -> Result<UpstreamResponse, String> {
+    // Adapters ask for streams with `accept: text/event-stream`.
+    let wants_stream = req
+        .headers
+        .iter()
+        .any(|(k, v)| k == "accept" && v.contains("text/event-stream"));
+    let headers = web_sys::Headers::new().map_err(js_error)?;
+    for (name, value) in &req.headers {
+        headers.set(name, value).map_err(js_error)?;
+    }
+    let init = web_sys::RequestInit::new();
+    init.set_method(req.method);
+    init.set_headers(&headers);
+    if !req.body.is_empty() {
+        init.set_body(&Uint8Array::from(req.body.as_slice()));
+    }
+    let controller = match deadline {
+        Some(ms) if !abortable => {
+            init.set_signal(Some(&timeout_signal(ms)?));
+            None
+        }
+        Some(ms) => {
+            let c = AbortController::new().map_err(js_error)?;
+            init.set_signal(Some(&with_timeout(&c.signal(), ms)?));
+            Some(c)
+        }
+        None => {
+            let c = AbortController::new().map_err(js_error)?;
+            init.set_signal(Some(&c.signal()));
+            Some(c)
+        }
+    };
+    let mut guard = AbortOnDrop(controller);
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let resp: web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&req.url, &init))
+        .await
+        .map_err(transport_error)?
+        .unchecked_into();
+    let status = resp.status();
+    // The core reads these headers of failures only (`Retry-After`):
+    // a success costs no header lookup.
+    let headers = if (200..300).contains(&status) {
+        Vec::new()
+    } else {
+        let resp_headers = resp.headers();
+        UPSTREAM_HEADERS
+            .iter()
+            .filter_map(|&name| {
+                let value = resp_headers.get(name).ok().flatten()?;
+                Some((name.to_owned(), value))
+            })
+            .collect()
+    };
+    // The body owns the guard: dropping it early aborts the fetch.
+    let streamed = if wants_stream { resp.body() } else { None };
+    let mut native = None;
+    let body: ByteStream = match streamed {
+        Some(raw) => {
+            let reader: web_sys::ReadableStreamDefaultReader = raw.get_reader().unchecked_into();
+            let shared = Rc::new(RefCell::new(Some(Reading {
+                reader,
+                guard,
+                busy: false,
+            })));
+            native = Some(detach_handle(shared.clone()));
+            Box::pin(ChunkStream {
+                shared,
+                pending: None,
+            })
+        }
+        None => {
+            // A whole answer in one `arrayBuffer()`: one copy across the
+            // boundary, no reader, no promise per chunk.
+            Box::pin(stream::once(async move {
+                let buf = resp.array_buffer().map_err(js_error)?;
+                let buf = JsFuture::from(buf).await.map_err(transport_error)?;
+                guard.disarm();
+                Ok(Uint8Array::new(&buf).to_vec())
+            }))
+        }
+    };
+    Ok(UpstreamResponse {
+        status,
+        headers,
+        body,
+        native,
+    })
+}
+
+/// A streamed body being read: its reader (locked) and its abort.
+struct Reading {
+    reader: web_sys::ReadableStreamDefaultReader,
+    guard: AbortOnDrop,
+    /// A read is pending (the reader cannot be released then).
+    busy: bool,
+}
+
+/// Hands the body over: its reader and abort, unless a read is pending.
+/// The chunk stream then ends.
+fn detach_handle(shared: Rc<RefCell<Option<Reading>>>) -> NativeBody {
+    NativeBody(Box::new(move || {
+        let mut slot = shared.borrow_mut();
+        if slot.as_ref().is_none_or(|r| r.busy) {
+            return None;
+        }
+        let r = slot.take()?;
+        Some(Box::new(NativeParts {
+            reader: r.reader,
+            guard: r.guard,
+        }) as Box<dyn std::any::Any>)
+    }))
+}
+
 /// An upstream body read chunk by chunk; disarms its abort at the end.
 struct ChunkStream {
-    chunks: wasm_streams::readable::IntoStream<'static>,
-    guard: Option<AbortOnDrop>,
+    shared: Rc<RefCell<Option<Reading>>>,
+    pending: Option<JsFuture>,
 }
 
 impl futures::Stream for ChunkStream {
@@ -142,16 +283,41 @@ impl futures::Stream for ChunkStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use futures::StreamExt;
-        let item = futures::ready!(self.chunks.poll_next_unpin(cx));
-        std::task::Poll::Ready(match item {
-            Some(Ok(chunk)) => Some(Ok(Uint8Array::new(&chunk).to_vec())),
-            Some(Err(e)) => Some(Err(js_error(e))),
-            None => {
-                if let Some(mut g) = self.guard.take() {
-                    g.disarm();
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pending.is_none() {
+            let mut slot = this.shared.borrow_mut();
+            let Some(r) = slot.as_mut() else {
+                return Poll::Ready(None); // handed over
+            };
+            r.busy = true;
+            this.pending = Some(JsFuture::from(r.reader.read()));
+        }
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = futures::ready!(std::pin::Pin::new(pending).poll(cx));
+        this.pending = None;
+        let mut slot = this.shared.borrow_mut();
+        if let Some(r) = slot.as_mut() {
+            r.busy = false;
+        }
+        Poll::Ready(match result {
+            Err(e) => Some(Err(js_error(e))),
+            Ok(result) => {
+                let done = js_sys::Reflect::get(&result, &"done".into())
+                    .ok()
+                    .and_then(|d| d.as_bool())
+                    .unwrap_or(true);
+                if done {
+                    if let Some(mut r) = slot.take() {
+                        r.guard.disarm();
+                    }
+                    None
+                } else {
+                    let value = js_sys::Reflect::get(&result, &"value".into()).unwrap_or_default();
+                    Some(Ok(Uint8Array::new(&value).to_vec()))
                 }
-                None
             }
         })
     }

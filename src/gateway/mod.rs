@@ -25,14 +25,15 @@ use futures::StreamExt;
 
 pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{
-    StreamEnd, StreamOutcome, Translated, carries_output, error_event, into_client_stream,
+    Detached, NativeStream, RenderError, StreamEnd, StreamOutcome, Translated, carries_output,
+    error_event, into_client_stream, native_stream,
 };
 pub use trust::{KeyTrust, Trust, screen};
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, Failover, ProviderKind};
 use crate::error::{Attempt, GatewayError};
-use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::http::{ByteStream, DEADLINE_PASSED, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::ingress::{Call, ClientRequest, Ingress};
 use crate::limits::{Money, Pricing, Tokens, UsageEvent};
 use crate::providers::{self, Target, mock};
@@ -213,6 +214,8 @@ pub enum ReplyBody {
     Full(Vec<u8>),
     /// A body sent as it is produced.
     Stream(ByteStream),
+    /// A stream whose rest the runtime pipes ([`NativeStream`]).
+    Native(Box<NativeStream>),
 }
 
 impl Reply {
@@ -898,12 +901,13 @@ async fn try_chat<U: Upstream>(
     let resp = within(
         upstream,
         policy.connect_timeout_ms,
-        send_for_success(upstream, ctx, policy, cand, up_req),
+        send_for_success(upstream, ctx, policy, cand, up_req, None),
     )
     .await
     .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
     let translator = call.stream_translator(target, ctx.now_ms / 1000);
-    let mut translated = Translated::new(target.name, resp.body, translator);
+    let mut translated =
+        Translated::new(target.name, resp.body, translator).with_native(resp.native);
     // Hold chunks until one carries output (time to first token), so a
     // provider that fails before its first token is replaced unseen.
     // Per attempt: a replacement target gets the whole allowance.
@@ -932,10 +936,29 @@ async fn try_chat<U: Upstream>(
         }
     }
     let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
-    let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+    let left = policy.total_timeout_ms.saturating_sub(elapsed);
     let limit = timeout(target, "end of stream", policy.total_timeout_ms);
+    // Committed, and nothing left to translate (OpenAI to OpenAI): the rest
+    // is piped by the runtime, not carried through here chunk by chunk.
+    if let Some(detached) = translated.detach() {
+        let (provider, key) = (target.name.to_owned(), cand.api_key.clone());
+        let render_error = Box::new(move |data: &str| {
+            let e = providers::openai::error_from_body(&provider, 500, None, data.as_bytes());
+            error_event(&redact(e, key.as_deref()))
+        });
+        let native = native_stream(
+            held,
+            &mut translated,
+            detached,
+            on_stream_end.take(),
+            (left, limit),
+            render_error,
+        );
+        return Ok(stream_reply(ReplyBody::Native(Box::new(native))));
+    }
+    let total = upstream.sleep(left);
     let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
-    Ok(stream_reply(body))
+    Ok(stream_reply(ReplyBody::Stream(body)))
 }
 
 /// Sends a non-streamed request and reads its whole answer, both within
@@ -950,18 +973,33 @@ async fn answer_within<U: Upstream>(
     up_req: UpstreamRequest,
 ) -> Result<Vec<u8>, GatewayError> {
     let target = &cand.target;
+    let ms = policy.first_byte_timeout_ms;
+    // The runtime's own timer when it has one (no task, no closure).
+    let native = upstream.enforces_deadlines().then_some(ms);
     let answer = async {
-        let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
-        resp.collect(RESPONSE_BODY_LIMIT).await.map_err(|message| {
-            GatewayError::UpstreamUnreachable {
-                provider: target.name.to_owned(),
-                message,
-            }
-        })
+        let resp = send_for_success(upstream, ctx, policy, cand, up_req, native).await?;
+        resp.collect(RESPONSE_BODY_LIMIT)
+            .await
+            .map_err(|message| unreachable_or_late(target, message, ms))
     };
-    within(upstream, policy.first_byte_timeout_ms, answer)
+    if native.is_some() {
+        return answer.await;
+    }
+    within(upstream, ms, answer)
         .await
-        .ok_or_else(|| timeout(target, "complete answer", policy.first_byte_timeout_ms))?
+        .ok_or_else(|| timeout(target, "complete answer", ms))?
+}
+
+/// A transport failure, or the runtime's deadline passing (a timeout).
+fn unreachable_or_late(target: &Target<'_>, message: String, ms: u64) -> GatewayError {
+    if message == DEADLINE_PASSED {
+        timeout(target, "complete answer", ms)
+    } else {
+        GatewayError::UpstreamUnreachable {
+            provider: target.name.to_owned(),
+            message,
+        }
+    }
 }
 
 /// One embeddings attempt at one candidate, within the policy's timeouts.
@@ -990,21 +1028,22 @@ async fn send_for_success<U: Upstream>(
     policy: &Failover,
     cand: &Candidate<'_>,
     up_req: UpstreamRequest,
+    deadline: Option<u64>,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let resp = send(upstream, target, up_req, ctx.now_ms).await?;
+    let resp = send(upstream, target, up_req, ctx.now_ms, deadline).await?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
     let status = resp.status;
     let retry_after = resp.retry_after_secs();
-    let body = within(
-        upstream,
-        policy.first_byte_timeout_ms,
-        resp.collect(ERROR_BODY_LIMIT),
-    )
-    .await
-    .and_then(Result::ok)
+    let read = resp.collect(ERROR_BODY_LIMIT);
+    let body = match deadline {
+        Some(_) => read.await.ok(),
+        None => within(upstream, policy.first_byte_timeout_ms, read)
+            .await
+            .and_then(Result::ok),
+    }
     .unwrap_or_default();
     let e = providers::error_from_response(target, status, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
@@ -1032,28 +1071,34 @@ async fn within<U: Upstream, T>(upstream: &U, ms: u64, fut: impl Future<Output =
     }
 }
 
-/// Sends through the upstream, or to the in-worker demo model.
+/// Sends through the upstream (with the runtime's own `deadline`, when
+/// given), or to the in-worker demo model.
 async fn send<U: Upstream>(
     upstream: &U,
     target: &Target<'_>,
     req: UpstreamRequest,
     now_ms: u64,
+    deadline: Option<u64>,
 ) -> Result<UpstreamResponse, GatewayError> {
     if target.provider.kind == ProviderKind::Mock {
         return Ok(mock::respond(&req, now_ms / 1000));
     }
     // Trust (issue 14): only allow-listed headers leave for a provider.
     let req = crate::trust::headers::allow_listed(req, target.provider);
-    upstream
-        .send(req)
-        .await
-        .map_err(|message| GatewayError::UpstreamUnreachable {
+    let sent = match deadline {
+        Some(ms) => upstream.send_until(req, ms).await,
+        None => upstream.send(req).await,
+    };
+    sent.map_err(|message| match deadline {
+        Some(ms) => unreachable_or_late(target, message, ms),
+        None => GatewayError::UpstreamUnreachable {
             provider: target.name.to_owned(),
             message,
-        })
+        },
+    })
 }
 
-fn stream_reply(body: ByteStream) -> Reply {
+fn stream_reply(body: ReplyBody) -> Reply {
     Reply {
         status: 200,
         headers: vec![
@@ -1063,7 +1108,7 @@ fn stream_reply(body: ByteStream) -> Reply {
             ),
             ("cache-control", "no-cache".to_owned()),
         ],
-        body: ReplyBody::Stream(body),
+        body,
         usage: None,
         served: None,
         error: None,

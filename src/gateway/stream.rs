@@ -15,16 +15,20 @@ use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
 
+use std::any::Any;
+
 use crate::api::Usage;
 use crate::error::GatewayError;
-use crate::http::{ByteStream, Sleep};
-use crate::providers::StreamTranslator;
+use crate::http::{ByteStream, NativeBody, Sleep};
+use crate::providers::{NativeTail, StreamTranslator};
 use crate::sse::{SseParser, encode_data};
 
 /// Upstream SSE -> translated client bytes, chunk by chunk.
 pub struct Translated {
     provider: String,
     upstream: ByteStream,
+    /// The runtime's handle on `upstream`, to hand the rest over natively.
+    native: Option<NativeBody>,
     parser: SseParser,
     translator: Box<dyn StreamTranslator>,
     /// An error to yield after the bytes that preceded it.
@@ -48,12 +52,46 @@ impl Translated {
         Translated {
             provider: provider.to_owned(),
             upstream,
+            native: None,
             parser: SseParser::new(),
             translator,
             pending_error: None,
             ended: false,
             events: 0,
             output: false,
+        }
+    }
+
+    /// The runtime's handle on the upstream body ([`Translated::detach`]).
+    pub fn with_native(mut self, native: Option<NativeBody>) -> Self {
+        self.native = native;
+        self
+    }
+
+    /// Hands the rest of the stream over to be piped natively, when its
+    /// translator passes events on unchanged and the runtime holds the body
+    /// ([`NativeBody`]): the raw bytes read but not yet passed on, the
+    /// body, and what the pipe must know. `None` leaves the stream as it
+    /// was, translated here chunk by chunk.
+    pub fn detach(&mut self) -> Option<Detached> {
+        if self.ended || self.pending_error.is_some() {
+            return None;
+        }
+        let tail = self.translator.native_tail().filter(|t| !t.done)?;
+        let native = self.native.take()?;
+        let partial = self.parser.detach()?;
+        match native.detach() {
+            Some(body) => Some(Detached {
+                partial,
+                body,
+                tail,
+                events: self.events,
+            }),
+            None => {
+                // Not handed over: the parser takes its bytes back.
+                self.parser.push(&partial);
+                None
+            }
         }
     }
 
@@ -139,6 +177,103 @@ impl Stream for Translated {
                 return Poll::Ready(Some(Ok(out)));
             }
         }
+    }
+}
+
+/// A stream handed over by [`Translated::detach`].
+pub struct Detached {
+    /// Upstream bytes read but not yet passed on (an event in progress).
+    pub partial: Vec<u8>,
+    /// The runtime's body ([`NativeBody`]).
+    pub body: Box<dyn Any>,
+    /// What the pipe must do and knows so far.
+    pub tail: NativeTail,
+    /// Upstream events handled so far.
+    pub events: u64,
+}
+
+/// Renders an upstream error event's data as the client's last event.
+pub type RenderError = Box<dyn Fn(&str) -> Vec<u8>>;
+
+/// A committed stream whose rest the edge pipes natively: the bytes the
+/// client gets first, the raw rest, and how it is to end. The edge's pipe
+/// calls [`NativeStream::end`] once, with what it saw.
+pub struct NativeStream {
+    /// Translated bytes, sent first.
+    pub head: Vec<u8>,
+    /// Raw upstream bytes of the event in progress, sent next as they are.
+    pub partial: Vec<u8>,
+    /// The runtime's body, read on from where the gateway stopped.
+    pub body: Box<dyn Any>,
+    /// What the pipe must do and knows so far.
+    pub tail: NativeTail,
+    /// Upstream events handled so far.
+    pub events: u64,
+    /// Time left before the stream ends with [`NativeStream::timeout_event`].
+    pub total_ms: u64,
+    /// The last event when the upstream breaks or ends unfinished.
+    pub cut_event: Vec<u8>,
+    /// The last event when the total time runs out.
+    pub timeout_event: Vec<u8>,
+    /// Renders an upstream `{"error":...}` event's data as the client's last
+    /// event (the provider's message, its key redacted should it echo it).
+    pub render_error: RenderError,
+    on_end: Option<StreamEnd>,
+}
+
+impl NativeStream {
+    /// The pipe ended: `usage_json` is the `usage` object of the stream's
+    /// usage chunk if one came, `events` every event the stream had,
+    /// `complete` whether it ended normally. Reports once.
+    pub fn end(&mut self, usage_json: Option<&str>, events: u64, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            let usage = usage_json.and_then(|u| serde_json::from_str::<Usage>(u).ok());
+            f(StreamOutcome {
+                usage,
+                events,
+                complete,
+            });
+        }
+    }
+
+    /// Takes the settlement callback, for a pipe that reports elsewhere.
+    pub fn take_on_end(&mut self) -> Option<StreamEnd> {
+        self.on_end.take()
+    }
+}
+
+impl Drop for NativeStream {
+    /// Never piped (the response was not built): settle as cut.
+    fn drop(&mut self) {
+        let events = self.events;
+        self.end(None, events, false);
+    }
+}
+
+/// The committed rest of a stream handed over by [`Translated::detach`].
+pub fn native_stream(
+    head: Vec<u8>,
+    rest: &mut Translated,
+    detached: Detached,
+    on_end: Option<StreamEnd>,
+    total: (u64, GatewayError),
+    render_error: RenderError,
+) -> NativeStream {
+    let cut = GatewayError::UpstreamUnreachable {
+        provider: rest.provider.clone(),
+        message: "the stream ended before the answer was complete".into(),
+    };
+    NativeStream {
+        render_error,
+        head,
+        partial: detached.partial,
+        body: detached.body,
+        tail: detached.tail,
+        events: detached.events,
+        total_ms: total.0,
+        cut_event: rest.error_event(&cut),
+        timeout_event: rest.error_event(&total.1),
+        on_end,
     }
 }
 

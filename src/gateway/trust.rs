@@ -138,13 +138,18 @@ pub fn screen<'a>(
         prepared.trust = decided;
         return (prepared, Err(refusal));
     }
-    if policy.mode == PiiMode::Restore {
+    let restoring = policy.mode == PiiMode::Restore;
+    if restoring {
         decided.restore = Some(Rc::new(vault));
     }
     *slot = body;
     let slot: &'a Vec<u8> = slot;
     match prepare(config, ctx, slot) {
         Ok(mut again) => {
+            if restoring && let Request::Chat(req) = &mut again.req {
+                // Restoration rewrites the stream: it stays in Rust.
+                req.native_pipe = false;
+            }
             again.trust = decided;
             (again, Ok(()))
         }
@@ -180,7 +185,224 @@ impl Prepared<'_> {
                 stream,
                 restore::StreamRestorer::new(vault.clone(), protocol),
             )),
+            // Never for a restored request (its stream is not piped: see
+            // `ChatRequest::native_pipe`).
+            native @ ReplyBody::Native(_) => native,
         };
         reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::{Caller, prepare, prepare_messages};
+    use crate::routing::{Health, Origin};
+
+    const CONFIG: &str = r#"{"version":1,
+      "providers":{"plain":{"kind":"openai"},"hipaa":{"kind":"openai","attributes":["hipaa"]}},
+      "models":{"m":{"targets":[{"provider":"plain","model":"p"},{"provider":"hipaa","model":"h"}]},
+                "r":{"targets":[{"provider":"plain","model":"p"}],"pii":{"mode":"restore"}},
+                "b":{"targets":[{"provider":"plain","model":"p"}],"pii":{"mode":"block","kinds":["email"]}}},
+      "data_classes":{"phi":{"require":["hipaa"],"pii":{"mode":"redact","kinds":["phone"]}}}}"#;
+
+    fn with<T>(f: impl FnOnce(&Config, &Ctx<'_>) -> T) -> T {
+        let config = Config::from_json(CONFIG).unwrap();
+        let secret = |_: &str| Some("k".to_owned());
+        let health = Health::new();
+        let ctx = Ctx {
+            now_ms: 0,
+            clock: &|| 0,
+            secret: &secret,
+            health: &health,
+        };
+        f(&config, &ctx)
+    }
+
+    fn route(p: &mut Prepared<'_>, ctx: &Ctx<'_>) -> Result<Vec<String>, GatewayError> {
+        let no_headers = |_: &str| None;
+        let caller = Caller {
+            origin: &Origin::default(),
+            header: &no_headers,
+            key_id: "k",
+            tier: None,
+            jurisdictions: None,
+            random: 0.0,
+        };
+        p.route(ctx, &caller)?;
+        Ok(p.candidates
+            .iter()
+            .map(|c| c.target.name.to_owned())
+            .collect())
+    }
+
+    #[test]
+    fn a_class_from_metadata_or_the_key_routes_to_eligible_targets_only() {
+        with(|config, ctx| {
+            let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"data_class":"phi"}}"#;
+            let mut slot = Vec::new();
+            let p = prepare(config, ctx, body).unwrap();
+            let (mut p, ok) = screen(
+                config,
+                ctx,
+                p,
+                prepare,
+                &mut slot,
+                &|_| None,
+                KeyTrust::default(),
+            );
+            ok.unwrap();
+            assert_eq!(p.trust.class_label(), Some("phi"));
+            assert_eq!(route(&mut p, ctx).unwrap(), ["hipaa"]);
+            let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+            let mut slot = Vec::new();
+            let p = prepare(config, ctx, body).unwrap();
+            let key = KeyTrust {
+                data_class: Some("phi"),
+                pii: None,
+            };
+            let (mut p, ok) = screen(config, ctx, p, prepare, &mut slot, &|_| None, key);
+            ok.unwrap();
+            assert_eq!(route(&mut p, ctx).unwrap(), ["hipaa"]);
+        });
+    }
+
+    #[test]
+    fn a_classs_pii_policy_redacts_before_routing() {
+        with(|config, ctx| {
+            let body = br#"{"model":"m","messages":[{"role":"user","content":"call +1 415 555 0132 or a@b.io"}]}"#;
+            let mut slot = Vec::new();
+            let p = prepare(config, ctx, body).unwrap();
+            let header = |h: &str| (h == CLASS_HEADER).then(|| "phi".to_owned());
+            let (p, ok) = screen(
+                config,
+                ctx,
+                p,
+                prepare,
+                &mut slot,
+                &header,
+                KeyTrust::default(),
+            );
+            ok.unwrap();
+            // The class asks for phones only; the email stays.
+            let Request::Chat(req) = &p.req else { panic!() };
+            assert!(
+                req.get("messages")
+                    .unwrap()
+                    .get()
+                    .contains("call [PHONE_1] or a@b.io")
+            );
+            assert_eq!(p.trust.pii_found["phone"], 1);
+            assert!(req.native_pipe, "redact mode leaves the stream to the pipe");
+        });
+    }
+
+    #[test]
+    fn restore_mode_keeps_the_stream_in_rust_and_restores_the_answer() {
+        with(|config, ctx| {
+            let body = br#"{"model":"r","stream":true,"messages":[{"role":"user","content":"mail a@b.io"}]}"#;
+            let mut slot = Vec::new();
+            let p = prepare(config, ctx, body).unwrap();
+            let (p, ok) = screen(
+                config,
+                ctx,
+                p,
+                prepare,
+                &mut slot,
+                &|_| None,
+                KeyTrust::default(),
+            );
+            ok.unwrap();
+            let Request::Chat(req) = &p.req else { panic!() };
+            assert!(!req.native_pipe);
+            let reply = Reply::json(
+                200,
+                br#"{"choices":[{"message":{"content":"to [EMAIL_1]"}}]}"#.to_vec(),
+            );
+            let ReplyBody::Full(body) = p.restore(reply).body else {
+                panic!()
+            };
+            assert_eq!(
+                body,
+                br#"{"choices":[{"message":{"content":"to a@b.io"}}]}"#
+            );
+        });
+    }
+
+    #[test]
+    fn block_mode_refuses_with_the_kinds_and_counts_them() {
+        with(|config, ctx| {
+            let body = br#"{"model":"b","messages":[{"role":"user","content":"mail a@b.io"}]}"#;
+            let mut slot = Vec::new();
+            let p = prepare(config, ctx, body).unwrap();
+            let (p, refused) = screen(
+                config,
+                ctx,
+                p,
+                prepare,
+                &mut slot,
+                &|_| None,
+                KeyTrust::default(),
+            );
+            let e = refused.unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains("email"));
+            assert_eq!(p.trust.pii_found["email"], 1);
+            // A Messages body is refused in the same way, naming `messages`.
+            let body =
+                br#"{"model":"b","max_tokens":5,"messages":[{"role":"user","content":"a@b.io"}]}"#;
+            let mut slot = Vec::new();
+            let p = prepare_messages(config, ctx, body).unwrap();
+            let (_, refused) = screen(
+                config,
+                ctx,
+                p,
+                prepare_messages,
+                &mut slot,
+                &|_| None,
+                KeyTrust::default(),
+            );
+            assert!(
+                matches!(refused, Err(GatewayError::PiiDetected { ref param, .. }) if param == "messages")
+            );
+        });
+    }
+
+    #[test]
+    fn an_unknown_class_is_refused_before_anything_else() {
+        with(|config, ctx| {
+            let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+            let mut slot = Vec::new();
+            let p = prepare(config, ctx, body).unwrap();
+            let header = |h: &str| (h == CLASS_HEADER).then(|| "nope".to_owned());
+            let (_, refused) = screen(
+                config,
+                ctx,
+                p,
+                prepare,
+                &mut slot,
+                &header,
+                KeyTrust::default(),
+            );
+            assert_eq!(refused.unwrap_err().status(), 400);
+        });
+    }
+
+    #[test]
+    fn a_chat_stream_that_is_rewritten_is_never_piped_natively() {
+        let config = Config::from_json(CONFIG).unwrap();
+        let (name, provider) = config.providers.get_key_value("plain").unwrap();
+        let target = crate::providers::Target {
+            name,
+            provider,
+            model: "p",
+        };
+        let body = br#"{"model":"r","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+        let mut req = crate::api::ChatRequest::parse(body).unwrap();
+        let call = crate::ingress::Call::Chat(&req);
+        assert!(call.stream_translator(&target, 0).native_tail().is_some());
+        req.native_pipe = false;
+        let call = crate::ingress::Call::Chat(&req);
+        assert!(call.stream_translator(&target, 0).native_tail().is_none());
     }
 }

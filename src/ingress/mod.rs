@@ -487,6 +487,11 @@ impl<'r> Call<'r> {
     /// `now_s` (Unix seconds) dates what a translator builds.
     pub fn stream_translator(&self, target: &Target<'_>, now_s: u64) -> Box<dyn StreamTranslator> {
         match self {
+            // A stream rewritten on its way (PII restoration) is never
+            // handed to the runtime's pipe.
+            Call::Chat(r) if !r.native_pipe => {
+                Box::new(InRust(providers::stream_translator(target, r, now_s)))
+            }
             Call::Chat(r) => providers::stream_translator(target, r, now_s),
             Call::Native(c) => match c.body {
                 ClientBody::Messages(_) | ClientBody::CountTokens(_) => {
@@ -554,6 +559,32 @@ impl<'r> Call<'r> {
                 Ok((messages::count_tokens_body(n), Some(Usage::default())))
             }
         }
+    }
+}
+
+/// A translator whose stream stays in Rust to its end: everything but
+/// [`StreamTranslator::native_tail`] (which says `None`) is the inner one's.
+struct InRust(Box<dyn StreamTranslator>);
+
+impl StreamTranslator for InRust {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        self.0.on_event(ev, out)
+    }
+
+    fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        self.0.on_end(out)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.0.usage()
+    }
+
+    fn carries_output(&self, written: &[u8]) -> bool {
+        self.0.carries_output(written)
+    }
+
+    fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        self.0.write_error(e, out);
     }
 }
 

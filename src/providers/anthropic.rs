@@ -1780,6 +1780,7 @@ mod tests {
                 status,
                 headers: vec![],
                 body: Box::pin(stream::iter(chunks.into_iter().map(Ok))),
+                native: None,
             })
         }
 
@@ -1814,6 +1815,7 @@ mod tests {
         let bytes = match reply.body {
             ReplyBody::Full(b) => b,
             ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+            ReplyBody::Native(_) => panic!("no native bodies in native tests"),
         };
         String::from_utf8(bytes).unwrap()
     }
