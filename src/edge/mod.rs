@@ -65,7 +65,8 @@ thread_local! {
 /// The fetch handler. The request path of a chat completion, step by step:
 ///
 /// 1. **route** — method + path to an endpoint, 404/405 otherwise
-///    ([`gateway::route`]).
+///    ([`gateway::route`]); a CORS preflight from a configured origin is
+///    answered here ([`preflight`]).
 /// 2. **auth** — the key from `Authorization: Bearer` or `x-api-key`:
 ///    a static key checked in constant time against the isolate's parsed
 ///    list, or a virtual key whose lease or object will verify it
@@ -84,14 +85,19 @@ thread_local! {
 ///    upstream request is already on its way, the client seeing nothing
 ///    until it says yes. A static key has no limits: nothing to decide
 ///    ([`accounting::admit`]).
-/// 6. **route** — candidates best-first for this caller: rules, data
-///    residency from `request.cf` and the key, capabilities, strategy,
-///    breakers ([`gateway::Prepared::route`], [`origin`]).
+/// 6. **route** — first the trust step: the data class (header, metadata,
+///    key) and PII redaction, the request prepared again from its redacted
+///    body ([`gateway::screen`]); then candidates best-first for this
+///    caller: rules, data residency from `request.cf` and the key, data
+///    classes, capabilities, strategy, breakers
+///    ([`gateway::Prepared::route`], [`origin`]).
 /// 7. **translate, send, fail over** — each candidate until one answers,
 ///    within the timeouts ([`gateway::dispatch`]), raced with an
 ///    overlapped admission ([`dispatch_admitted`]).
-/// 8. **stream** — the answer passed to the client chunk by chunk, with the
-///    `x-ratelimit-*` headers ([`into_response`]).
+/// 8. **stream** — the answer passed to the client chunk by chunk (PII
+///    originals restored on the way, [`gateway::Prepared::restore`]), with
+///    the `x-ratelimit-*` headers and, for a configured origin, CORS
+///    headers ([`into_response`]).
 /// 9. **settle** — off the request path (`waitUntil`): one JSON log line,
 ///    and the actual cost added to the key's batch, which the isolate sends
 ///    to the key's object about once a second with the others
