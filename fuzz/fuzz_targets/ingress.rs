@@ -42,8 +42,17 @@ fuzz_target!(|input: &[u8]| {
         1 | 2 => Ingress::Messages,
         _ => Ingress::Responses,
     };
-    let shape = json::shape(body, 64);
-    if trust::check_shape(&Limits::default(), body, ingress).is_err() {
+    let list = match ingress {
+        Ingress::Responses => "input",
+        Ingress::Chat | Ingress::Messages => "messages",
+    };
+    let shape = json::shape(body, 64, Some(list));
+    let checked = if selector % 5 == 4 {
+        trust::check_depth(&Limits::default(), body)
+    } else {
+        trust::check_shape(&Limits::default(), body, ingress)
+    };
+    if checked.is_err() {
         return;
     }
     assert!(shape.is_ok());

@@ -366,7 +366,7 @@ pub fn prepare_embeddings<'a>(
     body: &'a [u8],
 ) -> Result<Prepared<'a>, GatewayError> {
     // Depth only: an embeddings body has no messages or tools.
-    crate::trust::check_shape(&config.limits, body, Ingress::Chat)?;
+    crate::trust::check_depth(&config.limits, body)?;
     let req = EmbeddingsRequest::parse(body)?;
     let mut all = routing::all_candidates(config, &req.model, ctx.secret);
     if all.is_empty() {

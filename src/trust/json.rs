@@ -22,6 +22,34 @@ pub struct Shape {
     /// Elements of every `content` array below the top level (content
     /// parts and blocks, tool results' blocks included).
     pub parts: u32,
+    /// The first message of the wrong shape, if any: not an object, or a
+    /// `role` that is not a string, or a `content` that is not a string, an
+    /// array or null. What every provider refuses on sight, found here
+    /// without parsing a message.
+    pub bad_message: Option<BadMessage>,
+}
+
+/// A message of the wrong shape ([`Shape::bad_message`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadMessage {
+    /// Its index in `messages` (or `input`).
+    pub index: u32,
+    /// What is wrong: `message` (not an object), `role` or `content`.
+    pub field: &'static str,
+    /// The JSON type found instead (`number`, `object`, ...).
+    pub found: &'static str,
+}
+
+/// The JSON type of a value by its first byte.
+pub fn type_of(first: u8) -> &'static str {
+    match first {
+        b'"' => "string",
+        b'{' => "object",
+        b'[' => "array",
+        b't' | b'f' => "boolean",
+        b'n' => "null",
+        _ => "number",
+    }
 }
 
 /// The body nests deeper than allowed.
@@ -37,19 +65,21 @@ enum Key {
     Messages,
     Tools,
     Content,
+    Role,
     Other,
 }
 
-fn key_of(raw: &str) -> Key {
+fn key_of(raw: &str, list: Option<&str>) -> Key {
     let decoded: Cow<'_, str> = if raw.contains('\\') {
         serde_json::from_str::<String>(raw).map_or(Cow::Borrowed(""), Cow::Owned)
     } else {
         Cow::Borrowed(&raw[1..raw.len() - 1])
     };
     match decoded.as_ref() {
-        "messages" | "input" => Key::Messages,
+        k if Some(k) == list => Key::Messages,
         "tools" => Key::Tools,
         "content" => Key::Content,
+        "role" => Key::Role,
         _ => Key::Other,
     }
 }
@@ -66,10 +96,11 @@ struct Frame {
     expect_key: bool,
 }
 
-/// The shape of a JSON text, or where it nests deeper than `max_depth`.
-/// Linear and non-recursive; it does not validate (the parser that runs
-/// next does), and no input makes it panic.
-pub fn shape(json: &[u8], max_depth: u32) -> Result<Shape, TooDeep> {
+/// The shape of a JSON text, or where it nests deeper than `max_depth`;
+/// `list` names the top-level array of messages (`messages`, Responses'
+/// `input`), if the body has one. Linear and non-recursive; it does not
+/// validate (the parser that runs next does), and no input makes it panic.
+pub fn shape(json: &[u8], max_depth: u32, list: Option<&str>) -> Result<Shape, TooDeep> {
     let mut stack: Vec<Frame> = Vec::with_capacity(16);
     let mut out = Shape::default();
     let mut i = 0;
@@ -82,7 +113,7 @@ pub fn shape(json: &[u8], max_depth: u32) -> Result<Shape, TooDeep> {
                 if is_key {
                     let raw = std::str::from_utf8(&json[i..end]).unwrap_or("\"\"");
                     let key = if raw.len() >= 2 {
-                        key_of(raw)
+                        key_of(raw, list)
                     } else {
                         Key::Other
                     };
@@ -91,13 +122,13 @@ pub fn shape(json: &[u8], max_depth: u32) -> Result<Shape, TooDeep> {
                         f.expect_key = false;
                     }
                 } else {
-                    count_value(&stack, &mut out);
+                    count_value(&stack, &mut out, b);
                 }
                 i = end;
                 continue;
             }
             b'{' | b'[' => {
-                count_value(&stack, &mut out);
+                count_value(&stack, &mut out, b);
                 let key = match stack.last() {
                     Some(f) if !f.array => f.current,
                     Some(f) => f.key,
@@ -128,7 +159,7 @@ pub fn shape(json: &[u8], max_depth: u32) -> Result<Shape, TooDeep> {
             b':' | b' ' | b'\t' | b'\n' | b'\r' => {}
             _ => {
                 // A number or literal: one value, read to its end.
-                count_value(&stack, &mut out);
+                count_value(&stack, &mut out, b);
                 while i + 1 < json.len()
                     && !matches!(
                         json[i + 1],
@@ -144,14 +175,38 @@ pub fn shape(json: &[u8], max_depth: u32) -> Result<Shape, TooDeep> {
     Ok(out)
 }
 
-/// A value starts in the innermost container: count it where it counts.
-fn count_value(stack: &[Frame], out: &mut Shape) {
+/// A value starting with `first` in the innermost container: count it
+/// where it counts, and check a message's shape.
+fn count_value(stack: &[Frame], out: &mut Shape, first: u8) {
     let Some(f) = stack.last() else { return };
+    let bad = |out: &mut Shape, field: &'static str| {
+        if out.bad_message.is_none() {
+            out.bad_message = Some(BadMessage {
+                index: out.messages.saturating_sub(1),
+                field,
+                found: type_of(first),
+            });
+        }
+    };
     if !f.array {
+        // A field of a message: `messages[i].role`, `messages[i].content`.
+        let in_message = stack.len() == 3 && stack[1].array && stack[1].key == Key::Messages;
+        match f.current {
+            Key::Role if in_message && first != b'"' => bad(out, "role"),
+            Key::Content if in_message && !matches!(first, b'"' | b'[' | b'n') => {
+                bad(out, "content")
+            }
+            _ => {}
+        }
         return;
     }
     match (f.key, stack.len()) {
-        (Key::Messages, 2) => out.messages = out.messages.saturating_add(1),
+        (Key::Messages, 2) => {
+            out.messages = out.messages.saturating_add(1);
+            if first != b'{' {
+                bad(out, "message");
+            }
+        }
         (Key::Tools, 2) => out.tools = out.tools.saturating_add(1),
         (Key::Content, n) if n > 2 => out.parts = out.parts.saturating_add(1),
         _ => {}
@@ -281,17 +336,69 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]},
             {"role":"assistant","content":"hi"},{"role":"tool","content":[{"type":"text","text":"]}[{"}]}],
             "tools":[{"type":"function"},{"type":"function"},{"type":"function"}],"x":{"messages":[1,2,3,4]}}"#;
-        let s = shape(body, 64).unwrap();
+        let s = shape(body, 64, Some("messages")).unwrap();
         assert_eq!((s.messages, s.tools, s.parts), (3, 3, 3));
         assert_eq!(s.depth, 6);
         let responses = br#"{"input":[{"type":"message","content":[{"type":"input_text","text":"x"}]},{"type":"function_call_output"}]}"#;
-        let s = shape(responses, 64).unwrap();
+        let s = shape(responses, 64, Some("input")).unwrap();
         assert_eq!((s.messages, s.parts), (2, 1));
     }
 
     #[test]
+    fn shape_finds_the_first_message_of_the_wrong_shape() {
+        let bad = |body: &str, list| shape(body.as_bytes(), 16, Some(list)).unwrap().bad_message;
+        assert_eq!(
+            bad(
+                r#"{"messages":[{"role":"user","content":"x"},{"role":"a","content":[]},{"content":null}]}"#,
+                "messages"
+            ),
+            None
+        );
+        assert_eq!(
+            bad(r#"{"messages":[{"role":"user"},7]}"#, "messages"),
+            Some(BadMessage {
+                index: 1,
+                field: "message",
+                found: "number"
+            })
+        );
+        assert_eq!(
+            bad(r#"{"messages":[{"role":{"x":1},"content":5}]}"#, "messages"),
+            Some(BadMessage {
+                index: 0,
+                field: "role",
+                found: "object"
+            })
+        );
+        assert_eq!(
+            bad(r#"{"input":[{"type":"message","content":true}]}"#, "input"),
+            Some(BadMessage {
+                index: 0,
+                field: "content",
+                found: "boolean"
+            })
+        );
+        // Only messages are held to it.
+        assert_eq!(
+            bad(
+                r#"{"x":[{"role":1}],"messages":[{"content":[{"role":2,"content":3}]}]}"#,
+                "messages"
+            ),
+            None
+        );
+        // Embeddings' `input` is no list of messages.
+        let embeddings = shape(br#"{"input":["a","b"]}"#, 8, None).unwrap();
+        assert_eq!(embeddings.bad_message, None);
+    }
+
+    #[test]
     fn shape_follows_escaped_keys_as_the_parser_reads_them() {
-        let s = shape(br#"{"m\u0065ssages":[1,2],"tools":[]}"#, 8).unwrap();
+        let s = shape(
+            br#"{"m\u0065ssages":[1,2],"tools":[]}"#,
+            8,
+            Some("messages"),
+        )
+        .unwrap();
         assert_eq!((s.messages, s.tools), (2, 0));
     }
 
@@ -301,11 +408,11 @@ mod tests {
         body.extend(std::iter::repeat_n(b'[', 200_000));
         body.extend(std::iter::repeat_n(b']', 200_000));
         body.push(b'}');
-        assert_eq!(shape(&body, 64), Err(TooDeep { at: 12 + 63 }));
-        assert!(shape(b"[[[]]]", 3).is_ok());
-        assert!(shape(b"[[[[]]]]", 3).is_err());
+        assert_eq!(shape(&body, 64, None), Err(TooDeep { at: 12 + 63 }));
+        assert!(shape(b"[[[]]]", 3, None).is_ok());
+        assert!(shape(b"[[[[]]]]", 3, None).is_err());
         // Brackets in strings do not count.
-        assert_eq!(shape(br#"["[[[[[["]"#, 2).unwrap().depth, 1);
+        assert_eq!(shape(br#"["[[[[[["]"#, 2, None).unwrap().depth, 1);
     }
 
     #[test]
@@ -319,7 +426,7 @@ mod tests {
             b"{\"a\":",
             b"[1,",
         ] {
-            let _ = shape(junk, 4);
+            let _ = shape(junk, 4, Some("messages"));
         }
     }
 

@@ -42,18 +42,45 @@ pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(),
         Ingress::Responses => "input",
         Ingress::Chat | Ingress::Messages => "messages",
     };
-    let shape =
-        json::shape(body, limits.max_json_depth).map_err(|at| GatewayError::InvalidRequest {
-            message: format!(
-                "The request body nests arrays and objects deeper than {} levels (at byte {}).",
-                limits.max_json_depth, at.at
-            ),
-            param: None,
-        })?;
+    let shape = json::shape(body, limits.max_json_depth, Some(messages))
+        .map_err(|at| too_deep(limits, at))?;
     let over = |what: &str, n: u32, max: u32, param: &str| GatewayError::InvalidRequest {
         message: format!("The request has {n} {what}; this gateway takes at most {max}."),
         param: Some(param.to_owned()),
     };
+    if let Some(bad) = shape.bad_message {
+        let at = format!("{messages}[{}]", bad.index);
+        let message = match (ingress, bad.field) {
+            (Ingress::Messages, "message") => format!(
+                "{messages}.{}: Input should be a valid dictionary",
+                bad.index
+            ),
+            (Ingress::Messages, "role") => format!(
+                "{messages}.{}.role: Input should be a valid string",
+                bad.index
+            ),
+            (Ingress::Messages, _) => format!(
+                "{messages}.{}.content: Input should be a valid string or list",
+                bad.index
+            ),
+            (_, "message") => format!(
+                "Invalid type for '{at}': expected an object, but got {} instead.",
+                article(bad.found)
+            ),
+            (_, "role") => format!(
+                "Invalid type for '{at}.role': expected a string, but got {} instead.",
+                article(bad.found)
+            ),
+            (_, _) => format!(
+                "Invalid type for '{at}.content': expected one of a string or array of objects, but got {} instead.",
+                article(bad.found)
+            ),
+        };
+        return Err(GatewayError::InvalidRequest {
+            message,
+            param: Some(messages.to_owned()),
+        });
+    }
     if shape.messages > limits.max_messages {
         return Err(over(
             "messages",
@@ -74,6 +101,28 @@ pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(),
         ));
     }
     Ok(())
+}
+
+/// Checks only the nesting depth of a body with no messages (embeddings).
+pub fn check_depth(limits: &Limits, body: &[u8]) -> Result<(), GatewayError> {
+    json::shape(body, limits.max_json_depth, None).map_err(|at| too_deep(limits, at))?;
+    Ok(())
+}
+
+fn too_deep(limits: &Limits, at: json::TooDeep) -> GatewayError {
+    GatewayError::InvalidRequest {
+        message: format!(
+            "The request body nests arrays and objects deeper than {} levels (at byte {}).",
+            limits.max_json_depth, at.at
+        ),
+        param: None,
+    }
+}
+
+/// `a number`, `an object`.
+fn article(t: &str) -> String {
+    let a = if t.starts_with(['a', 'o']) { "an" } else { "a" };
+    format!("{a} {t}")
 }
 
 /// The policy of several that apply (the key's, the model's, the data
@@ -299,6 +348,25 @@ mod tests {
             Some("messages")
         );
         assert_eq!(param(r#"{"x":[[[[[[[[[]]]]]]]]]}"#, Ingress::Chat), None);
+        let message = |body: &str, ingress| match check_shape(&limits, body.as_bytes(), ingress) {
+            Err(e) => e.to_string(),
+            Ok(()) => String::new(),
+        };
+        assert_eq!(
+            message(r#"{"messages":[1]}"#, Ingress::Chat),
+            "Invalid type for 'messages[0]': expected an object, but got a number instead."
+        );
+        assert_eq!(
+            message(
+                r#"{"messages":[{"role":"user","content":"x"},{"role":3}]}"#,
+                Ingress::Messages
+            ),
+            "messages.1.role: Input should be a valid string"
+        );
+        assert_eq!(
+            message(r#"{"input":[{"content":{}}]}"#, Ingress::Responses),
+            "Invalid type for 'input[0].content': expected one of a string or array of objects, but got an object instead."
+        );
         assert!(
             check_shape(
                 &limits,

@@ -168,9 +168,6 @@ pub fn check(params: Params, fields: &[(Cow<'_, str>, &RawValue)]) -> Result<(),
             check_one(params.dialect(), name, *rule, raw.get())?;
         }
     }
-    if params == Params::Chat {
-        check_messages_shape(fields)?;
-    }
     Ok(())
 }
 
@@ -376,58 +373,6 @@ fn invalid(message: String, param: &str) -> GatewayError {
     }
 }
 
-/// Chat messages are objects; a `role` is a string; content is a string,
-/// an array or null. What a provider would refuse on sight, checked without
-/// parsing message bodies into types.
-fn check_messages_shape(fields: &[(Cow<'_, str>, &RawValue)]) -> Result<(), GatewayError> {
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(borrow, default)]
-        role: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        content: Option<&'a RawValue>,
-    }
-    let Some((_, raw)) = fields.iter().find(|(k, _)| k == "messages") else {
-        return Ok(());
-    };
-    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).unwrap_or_default();
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        if kind(item.get()) != "object" {
-            return Err(invalid(
-                format!(
-                    "Invalid type for '{at}': expected an object, but got {} instead.",
-                    kind(item.get())
-                ),
-                "messages",
-            ));
-        }
-        let head: Head<'_> = serde_json::from_str(item.get())
-            .map_err(|e| invalid(format!("Invalid '{at}': {e}"), "messages"))?;
-        // A missing role is the provider's to name; a wrong type is refused.
-        if let Some(t) = head.role.map(|r| kind(r.get()))
-            && t != "string"
-        {
-            return Err(invalid(
-                format!("Invalid type for '{at}.role': expected a string, but got {t} instead."),
-                "messages",
-            ));
-        }
-        if let Some(c) = head.content
-            && !matches!(kind(c.get()), "string" | "array" | "null")
-        {
-            return Err(invalid(
-                format!(
-                    "Invalid type for '{at}.content': expected one of a string or array of objects, but got {} instead.",
-                    kind(c.get())
-                ),
-                "messages",
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,18 +434,6 @@ mod tests {
         ] {
             assert_eq!(chat(ok), Ok(()), "{ok}");
         }
-    }
-
-    #[test]
-    fn chat_messages_need_an_object_with_a_role() {
-        let bad = |m: &str| {
-            check_body(Params::Chat, &format!(r#"{{"model":"m","messages":{m}}}"#))
-                .unwrap_err()
-                .0
-        };
-        assert_eq!(bad("[1]"), "messages");
-        assert_eq!(bad(r#"[{"role":3}]"#), "messages");
-        assert_eq!(bad(r#"[{"role":"user","content":5}]"#), "messages");
     }
 
     #[test]
