@@ -280,22 +280,25 @@ fn scan_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
 /// The length of the longest prefix of `d` that is a valid domain (two or
 /// more labels, the last alphabetic), cutting only at dots.
 fn valid_domain_end(d: &[u8]) -> Option<usize> {
-    let mut end = d.len();
-    loop {
-        let name = &d[..end];
-        let labels: Vec<&[u8]> = name.split(|&b| b == b'.').collect();
-        let ok = labels.len() >= 2
-            && labels
-                .iter()
-                .all(|l| !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-')
-            && labels
-                .last()
-                .is_some_and(|tld| tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic));
-        if ok {
-            return Some(end);
+    // One pass over the labels: the longest prefix seen so far that ends a
+    // valid domain. A bad label ends the search (no longer prefix is valid).
+    let (mut best, mut labels, mut start) = (None, 0, 0);
+    for label in d.split(|&b| b == b'.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label[0] != b'-'
+            && label[label.len() - 1] != b'-';
+        if !ok {
+            break;
         }
-        end = name.iter().rposition(|&b| b == b'.')?;
+        labels += 1;
+        let end = start + label.len();
+        if labels >= 2 && label.len() >= 2 && label.iter().all(u8::is_ascii_alphabetic) {
+            best = Some(end);
+        }
+        start = end + 1;
     }
+    best
 }
 
 /// Phone numbers: a `+` and 8 to 15 digits, or 10 to 15 digits with
@@ -445,20 +448,16 @@ fn scan_ibans(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
                 break;
             }
         }
+        // ISO 7064: the country code and check digits go after the rest.
+        // Remainders of every prefix of the rest, one pass; each length then
+        // costs the four head characters.
         let mut hit = None;
-        for len in (15..=chars.len()).rev() {
-            let end = chars[len - 1].1;
-            let at_boundary = bytes.get(end).is_none_or(|&n| !is_word(n)) || bytes[end - 1] == b' ';
-            if bytes.get(end).is_some_and(|&n| is_alnum(n)) && !at_boundary {
-                continue;
-            }
-            if bytes.get(end).is_some_and(|&n| is_word(n)) {
-                continue;
-            }
-            let code: Vec<u8> = chars[..len].iter().map(|(b, _)| *b).collect();
-            if iban_checksum_ok(&code) {
+        let mut rest: u32 = 0;
+        for (len, &(b, end)) in chars.iter().enumerate().skip(4).map(|(k, c)| (k + 1, c)) {
+            rest = mod97_push(rest, b);
+            let whole = chars[..4].iter().fold(rest, |r, &(h, _)| mod97_push(r, h));
+            if len >= 15 && whole == 1 && bytes.get(end).is_none_or(|&n| !is_word(n)) {
                 hit = Some(end);
-                break;
             }
         }
         match hit {
@@ -476,20 +475,21 @@ pub fn iban_checksum_ok(code: &[u8]) -> bool {
     if code.len() < 5 || !code.iter().all(u8::is_ascii_alphanumeric) {
         return false;
     }
-    let mut rem: u32 = 0;
-    for &b in code[4..].iter().chain(&code[..4]) {
-        let v = if b.is_ascii_digit() {
-            u32::from(b - b'0')
-        } else {
-            u32::from(b.to_ascii_uppercase() - b'A') + 10
-        };
-        rem = if v >= 10 {
-            (rem * 100 + v) % 97
-        } else {
-            (rem * 10 + v) % 97
-        };
+    code[4..]
+        .iter()
+        .chain(&code[..4])
+        .fold(0, |r, &b| mod97_push(r, b))
+        == 1
+}
+
+/// The remainder mod 97 after appending one IBAN character (a letter is
+/// two digits, `A` = 10).
+fn mod97_push(rem: u32, b: u8) -> u32 {
+    if b.is_ascii_digit() {
+        (rem * 10 + u32::from(b - b'0')) % 97
+    } else {
+        (rem * 100 + u32::from(b.to_ascii_uppercase().wrapping_sub(b'A')) + 10) % 97
     }
-    rem == 1
 }
 
 /// US social security numbers, written `123-45-6789` (or with spaces),
@@ -727,45 +727,57 @@ impl Mask {
         Ok(Mask { steps })
     }
 
-    /// Longest match starting at `start`, if any.
-    fn longest_at(&self, bytes: &[u8], start: usize) -> Option<usize> {
+    /// Longest match starting at `start`, if any. Only live states are
+    /// stepped, so a character costs what is alive, not the mask's length;
+    /// `work` is reused from one start to the next.
+    fn longest_at(&self, bytes: &[u8], start: usize, work: &mut MaskWork) -> Option<usize> {
         let n = self.steps.len();
-        let mut states = vec![false; n + 1];
-        let mut next = vec![false; n + 1];
-        states[0] = true;
-        self.close(&mut states);
-        let mut best = states[n].then_some(start);
+        if work.seen.len() != n + 1 {
+            work.seen = vec![0; n + 1];
+        }
+        work.current.clear();
+        work.generation += 1;
+        self.enter(0, work.generation, &mut work.current, &mut work.seen);
+        let mut best = (work.seen[n] == work.generation).then_some(start);
         for (offset, &b) in bytes[start..].iter().enumerate() {
-            next.iter_mut().for_each(|s| *s = false);
-            let mut any = false;
-            for k in 0..n {
-                if states[k] && self.steps[k].0.accepts(b) {
-                    next[k + 1] = true;
-                    any = true;
+            work.generation += 1;
+            work.next.clear();
+            for i in 0..work.current.len() {
+                let k = work.current[i];
+                if k < n && self.steps[k].0.accepts(b) {
+                    self.enter(k + 1, work.generation, &mut work.next, &mut work.seen);
                 }
             }
-            if !any {
+            if work.next.is_empty() {
                 break;
             }
-            std::mem::swap(&mut states, &mut next);
-            self.close(&mut states);
-            if states[n] {
+            std::mem::swap(&mut work.current, &mut work.next);
+            if work.seen[n] == work.generation {
                 best = Some(start + offset + 1);
             }
         }
         best.filter(|&end| end > start)
     }
 
-    /// Optional steps may be skipped.
-    fn close(&self, states: &mut [bool]) {
-        for k in 0..self.steps.len() {
-            if states[k] && self.steps[k].1 {
-                states[k + 1] = true;
+    /// Makes state `k` live, and the states after it an optional step may
+    /// skip to.
+    fn enter(&self, mut k: usize, generation: u64, live: &mut Vec<usize>, seen: &mut [u64]) {
+        loop {
+            if seen[k] == generation {
+                return;
+            }
+            seen[k] = generation;
+            live.push(k);
+            if k < self.steps.len() && self.steps[k].1 {
+                k += 1;
+            } else {
+                return;
             }
         }
     }
 
     fn scan(&self, bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
+        let mut work = MaskWork::default();
         let first_is_word = self
             .steps
             .first()
@@ -776,7 +788,7 @@ impl Mask {
             let may_start = self.steps[0].1 || self.steps[0].0.accepts(bytes[i]);
             if boundary
                 && may_start
-                && let Some(end) = self.longest_at(bytes, i)
+                && let Some(end) = self.longest_at(bytes, i, &mut work)
                 && (!is_word(bytes[end - 1]) || bytes.get(end).is_none_or(|&n| !is_word(n)))
             {
                 push(i, end);
@@ -786,6 +798,16 @@ impl Mask {
             i += 1;
         }
     }
+}
+
+/// The mask matcher's reusable state sets.
+#[derive(Debug, Default)]
+struct MaskWork {
+    current: Vec<usize>,
+    next: Vec<usize>,
+    /// The generation in which each state was last made live.
+    seen: Vec<u64>,
+    generation: u64,
 }
 
 // ---- The vault -----------------------------------------------------------------
@@ -1147,8 +1169,10 @@ mod tests {
         assert!(Mask::compile("#{300}").is_err());
         assert!(Mask::compile("@@#{6,9}").is_ok());
         let m = Mask::compile("A#{2,4}").unwrap();
-        assert_eq!(m.longest_at(b"a12345", 0), Some(5));
-        assert_eq!(m.longest_at(b"a1", 0), None);
+        let mut work = MaskWork::default();
+        assert_eq!(m.longest_at(b"a12345", 0, &mut work), Some(5));
+        assert_eq!(m.longest_at(b"a1", 0, &mut work), None);
+        assert_eq!(m.longest_at(b"xa123", 1, &mut work), Some(5));
     }
 
     #[test]
@@ -1159,6 +1183,26 @@ mod tests {
         assert_eq!(kinds("+4111111111111111"), ["card_number"]);
         assert_eq!(kinds("+1 415 555 0132"), ["phone"]);
         assert_eq!(kinds("4111-1111-1111-1111"), ["card_number"]);
+    }
+
+    #[test]
+    fn adversarial_texts_scan_in_linear_time() {
+        let d = detector();
+        let domain = format!("@{}", "a.".repeat(126));
+        let texts = [
+            domain.repeat(2_000),
+            "AA11 ".repeat(100_000),
+            "1 ".repeat(250_000),
+            "[".repeat(500_000),
+            "a ".repeat(250_000),
+            "EMP-".repeat(120_000),
+        ];
+        let started = std::time::Instant::now();
+        for t in &texts {
+            let _ = d.find(t);
+        }
+        // Quadratic scanning of these would take minutes.
+        assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
     }
 
     #[test]
