@@ -83,6 +83,15 @@ add('pii', [0, 5, 1, 9], [
   '[EMAIL_1] [x] [ nothing 1717171717 v1.2.3.4.5 std::vec',
 ].map((t) => Buffer.from(t)));
 
+// Inputs that once crashed a target (fuzz/regressions/TARGET/*) stay in
+// its corpus, so every run checks them first.
+const REGRESSIONS = path.join(ROOT, 'fuzz/regressions');
+for (const target of readdirSync(REGRESSIONS)) {
+  for (const f of readdirSync(path.join(REGRESSIONS, target))) {
+    add(target, [], [readFileSync(path.join(REGRESSIONS, target, f))]);
+  }
+}
+
 for (const [target, bodies] of seeds) {
   const dir = path.join(ROOT, 'fuzz/corpus', target);
   mkdirSync(dir, { recursive: true });

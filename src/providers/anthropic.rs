@@ -862,8 +862,10 @@ pub struct EventsToChunks {
     /// Id and model are set by `message_start`.
     chunks: ChunkWriter,
     response_tool: Option<String>,
-    /// By Anthropic block index.
-    blocks: Vec<BlockKind>,
+    /// (Anthropic block index, kind), as blocks start. Indexes come from
+    /// the provider: kept as pairs, not as positions in a vector, so an
+    /// index of 10^11 costs one entry, not 800 GB (found by fuzzing).
+    blocks: Vec<(usize, BlockKind)>,
     tool_calls: u32,
     usage: Option<UsageIn>,
     stopped: bool,
@@ -907,10 +909,14 @@ impl EventsToChunks {
             }
             _ => BlockKind::Skipped,
         };
-        if self.blocks.len() <= index {
-            self.blocks.resize(index + 1, BlockKind::Skipped);
+        // Newest first: a delta is nearly always for the block just opened.
+        // Real answers have tens of blocks; past 4,096 more are ignored.
+        let known = self.blocks.len();
+        match self.blocks.iter_mut().rev().find(|(i, _)| *i == index) {
+            Some(slot) => slot.1 = kind,
+            None if known < 4_096 => self.blocks.push((index, kind)),
+            None => {}
         }
-        self.blocks[index] = kind;
         match kind {
             BlockKind::Text => {
                 // Always empty in practice; sent should it ever carry text.
@@ -938,7 +944,13 @@ impl EventsToChunks {
     }
 
     fn block_delta(&self, index: Option<usize>, delta: DeltaIn<'_>, out: &mut Vec<u8>) {
-        let kind = index.and_then(|i| self.blocks.get(i).copied());
+        let kind = index.and_then(|i| {
+            self.blocks
+                .iter()
+                .rev()
+                .find(|(b, _)| *b == i)
+                .map(|(_, k)| *k)
+        });
         match delta.kind.as_deref() {
             Some("text_delta") => {
                 if let Some(text) = delta.text.as_deref().filter(|t| !t.is_empty()) {
@@ -1653,6 +1665,20 @@ mod tests {
         }
         t.on_end(&mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn a_huge_block_index_from_the_provider_costs_one_entry() {
+        // Found by fuzzing: a `content_block_start` at index 99999999990
+        // made the translator allocate 800 GB.
+        let sse = concat!(
+            "event: content_block_start\n",
+            "data: {\"type\":\"content_block_start\",\"index\":99999999990,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":99999999990,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        );
+        let (out, _) = run_stream(STREAM_PLAIN, &[sse.as_bytes()]);
+        assert!(out.contains("\"content\":\"Hi\""), "{out}");
     }
 
     #[test]
