@@ -12,6 +12,9 @@
 //!   completions, embeddings), responses, stream chunks, usage, model lists.
 //! - [`sse`]       — incremental Server-Sent Events parser (any chunk boundary)
 //!   and encoder.
+//! - [`aws`]       — AWS protocol pieces for Bedrock: the binary event stream
+//!   framing (decoded incrementally, CRC checked), Signature Version 4, and
+//!   regions with their jurisdictions and coordinates.
 //! - [`config`]    — the routing config: serde types (providers, models,
 //!   strategies, rules, residency, failover policy), the bundled default,
 //!   validation with path-named errors; its JSON Schema is generated from them.
@@ -38,6 +41,7 @@
 //!   by `scripts/bench`.
 
 pub mod api;
+pub mod aws;
 pub mod config;
 pub mod error;
 pub mod gateway;
