@@ -16,7 +16,13 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
 
 /// Response headers the gateway reads from providers. The edge copies only
 /// these out of the runtime, so each response costs a handful of lookups.
-pub const UPSTREAM_HEADERS: [&str; 3] = ["content-type", "retry-after", "retry-after-ms"];
+/// Bedrock names its error type in `x-amzn-errortype`.
+pub const UPSTREAM_HEADERS: [&str; 4] = [
+    "content-type",
+    "retry-after",
+    "retry-after-ms",
+    "x-amzn-errortype",
+];
 
 /// An outbound request to a provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,19 @@ pub struct UpstreamRequest {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+}
+
+impl UpstreamRequest {
+    /// Whether the answer is a stream, to be read chunk by chunk as it
+    /// arrives: adapters ask for one with `accept: text/event-stream`, or
+    /// Bedrock's `accept: application/vnd.amazon.eventstream`.
+    pub fn wants_stream(&self) -> bool {
+        self.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("accept")
+                && (v.contains("text/event-stream")
+                    || v.contains(crate::aws::eventstream::CONTENT_TYPE))
+        })
+    }
 }
 
 /// A provider's response, body not yet read.

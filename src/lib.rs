@@ -19,8 +19,9 @@
 //!   strategies, rules, residency, failover policy), the bundled default,
 //!   validation with path-named errors; its JSON Schema is generated from them.
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
-//!   Anthropic Messages, Google Gemini, the built-in demo model): request
-//!   building, response and stream translation, error mapping.
+//!   Anthropic Messages, Google Gemini, Amazon Bedrock Converse, the built-in
+//!   demo model): request building (and signing), response and stream
+//!   translation, error mapping.
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
 //!   data residency, capabilities, strategies, per-target health (breaker,
 //!   429 cooling, time-to-first-byte EWMA).
@@ -29,7 +30,8 @@
 //!   picodollars, usage rollups; time passed in.
 //! - [`gateway`]   — the request path as plain async Rust over the
 //!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts and
-//!   failover, stream commit at the first token, settlement.
+//!   failover, stream decoding (SSE or AWS event stream) and commit at the
+//!   first token, settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
 //!   types, timers.
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time

@@ -299,7 +299,7 @@ fn canonical_headers(headers: &[(String, String)], url_host: &str) -> (String, S
 
 /// Percent-encodes every byte but the unreserved `A-Z a-z 0-9 - _ . ~`, in
 /// upper-case hex (RFC 3986, as SigV4 requires).
-fn uri_encode(out: &mut String, bytes: &[u8]) {
+pub(crate) fn uri_encode(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -685,7 +685,11 @@ async fn try_chat<U: Upstream>(
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let attempt_start = (ctx.clock)();
-    let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref())?;
+    let signing = providers::Signing {
+        now_s: attempt_start / 1000,
+        secret: ctx.secret,
+    };
+    let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref(), signing)?;
     let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
     if req.stream {
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
@@ -759,7 +763,7 @@ async fn send_for_success<U: Upstream>(
     up_req: UpstreamRequest,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let resp = within(
+    let mut resp = within(
         upstream,
         policy.connect_timeout_ms,
         send(upstream, target, up_req, ctx.now_ms),
@@ -771,6 +775,7 @@ async fn send_for_success<U: Upstream>(
     }
     let status = resp.status;
     let retry_after = resp.retry_after_secs();
+    let headers = std::mem::take(&mut resp.headers);
     let body = within(
         upstream,
         policy.first_byte_timeout_ms,
@@ -779,7 +784,7 @@ async fn send_for_success<U: Upstream>(
     .await
     .and_then(Result::ok)
     .unwrap_or_default();
-    let e = providers::error_from_response(target, status, retry_after, &body);
+    let e = providers::error_from_response(target, status, &headers, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
 }
 

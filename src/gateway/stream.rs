@@ -1,8 +1,9 @@
 //! Streams from provider bytes to client bytes.
 //!
-//! [`Translated`] parses upstream SSE incrementally and runs each event
-//! through the provider's translator as it arrives: nothing is buffered
-//! beyond one partial event. It yields `Err` when the upstream breaks or
+//! [`Translated`] decodes the upstream framing incrementally — Server-Sent
+//! Events, or AWS's binary event stream for Bedrock, as the provider's
+//! [`Translator`] says — and runs each event through the translator as it
+//! arrives: nothing is buffered beyond one partial event. It yields `Err` when the upstream breaks or
 //! reports an error, so the failover loop can still move on while nothing has
 //! reached the client. Once committed, [`into_client_stream`] turns such an
 //! error into an OpenAI-style error event and a clean end, so a broken stream
@@ -14,18 +15,63 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 
 use crate::api::Usage;
+use crate::aws::eventstream;
 use crate::error::GatewayError;
 use crate::http::{ByteStream, Sleep};
-use crate::providers::StreamTranslator;
+use crate::providers::{StreamTranslator, Translator};
 use crate::providers::{field_is_nonempty_string, field_value_starts_with};
-use crate::sse::{SseParser, encode_data};
+use crate::sse::{SseEvent, SseParser, encode_data};
 
-/// Upstream SSE -> translated client bytes, chunk by chunk.
+/// A framing decoder's output side (bytes go in by its own `push`): the
+/// provider's events. A partial event is `Ok(None)`, never an error.
+trait Framing {
+    /// What one decoded event is.
+    type Event;
+    /// The next complete event; at end of stream, also one whose end
+    /// marker never came (SSE). An `Err` is a corrupt stream.
+    fn next(&mut self, at_eof: bool) -> Result<Option<Self::Event>, String>;
+    /// At end of stream: an `Err` when the stream was cut inside an event.
+    fn finish(&self) -> Result<(), String>;
+}
+
+impl Framing for SseParser {
+    type Event = SseEvent;
+    fn next(&mut self, at_eof: bool) -> Result<Option<SseEvent>, String> {
+        Ok(if at_eof {
+            SseParser::finish(self)
+        } else {
+            self.next_event()
+        })
+    }
+    fn finish(&self) -> Result<(), String> {
+        Ok(()) // an unterminated last event was dispatched by `next`
+    }
+}
+
+impl Framing for eventstream::Decoder {
+    type Event = eventstream::Message;
+    fn next(&mut self, _at_eof: bool) -> Result<Option<eventstream::Message>, String> {
+        self.next_message().map_err(|e| e.to_string())
+    }
+    fn finish(&self) -> Result<(), String> {
+        eventstream::Decoder::finish(self).map_err(|e| e.to_string())
+    }
+}
+
+/// A provider's framing decoder with the translator of its events.
+enum Decoder {
+    Sse(SseParser, Box<dyn StreamTranslator>),
+    EventStream(
+        eventstream::Decoder,
+        Box<dyn StreamTranslator<eventstream::Message>>,
+    ),
+}
+
+/// Upstream bytes -> translated client bytes, chunk by chunk.
 pub struct Translated {
     provider: String,
     upstream: ByteStream,
-    parser: SseParser,
-    translator: Box<dyn StreamTranslator>,
+    decoder: Decoder,
     /// An error to yield after the bytes that preceded it.
     pending_error: Option<GatewayError>,
     ended: bool,
@@ -35,17 +81,16 @@ pub struct Translated {
 }
 
 impl Translated {
-    /// Wraps an upstream body.
-    pub fn new(
-        provider: &str,
-        upstream: ByteStream,
-        translator: Box<dyn StreamTranslator>,
-    ) -> Self {
+    /// Wraps an upstream body; the translator's variant picks the decoder.
+    pub fn new(provider: &str, upstream: ByteStream, translator: Translator) -> Self {
+        let decoder = match translator {
+            Translator::Sse(t) => Decoder::Sse(SseParser::new(), t),
+            Translator::EventStream(t) => Decoder::EventStream(eventstream::Decoder::new(), t),
+        };
         Translated {
             provider: provider.to_owned(),
             upstream,
-            parser: SseParser::new(),
-            translator,
+            decoder,
             pending_error: None,
             ended: false,
             events: 0,
@@ -54,32 +99,73 @@ impl Translated {
 
     /// Usage the provider reported so far.
     pub fn usage(&self) -> Option<Usage> {
-        self.translator.usage()
+        match &self.decoder {
+            Decoder::Sse(_, t) => t.usage(),
+            Decoder::EventStream(_, t) => t.usage(),
+        }
     }
 
-    /// Runs every complete event through the translator.
-    fn drain_events(&mut self, out: &mut Vec<u8>, at_eof: bool) {
-        loop {
-            let ev = if at_eof {
-                self.parser.finish()
-            } else {
-                self.parser.next_event()
-            };
-            let Some(ev) = ev else { break };
-            self.events += 1;
-            if let Err(e) = self.translator.on_event(ev, out) {
-                self.pending_error = Some(e);
-                self.ended = true;
-                return;
-            }
+    /// Decodes `bytes` and runs every complete event through the translator.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        match &mut self.decoder {
+            Decoder::Sse(f, _) => f.push(bytes),
+            Decoder::EventStream(f, _) => f.push(bytes),
         }
-        if at_eof {
+        self.drain_events(out, false);
+    }
+
+    /// Runs every complete event through the translator; at end of stream,
+    /// ends the translation too.
+    fn drain_events(&mut self, out: &mut Vec<u8>, at_eof: bool) {
+        let (provider, events) = (&self.provider, &mut self.events);
+        let result = match &mut self.decoder {
+            Decoder::Sse(f, t) => drain(f, t.as_mut(), provider, out, at_eof, events),
+            Decoder::EventStream(f, t) => drain(f, t.as_mut(), provider, out, at_eof, events),
+        };
+        if at_eof || result.is_err() {
             self.ended = true;
-            if let Err(e) = self.translator.on_end(out) {
-                self.pending_error = Some(e);
+        }
+        if let Err(e) = result {
+            self.pending_error = Some(e);
+        }
+    }
+}
+
+/// The decode-translate loop of one framing: an `Err` ends the stream (a
+/// corrupt frame, an in-stream provider error, a cut or incomplete answer).
+fn drain<F: Framing>(
+    framing: &mut F,
+    translator: &mut dyn StreamTranslator<F::Event>,
+    provider: &str,
+    out: &mut Vec<u8>,
+    at_eof: bool,
+    events: &mut u64,
+) -> Result<(), GatewayError> {
+    loop {
+        match framing.next(at_eof) {
+            Ok(Some(ev)) => {
+                *events += 1;
+                translator.on_event(ev, out)?;
+            }
+            Ok(None) => break,
+            Err(message) => {
+                return Err(GatewayError::UpstreamInvalidResponse {
+                    provider: provider.to_owned(),
+                    message,
+                });
             }
         }
     }
+    if at_eof {
+        framing
+            .finish()
+            .map_err(|message| GatewayError::UpstreamUnreachable {
+                provider: provider.to_owned(),
+                message,
+            })?;
+        translator.on_end(out)?;
+    }
+    Ok(())
 }
 
 impl Stream for Translated {
@@ -94,10 +180,7 @@ impl Stream for Translated {
             let mut out = Vec::new();
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(bytes))) => {
-                    this.parser.push(&bytes);
-                    this.drain_events(&mut out, false);
-                }
+                Poll::Ready(Some(Ok(bytes))) => this.push(&bytes, &mut out),
                 Poll::Ready(Some(Err(message))) => {
                     this.ended = true;
                     this.pending_error = Some(GatewayError::UpstreamUnreachable {

@@ -816,7 +816,7 @@ pub fn anthropic_stop_reason_to_finish_reason(reason: &str) -> FinishReason {
 
 /// Removes the whitespace between JSON tokens (OpenAI's `arguments` are
 /// compact); the order and spelling of everything else are kept.
-fn compact_json(json: &str) -> String {
+pub(crate) fn compact_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let mut in_string = false;
     let mut escaped = false;

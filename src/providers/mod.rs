@@ -4,6 +4,8 @@
 //! - [`anthropic`] — the Anthropic Messages format, translated both ways.
 //! - [`gemini`] — Google Gemini's `generateContent` and `embedContent`,
 //!   translated both ways.
+//! - [`bedrock`] — Amazon Bedrock's Converse and ConverseStream, translated
+//!   both ways, signed with SigV4, streamed in AWS's binary event stream.
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
@@ -11,8 +13,13 @@
 //! `chat_response`, `stream_translator`), embeddings (`supports_embeddings`,
 //! `build_embeddings_request`, `embeddings_response`) and errors
 //! (`error_from_response`, shared by both).
+//!
+//! Streams come in two framings ([`Translator`]): Server-Sent Events for
+//! most formats, AWS's binary event stream for Bedrock. The gateway decodes
+//! the framing and hands each event to the format's [`StreamTranslator`].
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
@@ -20,9 +27,11 @@ pub mod openai;
 use crate::api::{
     ChatCompletionChunk, ChatRequest, ChunkChoice, Delta, EmbeddingsRequest, FinishReason, Usage,
 };
+use crate::aws::eventstream;
 use crate::config::{Provider, ProviderKind};
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
+use crate::routing::SecretLookup;
 use crate::sse::SseEvent;
 
 /// A config target resolved to its provider.
@@ -36,11 +45,13 @@ pub struct Target<'c> {
     pub model: &'c str,
 }
 
-/// Turns one provider's stream events into OpenAI chunk bytes.
-pub trait StreamTranslator {
+/// Turns one provider's stream events into OpenAI chunk bytes. `E` is what
+/// the provider's framing yields: an [`SseEvent`] (the default), or an AWS
+/// [`eventstream::Message`].
+pub trait StreamTranslator<E = SseEvent> {
     /// Handles one upstream event, appending client bytes to `out`. An `Err`
     /// is an in-stream provider error; the stream ends after it.
-    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError>;
+    fn on_event(&mut self, ev: E, out: &mut Vec<u8>) -> Result<(), GatewayError>;
     /// The upstream ended. Appends closing bytes, or returns an `Err` when
     /// the answer was incomplete.
     fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError>;
@@ -48,13 +59,57 @@ pub trait StreamTranslator {
     fn usage(&self) -> Option<Usage>;
 }
 
-/// The secret holding this provider's key, if it takes one.
+/// A stream translator with the framing its provider's stream comes in:
+/// the gateway picks the decoder by the variant, so a translator never sees
+/// events of another framing.
+pub enum Translator {
+    /// Server-Sent Events (OpenAI, Anthropic, Gemini).
+    Sse(Box<dyn StreamTranslator>),
+    /// AWS's binary `application/vnd.amazon.eventstream` (Bedrock).
+    EventStream(Box<dyn StreamTranslator<eventstream::Message>>),
+}
+
+impl Translator {
+    /// Usage reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            Translator::Sse(t) => t.usage(),
+            Translator::EventStream(t) => t.usage(),
+        }
+    }
+}
+
+/// The secret holding this provider's key, if it takes one: for Bedrock,
+/// the AWS access key id (its secret key is [`signing_secret`]).
 pub fn api_key_secret(p: &Provider) -> Option<&str> {
     p.api_key_secret.as_deref().or_else(|| match p.kind {
         ProviderKind::Anthropic => Some(anthropic::SECRET),
         ProviderKind::Gemini => Some(gemini::DEFAULT_SECRET),
+        ProviderKind::Bedrock => Some(bedrock::access_key_id_secret(p)),
         kind => openai::preset(kind).and_then(|preset| preset.secret),
     })
+}
+
+/// The secret a provider signs its requests with besides its key (Bedrock's
+/// AWS secret access key). Routing treats the provider as disabled while
+/// it is not set, as it does for the key.
+pub fn signing_secret(p: &Provider) -> Option<&str> {
+    match p.kind {
+        ProviderKind::Bedrock => Some(bedrock::secret_access_key_secret(p)),
+        _ => None,
+    }
+}
+
+/// What a request builder may need beyond the request and its key: the
+/// time and the other secrets of a provider that signs its requests
+/// (Bedrock's SigV4 covers the time and uses the secret access key and the
+/// session token). Adapters with a plain key ignore it.
+#[derive(Clone, Copy)]
+pub struct Signing<'a> {
+    /// Unix seconds now, for the signature.
+    pub now_s: u64,
+    /// Secret lookup, for the signing secrets.
+    pub secret: SecretLookup<'a>,
 }
 
 /// The wire format a provider speaks.
@@ -66,12 +121,15 @@ enum Wire {
     Anthropic,
     /// Google Gemini `generateContent`.
     Gemini,
+    /// Amazon Bedrock Converse.
+    Bedrock,
 }
 
 fn wire(kind: ProviderKind) -> Wire {
     match kind {
         ProviderKind::Anthropic => Wire::Anthropic,
         ProviderKind::Gemini => Wire::Gemini,
+        ProviderKind::Bedrock => Wire::Bedrock,
         // Every other kind has a preset (a unit test checks it).
         other => Wire::OpenAi(openai::preset(other).unwrap_or(openai::GENERIC)),
     }
@@ -82,11 +140,13 @@ pub fn build_chat_request(
     target: &Target<'_>,
     req: &ChatRequest<'_>,
     api_key: Option<&str>,
+    signing: Signing<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     match wire(target.provider.kind) {
         Wire::OpenAi(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
         Wire::Anthropic => anthropic::build_chat_request(target, req, api_key),
         Wire::Gemini => gemini::build_chat_request(target, req, api_key),
+        Wire::Bedrock => bedrock::build_chat_request(target, req, api_key, signing),
     }
 }
 
@@ -106,29 +166,38 @@ pub fn chat_response(
         }
         Wire::Anthropic => anthropic::chat_response(target, req, &body, now_s),
         Wire::Gemini => gemini::read_chat_response(target, &body, now_s),
+        Wire::Bedrock => bedrock::chat_response(target, req, &body, now_s),
     }
 }
 
 /// The translator for a streamed answer; `now_s` (Unix seconds) is the
 /// `created` of chunks a translating adapter builds.
-pub fn stream_translator(
-    target: &Target<'_>,
-    req: &ChatRequest<'_>,
-    now_s: u64,
-) -> Box<dyn StreamTranslator> {
+pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64) -> Translator {
     match wire(target.provider.kind) {
-        Wire::OpenAi(_) => Box::new(openai::PassThrough::new(target, req.include_usage)),
-        Wire::Anthropic => Box::new(anthropic::EventsToChunks::new(target, req, now_s)),
-        Wire::Gemini => Box::new(gemini::GeminiStream::new(target, req.include_usage, now_s)),
+        Wire::OpenAi(_) => Translator::Sse(Box::new(openai::PassThrough::new(
+            target,
+            req.include_usage,
+        ))),
+        Wire::Anthropic => {
+            Translator::Sse(Box::new(anthropic::EventsToChunks::new(target, req, now_s)))
+        }
+        Wire::Gemini => Translator::Sse(Box::new(gemini::GeminiStream::new(
+            target,
+            req.include_usage,
+            now_s,
+        ))),
+        Wire::Bedrock => {
+            Translator::EventStream(Box::new(bedrock::ConverseStream::new(target, req, now_s)))
+        }
     }
 }
 
 /// Whether a provider kind serves `/v1/embeddings` (Anthropic has no
-/// embeddings API).
+/// embeddings API; Bedrock's Converse has none either).
 pub fn supports_embeddings(kind: ProviderKind) -> bool {
     match wire(kind) {
         Wire::OpenAi(_) | Wire::Gemini => true,
-        Wire::Anthropic => false,
+        Wire::Anthropic | Wire::Bedrock => false,
     }
 }
 
@@ -144,7 +213,7 @@ pub fn build_embeddings_request(
             target, preset, req, api_key,
         )),
         Wire::Gemini => gemini::build_embeddings_request(target, req, api_key),
-        Wire::Anthropic => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock => Err(no_embeddings(&req.model)),
     }
 }
 
@@ -168,14 +237,17 @@ pub fn embeddings_response(
             Ok((body, usage))
         }
         Wire::Gemini => gemini::read_embeddings_response(target, req, &body),
-        Wire::Anthropic => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock => Err(no_embeddings(&req.model)),
     }
 }
 
-/// Maps a non-2xx response to the gateway's error.
+/// Maps a non-2xx response to the gateway's error. `headers` are the
+/// response's [`crate::http::UPSTREAM_HEADERS`] (Bedrock names its error
+/// type in `x-amzn-errortype`).
 pub fn error_from_response(
     target: &Target<'_>,
     status: u16,
+    headers: &[(String, String)],
     retry_after: Option<u64>,
     body: &[u8],
 ) -> GatewayError {
@@ -183,6 +255,13 @@ pub fn error_from_response(
         Wire::OpenAi(_) => openai::error_from_body(target.name, status, retry_after, body),
         Wire::Anthropic => anthropic::error_from_body(target.name, status, retry_after, body),
         Wire::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
+        Wire::Bedrock => {
+            let error_type = headers
+                .iter()
+                .find(|(k, _)| k == bedrock::ERROR_TYPE_HEADER)
+                .map(|(_, v)| v.as_str());
+            bedrock::error_from_body(target.name, status, error_type, retry_after, body)
+        }
     }
 }
 

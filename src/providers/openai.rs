@@ -77,8 +77,8 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
             auth: Auth::Bearer,
             secret: None,
         }),
-        // Its own wire format: see `super::gemini`.
-        ProviderKind::Gemini => None,
+        // Their own wire formats: see `super::gemini`, `super::bedrock`.
+        ProviderKind::Gemini | ProviderKind::Bedrock => None,
     }
 }
 
@@ -364,7 +364,10 @@ mod tests {
     fn every_openai_compatible_kind_has_a_preset() {
         let c = Config::bundled();
         for p in c.providers.values() {
-            let own_format = matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini);
+            let own_format = matches!(
+                p.kind,
+                ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock
+            );
             assert_eq!(preset(p.kind).is_some(), !own_format, "{:?}", p.kind);
         }
     }

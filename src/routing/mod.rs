@@ -358,8 +358,14 @@ fn not_found(model: &str) -> GatewayError {
 }
 
 /// `Some(key)` when the provider is enabled: it takes no key (`Some(None)`)
-/// or its secret is set and non-empty.
+/// or its secret is set and non-empty, and so is the secret it signs with,
+/// if it signs (Bedrock).
 fn enabled_key(provider: &Provider, secret: SecretLookup<'_>) -> Option<Option<String>> {
+    if let Some(name) = providers::signing_secret(provider)
+        && secret(name).is_none_or(|v| v.trim().is_empty())
+    {
+        return None;
+    }
     match api_key_secret(provider) {
         None => Some(None),
         Some(name) => secret(name).filter(|k| !k.trim().is_empty()).map(Some),
