@@ -104,6 +104,11 @@ const OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
 /// The provider kind, as named in client-facing messages.
 const KIND: &str = "provider kind bedrock";
 
+/// The highest content block index a stream may start a tool block at: far
+/// above any real answer's, low enough that a corrupt index cannot make the
+/// block table large.
+const MAX_BLOCK_INDEX: usize = 4096;
+
 /// Bedrock Runtime's endpoint in a region.
 pub fn endpoint(region: &str) -> String {
     format!("https://bedrock-runtime.{region}.amazonaws.com")
@@ -1065,16 +1070,16 @@ impl ConverseStream {
 
     fn block_start(&mut self, index: usize, start: StartIn, out: &mut Vec<u8>) {
         let Some(call) = start.tool_use else { return };
+        // A corrupt index must not make the gateway allocate without bound.
+        if index > MAX_BLOCK_INDEX {
+            return;
+        }
         let kind = if self.response_tool.as_deref() == Some(call.name.as_str()) {
             BlockKind::ResponseTool
         } else {
             self.tool_calls += 1;
             BlockKind::Tool(self.tool_calls - 1)
         };
-        // A corrupt index must not make the gateway allocate without bound.
-        if index > 4096 {
-            return;
-        }
         if self.blocks.len() <= index {
             self.blocks.resize(index + 1, BlockKind::Text);
         }
