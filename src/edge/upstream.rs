@@ -28,11 +28,9 @@ impl Drop for AbortOnDrop {
 
 impl Upstream for FetchUpstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
-        // Adapters ask for streams with `accept: text/event-stream`.
-        let wants_stream = req
-            .headers
-            .iter()
-            .any(|(k, v)| k == "accept" && v.contains("text/event-stream"));
+        // Adapters ask for streams by their `accept` header (SSE, or
+        // Bedrock's binary event stream): those are read chunk by chunk.
+        let wants_stream = req.wants_stream();
         let headers = Headers::new();
         for (name, value) in &req.headers {
             headers.set(name, value).map_err(|e| e.to_string())?;
