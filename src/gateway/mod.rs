@@ -572,8 +572,9 @@ where
         let tried = attempts.len() + 1;
         match attempt(cand).await {
             Ok(mut reply) => {
+                let now = (ctx.clock)();
                 ctx.health
-                    .record_success(&key, (ctx.clock)().saturating_sub(started));
+                    .record_success(&key, now, now.saturating_sub(started));
                 reply
                     .headers
                     .push(("x-gateway-provider", t.name.to_owned()));

@@ -1,5 +1,6 @@
 //! What an isolate has learned about each target: a circuit breaker, a
-//! cooling period after a 429, and an EWMA of time to first byte.
+//! cooling period after a 429, and an EWMA of time to first byte with the
+//! number of samples behind it.
 //!
 //! State lives per isolate (no coordination cost on the request path); each
 //! isolate learns from its own traffic. Time is passed in.
@@ -11,6 +12,13 @@ use crate::config::Breaker;
 
 /// Weight of the newest sample in the time-to-first-byte average.
 const EWMA_ALPHA: f64 = 0.3;
+/// Samples an estimate needs before it may reorder targets: one slow answer
+/// is noise, five in a row (weighted by the EWMA) are a pattern.
+pub const MIN_SAMPLES: u32 = 5;
+/// An estimate older than this is forgotten: a target that lost its place
+/// for being slow gets no traffic to show it recovered, so after a minute
+/// it is measured afresh (a few requests a minute at most).
+pub const STALE_AFTER_MS: u64 = 60_000;
 
 /// Whether a target may be tried now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +34,13 @@ pub enum Availability {
 #[derive(Debug, Default)]
 struct TargetHealth {
     ewma_ms: Option<f64>,
+    /// Samples in the EWMA since it was last started afresh.
+    samples: u32,
+    /// When the last sample was taken.
+    sampled_at: u64,
+    /// Nearest-first hysteresis: this target is currently ranked behind a
+    /// farther one for being slower (see `routing::nearest`).
+    slow: bool,
     failures: VecDeque<u64>,
     open_until: Option<u64>,
     probing: bool,
@@ -80,15 +95,22 @@ impl Health {
         }
     }
 
-    /// The target answered; `first_byte_ms` is its time to first byte.
-    pub fn record_success(&self, key: &str, first_byte_ms: u64) {
+    /// The target answered at `now_ms`; `first_byte_ms` is its time to
+    /// first byte. An estimate gone stale starts afresh.
+    pub fn record_success(&self, key: &str, now_ms: u64, first_byte_ms: u64) {
         let mut targets = self.targets.borrow_mut();
         let t = targets.entry(key.to_owned()).or_default();
         let x = first_byte_ms as f64;
-        t.ewma_ms = Some(
-            t.ewma_ms
-                .map_or(x, |prev| EWMA_ALPHA * x + (1.0 - EWMA_ALPHA) * prev),
-        );
+        let fresh = now_ms.saturating_sub(t.sampled_at) < STALE_AFTER_MS;
+        t.ewma_ms = match t.ewma_ms {
+            Some(prev) if fresh => Some(EWMA_ALPHA * x + (1.0 - EWMA_ALPHA) * prev),
+            _ => {
+                t.samples = 0;
+                Some(x)
+            }
+        };
+        t.samples = t.samples.saturating_add(1);
+        t.sampled_at = t.sampled_at.max(now_ms);
         t.failures.clear();
         t.open_until = None;
         t.probing = false;
@@ -132,6 +154,33 @@ impl Health {
     pub fn ewma_ms(&self, key: &str) -> Option<f64> {
         self.targets.borrow().get(key).and_then(|t| t.ewma_ms)
     }
+
+    /// The average time to first byte when it is worth acting on: at least
+    /// [`MIN_SAMPLES`] samples, the last within [`STALE_AFTER_MS`].
+    pub fn settled_ewma_ms(&self, key: &str, now_ms: u64) -> Option<f64> {
+        let targets = self.targets.borrow();
+        let t = targets.get(key)?;
+        let fresh = now_ms.saturating_sub(t.sampled_at) < STALE_AFTER_MS;
+        t.ewma_ms.filter(|_| fresh && t.samples >= MIN_SAMPLES)
+    }
+
+    /// Whether nearest-first ordering last ranked the target behind a
+    /// farther one for being slower (its hysteresis state).
+    pub fn is_slow(&self, key: &str) -> bool {
+        self.targets.borrow().get(key).is_some_and(|t| t.slow)
+    }
+
+    /// Records nearest-first ordering's verdict on the target.
+    pub fn set_slow(&self, key: &str, slow: bool) {
+        let mut targets = self.targets.borrow_mut();
+        match targets.get_mut(key) {
+            Some(t) => t.slow = slow,
+            None if slow => {
+                targets.entry(key.to_owned()).or_default().slow = true;
+            }
+            None => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -162,7 +211,7 @@ mod tests {
         assert_eq!(h.availability("t", 7_100), Availability::Until(12_100));
         // The next probe succeeds: closed.
         assert!(h.acquire("t", 12_100));
-        h.record_success("t", 80);
+        h.record_success("t", 12_100, 80);
         assert_eq!(h.availability("t", 12_101), Availability::Ready);
     }
 
@@ -193,8 +242,25 @@ mod tests {
     fn ewma_follows_time_to_first_byte() {
         let h = Health::new();
         assert_eq!(h.ewma_ms("t"), None);
-        h.record_success("t", 100);
-        h.record_success("t", 200);
+        h.record_success("t", 1_000, 100);
+        h.record_success("t", 2_000, 200);
         assert!((h.ewma_ms("t").unwrap() - 130.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_estimate_is_settled_after_enough_fresh_samples_and_restarts_when_stale() {
+        let h = Health::new();
+        for i in 0..MIN_SAMPLES - 1 {
+            h.record_success("t", 1_000 + u64::from(i), 300);
+        }
+        assert_eq!(h.settled_ewma_ms("t", 2_000), None, "too few samples");
+        h.record_success("t", 2_000, 300);
+        assert_eq!(h.settled_ewma_ms("t", 2_000), Some(300.0));
+        let later = 2_000 + STALE_AFTER_MS;
+        assert_eq!(h.settled_ewma_ms("t", later), None, "stale");
+        // A sample after a long silence starts a new estimate, not a blend.
+        h.record_success("t", later, 900);
+        assert_eq!(h.ewma_ms("t"), Some(900.0));
+        assert_eq!(h.settled_ewma_ms("t", later), None, "one sample again");
     }
 }

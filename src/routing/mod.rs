@@ -11,7 +11,7 @@
 //!    vision, JSON mode, embeddings) remove targets; a constrained request
 //!    is never sent outside its allowed set, failover included ([`geo`]);
 //! 4. the strategy orders what is left (priority, nearest, weighted,
-//!    latency, cost) ([`order`]);
+//!    latency, cost) ([`order`]; `nearest` in [`nearest`]);
 //! 5. targets skipped by their circuit breaker or cooling after a 429 are
 //!    dropped ([`health`]).
 //!
@@ -19,6 +19,7 @@
 
 pub mod geo;
 pub mod health;
+pub mod nearest;
 
 use std::collections::BTreeMap;
 
@@ -245,17 +246,13 @@ fn order(list: &mut Vec<Candidate<'_>>, strategy: &Strategy, input: &RouteInput<
             .health
             .ewma_ms(&target_key(c.target.name, c.target.model))
     };
-    let distance = |c: &Candidate<'_>| match (input.origin.location, c.target.provider.location) {
-        (Some(a), Some(b)) => geo::distance_ms(geo::distance_km(a, b)),
-        (Some(_), None) => geo::distance_ms(20_000.0), // unknown: as far as can be
-        (None, _) => 0.0,
-    };
+    let distance = |c: &Candidate<'_>| geo::network_ms(input.origin, c.target.provider.location);
     let sort_by = |list: &mut Vec<Candidate<'_>>, score: &dyn Fn(&Candidate<'_>) -> f64| {
         list.sort_by(|a, b| score(a).total_cmp(&score(b)));
     };
     match strategy {
         Strategy::Priority => {}
-        Strategy::Nearest => sort_by(list, &|c| distance(c) + ewma(c).unwrap_or(0.0)),
+        Strategy::Nearest => nearest::order(list, input.origin, input.health, input.now_ms),
         Strategy::Latency => sort_by(list, &|c| ewma(c).unwrap_or_else(|| distance(c))),
         Strategy::Cost => sort_by(list, &|c| {
             let pricing = c.target.provider.model_info(c.target.model).pricing();
