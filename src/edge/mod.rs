@@ -7,6 +7,7 @@
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
+//! - `shared_health`  — target health shared by a location's isolates (Cache API)
 //! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
 
 mod accounting;
@@ -14,6 +15,7 @@ mod admin;
 mod config_cache;
 mod key_client;
 mod key_object;
+mod shared_health;
 mod upstream;
 
 use std::cell::RefCell;
@@ -86,7 +88,9 @@ thread_local! {
 /// 9. **settle** — off the request path (`waitUntil`): one JSON log line,
 ///    and the actual cost added to the key's batch, which the isolate sends
 ///    to the key's object about once a second with the others
-///    ([`settle`], [`accounting::settle`]).
+///    ([`settle`], [`accounting::settle`]). Breakers and cool-downs this
+///    request changed reach the location's other isolates the same way
+///    ([`shared_health::sync`]).
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let request_id = new_request_id();
@@ -241,6 +245,8 @@ async fn chat(
             }),
         ),
     };
+    // Shared health (regional): background only, a flag and a comparison here.
+    shared_health::sync(req, ctx, started);
     let rate = admitted
         .as_ref()
         .map(|a| a.rate.clone())
