@@ -111,4 +111,11 @@ pub trait Upstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String>;
     /// Completes after `ms` milliseconds.
     fn sleep(&self, ms: u64) -> Sleep;
+    /// Signs `message` with RSASSA-PKCS1-v1_5 over SHA-256 (RS256) under a
+    /// PKCS #8 DER private key: Google service-account JWTs. The edge uses
+    /// the runtime's WebCrypto; without one, signing fails.
+    async fn sign_rs256(&self, pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = (pkcs8_der, message);
+        Err("RS256 signing is not available here".to_owned())
+    }
 }

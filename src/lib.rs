@@ -15,6 +15,9 @@
 //! - [`aws`]       — AWS protocol pieces for Bedrock: the binary event stream
 //!   framing (decoded incrementally, CRC checked), Signature Version 4, and
 //!   regions with their jurisdictions and coordinates.
+//! - [`google`]    — Google Cloud protocol pieces for Vertex AI: the
+//!   service-account JWT and token exchange, the token cache's policy, and
+//!   Vertex locations with their hosts, jurisdictions and coordinates.
 //! - [`config`]    — the routing config: serde types (providers, models,
 //!   strategies, rules, residency, failover policy), the bundled default,
 //!   validation with path-named errors; its JSON Schema is generated from them.
@@ -47,6 +50,7 @@ pub mod aws;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod google;
 pub mod http;
 pub mod keys;
 pub mod limits;

@@ -82,8 +82,10 @@ pub struct Provider {
     pub location: Option<Location>,
     /// Region label reported in `x-gateway-region` (e.g. `westeurope`). For
     /// `bedrock` it is required: the AWS region requests go to and are
-    /// signed for (`eu-central-1`), and a known region gives the provider
-    /// its `jurisdiction` and `location` unless they are set.
+    /// signed for (`eu-central-1`); for `vertex` too: the Vertex AI location
+    /// (`europe-west4`, the multi-regions `eu` and `us`, or `global`). A known
+    /// region gives the provider its `jurisdiction` and `location` unless
+    /// they are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Legal jurisdiction of the deployment (e.g. `eu`, `us`), for data
@@ -104,6 +106,10 @@ pub struct Provider {
     /// when that secret is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_session_token_secret: Option<String>,
+    /// `vertex`: the Google Cloud project id the models are served in
+    /// (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// What the gateway knows of each provider-side model: prices (for
     /// budgets) and the output cap (for worst-case reservations).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -195,6 +201,10 @@ pub enum ProviderKind {
     /// Amazon Bedrock Runtime's Converse API in one AWS `region`, signed
     /// with AWS credentials (Signature Version 4).
     Bedrock,
+    /// Google Vertex AI in one `region` of one `project`: Gemini models in
+    /// the Gemini format, Anthropic's (`claude-*`) in the Messages format,
+    /// authorized by a service account's OAuth tokens.
+    Vertex,
     /// The built-in deterministic demo model: no network, no key.
     Mock,
 }
@@ -319,13 +329,18 @@ impl Config {
     fn apply_region_presets(&mut self) {
         for p in self.providers.values_mut() {
             let known = match (p.kind, p.region.as_deref()) {
-                (ProviderKind::Bedrock, Some(code)) => crate::aws::regions::region(code),
+                (ProviderKind::Bedrock, Some(code)) => {
+                    crate::aws::regions::region(code).map(|r| (r.jurisdiction, r.location))
+                }
+                (ProviderKind::Vertex, Some(code)) => {
+                    crate::google::regions::region(code).map(|r| (r.jurisdiction, r.location))
+                }
                 _ => None,
             };
-            if let Some(region) = known {
+            if let Some((jurisdiction, location)) = known {
                 p.jurisdiction
-                    .get_or_insert_with(|| region.jurisdiction.to_owned());
-                p.location.get_or_insert(region.location);
+                    .get_or_insert_with(|| jurisdiction.to_owned());
+                p.location.get_or_insert(location);
             }
         }
     }
@@ -441,6 +456,53 @@ impl Config {
                         );
                     }
                 }
+            }
+            if p.kind == ProviderKind::Vertex {
+                use crate::google::regions::{GLOBAL, is_location_code};
+                match p.region.as_deref() {
+                    None => err(
+                        format!("{path}.region"),
+                        "required for kind Vertex (the Vertex AI location: europe-west4, eu, global, ...)".into(),
+                    ),
+                    Some(code) if !is_location_code(code) => err(
+                        format!("{path}.region"),
+                        format!("not a Vertex AI location: {code:?}"),
+                    ),
+                    // The global endpoint processes anywhere: it cannot be
+                    // resident in one jurisdiction.
+                    Some(GLOBAL) => {
+                        if let Some(j) = p.jurisdiction.as_deref().filter(|j| *j != GLOBAL) {
+                            err(
+                                format!("{path}.jurisdiction"),
+                                format!("region `global` processes requests anywhere, not only in `{j}`; use a regional or multi-regional location (`eu`, `europe-west4`), or set jurisdiction to \"global\""),
+                            );
+                        }
+                    }
+                    Some(_) => {}
+                }
+                let project_ok = p.project.as_deref().is_some_and(|id| {
+                    !id.is_empty()
+                        && id.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b)
+                        })
+                });
+                if !project_ok {
+                    err(
+                        format!("{path}.project"),
+                        match &p.project {
+                            None => "required for kind Vertex (the Google Cloud project id)".into(),
+                            Some(id) => format!("not a Google Cloud project id: {id:?}"),
+                        },
+                    );
+                }
+            } else if p.project.is_some() {
+                err(
+                    format!("{path}.project"),
+                    format!(
+                        "only kind Vertex takes a Google Cloud project, not {:?}",
+                        p.kind
+                    ),
+                );
             }
             if let Some(loc) = p.location
                 && !(loc.lat.abs() <= 90.0 && loc.lon.abs() <= 180.0)

@@ -9,6 +9,7 @@
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
 //! - `shared_health`  — target health shared by a location's isolates (Cache API)
 //! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
+//! - `webcrypto`      — RS256 signatures (Google service-account JWTs)
 
 mod accounting;
 mod admin;
@@ -17,6 +18,7 @@ mod key_client;
 mod key_object;
 mod shared_health;
 mod upstream;
+mod webcrypto;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

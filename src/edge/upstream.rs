@@ -86,4 +86,8 @@ impl Upstream for FetchUpstream {
     fn sleep(&self, ms: u64) -> Sleep {
         Box::pin(Delay::from(Duration::from_millis(ms)))
     }
+
+    async fn sign_rs256(&self, pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>, String> {
+        super::webcrypto::sign_rs256(pkcs8_der, message).await
+    }
 }

@@ -690,7 +690,14 @@ async fn try_chat<U: Upstream>(
         now_s: attempt_start / 1000,
         secret: ctx.secret,
     };
-    let up_req = providers::build_chat_request(target, req, cand.api_key.as_deref(), signing)?;
+    // The key, or (Vertex AI) an OAuth token obtained with it: a network
+    // call when due, within the connect timeout.
+    let credential =
+        providers::credential(upstream, target, cand.api_key.as_deref(), signing.now_s);
+    let key = within(upstream, policy.connect_timeout_ms, credential)
+        .await
+        .ok_or_else(|| timeout(target, "access token", policy.connect_timeout_ms))??;
+    let up_req = providers::build_chat_request(target, req, key.as_deref(), signing)?;
     let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
     if req.stream {
         let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);

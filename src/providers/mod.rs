@@ -6,13 +6,17 @@
 //!   translated both ways.
 //! - [`bedrock`] — Amazon Bedrock's Converse and ConverseStream, translated
 //!   both ways, signed with SigV4, streamed in AWS's binary event stream.
+//! - [`vertex`] — Google Vertex AI: Gemini and Claude models through the
+//!   Gemini and Anthropic adapters, at Vertex's URLs, with a service
+//!   account's OAuth token.
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
 //! core never matches on vendors: chat completions (`build_chat_request`,
 //! `chat_response`, `stream_translator`), embeddings (`supports_embeddings`,
 //! `build_embeddings_request`, `embeddings_response`) and errors
-//! (`error_from_response`, shared by both).
+//! (`error_from_response`, shared by both), and the credential a request
+//! carries (`credential`: the key, or an OAuth token obtained with it).
 //!
 //! Streams come in two framings ([`Translator`]): Server-Sent Events for
 //! most formats, AWS's binary event stream for Bedrock. The gateway decodes
@@ -23,14 +27,17 @@ pub mod bedrock;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod vertex;
 
 use crate::api::{
     ChatCompletionChunk, ChatRequest, ChunkChoice, Delta, EmbeddingsRequest, FinishReason, Usage,
 };
 use crate::aws::eventstream;
+use std::borrow::Cow;
+
 use crate::config::{Provider, ProviderKind};
 use crate::error::GatewayError;
-use crate::http::UpstreamRequest;
+use crate::http::{Upstream, UpstreamRequest};
 use crate::routing::SecretLookup;
 use crate::sse::SseEvent;
 
@@ -86,6 +93,7 @@ pub fn api_key_secret(p: &Provider) -> Option<&str> {
         ProviderKind::Anthropic => Some(anthropic::SECRET),
         ProviderKind::Gemini => Some(gemini::DEFAULT_SECRET),
         ProviderKind::Bedrock => Some(bedrock::access_key_id_secret(p)),
+        ProviderKind::Vertex => Some(vertex::DEFAULT_SECRET),
         kind => openai::preset(kind).and_then(|preset| preset.secret),
     })
 }
@@ -123,6 +131,8 @@ enum Wire {
     Gemini,
     /// Amazon Bedrock Converse.
     Bedrock,
+    /// Google Vertex AI (Gemini or Messages by the model's publisher).
+    Vertex,
 }
 
 fn wire(kind: ProviderKind) -> Wire {
@@ -130,8 +140,29 @@ fn wire(kind: ProviderKind) -> Wire {
         ProviderKind::Anthropic => Wire::Anthropic,
         ProviderKind::Gemini => Wire::Gemini,
         ProviderKind::Bedrock => Wire::Bedrock,
+        ProviderKind::Vertex => Wire::Vertex,
         // Every other kind has a preset (a unit test checks it).
         other => Wire::OpenAi(openai::preset(other).unwrap_or(openai::GENERIC)),
+    }
+}
+
+/// The credential a request to `target` carries, given the provider's
+/// secret (`api_key`): the key itself, or for Vertex AI an OAuth access
+/// token obtained with the service-account key in it (cached per isolate,
+/// exchanged through `upstream` when due).
+pub async fn credential<'k, U: Upstream>(
+    upstream: &U,
+    target: &Target<'_>,
+    api_key: Option<&'k str>,
+    now_s: u64,
+) -> Result<Option<Cow<'k, str>>, GatewayError> {
+    match wire(target.provider.kind) {
+        Wire::Vertex => vertex::access_token(upstream, target, api_key, now_s)
+            .await
+            .map(|token| Some(Cow::Owned(token))),
+        Wire::OpenAi(_) | Wire::Anthropic | Wire::Gemini | Wire::Bedrock => {
+            Ok(api_key.map(Cow::Borrowed))
+        }
     }
 }
 
@@ -147,6 +178,7 @@ pub fn build_chat_request(
         Wire::Anthropic => anthropic::build_chat_request(target, req, api_key),
         Wire::Gemini => gemini::build_chat_request(target, req, api_key),
         Wire::Bedrock => bedrock::build_chat_request(target, req, api_key, signing),
+        Wire::Vertex => vertex::build_chat_request(target, req, api_key),
     }
 }
 
@@ -167,6 +199,7 @@ pub fn chat_response(
         Wire::Anthropic => anthropic::chat_response(target, req, &body, now_s),
         Wire::Gemini => gemini::read_chat_response(target, &body, now_s),
         Wire::Bedrock => bedrock::chat_response(target, req, &body, now_s),
+        Wire::Vertex => vertex::chat_response(target, req, &body, now_s),
     }
 }
 
@@ -189,15 +222,17 @@ pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64)
         Wire::Bedrock => {
             Translator::EventStream(Box::new(bedrock::ConverseStream::new(target, req, now_s)))
         }
+        Wire::Vertex => vertex::stream_translator(target, req, now_s),
     }
 }
 
 /// Whether a provider kind serves `/v1/embeddings` (Anthropic has no
-/// embeddings API; Bedrock's Converse has none either).
+/// embeddings API; Bedrock's Converse has none either; Vertex's embedding
+/// models use another API, not translated yet).
 pub fn supports_embeddings(kind: ProviderKind) -> bool {
     match wire(kind) {
         Wire::OpenAi(_) | Wire::Gemini => true,
-        Wire::Anthropic | Wire::Bedrock => false,
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex => false,
     }
 }
 
@@ -213,7 +248,7 @@ pub fn build_embeddings_request(
             target, preset, req, api_key,
         )),
         Wire::Gemini => gemini::build_embeddings_request(target, req, api_key),
-        Wire::Anthropic | Wire::Bedrock => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex => Err(no_embeddings(&req.model)),
     }
 }
 
@@ -237,7 +272,7 @@ pub fn embeddings_response(
             Ok((body, usage))
         }
         Wire::Gemini => gemini::read_embeddings_response(target, req, &body),
-        Wire::Anthropic | Wire::Bedrock => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex => Err(no_embeddings(&req.model)),
     }
 }
 
@@ -255,6 +290,7 @@ pub fn error_from_response(
         Wire::OpenAi(_) => openai::error_from_body(target.name, status, retry_after, body),
         Wire::Anthropic => anthropic::error_from_body(target.name, status, retry_after, body),
         Wire::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
+        Wire::Vertex => vertex::error_from_body(target.name, status, retry_after, body),
         Wire::Bedrock => {
             let error_type = headers
                 .iter()

@@ -77,8 +77,9 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
             auth: Auth::Bearer,
             secret: None,
         }),
-        // Their own wire formats: see `super::gemini`, `super::bedrock`.
-        ProviderKind::Gemini | ProviderKind::Bedrock => None,
+        // Their own wire formats: see `super::gemini`, `super::bedrock`,
+        // `super::vertex`.
+        ProviderKind::Gemini | ProviderKind::Bedrock | ProviderKind::Vertex => None,
     }
 }
 
@@ -366,7 +367,10 @@ mod tests {
         for p in c.providers.values() {
             let own_format = matches!(
                 p.kind,
-                ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock
+                ProviderKind::Anthropic
+                    | ProviderKind::Gemini
+                    | ProviderKind::Bedrock
+                    | ProviderKind::Vertex
             );
             assert_eq!(preset(p.kind).is_some(), !own_format, "{:?}", p.kind);
         }
