@@ -110,6 +110,15 @@ pub struct Provider {
     /// (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// `workers-ai`: the Cloudflare account id of the OpenAI-compatible REST
+    /// endpoint (required unless `binding` or `base_url` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `workers-ai`: the name of the Worker's Workers AI binding (`AI`).
+    /// Set, requests run through it (no egress, no token); unset, through
+    /// the REST endpoint with `CLOUDFLARE_API_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
     /// What the gateway knows of each provider-side model: prices (for
     /// budgets) and the output cap (for worst-case reservations).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -205,6 +214,10 @@ pub enum ProviderKind {
     /// the Gemini format, Anthropic's (`claude-*`) in the Messages format,
     /// authorized by a service account's OAuth tokens.
     Vertex,
+    /// Cloudflare Workers AI: through the Worker's `binding` when set (runs
+    /// on Cloudflare's network, no egress), else its OpenAI-compatible REST
+    /// endpoint for `account_id`.
+    WorkersAi,
     /// The built-in deterministic demo model: no network, no key.
     Mock,
 }
@@ -334,6 +347,9 @@ impl Config {
                 }
                 (ProviderKind::Vertex, Some(code)) => {
                     crate::google::regions::region(code).map(|r| (r.jurisdiction, r.location))
+                }
+                (ProviderKind::WorkersAi, Some(code)) => {
+                    crate::providers::workers_ai::region(code).map(|r| (r.jurisdiction, r.location))
                 }
                 _ => None,
             };
@@ -503,6 +519,48 @@ impl Config {
                         p.kind
                     ),
                 );
+            }
+            if p.kind == ProviderKind::WorkersAi {
+                let word = |v: &str, extra: &[u8]| {
+                    !v.is_empty()
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+                };
+                if let Some(b) = p.binding.as_deref().filter(|b| !word(b, b"_")) {
+                    err(
+                        format!("{path}.binding"),
+                        format!("must be a binding name of letters, digits and _, got {b:?}"),
+                    );
+                }
+                match p.account_id.as_deref() {
+                    Some(id) if !word(id, b"") => err(
+                        format!("{path}.account_id"),
+                        format!("not a Cloudflare account id: {id:?}"),
+                    ),
+                    None if p.binding.is_none() && p.base_url.is_none() => err(
+                        format!("{path}.account_id"),
+                        "required for kind WorkersAi without a binding (the account of the REST endpoint)".into(),
+                    ),
+                    _ => {}
+                }
+                if p.binding.is_some() && p.api_key_secret.is_some() {
+                    err(
+                        format!("{path}.api_key_secret"),
+                        "a Workers AI binding takes no token; name a secret only for the REST endpoint".into(),
+                    );
+                }
+            } else {
+                for (field, set) in [
+                    ("account_id", p.account_id.is_some()),
+                    ("binding", p.binding.is_some()),
+                ] {
+                    if set {
+                        err(
+                            format!("{path}.{field}"),
+                            format!("only kind WorkersAi takes `{field}`, not {:?}", p.kind),
+                        );
+                    }
+                }
             }
             if let Some(loc) = p.location
                 && !(loc.lat.abs() <= 90.0 && loc.lon.abs() <= 180.0)

@@ -10,6 +10,7 @@
 //! - `shared_health`  — target health shared by a location's isolates (Cache API)
 //! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
 //! - `webcrypto`      — RS256 signatures (Google service-account JWTs)
+//! - `workers_ai`     — Workers AI through the Worker's binding
 
 mod accounting;
 mod admin;
@@ -19,6 +20,7 @@ mod key_object;
 mod shared_health;
 mod upstream;
 mod webcrypto;
+mod workers_ai;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -229,7 +231,8 @@ async fn chat(
     });
     let streaming = prepared.stream();
     let routed = prepared.route(&gctx, &caller);
-    let dispatched = gateway::dispatch(&upstream::FetchUpstream, &gctx, &prepared, Some(on_end));
+    let fetch = upstream::FetchUpstream::new(env);
+    let dispatched = gateway::dispatch(&fetch, &gctx, &prepared, Some(on_end));
     let (admitted, result) = match (routed, admitted, overlap) {
         (Err(e), admitted, _) => (admitted, Err(e)),
         (Ok(()), Some(a), _) => (Some(a), dispatched.await),

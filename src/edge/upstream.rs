@@ -4,14 +4,25 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use worker::js_sys::Uint8Array;
-use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit};
 
 use crate::http::{
     ByteStream, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse,
 };
+use crate::providers::workers_ai;
 
-/// Sends provider requests with the runtime's `fetch`.
-pub(super) struct FetchUpstream;
+/// Sends provider requests with the runtime's `fetch`, or (Workers AI with
+/// a binding) runs them on the binding.
+pub(super) struct FetchUpstream<'e> {
+    env: &'e Env,
+}
+
+impl<'e> FetchUpstream<'e> {
+    /// An upstream for one request.
+    pub(super) fn new(env: &'e Env) -> Self {
+        FetchUpstream { env }
+    }
+}
 
 /// Aborts the fetch when dropped: a request abandoned by a timeout, by
 /// failover or by a client that went away stops at once instead of running
@@ -26,8 +37,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl Upstream for FetchUpstream {
+impl Upstream for FetchUpstream<'_> {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
+        if let Some((binding, model)) = workers_ai::parse_binding_url(&req.url) {
+            return super::workers_ai::run(self.env, binding, model, &req.body).await;
+        }
         // Adapters ask for streams by their `accept` header (SSE, or
         // Bedrock's binary event stream): those are read chunk by chunk.
         let wants_stream = req.wants_stream();

@@ -9,6 +9,8 @@
 //! - [`vertex`] — Google Vertex AI: Gemini and Claude models through the
 //!   Gemini and Anthropic adapters, at Vertex's URLs, with a service
 //!   account's OAuth token.
+//! - [`workers_ai`] — Cloudflare Workers AI through the Worker's binding
+//!   (its REST endpoint is an OpenAI preset).
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
@@ -28,6 +30,7 @@ pub mod gemini;
 pub mod mock;
 pub mod openai;
 pub mod vertex;
+pub mod workers_ai;
 
 use crate::api::{
     ChatCompletionChunk, ChatRequest, ChunkChoice, Delta, EmbeddingsRequest, FinishReason, Usage,
@@ -89,6 +92,9 @@ impl Translator {
 /// The secret holding this provider's key, if it takes one: for Bedrock,
 /// the AWS access key id (its secret key is [`signing_secret`]).
 pub fn api_key_secret(p: &Provider) -> Option<&str> {
+    if workers_ai::runs_at_edge(p) {
+        return None; // the binding needs no key
+    }
     p.api_key_secret.as_deref().or_else(|| match p.kind {
         ProviderKind::Anthropic => Some(anthropic::SECRET),
         ProviderKind::Gemini => Some(gemini::DEFAULT_SECRET),
@@ -133,9 +139,20 @@ enum Wire {
     Bedrock,
     /// Google Vertex AI (Gemini or Messages by the model's publisher).
     Vertex,
+    /// Workers AI through the Worker's binding.
+    WorkersAiBinding,
 }
 
-fn wire(kind: ProviderKind) -> Wire {
+/// A provider's wire format: its kind's, except a Workers AI provider with
+/// a binding, which does not speak HTTP at all.
+fn wire(p: &Provider) -> Wire {
+    match p.kind {
+        ProviderKind::WorkersAi if p.binding.is_some() => Wire::WorkersAiBinding,
+        kind => wire_of(kind),
+    }
+}
+
+fn wire_of(kind: ProviderKind) -> Wire {
     match kind {
         ProviderKind::Anthropic => Wire::Anthropic,
         ProviderKind::Gemini => Wire::Gemini,
@@ -156,13 +173,15 @@ pub async fn credential<'k, U: Upstream>(
     api_key: Option<&'k str>,
     now_s: u64,
 ) -> Result<Option<Cow<'k, str>>, GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::Vertex => vertex::access_token(upstream, target, api_key, now_s)
             .await
             .map(|token| Some(Cow::Owned(token))),
-        Wire::OpenAi(_) | Wire::Anthropic | Wire::Gemini | Wire::Bedrock => {
-            Ok(api_key.map(Cow::Borrowed))
-        }
+        Wire::OpenAi(_)
+        | Wire::Anthropic
+        | Wire::Gemini
+        | Wire::Bedrock
+        | Wire::WorkersAiBinding => Ok(api_key.map(Cow::Borrowed)),
     }
 }
 
@@ -173,12 +192,13 @@ pub fn build_chat_request(
     api_key: Option<&str>,
     signing: Signing<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
         Wire::Anthropic => anthropic::build_chat_request(target, req, api_key),
         Wire::Gemini => gemini::build_chat_request(target, req, api_key),
         Wire::Bedrock => bedrock::build_chat_request(target, req, api_key, signing),
         Wire::Vertex => vertex::build_chat_request(target, req, api_key),
+        Wire::WorkersAiBinding => workers_ai::build_chat_request(target, req),
     }
 }
 
@@ -191,7 +211,7 @@ pub fn chat_response(
     body: Vec<u8>,
     now_s: u64,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(_) => {
             let usage = openai::read_chat_response(target, &body)?;
             Ok((body, usage))
@@ -200,13 +220,14 @@ pub fn chat_response(
         Wire::Gemini => gemini::read_chat_response(target, &body, now_s),
         Wire::Bedrock => bedrock::chat_response(target, req, &body, now_s),
         Wire::Vertex => vertex::chat_response(target, req, &body, now_s),
+        Wire::WorkersAiBinding => workers_ai::chat_response(target, &body, now_s),
     }
 }
 
 /// The translator for a streamed answer; `now_s` (Unix seconds) is the
 /// `created` of chunks a translating adapter builds.
 pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64) -> Translator {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(_) => Translator::Sse(Box::new(openai::PassThrough::new(
             target,
             req.include_usage,
@@ -223,6 +244,11 @@ pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64)
             Translator::EventStream(Box::new(bedrock::ConverseStream::new(target, req, now_s)))
         }
         Wire::Vertex => vertex::stream_translator(target, req, now_s),
+        Wire::WorkersAiBinding => Translator::Sse(Box::new(workers_ai::BindingStream::new(
+            target,
+            req.include_usage,
+            now_s,
+        ))),
     }
 }
 
@@ -230,9 +256,9 @@ pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64)
 /// embeddings API; Bedrock's Converse has none either; Vertex's embedding
 /// models use another API, not translated yet).
 pub fn supports_embeddings(kind: ProviderKind) -> bool {
-    match wire(kind) {
+    match wire_of(kind) {
         Wire::OpenAi(_) | Wire::Gemini => true,
-        Wire::Anthropic | Wire::Bedrock | Wire::Vertex => false,
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex | Wire::WorkersAiBinding => false,
     }
 }
 
@@ -243,12 +269,14 @@ pub fn build_embeddings_request(
     req: &EmbeddingsRequest<'_>,
     api_key: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(preset) => Ok(openai::build_embeddings_request(
             target, preset, req, api_key,
         )),
         Wire::Gemini => gemini::build_embeddings_request(target, req, api_key),
-        Wire::Anthropic | Wire::Bedrock | Wire::Vertex => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex | Wire::WorkersAiBinding => {
+            Err(no_embeddings(&req.model))
+        }
     }
 }
 
@@ -266,13 +294,15 @@ pub fn embeddings_response(
     req: &EmbeddingsRequest<'_>,
     body: Vec<u8>,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(_) => {
             let usage = openai::read_embeddings_response(target, &body)?;
             Ok((body, usage))
         }
         Wire::Gemini => gemini::read_embeddings_response(target, req, &body),
-        Wire::Anthropic | Wire::Bedrock | Wire::Vertex => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex | Wire::WorkersAiBinding => {
+            Err(no_embeddings(&req.model))
+        }
     }
 }
 
@@ -286,8 +316,10 @@ pub fn error_from_response(
     retry_after: Option<u64>,
     body: &[u8],
 ) -> GatewayError {
-    match wire(target.provider.kind) {
-        Wire::OpenAi(_) => openai::error_from_body(target.name, status, retry_after, body),
+    match wire(target.provider) {
+        Wire::OpenAi(_) | Wire::WorkersAiBinding => {
+            openai::error_from_body(target.name, status, retry_after, body)
+        }
         Wire::Anthropic => anthropic::error_from_body(target.name, status, retry_after, body),
         Wire::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
         Wire::Vertex => vertex::error_from_body(target.name, status, retry_after, body),

@@ -9,6 +9,8 @@
 //! Order: presets, wire types, request building, response parsing, stream
 //! decoding, error mapping, tests.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -61,6 +63,11 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
         ProviderKind::Openrouter => p("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
         ProviderKind::Xai => p("https://api.x.ai/v1", "XAI_API_KEY"),
         ProviderKind::Perplexity => p("https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
+        // The REST path; with a `binding` the provider is `super::workers_ai`'s.
+        ProviderKind::WorkersAi => p(
+            "https://api.cloudflare.com/client/v4/accounts/{account_id}/ai/v1",
+            "CLOUDFLARE_API_TOKEN",
+        ),
         ProviderKind::Azure => Some(Preset {
             base_url: None,
             auth: Auth::ApiKeyHeader,
@@ -173,12 +180,15 @@ fn post(
     body: Vec<u8>,
 ) -> UpstreamRequest {
     let p = target.provider;
-    let base = p
-        .base_url
-        .as_deref()
-        .or(preset.base_url)
-        .unwrap_or_default()
-        .trim_end_matches('/');
+    let base = match (p.base_url.as_deref(), preset.base_url) {
+        (Some(own), _) => Cow::Borrowed(own),
+        // Workers AI's preset URL names the account.
+        (None, Some(url)) if url.contains("{account_id}") => {
+            Cow::Owned(url.replace("{account_id}", p.account_id.as_deref().unwrap_or_default()))
+        }
+        (None, url) => Cow::Borrowed(url.unwrap_or_default()),
+    };
+    let base = base.trim_end_matches('/');
     let url = match p.kind {
         ProviderKind::Azure => format!(
             "{base}/openai/deployments/{}/{endpoint}?api-version={}",

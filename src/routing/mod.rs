@@ -246,7 +246,7 @@ fn order(list: &mut Vec<Candidate<'_>>, strategy: &Strategy, input: &RouteInput<
             .health
             .ewma_ms(&target_key(c.target.name, c.target.model))
     };
-    let distance = |c: &Candidate<'_>| geo::network_ms(input.origin, c.target.provider.location);
+    let distance = |c: &Candidate<'_>| network_ms(input.origin, c.target.provider);
     let sort_by = |list: &mut Vec<Candidate<'_>>, score: &dyn Fn(&Candidate<'_>) -> f64| {
         list.sort_by(|a, b| score(a).total_cmp(&score(b)));
     };
@@ -271,6 +271,16 @@ fn order(list: &mut Vec<Candidate<'_>>, strategy: &Strategy, input: &RouteInput<
             let first = list.remove(chosen);
             list.insert(0, first);
         }
+    }
+}
+
+/// The network distance to a provider ([`geo::network_ms`]); one that runs
+/// on the Worker's own binding (Workers AI) is no distance away.
+pub fn network_ms(origin: &Origin, provider: &Provider) -> f64 {
+    if providers::workers_ai::runs_at_edge(provider) {
+        0.0
+    } else {
+        geo::network_ms(origin, provider.location)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `nearest` strategy: nearest first, and it holds.
 //!
 //! Targets are ranked by their network distance from the caller (the
-//! round trip of the great-circle distance, [`geo::network_ms`]). Observed
+//! round trip of the great-circle distance, [`super::network_ms`]). Observed
 //! time to first byte changes that order only when a target is
 //! **significantly and consistently slower than a farther one**:
 //!
@@ -33,7 +33,7 @@
 //! distance to a farther deployment is then always worth crossing.
 
 use super::health::Health;
-use super::{Candidate, Origin, geo, target_key};
+use super::{Candidate, Origin, target_key};
 
 /// A target must be slower than a farther one by more than this ...
 pub const SLOWER_BY_MS: f64 = 200.0;
@@ -54,7 +54,7 @@ pub fn order(list: &mut Vec<Candidate<'_>>, origin: &Origin, health: &Health, no
         .collect();
     let distance: Vec<f64> = list
         .iter()
-        .map(|c| geo::network_ms(origin, c.target.provider.location))
+        .map(|c| super::network_ms(origin, c.target.provider))
         .collect();
     let settled: Vec<Option<f64>> = keys
         .iter()
