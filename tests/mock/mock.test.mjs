@@ -7,8 +7,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { createHash } from 'node:crypto';
-import { sigv4Signature, startMock } from './server.mjs';
+import { createHash, createSign } from 'node:crypto';
+import { googleServiceAccount, sigv4Signature, startMock } from './server.mjs';
 
 const DEFAULT_TEXT = 'Hello from the mock provider.';
 const SERVER_PATH = fileURLToPath(new URL('./server.mjs', import.meta.url));
@@ -712,6 +712,93 @@ describe('Amazon Bedrock', () => {
     assert.throws(() => decodeEventStream(corrupt), /message CRC/);
     const res = await signedPost(converse(`${MODEL};chunks=5,cut_after=2`, true), bedrockBody());
     await assert.rejects(res.arrayBuffer());
+  });
+});
+
+describe('Google Vertex AI', () => {
+  const PROJECT = '/v1/projects/p/locations/europe-west4/publishers';
+  let account;
+  before(() => {
+    account = googleServiceAccount(`${mock.url}/token`);
+    mock.addGoogleKey(account.email, account.publicKey);
+  });
+
+  /** A JWT as the gateway makes it, signed with `key` (PKCS #8 PEM). */
+  function jwt(key, claims = {}) {
+    const now = Math.floor(Date.now() / 1000);
+    const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const input = `${part({ alg: 'RS256', typ: 'JWT', kid: 'mock-key-1' })}.${part({
+      iss: account.email, scope: 'https://www.googleapis.com/auth/cloud-platform',
+      aud: `${mock.url}/token`, iat: now, exp: now + 3600, ...claims,
+    })}`;
+    return `${input}.${createSign('RSA-SHA256').update(input).sign(key).toString('base64url')}`;
+  }
+
+  async function exchange(assertion) {
+    const res = await fetch(`${mock.url}/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: `grant_type=${encodeURIComponent('urn:ietf:params:oauth:grant-type:jwt-bearer')}&assertion=${assertion}`,
+    });
+    return { status: res.status, json: await res.json() };
+  }
+
+  test('the token endpoint issues a token for a JWT signed by a registered key', async () => {
+    const key = JSON.parse(account.json).private_key;
+    const { status, json } = await exchange(jwt(key));
+    assert.equal(status, 200);
+    assert.match(json.access_token, /^ya29\.mock-\d+$/);
+    assert.equal(json.expires_in, 3599);
+    assert.equal(json.token_type, 'Bearer');
+  });
+
+  test('the token endpoint refuses a foreign signature, a wrong audience or an old JWT', async () => {
+    const stranger = JSON.parse(googleServiceAccount('x').json).private_key;
+    const own = JSON.parse(account.json).private_key;
+    for (const [assertion, why] of [
+      [jwt(stranger), 'Invalid JWT Signature.'],
+      [jwt(own, { aud: 'https://oauth2.googleapis.com/token' }), 'aud'],
+      [jwt(own, { iat: 1, exp: 3601 }), 'short-lived'],
+      [jwt(own, { iss: 'nobody@x' }), 'unknown service account'],
+    ]) {
+      const { status, json } = await exchange(assertion);
+      assert.equal(status, 400);
+      assert.equal(json.error, 'invalid_grant');
+      assert.ok(json.error_description.includes(why), json.error_description);
+    }
+  });
+
+  test('Vertex routes need an issued token; Gemini and Claude answer with one', async () => {
+    const body = { contents: [{ role: 'user', parts: [{ text: 'hi' }] }] };
+    const denied = await postJson(`${mock.url}${PROJECT}/google/models/gemini-2.5-flash:generateContent`, body);
+    assert.equal(denied.res.status, 401);
+    assert.equal(denied.json.error.status, 'UNAUTHENTICATED');
+
+    const { json: token } = await exchange(jwt(JSON.parse(account.json).private_key));
+    const auth = { authorization: `Bearer ${token.access_token}` };
+    const gemini = await postJson(`${mock.url}${PROJECT}/google/models/gemini-2.5-flash:generateContent`, body, auth);
+    assert.equal(gemini.res.status, 200);
+    assert.equal(gemini.json.candidates[0].content.parts[0].text, DEFAULT_TEXT);
+
+    const messages = { anthropic_version: 'vertex-2023-10-16', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] };
+    const claude = await postJson(`${mock.url}${PROJECT}/anthropic/models/claude-sonnet-4-5@20250929:rawPredict`, messages, auth);
+    assert.equal(claude.res.status, 200);
+    assert.equal(claude.json.model, 'claude-sonnet-4-5@20250929');
+    assert.equal(claude.json.content[0].text, DEFAULT_TEXT);
+
+    const stream = await post(`${mock.url}${PROJECT}/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict`, { ...messages, stream: true }, auth);
+    assert.equal(stream.headers.get('content-type'), 'text/event-stream');
+    const { events } = await readEvents(stream);
+    assert.equal(sseFields(events.at(-1).raw).event, 'message_stop');
+
+    for (const [bad, why] of [
+      [{ ...messages, anthropic_version: undefined }, 'anthropic_version'],
+      [{ ...messages, model: 'claude' }, 'model'],
+    ]) {
+      const r = await postJson(`${mock.url}${PROJECT}/anthropic/models/claude:rawPredict`, bad, auth);
+      assert.equal(r.res.status, 400);
+      assert.ok(r.json.error.message.startsWith(why), r.json.error.message);
+    }
   });
 });
 

@@ -2,7 +2,9 @@
 //
 // Speaks the OpenAI (chat completions, embeddings, models), Anthropic
 // Messages, Google Gemini and Amazon Bedrock Converse (binary event stream,
-// SigV4-checked) wire formats, streaming and not, and injects
+// SigV4-checked) wire formats, Google Vertex AI (Gemini and Claude, behind
+// an OAuth token endpoint that verifies RS256 service-account JWTs),
+// streaming and not, and injects
 // faults chosen per request through "directives" (see README.md). Every
 // non-control request is recorded so tests can assert what the gateway sent
 // upstream. Node standard library only; binds 127.0.0.1 only.
@@ -15,7 +17,7 @@
 // Standalone: `node tests/mock/server.mjs --port 0` prints {"port":N}.
 
 import http from 'node:http';
-import { createHash, createHmac } from 'node:crypto';
+import { createHash, createHmac, generateKeyPairSync, verify as verifySignature } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -104,15 +106,23 @@ function faultsOf(d, stream) {
 const GEMINI_PATH = /\/models\/([^/]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$/;
 // Bedrock Runtime: the model id is one encoded segment (an ARN's `:` and `/` too).
 const BEDROCK_PATH = /\/model\/([^/]+)\/(converse|converse-stream)$/;
+// Vertex AI: Anthropic's models answer at rawPredict / streamRawPredict.
+const VERTEX_ANTHROPIC_PATH = /\/publishers\/anthropic\/models\/([^/]+):(rawPredict|streamRawPredict)$/;
+// A Vertex AI resource path: these routes require a token from `/token`.
+const VERTEX_RESOURCE = /\/projects\/[^/]+\/locations\/[^/]+\/publishers\//;
 
 /** Routes by path suffix so any base-URL prefix (Azure, Groq, Vertex...) works. */
 function resolveRoute(method, path) {
   if (method === 'POST') {
+    const vertex = VERTEX_RESOURCE.test(path);
     const g = GEMINI_PATH.exec(path);
     if (g) {
       const embed = g[2] === 'embedContent' || g[2] === 'batchEmbedContents';
-      return { format: embed ? 'gemini-embeddings' : 'gemini', action: g[2], rawModel: g[1] };
+      return { format: embed ? 'gemini-embeddings' : 'gemini', action: g[2], rawModel: g[1], vertex };
     }
+    const va = VERTEX_ANTHROPIC_PATH.exec(path);
+    if (va) return { format: 'anthropic', action: va[2], rawModel: va[1], vertex: true };
+    if (path.endsWith('/token')) return { format: 'google-token' };
     const b = BEDROCK_PATH.exec(path);
     if (b) return { format: 'bedrock', action: b[2], rawModel: b[1] };
     if (path.endsWith('/chat/completions')) return { format: 'openai' };
@@ -730,9 +740,93 @@ function checkSigV4(req, d, rawPath, search, buf) {
   return null;
 }
 
+// ---------------------------------------------------------------------------
+// Google OAuth (service accounts) and Vertex AI's token check
+// ---------------------------------------------------------------------------
+
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const CLOUD_PLATFORM = 'https://www.googleapis.com/auth/cloud-platform';
+
+/**
+ * A test service account: an RSA key pair made here, and the key file JSON
+ * Google would issue for it, its `token_uri` pointing at `tokenUri`.
+ * Register `publicKey` with the mock (`googleKeys` or `addGoogleKey`).
+ */
+export function googleServiceAccount(tokenUri, email = 'gateway-test@mock-project.iam.gserviceaccount.com') {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const json = JSON.stringify({
+    type: 'service_account',
+    project_id: 'mock-project',
+    private_key_id: 'mock-key-1',
+    private_key: privateKey,
+    client_email: email,
+    client_id: '1',
+    token_uri: tokenUri,
+  });
+  return { email, json, publicKey };
+}
+
+const b64urlJson = (part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+
+/**
+ * The token endpoint: a form POST of the JWT bearer grant. The JWT must be
+ * RS256, signed by a registered account's key, with that account as `iss`,
+ * the cloud-platform `scope`, this endpoint as `aud`, and a current
+ * `iat`/`exp` at most an hour apart. Returns [status, body].
+ */
+function googleToken(state, buf, tokenUrl, seq, d) {
+  const refuse = (description) => [400, { error: 'invalid_grant', error_description: description }];
+  const form = new URLSearchParams(buf.toString('utf8'));
+  if (form.get('grant_type') !== JWT_BEARER) return [400, { error: 'unsupported_grant_type', error_description: `grant_type must be ${JWT_BEARER}` }];
+  const parts = (form.get('assertion') ?? '').split('.');
+  if (parts.length !== 3) return refuse('Invalid JWT: Token must be a short-lived token and in a reasonable timeframe');
+  let header;
+  let claims;
+  try {
+    header = b64urlJson(parts[0]);
+    claims = b64urlJson(parts[1]);
+  } catch {
+    return refuse('Invalid JWT: not base64url JSON');
+  }
+  if (header.alg !== 'RS256') return refuse(`Invalid JWT: alg ${header.alg}, expected RS256`);
+  const key = state.googleKeys.get(claims.iss);
+  if (!key) return refuse(`Invalid JWT: unknown service account ${claims.iss}`);
+  const signed = verifySignature('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), key, Buffer.from(parts[2], 'base64url'));
+  if (!signed) return refuse('Invalid JWT Signature.');
+  if (!String(claims.scope ?? '').split(' ').includes(CLOUD_PLATFORM)) return refuse(`Invalid JWT: scope ${claims.scope}`);
+  if (claims.aud !== tokenUrl) return refuse(`Invalid JWT: aud ${claims.aud}, expected ${tokenUrl}`);
+  const now = Math.floor(Date.now() / 1000);
+  if (!(claims.iat <= now + 300 && claims.iat >= now - 300 && claims.exp > now && claims.exp - claims.iat <= 3600)) {
+    return refuse('Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.');
+  }
+  const expiresIn = int(d.expires_in, 3599);
+  const token = `ya29.mock-${seq}`;
+  state.tokens.set(token, { email: claims.iss, expiresAt: Date.now() + expiresIn * 1000 });
+  return [200, { access_token: token, expires_in: expiresIn, token_type: 'Bearer' }];
+}
+
+/** Vertex AI's check of `Authorization: Bearer <token from /token>`. */
+function vertexAuthError(state, req) {
+  const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+  const issued = m && state.tokens.get(m[1]);
+  if (issued && issued.expiresAt > Date.now()) return null;
+  return {
+    error: {
+      code: 401,
+      message: 'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.',
+      status: 'UNAUTHENTICATED',
+    },
+  };
+}
+
 function errorBody(format, status) {
   const reason = status === 529 ? 'Overloaded' : http.STATUS_CODES[status] ?? 'Error';
   const message = `[mock] ${status} ${reason}`;
+  if (format === 'google-token') return { error: status >= 500 ? 'internal_failure' : 'invalid_request', error_description: message };
   if (format === 'anthropic') return anthropicError(status, message);
   if (format === 'gemini' || format === 'gemini-embeddings') return geminiError(status, message);
   if (format === 'bedrock') return { message };
@@ -934,11 +1028,23 @@ async function handle(state, req, res) {
   let stream = (format === 'openai' || format === 'anthropic') && json.stream === true;
   if (format === 'gemini') stream = route.action === 'streamGenerateContent';
   if (format === 'bedrock') stream = route.action === 'converse-stream';
+  if (format === 'anthropic' && route.vertex) stream = route.action === 'streamRawPredict';
   const faults = faultsOf(d, stream);
   const headers = { 'x-mock-seq': String(seq) };
 
   if (format === 'unknown') {
     return sendBody(res, 404, headers, JSON.stringify(openaiError(404, `Invalid URL (${req.method} ${path})`, 'unknown_url')), faults, pause);
+  }
+  if (route.vertex) {
+    // Google checks the token before anything else; `oauth=0` skips it.
+    const denied = d.oauth === undefined || flag(d.oauth) ? vertexAuthError(state, req) : null;
+    if (denied) return sendBody(res, 401, headers, JSON.stringify(denied), faults, pause);
+    if (format === 'anthropic') {
+      let problem = null;
+      if (json.anthropic_version !== 'vertex-2023-10-16') problem = `anthropic_version: expected "vertex-2023-10-16", got ${JSON.stringify(json.anthropic_version)}`;
+      else if ('model' in json) problem = 'model: Extra inputs are not permitted (Vertex AI takes the model from the URL)';
+      if (problem) return sendBody(res, 400, headers, JSON.stringify(anthropicError(400, problem)), faults, pause);
+    }
   }
   if (format === 'bedrock') {
     headers['x-amzn-requestid'] = `mock-${seq}`;
@@ -957,7 +1063,10 @@ async function handle(state, req, res) {
   if (!stream && flag(d.invalid_json)) return sendBody(res, 200, headers, '{"id": invalid', faults, pause);
 
   let payload;
-  if (format === 'models') {
+  if (format === 'google-token') {
+    const [tokenStatus, answer] = googleToken(state, buf, `${state.url}${rawPath}`, seq, d);
+    return sendBody(res, tokenStatus, headers, JSON.stringify(answer), faults, pause);
+  } else if (format === 'models') {
     payload = MODELS_LIST;
   } else if (format === 'embeddings') {
     payload = JSON.stringify(openaiEmbeddings(json, model));
@@ -991,12 +1100,17 @@ async function handle(state, req, res) {
  * Starts the mock on 127.0.0.1. `maxRequests` caps the recording (oldest
  * dropped first). Returns { port, url, requests, clear(), close() }.
  */
-export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS } = {}) {
+export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS, googleKeys = {} } = {}) {
   const requests = [];
   const state = {
     seq: 0, // never reset, so `?since=` stays meaningful across clears
     requests,
     failCounts: new Map(),
+    url: '',
+    // Service accounts the token endpoint knows: client_email -> public key PEM.
+    googleKeys: new Map(Object.entries(googleKeys)),
+    // Access tokens it issued: token -> { email, expiresAt }.
+    tokens: new Map(),
     record(entry) {
       requests.push(entry);
       if (requests.length > maxRequests) requests.splice(0, requests.length - maxRequests);
@@ -1031,13 +1145,18 @@ export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS }
   });
 
   const actualPort = server.address().port;
+  state.url = `http://127.0.0.1:${actualPort}`;
   let closing = null;
   return {
     port: actualPort,
-    url: `http://127.0.0.1:${actualPort}`,
+    url: state.url,
     requests,
     clear() {
       requests.length = 0;
+    },
+    /** Lets the token endpoint verify JWTs of this service account. */
+    addGoogleKey(email, publicKeyPem) {
+      state.googleKeys.set(email, publicKeyPem);
     },
     close() {
       closing ??= new Promise((resolve) => {
