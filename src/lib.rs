@@ -15,6 +15,7 @@
 //! - [`aws`]       — AWS protocol pieces for Bedrock: the binary event stream
 //!   framing (decoded incrementally, CRC checked), Signature Version 4, and
 //!   regions with their jurisdictions and coordinates.
+//! - [`azure`]     — Azure regions with their jurisdictions and coordinates.
 //! - [`google`]    — Google Cloud protocol pieces for Vertex AI: the
 //!   service-account JWT and token exchange, the token cache's policy, and
 //!   Vertex locations with their hosts, jurisdictions and coordinates.
@@ -22,12 +23,15 @@
 //!   strategies, rules, residency, failover policy), the bundled default,
 //!   validation with path-named errors; its JSON Schema is generated from them.
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
-//!   Anthropic Messages, Google Gemini, Amazon Bedrock Converse, the built-in
-//!   demo model): request building (and signing), response and stream
+//!   Workers AI's REST endpoint among them; Anthropic Messages, Google
+//!   Gemini, Amazon Bedrock Converse, Google Vertex AI over the Gemini and
+//!   Anthropic adapters, Workers AI's binding, the built-in demo model):
+//!   request building (signing, OAuth tokens), response and stream
 //!   translation, error mapping.
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
-//!   data residency, capabilities, strategies, per-target health (breaker,
-//!   429 cooling, time-to-first-byte EWMA).
+//!   data residency, capabilities, strategies (nearest that holds), per-target
+//!   health (breaker, 429 cooling, time-to-first-byte EWMA) and its snapshot
+//!   shared within a location.
 //! - [`limits`]    — the per-key state machine its Durable Object runs: key
 //!   records, sliding rate windows, budgets reserved then settled in exact
 //!   picodollars, usage rollups; time passed in.
@@ -36,17 +40,19 @@
 //!   failover, stream decoding (SSE or AWS event stream) and commit at the
 //!   first token, settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
-//!   types, timers.
+//!   types, timers, RS256 signing.
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
 //!   path, the admin API, the KV config cache, the per-key Durable Object,
-//!   outbound fetch with abort.
+//!   outbound fetch with abort, health shared through the Cache API,
+//!   WebCrypto signatures, the Workers AI binding.
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 
 pub mod api;
 pub mod aws;
+pub mod azure;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -348,6 +348,9 @@ impl Config {
                 (ProviderKind::Vertex, Some(code)) => {
                     crate::google::regions::region(code).map(|r| (r.jurisdiction, r.location))
                 }
+                (ProviderKind::Azure, Some(code)) => {
+                    crate::azure::region(code).map(|r| (r.jurisdiction, r.location))
+                }
                 (ProviderKind::WorkersAi, Some(code)) => {
                     crate::providers::workers_ai::region(code).map(|r| (r.jurisdiction, r.location))
                 }

@@ -731,3 +731,81 @@ fn untried_or_stale_targets_rank_by_distance_alone() {
         ["paris", "frankfurt", "virginia", "oregon"]
     );
 }
+
+/// The two-continent example config in the README.
+fn readme_example() -> Config {
+    const README: &str = include_str!("../../README.md");
+    let from = README
+        .find("A two-continent example")
+        .expect("the README has the example");
+    let start = README[from..].find("```json\n").expect("a json block") + from + 8;
+    let end = README[start..].find("\n```").expect("the block ends") + start;
+    Config::from_json(&README[start..end]).expect("the README's example is valid")
+}
+
+#[test]
+fn readme_example_keeps_eu_callers_in_the_eu_on_every_provider() {
+    let c = readme_example();
+    for name in [
+        "bedrock-eu",
+        "vertex-eu",
+        "gemini-eu",
+        "azure-eu",
+        "workers-ai",
+    ] {
+        assert_eq!(
+            c.providers[name].jurisdiction.as_deref(),
+            Some("eu"),
+            "{name}: preset by its region"
+        );
+    }
+    let every_secret = |_: &str| Some("set".to_owned());
+    let route = |model: &str, origin: &Origin| -> Vec<String> {
+        let header = |_: &str| None;
+        let metadata = BTreeMap::new();
+        let health = Health::new();
+        let input = RouteInput {
+            origin,
+            header: &header,
+            metadata: &metadata,
+            tier: None,
+            key_jurisdictions: None,
+            key_id: "k",
+            user: None,
+            needs: Needs::default(),
+            random: 0.0,
+            now_ms: 1_000,
+            health: &health,
+        };
+        plan(&c, model, &every_secret, &input)
+            .unwrap()
+            .into_iter()
+            .map(|cand| cand.target.name.to_owned())
+            .collect()
+    };
+    let paris = Origin {
+        country: Some("FR".into()),
+        continent: Some("EU".into()),
+        is_eu: true,
+        ..at(48.86, 2.35)
+    };
+    let new_york = Origin {
+        country: Some("US".into()),
+        ..NEW_YORK
+    };
+    assert_eq!(
+        route("claude-sonnet-4-5", &paris),
+        ["bedrock-eu", "vertex-eu"]
+    );
+    assert_eq!(
+        route("claude-sonnet-4-5", &new_york),
+        ["bedrock-us", "vertex-us", "vertex-eu", "bedrock-eu"]
+    );
+    assert_eq!(route("gpt-4o", &paris), ["azure-eu"]);
+    assert_eq!(route("gpt-4o", &new_york), ["azure-us", "azure-eu"]);
+    assert_eq!(route("gemini-2.5-flash", &paris)[0], "gemini-eu");
+    assert!(!route("gemini-2.5-flash", &paris).contains(&"gemini-us".to_owned()));
+    assert_eq!(route("gemini-2.5-flash", &new_york)[0], "gemini-us");
+    assert_eq!(route("llama-3.3-70b", &paris), ["workers-ai"]);
+    assert_eq!(route("chat", &paris), ["bedrock-eu"]);
+}
