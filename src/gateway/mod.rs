@@ -691,12 +691,17 @@ async fn try_chat<U: Upstream>(
         secret: ctx.secret,
     };
     // The key, or (Vertex AI) an OAuth token obtained with it: a network
-    // call when due, within the connect timeout.
-    let credential =
-        providers::credential(upstream, target, cand.api_key.as_deref(), signing.now_s);
-    let key = within(upstream, policy.connect_timeout_ms, credential)
-        .await
-        .ok_or_else(|| timeout(target, "access token", policy.connect_timeout_ms))??;
+    // call within the connect timeout only when no token is cached.
+    let api_key = cand.api_key.as_deref();
+    let key = match providers::ready_credential(target, api_key, signing.now_s) {
+        Some(key) => key,
+        None => {
+            let exchange = providers::credential(upstream, target, api_key, signing.now_s);
+            within(upstream, policy.connect_timeout_ms, exchange)
+                .await
+                .ok_or_else(|| timeout(target, "access token", policy.connect_timeout_ms))??
+        }
+    };
     let up_req = providers::build_chat_request(target, req, key.as_deref(), signing)?;
     let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
     if req.stream {

@@ -267,6 +267,13 @@ thread_local! {
     static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::default());
 }
 
+/// The service account's access token if this isolate holds one good at
+/// `now_s`: no I/O, no parsing (the key file's hash finds it).
+pub fn cached_token(service_account_json: &str, now_s: u64) -> Option<String> {
+    let account = account_key(service_account_json);
+    TOKENS.with_borrow(|c| c.get(account, now_s).map(str::to_owned))
+}
+
 /// An access token for the service account in `service_account_json`, from
 /// this isolate's cache or freshly exchanged through `upstream` at `now_s`.
 /// Failures are the provider's: a bad key file or a refused JWT is a 401
@@ -279,10 +286,10 @@ pub async fn access_token<U: Upstream>(
     service_account_json: &str,
     now_s: u64,
 ) -> Result<String, GatewayError> {
-    let account = account_key(service_account_json);
-    if let Some(token) = TOKENS.with_borrow(|c| c.get(account, now_s).map(str::to_owned)) {
+    if let Some(token) = cached_token(service_account_json, now_s) {
         return Ok(token);
     }
+    let account = account_key(service_account_json);
     let refused = |message: String| GatewayError::Upstream {
         provider: provider.to_owned(),
         status: 401,

@@ -163,6 +163,24 @@ fn wire_of(kind: ProviderKind) -> Wire {
     }
 }
 
+/// The credential a request to `target` carries when it is at hand without
+/// I/O: the key itself (`api_key`, the provider's secret), or for Vertex AI
+/// a cached OAuth token. `None`: it must be obtained with [`credential`].
+pub fn ready_credential<'k>(
+    target: &Target<'_>,
+    api_key: Option<&'k str>,
+    now_s: u64,
+) -> Option<Option<Cow<'k, str>>> {
+    match wire(target.provider) {
+        Wire::Vertex => vertex::cached_access_token(api_key, now_s).map(|t| Some(Cow::Owned(t))),
+        Wire::OpenAi(_)
+        | Wire::Anthropic
+        | Wire::Gemini
+        | Wire::Bedrock
+        | Wire::WorkersAiBinding => Some(api_key.map(Cow::Borrowed)),
+    }
+}
+
 /// The credential a request to `target` carries, given the provider's
 /// secret (`api_key`): the key itself, or for Vertex AI an OAuth access
 /// token obtained with the service-account key in it (cached per isolate,

@@ -72,6 +72,11 @@ impl Publisher {
 
 // ---- Request building ----------------------------------------------------------
 
+/// The provider's access token if this isolate holds a good one.
+pub fn cached_access_token(service_account_json: Option<&str>, now_s: u64) -> Option<String> {
+    oauth::cached_token(service_account_json?, now_s)
+}
+
 /// An access token for the provider's service account: from this isolate's
 /// cache, or exchanged through `upstream` ([`oauth::access_token`]).
 pub async fn access_token<U: Upstream>(
