@@ -242,6 +242,52 @@ mod tests {
     const HELLO_STREAM: &str =
         r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
 
+    /// Compares `actual` with the golden file `tests/fixtures/vertex/{name}`
+    /// (`UPDATE_FIXTURES=1` writes it instead).
+    fn golden(name: &str, actual: &str) {
+        let path = format!(
+            "{}/tests/fixtures/vertex/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        if std::env::var_os("UPDATE_FIXTURES").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(actual, want, "{name}");
+    }
+
+    fn pretty(json: &[u8]) -> String {
+        let v: Value = serde_json::from_slice(json).unwrap();
+        serde_json::to_string_pretty(&v).unwrap() + "\n"
+    }
+
+    #[test]
+    fn golden_claude_and_gemini_bodies_of_a_streamed_tool_round_trip() {
+        let c = config(None);
+        let body = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/vertex/request_tools.openai.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let req = chat(&body);
+        for (model, file, method) in [
+            (
+                "claude-sonnet-4-5@20250929",
+                "request_tools.claude.json",
+                ":streamRawPredict",
+            ),
+            (
+                "gemini-2.5-flash",
+                "request_tools.gemini.json",
+                ":streamGenerateContent?alt=sse",
+            ),
+        ] {
+            let up = build_chat_request(&target(&c, model), &req, Some("t")).unwrap();
+            assert!(up.url.ends_with(method), "{}", up.url);
+            golden(file, &pretty(&up.body));
+        }
+    }
+
     #[test]
     fn region_presets_make_europe_west4_an_eu_deployment() {
         let c = config(None);

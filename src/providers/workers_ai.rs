@@ -550,6 +550,53 @@ mod tests {
         }
     }
 
+    /// The golden file `tests/fixtures/workers_ai/{name}`; with
+    /// `UPDATE_FIXTURES=1`, `actual` is written to it first.
+    fn golden(name: &str, actual: Option<&str>) -> String {
+        let path = format!(
+            "{}/tests/fixtures/workers_ai/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        if let Some(actual) = actual.filter(|_| std::env::var_os("UPDATE_FIXTURES").is_some()) {
+            std::fs::write(&path, actual).unwrap();
+        }
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    fn pretty(json: &[u8]) -> String {
+        let v: Value = serde_json::from_slice(json).unwrap();
+        serde_json::to_string_pretty(&v).unwrap() + "\n"
+    }
+
+    #[test]
+    fn golden_binding_input_answer_and_stream_of_a_tool_round_trip() {
+        let c = config();
+        let t = target(&c);
+        let body = golden("request_tools.openai.json", None);
+        let up = build_chat_request(&t, &ChatRequest::parse(body.as_bytes()).unwrap()).unwrap();
+        let input = pretty(&up.body);
+        assert_eq!(input, golden("request_tools.binding.json", Some(&input)));
+
+        let answer = golden("response_tool.binding.json", None);
+        let (completion, _) = chat_response(&t, answer.as_bytes(), 1_700_000_000).unwrap();
+        let completion = pretty(&completion);
+        assert_eq!(
+            completion,
+            golden("response_tool.openai.json", Some(&completion))
+        );
+
+        let sse = golden("stream_tool.binding.sse", None);
+        let whole = translate(&sse, 0, true).unwrap();
+        for split in 1..sse.len() {
+            assert_eq!(
+                translate(&sse, split, true).unwrap(),
+                whole,
+                "split {split}"
+            );
+        }
+        assert_eq!(whole, golden("stream_tool.openai.sse", Some(&whole)));
+    }
+
     #[test]
     fn the_request_runs_on_the_binding_with_mapped_input() {
         let c = config();
