@@ -14,9 +14,10 @@ use futures::{Stream, StreamExt};
 /// single-threaded.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
 
-/// Response headers the gateway reads from providers. The edge copies only
-/// these out of the runtime, so each response costs a handful of lookups.
-/// Bedrock names its error type in `x-amzn-errortype`.
+/// Response headers the gateway reads from providers' failures. The edge
+/// copies only these out of the runtime, and only for a non-2xx status, so
+/// a success costs no lookup. Bedrock names its error type in
+/// `x-amzn-errortype`.
 pub const UPSTREAM_HEADERS: [&str; 4] = [
     "content-type",
     "retry-after",

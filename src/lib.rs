@@ -28,6 +28,11 @@
 //!   Anthropic adapters, Workers AI's binding, the built-in demo model):
 //!   request building (signing, OAuth tokens), response and stream
 //!   translation, error mapping.
+//! - [`ingress`]   — the other client protocols, Anthropic Messages and
+//!   OpenAI Responses: lossless pass-through and relayed streams for their
+//!   own providers, translation to and from the chat format for the others
+//!   (requests, answers, incremental stream conversion, error shapes), and
+//!   the per-attempt `Call` the gateway runs for either.
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
 //!   data residency, capabilities, strategies (nearest that holds), per-target
 //!   health (breaker, 429 cooling, time-to-first-byte EWMA) and its snapshot
@@ -58,6 +63,7 @@ pub mod error;
 pub mod gateway;
 pub mod google;
 pub mod http;
+pub mod ingress;
 pub mod keys;
 pub mod limits;
 pub mod providers;

@@ -108,7 +108,7 @@ impl<'a> ChatRequest<'a> {
 /// Writes `fields` back as a JSON object in their order, `model` replaced
 /// by `upstream_model`, the field `skip` left out and `append` (a `"key":value`
 /// pair, or nothing) added last. Every other value is copied byte for byte.
-pub(super) fn write_object(
+pub(crate) fn write_object(
     fields: &[(Cow<'_, str>, &RawValue)],
     upstream_model: &str,
     skip: Option<&str>,
@@ -152,7 +152,7 @@ pub(super) fn write_object(
 
 /// The body as an ordered list of top-level fields; a body that is not a
 /// JSON object is a 400 `invalid_json`.
-pub(super) fn parse_object(body: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, GatewayError> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, GatewayError> {
     let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
         message: format!("body is not UTF-8 ({e})"),
     })?;
@@ -163,7 +163,7 @@ pub(super) fn parse_object(body: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>
 }
 
 /// The raw value of a top-level field.
-pub(super) fn field<'a>(
+pub(crate) fn field<'a>(
     fields: &[(Cow<'a, str>, &'a RawValue)],
     key: &str,
 ) -> Option<&'a RawValue> {
@@ -172,7 +172,7 @@ pub(super) fn field<'a>(
 
 /// Parses one top-level field into `T` (its default when absent); a type
 /// mismatch is a 400 naming it.
-pub(super) fn parse_field<'a, T: Deserialize<'a> + Default>(
+pub(crate) fn parse_field<'a, T: Deserialize<'a> + Default>(
     fields: &[(Cow<'a, str>, &'a RawValue)],
     key: &str,
 ) -> Result<T, GatewayError> {

@@ -16,6 +16,12 @@ pub struct Usage {
     /// Cached input tokens, when the provider reports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`), part of `prompt_tokens`. Settlement
+    /// charges them at the cache-write price. Not on OpenAI's wire, which
+    /// has no such count: never serialized, and 0 when read from OpenAI.
+    #[serde(skip)]
+    pub cache_write_tokens: u64,
 }
 
 /// Breakdown of prompt tokens.
@@ -35,7 +41,21 @@ impl Usage {
             total_tokens: prompt + completion,
             prompt_tokens_details: cached
                 .map(|cached_tokens| PromptTokensDetails { cached_tokens }),
+            cache_write_tokens: 0,
         }
+    }
+
+    /// The same usage with `n` of its prompt tokens written to the cache.
+    pub fn with_cache_writes(self, n: u64) -> Self {
+        Usage {
+            cache_write_tokens: n,
+            ..self
+        }
+    }
+
+    /// Input tokens read from the provider's cache (0 when not reported).
+    pub fn cache_read_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
     }
 }
 

@@ -53,6 +53,36 @@ pub struct Config {
     /// Timeouts, retries and the circuit breaker.
     #[serde(default)]
     pub failover: Failover,
+    /// What the worker logs.
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// What the worker writes to its log (Workers Logs, `wrangler tail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// The per-request usage events (`"event":"request"`).
+    #[serde(default)]
+    pub requests: RequestLog,
+}
+
+/// How per-request events are logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLog {
+    /// Gathered per isolate and written about once a second as one line,
+    /// `{"event":"requests","requests":[...]}`: every event is kept, and a
+    /// log write (a runtime call that costs as much as a tenth of a request)
+    /// is paid once per batch, not per request.
+    #[default]
+    Batched,
+    /// One line per request, written when it ends.
+    Each,
+    /// Not logged (usage still reaches the key objects).
+    Off,
 }
 
 /// One upstream provider account or deployment.
@@ -139,6 +169,13 @@ pub struct ModelInfo {
     /// USD per million cached input tokens (the input price when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million input tokens written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`). When absent: on an `anthropic`
+    /// provider 1.25 × the input price, Anthropic's price of its default
+    /// five-minute writes (one-hour writes cost 2 ×: set it for models used
+    /// that way); elsewhere the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
     /// The most output tokens one answer can have; bounds the reservation of
     /// a request that sets no `max_tokens`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +201,7 @@ impl ModelInfo {
             input_per_mtok: self.input_per_mtok,
             output_per_mtok: self.output_per_mtok,
             cached_input_per_mtok: self.cached_input_per_mtok,
+            cache_write_per_mtok: self.cache_write_per_mtok,
         }
     }
 }
@@ -171,8 +209,18 @@ impl ModelInfo {
 impl Provider {
     /// Facts about a provider-side model; all zero when not configured
     /// (an unpriced model costs nothing against budgets).
+    ///
+    /// An Anthropic model without a cache-write price gets Anthropic's:
+    /// [`crate::limits::CACHE_WRITE_MARKUP`] times its input price. No other
+    /// provider reports cache writes, so theirs stay at the input price and
+    /// their worst cases do not grow.
     pub fn model_info(&self, model: &str) -> ModelInfo {
-        self.models.get(model).copied().unwrap_or_default()
+        let mut info = self.models.get(model).copied().unwrap_or_default();
+        if self.kind == ProviderKind::Anthropic && info.cache_write_per_mtok.is_none() {
+            info.cache_write_per_mtok =
+                Some(info.input_per_mtok * crate::limits::CACHE_WRITE_MARKUP);
+        }
+        info
     }
 }
 
@@ -299,6 +347,24 @@ fn default_flush_ms() -> u64 {
 fn default_max_body_bytes() -> u64 {
     // Room for a few base64 images; well under the Workers request limit.
     8 * 1024 * 1024
+}
+
+impl Config {
+    /// Whether routing `model` reads where the request comes from: data
+    /// residency rules, or a strategy ordered by distance. When it does
+    /// not, the edge does not read `request.cf` at all.
+    pub fn needs_origin(&self, model: &str) -> bool {
+        if !self.residency.is_empty() {
+            return true;
+        }
+        let by_distance = |s: &Strategy| matches!(s, Strategy::Nearest | Strategy::Latency);
+        self.models.get(model).is_some_and(|m| {
+            by_distance(&m.strategy)
+                || m.rules
+                    .iter()
+                    .any(|r| r.strategy.as_ref().is_some_and(by_distance))
+        })
+    }
 }
 
 /// One problem in a config document, with the path of the bad value.

@@ -125,10 +125,12 @@ pub struct OriginMatch {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Failover {
-    /// Longest wait for a provider's response headers.
+    /// Longest wait for a streamed answer's response headers (providers
+    /// send them at once). Moves to the next target.
     pub connect_timeout_ms: u64,
-    /// Longest wait for the first token of a stream (and for the whole body
-    /// of a non-streamed answer after its headers). Moves to the next target.
+    /// Longest wait for the first token of a stream, and for the whole of a
+    /// non-streamed answer, headers included (providers send those only
+    /// when the answer is ready). Moves to the next target.
     pub first_byte_timeout_ms: u64,
     /// Longest a whole answer may take; a stream past it ends with an error.
     pub total_timeout_ms: u64,

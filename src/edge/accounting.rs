@@ -13,7 +13,7 @@ use std::time::Duration;
 use worker::{Context, Delay, Env};
 
 use super::{key_client, now_ms};
-use crate::config::Config;
+use crate::config::{Config, RequestLog};
 use crate::gateway::{self, Reply};
 use crate::keys::{self, KeyRef};
 use crate::limits::local::{Local, LocalConfig, LocalLimits, Routing, Ticket};
@@ -26,12 +26,35 @@ const FLUSHER_BUDGET_MS: u64 = 25_000;
 /// done yet (its key's batch still on its way) never spins the isolate.
 const MIN_ROUND_MS: u64 = 20;
 
+/// What this isolate asked of key objects, for `GET /__test/stats` (test
+/// hooks only): benchmarks count the requests that needed no call.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(super) struct Stats {
+    /// Requests of virtual keys admitted from a lease (no call).
+    pub(super) from_lease: u64,
+    /// Admitted by a call made before the upstream request.
+    pub(super) serial: u64,
+    /// Admitted by a call overlapped with the upstream request.
+    pub(super) overlapped: u64,
+    /// Batches sent (settlements, lease returns and asks).
+    pub(super) syncs: u64,
+}
+
 thread_local! {
+    static STATS: Cell<Stats> = const { Cell::new(Stats { from_lease: 0, serial: 0, overlapped: 0, syncs: 0 }) };
     /// This isolate's leases and batches.
     static LOCAL: RefCell<LocalLimits> = RefCell::new(LocalLimits::new(holder_id()));
     /// When the next scheduled flusher wakes, if one is.
     static FLUSHER_AT: Cell<Option<u64>> = const { Cell::new(None) };
+    /// Request events not yet written (`logging.requests: batched`): when
+    /// the first was added, and the events joined by commas.
+    static LOG: RefCell<(Option<u64>, String)> = const { RefCell::new((None, String::new())) };
+    /// How per-request events are logged, and how long a batch may wait.
+    static LOG_MODE: Cell<(RequestLog, u64)> = const { Cell::new((RequestLog::Batched, 1_000)) };
 }
+
+/// A batch of request events is written at once past this size.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
 
 /// A random id for this isolate (its leases' holder).
 fn holder_id() -> String {
@@ -49,6 +72,45 @@ pub(super) fn configure(config: &Config) {
         ..LocalConfig::default()
     };
     LOCAL.with(|l| l.borrow_mut().configure(local));
+    LOG_MODE.set((config.logging.requests, config.limits.flush_ms));
+}
+
+/// Logs one request's event (a JSON object) the configured way.
+pub(super) fn log_request(event: &str) {
+    match LOG_MODE.get().0 {
+        RequestLog::Off => {}
+        RequestLog::Each => worker::console_log!("{event}"),
+        RequestLog::Batched => {
+            let full = LOG.with_borrow_mut(|(since, buf)| {
+                if buf.is_empty() {
+                    *since = Some(now_ms());
+                } else {
+                    buf.push(',');
+                }
+                buf.push_str(event);
+                buf.len() >= LOG_BATCH_BYTES
+            });
+            if full {
+                write_log();
+            }
+        }
+    }
+}
+
+/// Writes the pending request events as one line.
+fn write_log() {
+    let batch = LOG.with_borrow_mut(|(since, buf)| {
+        *since = None;
+        std::mem::take(buf)
+    });
+    if !batch.is_empty() {
+        worker::console_log!("{{\"event\":\"requests\",\"requests\":[{batch}]}}");
+    }
+}
+
+/// When the pending request events are due to be written.
+fn log_due() -> Option<u64> {
+    LOG.with_borrow(|(since, _)| since.map(|t| t + LOG_MODE.get().1))
 }
 
 /// A request allowed to proceed.
@@ -107,6 +169,7 @@ pub(super) async fn admit(
     });
     let (overlap, lease) = match local {
         Local::Admitted(a) => {
+            count(|s| s.from_lease += 1);
             // A renewal may now be due: ask off the request path.
             ensure_flusher(env, Some(ctx));
             return Decision::Go(Admitted {
@@ -127,13 +190,17 @@ pub(super) async fn admit(
         lease,
     };
     match overlap {
-        Some(routing) => Decision::Overlap {
-            routing,
-            object,
-            admit,
-        },
+        Some(routing) => {
+            count(|s| s.overlapped += 1);
+            Decision::Overlap {
+                routing,
+                object,
+                admit,
+            }
+        }
         None => match decide(env, &object, admit).await {
             Ok(a) => {
+                count(|s| s.serial += 1);
                 ensure_flusher(env, Some(ctx));
                 Decision::Go(a)
             }
@@ -153,7 +220,7 @@ pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admi
         Ok(reply) => reply,
         Err(e) => {
             if asked {
-                LOCAL.with(|l| l.borrow_mut().on_failure(object, 0));
+                LOCAL.with(|l| l.borrow_mut().on_failure(object, 0, now_ms()));
             }
             return Err(Reply::error(&e));
         }
@@ -186,12 +253,24 @@ pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admi
     }
 }
 
-/// Step 9: the request's cost joins its key's batch; the flusher sends it.
-pub(super) async fn settle(env: &Env, ticket: &Ticket, cost: Money, usage: &UsageEvent) {
+/// Step 9: the request's cost joins its key's batch; a flusher sends it
+/// ([`kick`], [`flush_here`]).
+pub(super) fn settle(ticket: &Ticket, cost: Money, usage: &UsageEvent) {
     LOCAL.with(|l| l.borrow_mut().settle(ticket, cost, usage, now_ms()));
-    // Already inside the request's `waitUntil`: flush from here if due.
+}
+
+/// Starts a flusher in the request's `waitUntil` if work is due and no
+/// flusher wakes for it already: about one per flush interval per isolate,
+/// not one per request.
+pub(super) fn kick(env: &Env, ctx: &Context) {
+    ensure_flusher(env, Some(ctx));
+}
+
+/// From inside a task that is already in a `waitUntil` (a stream's end):
+/// becomes the flusher if one is needed.
+pub(super) async fn flush_here(env: Env) {
     if let Some(at) = claim_flusher() {
-        flusher(env.clone(), at).await;
+        flusher(env, at).await;
     }
 }
 
@@ -203,9 +282,15 @@ fn ensure_flusher(env: &Env, ctx: Option<&Context>) {
     }
 }
 
+/// When a flusher has work: a batch, a lease, the log.
+fn next_work() -> Option<u64> {
+    let batches = LOCAL.with(|l| l.borrow().next_wakeup(now_ms()));
+    batches.into_iter().chain(log_due()).min()
+}
+
 /// The time a new flusher should wake, if none wakes by then; claims it.
 fn claim_flusher() -> Option<u64> {
-    let at = LOCAL.with(|l| l.borrow().next_wakeup(now_ms()))?;
+    let at = next_work()?;
     if FLUSHER_AT.get().is_some_and(|t| t <= at) {
         return None;
     }
@@ -225,8 +310,11 @@ async fn flusher(env: Env, mut at: u64) {
             Delay::from(Duration::from_millis(wake - now)).await;
         }
         last_round = now_ms();
+        if log_due().is_some_and(|t| t <= last_round) {
+            write_log();
+        }
         flush_due(&env, false).await;
-        let next = LOCAL.with(|l| l.borrow().next_wakeup(now_ms()));
+        let next = next_work();
         let mine = FLUSHER_AT.get() == Some(at);
         match next {
             Some(n)
@@ -249,6 +337,9 @@ async fn flusher(env: Env, mut at: u64) {
 /// Sends every key's due batch (all pending ones with `force`), one call
 /// per key, concurrently.
 pub(super) async fn flush_due(env: &Env, force: bool) {
+    if force {
+        write_log();
+    }
     let now = now_ms();
     let objects = LOCAL.with(|l| {
         let l = l.borrow();
@@ -263,11 +354,12 @@ async fn flush_key(env: &Env, object: &str, force: bool) {
         return;
     };
     let seq = sync.seq;
+    count(|s| s.syncs += 1);
     match key_client::call(env, object, &Command::Sync(sync)).await {
         Ok(reply) => LOCAL.with(|l| l.borrow_mut().on_reply(object, seq, &reply, now_ms())),
         Err(e) => {
             worker::console_error!("batch for {object} not sent (resent next time): {e}");
-            LOCAL.with(|l| l.borrow_mut().on_failure(object, seq));
+            LOCAL.with(|l| l.borrow_mut().on_failure(object, seq, now_ms()));
         }
     }
 }
@@ -285,6 +377,19 @@ pub(super) async fn before_report(env: &Env, object: &str) {
 pub(super) async fn after_change(env: &Env, object: &str) {
     LOCAL.with(|l| l.borrow_mut().invalidate(object));
     flush_key(env, object, true).await;
+}
+
+fn count(f: impl FnOnce(&mut Stats)) {
+    STATS.with(|s| {
+        let mut v = s.get();
+        f(&mut v);
+        s.set(v);
+    });
+}
+
+/// Test hook: what this isolate asked of key objects so far.
+pub(super) fn stats() -> Stats {
+    STATS.with(Cell::get)
 }
 
 /// Test hook: this isolate forgets its leases and batches, as if it died.

@@ -32,7 +32,7 @@ pub(super) async fn handle(
         (AdminRoute::Keys, "POST") => create_key(req, env).await,
         (AdminRoute::Keys, _) => list_keys(env).await,
         (AdminRoute::Key(id), "PATCH") => {
-            let patch: KeyPatch = parse_json(&read_body(req).await?)?;
+            let patch: KeyPatch = parse_json(&read_body(req.inner()).await?)?;
             change_key(env, &id, Command::Update { patch }).await
         }
         (AdminRoute::Key(id), "DELETE") | (AdminRoute::RevokeKey(id), _) => {
@@ -83,7 +83,7 @@ fn authorize(req: &Request, env: &Env) -> Result<(), GatewayError> {
 /// Validates a config document and stores it in KV; a rejected one is
 /// never stored.
 async fn put_config(req: &mut Request, env: &Env) -> Result<Reply, GatewayError> {
-    let body = read_body(req).await?;
+    let body = read_body(req.inner()).await?;
     let text = String::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
         message: e.to_string(),
     })?;
@@ -110,7 +110,7 @@ struct Issued {
 }
 
 async fn create_key(req: &mut Request, env: &Env) -> Result<Reply, GatewayError> {
-    let settings: KeySettings = parse_json(&read_body(req).await?)?;
+    let settings: KeySettings = parse_json(&read_body(req.inner()).await?)?;
     if settings.name.trim().is_empty() {
         return Err(GatewayError::InvalidRequest {
             message: "A key needs a `name`.".into(),

@@ -29,7 +29,11 @@ use futures::StreamExt;
 use futures::channel::oneshot;
 use futures::future::{Either, select};
 use serde::Serialize;
-use worker::{Context, Date, Env, Headers, Request, Response, console_log, event};
+use worker::js_sys::{self, Uint8Array};
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::web_sys;
+use worker::{Context, Env, event};
 
 use crate::config::Location;
 use crate::error::GatewayError;
@@ -37,6 +41,7 @@ use crate::gateway::{
     self, Accounting, Caller, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
     TestHook,
 };
+use crate::ingress::Ingress;
 use crate::keys::{self, KeyRef};
 use crate::limits::local::Ticket;
 use crate::limits::{Command, Money, Reply as KeyReply};
@@ -96,36 +101,52 @@ thread_local! {
 ///    request changed reach the location's other isolates the same way
 ///    ([`shared_health::sync`]).
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let request_id = new_request_id();
+    // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
+    let ingress = Ingress::of_path(path_of(&req.url()));
     let reply = match handle(req, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
-    into_response(reply, &request_id)
+    into_response(reply.for_client(ingress), &request_id)
 }
 
+/// The request as the runtime gives it: the raw `web_sys` object, not
+/// `worker::Request`, whose conversion reads `cf`, the URL and the headers
+/// whether the route needs them or not.
+type RawRequest = web_sys::Request;
+
 async fn handle(
-    mut req: Request,
+    req: RawRequest,
     env: &Env,
     ctx: &Context,
     request_id: &str,
 ) -> Result<Reply, GatewayError> {
     // 1. route
-    let method = req.method().to_string();
-    let path = req.path();
-    let route = gateway::route(&method, &path)?;
+    let method = req.method();
+    let url = req.url();
+    let path = path_of(&url);
+    let route = gateway::route(&method, path)?;
     match route {
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
-        Route::Admin(admin) => return admin::handle(&mut req, env, admin, &method).await,
+        Route::Admin(admin) => {
+            let mut req = worker::Request::from(req);
+            return admin::handle(&mut req, env, admin, &method).await;
+        }
         Route::Test(hook) => {
             if !test_hooks(env) {
-                return Err(GatewayError::NotFound { path });
+                return Err(GatewayError::NotFound {
+                    path: path.to_owned(),
+                });
             }
-            return test_hook(&req, env, hook).await;
+            return test_hook(&worker::Request::from(req), env, hook).await;
         }
         Route::ChatCompletions
         | Route::Embeddings
+        | Route::Messages
+        | Route::CountTokens
+        | Route::Responses
         | Route::Models
         | Route::Model(_)
         | Route::Usage => {}
@@ -134,10 +155,25 @@ async fn handle(
     let key = authenticate(&req, env)?;
     match route {
         Route::ChatCompletions => {
-            Ok(chat(&mut req, env, ctx, &key, request_id, gateway::prepare).await)
+            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare).await)
+        }
+        Route::Messages => {
+            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare_messages).await)
+        }
+        Route::CountTokens => Ok(chat(
+            &req,
+            env,
+            ctx,
+            &key,
+            request_id,
+            gateway::prepare_count_tokens,
+        )
+        .await),
+        Route::Responses => {
+            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare_responses).await)
         }
         Route::Embeddings => Ok(chat(
-            &mut req,
+            &req,
             env,
             ctx,
             &key,
@@ -164,7 +200,7 @@ async fn handle(
 /// `POST /v1/chat/completions`, and `POST /v1/embeddings` (by `prepare`),
 /// steps 3 to 9.
 async fn chat(
-    req: &mut Request,
+    req: &RawRequest,
     env: &Env,
     ctx: &Context,
     key: &KeyRef,
@@ -213,9 +249,14 @@ async fn chat(
         (None, Some((r, _, _))) => r.clone(),
         (None, None) => Default::default(),
     };
-    // 6. route
-    let origin = origin(req, env);
-    let header = |name: &str| req.headers().get(name).ok().flatten();
+    // 6. route (`request.cf` read only when routing needs it)
+    let origin = if config.needs_origin(prepared.model()) {
+        origin(req, env)
+    } else {
+        Origin::default()
+    };
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).ok().flatten();
     let caller = Caller {
         origin: &origin,
         header: &header,
@@ -256,9 +297,9 @@ async fn chat(
         .as_ref()
         .map(|a| a.rate.clone())
         .unwrap_or_default();
-    // 9. settle, off the request path (a refused route settles as an error)
+    // 9. settle (a refused route settles as an error)
+    let env_for_flush = env.clone();
     let mut pending = Settlement {
-        env: env.clone(),
         ticket: admitted.map(|a| a.ticket),
         accounting: prepared.accounting(),
         key_id: key.id().to_owned(),
@@ -272,22 +313,26 @@ async fn chat(
     let mut reply = match result {
         Ok(reply) => {
             pending.served = reply.served.clone();
-            let usage = reply.usage;
             if matches!(reply.body, ReplyBody::Stream(_)) {
                 ctx.wait_until(async move {
                     let outcome = end_rx.await.ok();
                     let complete = outcome.as_ref().is_some_and(|o| o.complete);
                     let (usage, events) = outcome.map_or((None, 0), |o| (o.usage, o.events));
-                    settle(pending, usage, events, !complete).await;
+                    settle(pending, usage, events, !complete);
+                    accounting::flush_here(env_for_flush).await;
                 });
             } else {
-                ctx.wait_until(settle(pending, usage, 0, false));
+                // Known now: settled here, with no task of its own; only the
+                // batch waits (one flusher per isolate, not per request).
+                settle(pending, reply.usage, 0, false);
+                accounting::kick(env, ctx);
             }
             reply
         }
         Err(e) => {
             pending.status = e.status();
-            ctx.wait_until(settle(pending, None, 0, true));
+            settle(pending, None, 0, true);
+            accounting::kick(env, ctx);
             Reply::error(&e)
         }
     };
@@ -325,7 +370,6 @@ where
 
 /// What settling one request needs, owned so it can outlive the request.
 struct Settlement {
-    env: Env,
     /// How it was admitted; `None` when it never was (a route refused
     /// before an overlapped admission was asked).
     ticket: Option<Ticket>,
@@ -361,7 +405,7 @@ struct UsageLog<'a> {
 }
 
 /// Logs the request and adds its actual cost to its key's batch.
-async fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
+fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
     let (cost, event) = gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error);
     let log = UsageLog {
         event: "request",
@@ -382,15 +426,19 @@ async fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, er
         first_byte_ms: s.first_byte_ms,
     };
     if let Ok(line) = serde_json::to_string(&log) {
-        console_log!("{line}");
+        accounting::log_request(&line);
     }
     if let Some(ticket) = &s.ticket {
-        accounting::settle(&s.env, ticket, cost, &event).await;
+        accounting::settle(ticket, cost, &event);
     }
 }
 
 /// `/__test/*` (test hooks on only).
-async fn test_hook(req: &Request, env: &Env, hook: TestHook) -> Result<Reply, GatewayError> {
+async fn test_hook(
+    req: &worker::Request,
+    env: &Env,
+    hook: TestHook,
+) -> Result<Reply, GatewayError> {
     match hook {
         // Proves a panic costs one request, not the isolate.
         TestHook::Panic => panic!("panic requested by the test hook"),
@@ -398,6 +446,7 @@ async fn test_hook(req: &Request, env: &Env, hook: TestHook) -> Result<Reply, Ga
             accounting::flush_due(env, true).await;
             Ok(Reply::json(200, br#"{"flushed":true}"#.to_vec()))
         }
+        TestHook::Stats => Ok(Reply::json_value(200, &accounting::stats())),
         TestHook::Forget => {
             accounting::forget();
             Ok(Reply::json(200, br#"{"forgotten":true}"#.to_vec()))
@@ -455,10 +504,14 @@ async fn models(env: &Env, key: &KeyRef, route: &Route) -> Result<Reply, Gateway
 
 /// Classifies the presented key (step 2). Virtual keys are verified by
 /// their object at admission.
-fn authenticate(req: &Request, env: &Env) -> Result<KeyRef, GatewayError> {
+fn authenticate(req: &RawRequest, env: &Env) -> Result<KeyRef, GatewayError> {
     let h = req.headers();
     let authorization = h.get("authorization").ok().flatten();
-    let x_api_key = h.get("x-api-key").ok().flatten();
+    // Anthropic's SDKs send `x-api-key`; OpenAI's, `Authorization`.
+    let x_api_key = match authorization {
+        Some(_) => None,
+        None => h.get("x-api-key").ok().flatten(),
+    };
     let Some(key) = keys::presented_key(authorization.as_deref(), x_api_key.as_deref()) else {
         return Err(GatewayError::Unauthorized {
             message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
@@ -472,9 +525,28 @@ fn authenticate(req: &Request, env: &Env) -> Result<KeyRef, GatewayError> {
     })
 }
 
+/// The path of an absolute URL as the runtime serializes it: after the
+/// host, up to the query.
+fn path_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
+fn js_error(e: JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            js_sys::Reflect::get(&e, &"message".into())
+                .ok()
+                .and_then(|m| m.as_string())
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
 /// Reads the whole body. The config's limit is checked by the caller; this
 /// cap bounds memory before the config is known.
-async fn read_body(req: &mut Request) -> Result<Vec<u8>, GatewayError> {
+async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
     const HARD_CAP: u64 = 64 * 1024 * 1024;
     let declared = req
         .headers()
@@ -485,64 +557,80 @@ async fn read_body(req: &mut Request) -> Result<Vec<u8>, GatewayError> {
     if declared.is_some_and(|n| n > HARD_CAP) {
         return Err(GatewayError::BodyTooLarge { limit: HARD_CAP });
     }
-    let failed = |e: worker::Error| GatewayError::InvalidRequest {
-        message: format!("Reading the request body failed: {e}"),
+    let failed = |e: JsValue| GatewayError::InvalidRequest {
+        message: format!("Reading the request body failed: {}", js_error(e)),
         param: None,
     };
     if declared.is_some() {
-        // One copy across the JS boundary: reading through a ByteStream
-        // costs a reader, a promise and a copy per chunk (measured ~12 % of
-        // the worker's CPU by scripts/bench).
-        let body = req.bytes().await.map_err(failed)?;
+        // One copy across the JS boundary: reading through a stream costs a
+        // reader, a promise and a copy per chunk.
+        let buf = JsFuture::from(req.array_buffer().map_err(failed)?)
+            .await
+            .map_err(failed)?;
+        let body = Uint8Array::new(&buf).to_vec();
         if body.len() as u64 > HARD_CAP {
             return Err(GatewayError::BodyTooLarge { limit: HARD_CAP });
         }
         return Ok(body);
     }
-    // No length given (chunked): read incrementally so the cap holds.
-    let mut stream = match req.stream() {
-        Ok(s) => s,
-        Err(_) => return Ok(Vec::new()), // no body
+    // No length given (chunked, or no body): read incrementally so the cap
+    // holds.
+    let Some(raw) = req.body() else {
+        return Ok(Vec::new());
     };
-    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut stream = wasm_streams::ReadableStream::from_raw(raw.unchecked_into()).into_stream();
+    let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(failed)?;
-        if (body.len() + chunk.len()) as u64 > HARD_CAP {
+        let chunk = Uint8Array::new(&chunk.map_err(failed)?);
+        if body.len() as u64 + u64::from(chunk.length()) > HARD_CAP {
             return Err(GatewayError::BodyTooLarge { limit: HARD_CAP });
         }
-        body.extend_from_slice(&chunk);
+        body.extend_from_slice(&chunk.to_vec());
     }
     Ok(body)
 }
 
 /// Turns a [`Reply`] into a runtime response, streams passed through.
-fn into_response(reply: Reply, request_id: &str) -> worker::Result<Response> {
-    let headers = Headers::new();
+fn into_response(reply: Reply, request_id: &str) -> worker::Result<web_sys::Response> {
+    let headers = web_sys::Headers::new()?;
     for (name, value) in &reply.headers {
         headers.set(name, value)?;
     }
     headers.set("x-request-id", request_id)?;
+    let init = web_sys::ResponseInit::new();
+    init.set_status(reply.status);
+    init.set_headers(&headers);
     let response = match reply.body {
-        ReplyBody::Full(bytes) => Response::from_bytes(bytes),
+        ReplyBody::Full(mut bytes) => {
+            web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut bytes), &init)?
+        }
         ReplyBody::Stream(stream) => {
-            Response::from_stream(stream.map(|item| item.map_err(worker::Error::RustError)))
+            let stream = stream.map(|item| {
+                item.map(|bytes| JsValue::from(Uint8Array::from(bytes.as_slice())))
+                    .map_err(|e| JsValue::from(js_sys::Error::new(&e)))
+            });
+            let raw = wasm_streams::ReadableStream::from_stream(stream).into_raw();
+            web_sys::Response::new_with_opt_readable_stream_and_init(
+                Some(raw.unchecked_ref()),
+                &init,
+            )?
         }
     };
-    Ok(response?.with_status(reply.status).with_headers(headers))
+    Ok(response)
 }
 
 /// Where the request comes from (step 6), read defensively from
 /// `request.cf`: any field may be missing. With test hooks on, the
 /// `x-gateway-test-geo` header stands in for it; production never reads it.
-fn origin(req: &Request, env: &Env) -> Origin {
+fn origin(req: &RawRequest, env: &Env) -> Origin {
     if test_hooks(env)
         && let Some(json) = req.headers().get(GEO_OVERRIDE).ok().flatten()
     {
         return origin_from_json(&json);
     }
-    let cf = worker::js_sys::Reflect::get(req.inner(), &"cf".into()).unwrap_or_default();
+    let cf = js_sys::Reflect::get(req, &"cf".into()).unwrap_or_default();
     let field = |name: &str| {
-        worker::js_sys::Reflect::get(&cf, &name.into())
+        js_sys::Reflect::get(&cf, &name.into())
             .ok()
             .filter(|v| !v.is_undefined() && !v.is_null())
     };
@@ -644,8 +732,9 @@ fn var(env: &Env, name: &str) -> Option<String> {
         .ok()
 }
 
+/// Unix ms: one static call, no `Date` object.
 fn now_ms() -> u64 {
-    Date::now().as_millis()
+    js_sys::Date::now() as u64
 }
 
 /// `req_` + 24 hex digits from the runtime's CSPRNG.

@@ -34,9 +34,9 @@
 
 use std::cell::RefCell;
 
-use worker::{Cache, Context, Headers, Request, Response, console_warn};
+use worker::{Cache, Context, Headers, Response, console_warn};
 
-use super::{HEALTH, now_ms};
+use super::{HEALTH, RawRequest, now_ms};
 use crate::routing::Health;
 use crate::routing::health::Snapshot;
 
@@ -78,7 +78,7 @@ thread_local! {
 /// After a request: starts a background exchange with the location when
 /// one is due (see the module doc). Costs a flag and a comparison
 /// otherwise; never waits.
-pub(super) fn sync(req: &Request, ctx: &Context, now_ms: u64) {
+pub(super) fn sync(req: &RawRequest, ctx: &Context, now_ms: u64) {
     let health: &'static Health = HEALTH.with(|h| *h);
     let job = EXCHANGE.with_borrow_mut(|x| {
         if x.busy_since
@@ -93,8 +93,9 @@ pub(super) fn sync(req: &Request, ctx: &Context, now_ms: u64) {
             return None;
         }
         if x.key.is_none() {
-            let host = req.url().ok()?.host_str()?.to_owned();
-            x.key = Some(format!("https://{host}{ENTRY_PATH}"));
+            // Read once per isolate: the URL is a crossing of the boundary.
+            let url = worker::Url::parse(&req.url()).ok()?;
+            x.key = Some(format!("https://{}{ENTRY_PATH}", url.host_str()?));
         }
         x.busy_since = Some(now_ms);
         x.last_refresh_ms = now_ms;

@@ -1,12 +1,15 @@
 //! The request path as plain async Rust.
 //!
 //! [`route`] maps method and path to an endpoint (404/405 otherwise).
-//! [`prepare`] (chat completions) or [`prepare_embeddings`] parses a request
-//! and prices its worst case; [`Prepared::route`] asks [`crate::routing`] for
-//! the ordered candidates; [`dispatch`] walks them with the one failover loop
-//! (`failover`): build the provider request, send it through the
-//! [`Upstream`] seam within the policy's timeouts, and on a retryable failure
-//! move to the next candidate, recording each target's health. A stream is
+//! [`prepare`] (chat completions), [`prepare_embeddings`], or for the other
+//! client protocols [`prepare_messages`], [`prepare_count_tokens`] and
+//! [`prepare_responses`] parses a request and prices its worst case;
+//! [`Prepared::route`] asks [`crate::routing`] for the ordered candidates;
+//! [`dispatch`] walks them with the one failover loop (`failover`): build
+//! the provider request (an [`crate::ingress::Call`] per attempt), send it
+//! through the [`Upstream`] seam within the policy's timeouts, and on a
+//! retryable failure move to the next candidate, recording each target's
+//! health. A stream is
 //! committed only at its first token, so a provider that fails before it
 //! costs the client nothing but the time of that attempt. Every attempt's
 //! error is kept, so when all fail the client learns why.
@@ -28,7 +31,8 @@ use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, Failover, ProviderKind};
 use crate::error::{Attempt, GatewayError};
 use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
-use crate::limits::{Money, Pricing, UsageEvent};
+use crate::ingress::{Call, ClientRequest, Ingress};
+use crate::limits::{Money, Pricing, Tokens, UsageEvent};
 use crate::providers::{self, Target, mock};
 use crate::routing::{
     self, Candidate, Health, Needs, Origin, RouteInput, SecretLookup, target_key,
@@ -46,6 +50,12 @@ pub enum Route {
     ChatCompletions,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/messages`: Anthropic Messages.
+    Messages,
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// `POST /v1/responses`: OpenAI Responses (stateless).
+    Responses,
     /// `GET /v1/models`.
     Models,
     /// `GET /v1/models/{id}`.
@@ -74,6 +84,9 @@ pub enum TestHook {
     /// `POST /__test/seed?key={id}&days=&models=&rpm=`: fills a key with
     /// history (benchmarks of a busy key's decisions).
     Seed,
+    /// `GET /__test/stats`: this isolate's admissions by kind and its calls
+    /// to key objects.
+    Stats,
 }
 
 /// The admin API's endpoints.
@@ -103,6 +116,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
     let (route, allowed) = match path {
         "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
         "/v1/embeddings" => (Route::Embeddings, "POST"),
+        "/v1/messages" => (Route::Messages, "POST"),
+        "/v1/messages/count_tokens" => (Route::CountTokens, "POST"),
+        "/v1/responses" => (Route::Responses, "POST"),
         "/v1/models" => (Route::Models, "GET"),
         "/v1/usage" => (Route::Usage, "GET"),
         "/" | "/health" => (Route::Health, "GET"),
@@ -113,6 +129,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
         "/__test/flush" => (Route::Test(TestHook::Flush), "POST"),
         "/__test/forget" => (Route::Test(TestHook::Forget), "POST"),
         "/__test/seed" => (Route::Test(TestHook::Seed), "POST"),
+        "/__test/stats" => (Route::Test(TestHook::Stats), "GET"),
         p => {
             let not_found = || GatewayError::NotFound {
                 path: path.to_owned(),
@@ -183,6 +200,9 @@ pub struct Reply {
     pub usage: Option<Usage>,
     /// The target that answered (proxied answers).
     pub served: Option<Served>,
+    /// The error an error reply stands for, so that it can be rendered
+    /// again in another client protocol ([`Reply::for_client`]).
+    pub error: Option<GatewayError>,
 }
 
 /// A whole body or a stream.
@@ -202,6 +222,7 @@ impl Reply {
             body: ReplyBody::Full(body),
             usage: None,
             served: None,
+            error: None,
         }
     }
 
@@ -224,7 +245,25 @@ impl Reply {
         if let GatewayError::MethodNotAllowed { allowed, .. } = e {
             reply.headers.push(("allow", (*allowed).to_owned()));
         }
+        reply.error = Some(e.clone());
         reply
+    }
+
+    /// The reply in the client's protocol: an error reply of an Anthropic
+    /// Messages request takes Anthropic's shape and status
+    /// ([`Ingress::error`]), its headers kept; anything else is unchanged.
+    /// The edge calls it once, on every reply of a request, whichever step
+    /// refused it.
+    pub fn for_client(mut self, ingress: Ingress) -> Reply {
+        if ingress == Ingress::Chat {
+            return self;
+        }
+        if let Some(e) = &self.error {
+            let (status, body) = ingress.error(e);
+            self.status = status;
+            self.body = ReplyBody::Full(body);
+        }
+        self
     }
 }
 
@@ -246,6 +285,10 @@ pub enum Request<'a> {
     Chat(ChatRequest<'a>),
     /// `POST /v1/embeddings`.
     Embeddings(EmbeddingsRequest<'a>),
+    /// `POST /v1/messages`, `/v1/messages/count_tokens`, `/v1/responses`:
+    /// another client protocol, passed through to targets that speak it and
+    /// translated for the others ([`crate::ingress`]).
+    Ingress(ClientRequest<'a>),
 }
 
 /// A parsed request, ready to be admitted, routed and sent.
@@ -270,8 +313,9 @@ pub const DEFAULT_OUTPUT_CAP: u64 = 4_096;
 /// under 3,000).
 const TOKENS_PER_IMAGE: u64 = 3_000;
 
-/// How an endpoint's body becomes a [`Prepared`] request:
-/// [`prepare`] (chat completions) or [`prepare_embeddings`].
+/// How an endpoint's body becomes a [`Prepared`] request: [`prepare`]
+/// (chat completions), [`prepare_embeddings`], [`prepare_messages`],
+/// [`prepare_count_tokens`] or [`prepare_responses`].
 pub type Prepare = for<'a> fn(&'a Config, &Ctx<'_>, &'a [u8]) -> Result<Prepared<'a>, GatewayError>;
 
 /// Parses a chat-completions request and checks its model exists (404
@@ -330,6 +374,57 @@ pub fn prepare_embeddings<'a>(
     })
 }
 
+/// Parses an Anthropic Messages request (`POST /v1/messages`; 400s in
+/// Anthropic's words) and checks its model exists.
+pub fn prepare_messages<'a>(
+    config: &'a Config,
+    ctx: &Ctx<'_>,
+    body: &'a [u8],
+) -> Result<Prepared<'a>, GatewayError> {
+    prepare_client(config, ctx, body, ClientRequest::parse_messages(body)?)
+}
+
+/// Parses an Anthropic token count (`POST /v1/messages/count_tokens`): free,
+/// exact from an Anthropic target, estimated for the others.
+pub fn prepare_count_tokens<'a>(
+    config: &'a Config,
+    ctx: &Ctx<'_>,
+    body: &'a [u8],
+) -> Result<Prepared<'a>, GatewayError> {
+    prepare_client(config, ctx, body, ClientRequest::parse_count_tokens(body)?)
+}
+
+/// Parses an OpenAI Responses request (`POST /v1/responses`).
+pub fn prepare_responses<'a>(
+    config: &'a Config,
+    ctx: &Ctx<'_>,
+    body: &'a [u8],
+) -> Result<Prepared<'a>, GatewayError> {
+    prepare_client(config, ctx, body, ClientRequest::parse_responses(body)?)
+}
+
+fn prepare_client<'a>(
+    config: &'a Config,
+    ctx: &Ctx<'_>,
+    body: &'a [u8],
+    req: ClientRequest<'a>,
+) -> Result<Prepared<'a>, GatewayError> {
+    let all = routing::all_candidates(config, req.model(), ctx.secret);
+    if all.is_empty() {
+        return Err(GatewayError::ModelNotFound {
+            model: req.model().to_owned(),
+        });
+    }
+    Ok(Prepared {
+        config,
+        images: req.images(),
+        req: Request::Ingress(req),
+        all,
+        candidates: vec![],
+        body_len: body.len(),
+    })
+}
+
 /// How often `key` (quoted) occurs as an object key in JSON text: followed
 /// by a colon, unlike the same string as a value.
 fn count_keys(json: &str, key: &str) -> usize {
@@ -360,6 +455,7 @@ impl<'a> Prepared<'a> {
         match &self.req {
             Request::Chat(r) => &r.model,
             Request::Embeddings(r) => &r.model,
+            Request::Ingress(r) => r.model(),
         }
     }
 
@@ -368,6 +464,7 @@ impl<'a> Prepared<'a> {
         match &self.req {
             Request::Chat(r) => r.stream,
             Request::Embeddings(_) => false,
+            Request::Ingress(r) => r.stream(),
         }
     }
 
@@ -376,6 +473,11 @@ impl<'a> Prepared<'a> {
     /// is at least one byte of text) plus an allowance per image; output by
     /// `max_tokens`, else the model's configured cap (embeddings write none).
     pub fn worst_case(&self) -> (Money, u64) {
+        if let Request::Ingress(r) = &self.req
+            && r.is_free()
+        {
+            return (Money::ZERO, 0);
+        }
         let input = self.body_len as u64 + self.images as u64 * TOKENS_PER_IMAGE;
         let mut cost = Money::ZERO;
         let mut tokens = 0;
@@ -387,8 +489,12 @@ impl<'a> Prepared<'a> {
                     .or(info.max_output_tokens)
                     .unwrap_or(DEFAULT_OUTPUT_CAP),
                 Request::Embeddings(_) => 0,
+                Request::Ingress(r) => r
+                    .max_output_tokens()
+                    .or(info.max_output_tokens)
+                    .unwrap_or(DEFAULT_OUTPUT_CAP),
             };
-            cost = cost.max(info.pricing().cost(input, output, 0));
+            cost = cost.max(info.pricing().worst_cost(input, output));
             tokens = tokens.max(input + output);
         }
         (cost, tokens)
@@ -434,6 +540,17 @@ impl<'a> Prepared<'a> {
                 };
                 (BTreeMap::new(), user, needs)
             }
+            Request::Ingress(req) => {
+                let needs = Needs {
+                    input_tokens,
+                    output_tokens: req.max_output_tokens().unwrap_or(0),
+                    tools: req.has_tools(),
+                    vision: self.images > 0,
+                    json: req.wants_json(),
+                    embeddings: false,
+                };
+                (req.metadata(), req.user(), needs)
+            }
         };
         let input = RouteInput {
             origin: caller.origin,
@@ -449,18 +566,43 @@ impl<'a> Prepared<'a> {
             health: ctx.health,
         };
         self.candidates = routing::plan(self.config, self.model(), ctx.secret, &input)?;
+        if let Request::Ingress(req) = &mut self.req {
+            // Targets that speak the client's protocol get its headers; the
+            // others its translation, made once, and none when it cannot be
+            // made (their 400 is the answer only when no target is left).
+            req.keep_headers(caller.header);
+            if self
+                .candidates
+                .iter()
+                .any(|c| !req.is_native_to(c.target.provider.kind))
+            {
+                req.translate();
+            }
+            if let Some(e) = req.translation_error() {
+                let e = e.clone();
+                self.candidates
+                    .retain(|c| req.is_native_to(c.target.provider.kind));
+                if self.candidates.is_empty() {
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
     }
 
     /// What settlement needs to know of the request, owned, so that it can
     /// outlive the request (a stream settles when it ends).
     pub fn accounting(&self) -> Accounting {
+        let free = matches!(&self.req, Request::Ingress(r) if r.is_free());
         Accounting {
             model: self.model().to_owned(),
             // Four bytes a token, the usual average, for answers whose
             // usage never arrived.
-            input_estimate: (self.body_len as u64).div_ceil(4)
-                + self.images as u64 * TOKENS_PER_IMAGE,
+            input_estimate: if free {
+                0
+            } else {
+                (self.body_len as u64).div_ceil(4) + self.images as u64 * TOKENS_PER_IMAGE
+            },
         }
     }
 }
@@ -532,7 +674,18 @@ pub async fn dispatch<U: Upstream>(
             // attempt whose stream is committed takes the callback out.
             let on_stream_end = Cell::new(on_stream_end);
             failover(ctx, policy, model, candidates, |cand| {
-                try_chat(upstream, ctx, policy, req, cand, &on_stream_end)
+                try_chat(upstream, ctx, policy, Call::Chat(req), cand, &on_stream_end)
+            })
+            .await
+        }
+        Request::Ingress(req) => {
+            // Per candidate: passed through when the target speaks the
+            // client's protocol, else the translation made at routing.
+            let chat = req.chat_request()?;
+            let (chat, on_stream_end) = (chat.as_ref(), &Cell::new(on_stream_end));
+            failover(ctx, policy, model, candidates, |cand| async move {
+                let call = Call::for_target(req, chat, cand.target.provider.kind)?;
+                try_chat(upstream, ctx, policy, call, cand, on_stream_end).await
             })
             .await
         }
@@ -642,21 +795,26 @@ pub fn settlement(
     events: u64,
     error: bool,
 ) -> (Money, UsageEvent) {
-    let (input, output, cached) = match (served, usage) {
-        (None, _) => (0, 0, 0),
-        (Some(_), Some(u)) => (
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
-        ),
-        (Some(_), None) => (acc.input_estimate, events, 0),
+    let tokens = match (served, usage) {
+        (None, _) => Tokens::default(),
+        (Some(_), Some(u)) => Tokens {
+            input: u.prompt_tokens,
+            output: u.completion_tokens,
+            cache_read: u.cache_read_tokens(),
+            cache_write: u.cache_write_tokens,
+        },
+        (Some(_), None) => Tokens {
+            input: acc.input_estimate,
+            output: events,
+            ..Tokens::default()
+        },
     };
-    let cost = served.map_or(Money::ZERO, |s| s.pricing.cost(input, output, cached));
+    let cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
     let event = UsageEvent {
         model: acc.model.clone(),
-        input_tokens: input,
-        output_tokens: output,
-        cached_tokens: cached,
+        input_tokens: tokens.input,
+        output_tokens: tokens.output,
+        cached_tokens: tokens.cache_read,
         error,
     };
     (cost, event)
@@ -675,16 +833,24 @@ pub struct Served {
     pub attempts: usize,
 }
 
-/// One chat attempt at one candidate, within the policy's timeouts.
+/// One attempt at one candidate, within the policy's timeouts: a chat
+/// completion, or another client protocol's request ([`Call`] says, per
+/// step, what the client's protocol and the target's wire format need).
 async fn try_chat<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     policy: &Failover,
-    req: &ChatRequest<'_>,
+    call: Call<'_>,
     cand: &Candidate<'_>,
     on_stream_end: &Cell<Option<StreamEnd>>,
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
+    if let Some(answer) = call.local_answer() {
+        let (body, usage) = answer?;
+        let mut reply = Reply::json(200, body);
+        reply.usage = Some(usage);
+        return Ok(reply);
+    }
     let attempt_start = (ctx.clock)();
     let signing = providers::Signing {
         now_s: attempt_start / 1000,
@@ -702,49 +868,83 @@ async fn try_chat<U: Upstream>(
                 .ok_or_else(|| timeout(target, "access token", policy.connect_timeout_ms))??
         }
     };
-    let up_req = providers::build_chat_request(target, req, key.as_deref(), signing)?;
-    let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
-    if req.stream {
-        let translator = providers::stream_translator(target, req, ctx.now_ms / 1000);
-        let mut translated = Translated::new(target.name, resp.body, translator);
-        // Hold chunks until one carries output (time to first token), so a
-        // provider that fails before its first token is replaced unseen.
-        // Per attempt: a replacement target gets the whole allowance.
-        let deadline = attempt_start + policy.first_byte_timeout_ms;
-        let mut held: Vec<u8> = Vec::new();
-        loop {
-            let left = deadline.saturating_sub((ctx.clock)());
-            let next = within(upstream, left, translated.next())
-                .await
-                .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
-            match next {
-                Some(Ok(bytes)) => {
-                    held.extend_from_slice(&bytes);
-                    if carries_output(&held) {
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err(redact(e, cand.api_key.as_deref())),
-                None if held.is_empty() => {
-                    return Err(GatewayError::UpstreamInvalidResponse {
-                        provider: target.name.to_owned(),
-                        message: "empty stream".into(),
-                    });
-                }
-                None => break,
-            }
-        }
-        let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
-        let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
-        let limit = timeout(target, "end of stream", policy.total_timeout_ms);
-        let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
-        return Ok(stream_reply(body));
+    let up_req = call.build_request(target, key.as_deref(), signing)?;
+    if !call.stream() {
+        let body = answer_within(upstream, ctx, policy, cand, up_req).await?;
+        let (body, usage) = call.answer(target, body, ctx.now_ms / 1000)?;
+        let mut reply = Reply::json(200, body);
+        reply.usage = usage;
+        return Ok(reply);
     }
-    let body = collect_answer(upstream, policy, resp, target).await?;
-    let (body, usage) = providers::chat_response(target, req, body, ctx.now_ms / 1000)?;
-    let mut reply = Reply::json(200, body);
-    reply.usage = usage;
-    Ok(reply)
+    // A stream's headers come at once: a provider silent past the connect
+    // timeout is not answering.
+    let resp = within(
+        upstream,
+        policy.connect_timeout_ms,
+        send_for_success(upstream, ctx, policy, cand, up_req),
+    )
+    .await
+    .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
+    let translator = call.stream_translator(target, ctx.now_ms / 1000);
+    let mut translated = Translated::new(target.name, resp.body, translator);
+    // Hold chunks until one carries output (time to first token), so a
+    // provider that fails before its first token is replaced unseen.
+    // Per attempt: a replacement target gets the whole allowance.
+    let deadline = attempt_start + policy.first_byte_timeout_ms;
+    let mut held: Vec<u8> = Vec::new();
+    loop {
+        let left = deadline.saturating_sub((ctx.clock)());
+        let next = within(upstream, left, translated.next())
+            .await
+            .ok_or_else(|| timeout(target, "first token", policy.first_byte_timeout_ms))?;
+        match next {
+            Some(Ok(bytes)) => {
+                held.extend_from_slice(&bytes);
+                if translated.has_output() {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(redact(e, cand.api_key.as_deref())),
+            None if held.is_empty() => {
+                return Err(GatewayError::UpstreamInvalidResponse {
+                    provider: target.name.to_owned(),
+                    message: "empty stream".into(),
+                });
+            }
+            None => break,
+        }
+    }
+    let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
+    let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+    let limit = timeout(target, "end of stream", policy.total_timeout_ms);
+    let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
+    Ok(stream_reply(body))
+}
+
+/// Sends a non-streamed request and reads its whole answer, both within
+/// the first-byte timeout: providers write a whole answer's headers only
+/// when the answer is ready, so a long generation is not a silent provider.
+/// One timer for the attempt.
+async fn answer_within<U: Upstream>(
+    upstream: &U,
+    ctx: &Ctx<'_>,
+    policy: &Failover,
+    cand: &Candidate<'_>,
+    up_req: UpstreamRequest,
+) -> Result<Vec<u8>, GatewayError> {
+    let target = &cand.target;
+    let answer = async {
+        let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
+        resp.collect(RESPONSE_BODY_LIMIT).await.map_err(|message| {
+            GatewayError::UpstreamUnreachable {
+                provider: target.name.to_owned(),
+                message,
+            }
+        })
+    };
+    within(upstream, policy.first_byte_timeout_ms, answer)
+        .await
+        .ok_or_else(|| timeout(target, "complete answer", policy.first_byte_timeout_ms))?
 }
 
 /// One embeddings attempt at one candidate, within the policy's timeouts.
@@ -757,17 +957,16 @@ async fn try_embeddings<U: Upstream>(
 ) -> Result<Reply, GatewayError> {
     let target = &cand.target;
     let up_req = providers::build_embeddings_request(target, req, cand.api_key.as_deref())?;
-    let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
-    let body = collect_answer(upstream, policy, resp, target).await?;
+    let body = answer_within(upstream, ctx, policy, cand, up_req).await?;
     let (body, usage) = providers::embeddings_response(target, req, body)?;
     let mut reply = Reply::json(200, body);
     reply.usage = usage;
     Ok(reply)
 }
 
-/// Sends a candidate's request within the connect timeout; a non-2xx answer
-/// becomes the provider's error, with its key redacted should the provider
-/// echo it.
+/// Sends a candidate's request; a non-2xx answer becomes the provider's
+/// error, with its key redacted should the provider echo it. The caller
+/// bounds the wait.
 async fn send_for_success<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
@@ -776,13 +975,7 @@ async fn send_for_success<U: Upstream>(
     up_req: UpstreamRequest,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let mut resp = within(
-        upstream,
-        policy.connect_timeout_ms,
-        send(upstream, target, up_req, ctx.now_ms),
-    )
-    .await
-    .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
+    let mut resp = send(upstream, target, up_req, ctx.now_ms).await?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
@@ -799,27 +992,6 @@ async fn send_for_success<U: Upstream>(
     .unwrap_or_default();
     let e = providers::error_from_response(target, status, &headers, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
-}
-
-/// Reads a whole non-streamed answer within the first-byte timeout; a body
-/// cut short is a transport failure (worth another target).
-async fn collect_answer<U: Upstream>(
-    upstream: &U,
-    policy: &Failover,
-    resp: UpstreamResponse,
-    target: &Target<'_>,
-) -> Result<Vec<u8>, GatewayError> {
-    within(
-        upstream,
-        policy.first_byte_timeout_ms,
-        resp.collect(RESPONSE_BODY_LIMIT),
-    )
-    .await
-    .ok_or_else(|| timeout(target, "complete body", policy.first_byte_timeout_ms))?
-    .map_err(|message| GatewayError::UpstreamUnreachable {
-        provider: target.name.to_owned(),
-        message,
-    })
 }
 
 /// The error of a phase that took longer than `ms`.
@@ -876,6 +1048,7 @@ fn stream_reply(body: ByteStream) -> Reply {
         body: ReplyBody::Stream(body),
         usage: None,
         served: None,
+        error: None,
     }
 }
 

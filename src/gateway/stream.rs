@@ -3,11 +3,14 @@
 //! [`Translated`] decodes the upstream framing incrementally — Server-Sent
 //! Events, or AWS's binary event stream for Bedrock, as the provider's
 //! [`Translator`] says — and runs each event through the translator as it
-//! arrives: nothing is buffered beyond one partial event. It yields `Err` when the upstream breaks or
-//! reports an error, so the failover loop can still move on while nothing has
-//! reached the client. Once committed, [`into_client_stream`] turns such an
-//! error into an OpenAI-style error event and a clean end, so a broken stream
-//! never looks complete and never hangs.
+//! arrives: nothing is buffered beyond one partial event. It yields `Err`
+//! when the upstream breaks or reports an error, so the failover loop can
+//! still move on while nothing has reached the client. The translator also
+//! says when its bytes first carry output ([`Translated::has_output`], the
+//! commit point) and how an error reads in the client's protocol. Once
+//! committed, [`into_client_stream`] turns such an error into that error
+//! event and a clean end, so a broken stream never looks complete and never
+//! hangs.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,7 +22,6 @@ use crate::aws::eventstream;
 use crate::error::GatewayError;
 use crate::http::{ByteStream, Sleep};
 use crate::providers::{StreamTranslator, Translator};
-use crate::providers::{field_is_nonempty_string, field_value_starts_with};
 use crate::sse::{SseEvent, SseParser, encode_data};
 
 /// A framing decoder's output side (bytes go in by its own `push`): the
@@ -75,6 +77,9 @@ pub struct Translated {
     /// An error to yield after the bytes that preceded it.
     pending_error: Option<GatewayError>,
     ended: bool,
+    /// Some translated bytes carried output (the translator's own test):
+    /// the stream may be committed.
+    output: bool,
     /// Upstream events handled: an output-token estimate when a stream is
     /// cut before its usage arrives (providers send about a token an event).
     events: u64,
@@ -93,8 +98,26 @@ impl Translated {
             decoder,
             pending_error: None,
             ended: false,
+            output: false,
             events: 0,
         }
+    }
+
+    /// Whether the bytes yielded so far carry output the client must not
+    /// lose ([`StreamTranslator::carries_output`]): the commit point.
+    pub fn has_output(&self) -> bool {
+        self.output
+    }
+
+    /// A failure after the commit, in the client's protocol
+    /// ([`StreamTranslator::write_error`]).
+    pub fn error_event(&mut self, e: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &mut self.decoder {
+            Decoder::Sse(_, t) => t.write_error(e, &mut out),
+            Decoder::EventStream(_, t) => t.write_error(e, &mut out),
+        }
+        out
     }
 
     /// Usage the provider reported so far.
@@ -117,11 +140,20 @@ impl Translated {
     /// Runs every complete event through the translator; at end of stream,
     /// ends the translation too.
     fn drain_events(&mut self, out: &mut Vec<u8>, at_eof: bool) {
+        let from = out.len();
         let (provider, events) = (&self.provider, &mut self.events);
         let result = match &mut self.decoder {
             Decoder::Sse(f, t) => drain(f, t.as_mut(), provider, out, at_eof, events),
             Decoder::EventStream(f, t) => drain(f, t.as_mut(), provider, out, at_eof, events),
         };
+        // Only until the commit: afterwards nothing asks.
+        if !self.output && out.len() > from {
+            let written = &out[from..];
+            self.output = match &self.decoder {
+                Decoder::Sse(_, t) => t.carries_output(written),
+                Decoder::EventStream(_, t) => t.carries_output(written),
+            };
+        }
         if at_eof || result.is_err() {
             self.ended = true;
         }
@@ -213,8 +245,9 @@ pub struct StreamOutcome {
 pub type StreamEnd = Box<dyn FnOnce(StreamOutcome)>;
 
 /// The client-facing stream once the first bytes are committed: `first`,
-/// then the rest, with an error rendered as a final `data: {"error":...}`
-/// event (what the OpenAI SDKs raise on) and no `[DONE]`. When the
+/// then the rest, with an error rendered by the translator as the last
+/// event (for OpenAI chunks a `data: {"error":...}` event, what the OpenAI
+/// SDKs raise on, and no `[DONE]`). When the
 /// `deadline` timer fires first, the stream ends with its error.
 pub fn into_client_stream(
     first: Vec<u8>,
@@ -268,14 +301,14 @@ impl Stream for ClientStream {
             this.rest.ended = true;
             this.rest.pending_error = None;
             this.failed = true;
-            return Poll::Ready(Some(Ok(error_event(&e))));
+            return Poll::Ready(Some(Ok(this.rest.error_event(&e))));
         }
         match this.rest.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(bytes))),
             Poll::Ready(Some(Err(e))) => {
                 this.failed = true;
-                Poll::Ready(Some(Ok(error_event(&e))))
+                Poll::Ready(Some(Ok(this.rest.error_event(&e))))
             }
             Poll::Ready(None) => {
                 let complete = !this.failed;
@@ -297,14 +330,10 @@ impl Drop for ClientStream {
 /// Whether translated chunk bytes carry something the client must not
 /// lose: text, a tool call, a finish, an error or the end. Until they do
 /// (a role-only first chunk), the stream is not committed and a failing
-/// provider can still be replaced without the client noticing.
+/// provider can still be replaced without the client noticing. The OpenAI
+/// chunks' test; [`Translated::has_output`] asks the stream's translator.
 pub fn carries_output(bytes: &[u8]) -> bool {
-    let s = String::from_utf8_lossy(bytes);
-    field_is_nonempty_string(&s, "content")
-        || field_value_starts_with(&s, "tool_calls", b'[')
-        || field_value_starts_with(&s, "finish_reason", b'"')
-        || field_value_starts_with(&s, "error", b'{')
-        || s.contains("[DONE]")
+    crate::providers::chunk_carries_output(bytes)
 }
 
 /// An in-stream error event in OpenAI's shape.

@@ -32,6 +32,8 @@ struct Scripted {
     seen: RefCell<Vec<UpstreamRequest>>,
     /// Timers fire at once (every timeout passes); otherwise never.
     timers_fire: bool,
+    /// Every timer asked for, in ms.
+    sleeps: RefCell<Vec<u64>>,
 }
 
 impl Scripted {
@@ -40,6 +42,7 @@ impl Scripted {
             script: RefCell::new(script.into()),
             seen: RefCell::default(),
             timers_fire: false,
+            sleeps: RefCell::default(),
         }
     }
 }
@@ -77,7 +80,8 @@ impl Upstream for Scripted {
         }
     }
 
-    fn sleep(&self, _ms: u64) -> crate::http::Sleep {
+    fn sleep(&self, ms: u64) -> crate::http::Sleep {
+        self.sleeps.borrow_mut().push(ms);
         if self.timers_fire {
             Box::pin(futures::future::ready(()))
         } else {
@@ -522,7 +526,8 @@ fn worst_case_takes_the_dearest_candidate_and_the_output_cap() {
         Pricing {
             input_per_mtok: 10.0,
             output_per_mtok: 20.0,
-            cached_input_per_mtok: None
+            cached_input_per_mtok: None,
+            cache_write_per_mtok: None,
         }
         .cost(input, DEFAULT_OUTPUT_CAP, 0)
     );
@@ -550,6 +555,7 @@ fn settlement_charges_reported_usage_or_an_estimate() {
             input_per_mtok: 1.0,
             output_per_mtok: 2.0,
             cached_input_per_mtok: Some(0.5),
+            cache_write_per_mtok: None,
         },
         attempts: 1,
     };
@@ -576,6 +582,38 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         (acc.input_estimate, 12, true)
     );
     assert_eq!(settlement(&acc, None, None, 0, true).0, Money::ZERO);
+}
+
+#[test]
+fn settlement_charges_cache_reads_and_writes_at_their_prices() {
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 0,
+        clock: &|| 0,
+        secret: &secret,
+        health: &Health::new(),
+    };
+    let acc = prepare(&config, &ctx, NON_STREAM.as_bytes())
+        .unwrap()
+        .accounting();
+    // Claude Sonnet 4.5's prices; the write price left to the default for
+    // an Anthropic provider, 1.25 × input = $3.75 per million.
+    let anthropic: crate::config::Provider = serde_json::from_str(
+        r#"{"kind":"anthropic","models":{"s":{"input_per_mtok":3,"output_per_mtok":15,"cached_input_per_mtok":0.3}}}"#,
+    )
+    .unwrap();
+    let served = Served {
+        provider: "anthropic".into(),
+        model: "s".into(),
+        pricing: anthropic.model_info("s").pricing(),
+        attempts: 1,
+    };
+    // Anthropic's usage: 1,000 fresh, 6,000 read, 3,000 written; 500 out.
+    let usage = Usage::new(10_000, 500, Some(6_000)).with_cache_writes(3_000);
+    let (cost, ev) = settlement(&acc, Some(&served), Some(usage), 0, false);
+    // 1,000 × 3,000,000 + 6,000 × 300,000 + 3,000 × 3,750,000 + 500 × 15,000,000.
+    assert_eq!(cost, Money(23_550_000_000));
+    assert_eq!((ev.input_tokens, ev.cached_tokens), (10_000, 6_000));
 }
 
 fn recorder() -> (Rc<RefCell<Vec<StreamOutcome>>>, StreamEnd) {
@@ -694,6 +732,25 @@ fn a_target_silent_past_the_headers_timeout_fails_over() {
     )
     .unwrap();
     assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+}
+
+#[test]
+fn a_whole_answer_gets_the_first_byte_timeout_for_headers_and_body_with_one_timer() {
+    // Providers write a non-streamed answer's headers when it is ready: a
+    // 20-second generation is not a provider silent past the connect timeout.
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![COMPLETION.as_bytes().to_vec()],
+    )]);
+    let config = Config::from_json(&CONFIG.replacen(
+        r#""models""#,
+        r#""failover":{"connect_timeout_ms":15000,"first_byte_timeout_ms":60000},"models""#,
+        1,
+    ))
+    .unwrap();
+    run_in(&up, &config, &Health::new(), NON_STREAM).unwrap();
+    assert_eq!(*up.sleeps.borrow(), vec![60_000]);
 }
 
 #[test]
@@ -1008,6 +1065,7 @@ fn embeddings_reserve_input_only_and_report_their_model() {
         input_per_mtok: 1.0,
         output_per_mtok: 50.0,
         cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
     };
     assert_eq!(p.worst_case(), (pricing.cost(input, 0, 0), input));
     assert_eq!(

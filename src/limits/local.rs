@@ -32,6 +32,8 @@ use crate::keys::constant_time_eq;
 const SNAPSHOT_FRESH_MS: u64 = 60_000;
 /// After an ask that got no lease, this long before the next.
 const NO_LEASE_BACKOFF_MS: u64 = 1_000;
+/// The longest wait before a failed batch is sent again.
+pub const MAX_RETRY_MS: u64 = 30_000;
 
 /// Settings of the isolate's side (from the routing config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +266,9 @@ struct KeyLocal {
     unacked: Option<Sync>,
     /// A batch is on its way.
     syncing: bool,
+    /// After failed sends, the next waits until this (backing off).
+    retry_at_ms: u64,
+    failures: u32,
     seq: u64,
 }
 
@@ -385,6 +390,8 @@ impl LocalLimits {
         }
         if seq != 0 {
             k.syncing = false;
+            k.failures = 0;
+            k.retry_at_ms = 0;
         }
         let (grant, key, rate) = match reply {
             Reply::Admitted {
@@ -429,15 +436,23 @@ impl LocalLimits {
     }
 
     /// The object could not be reached for a batch or an ask: the batch is
-    /// resent as is next time; the ask may be made again.
-    pub fn on_failure(&mut self, object: &str, seq: u64) {
+    /// resent as is, after a back-off (a flush interval, doubling up to
+    /// [`MAX_RETRY_MS`]); the ask may be made again.
+    pub fn on_failure(&mut self, object: &str, seq: u64, now_ms: u64) {
+        let flush_ms = self.config.flush_ms;
         if let Some(k) = self.keys.get_mut(object) {
             if k.asking {
                 k.answered = k.ask_seq;
+                k.no_lease_until_ms = now_ms + NO_LEASE_BACKOFF_MS;
             }
             k.asking = false;
             if seq != 0 {
                 k.syncing = false;
+                k.failures = k.failures.saturating_add(1);
+                let wait = flush_ms
+                    .saturating_mul(1 << k.failures.min(8))
+                    .min(MAX_RETRY_MS);
+                k.retry_at_ms = now_ms + wait;
             }
         }
     }
@@ -502,7 +517,7 @@ impl LocalLimits {
         let config = self.config;
         let holder = self.holder.clone();
         let k = self.keys.get_mut(object)?;
-        if k.syncing {
+        if k.syncing || (!force && now_ms < k.retry_at_ms) {
             return None;
         }
         if let Some(u) = &k.unacked {
@@ -738,7 +753,7 @@ impl KeyLocal {
         Some(if self.syncing {
             next.max(now_ms + config.flush_ms)
         } else {
-            next
+            next.max(self.retry_at_ms)
         })
     }
 }

@@ -43,7 +43,7 @@ pub use calendar::{date_string, month_index};
 pub use lease::{
     Charge, Grant, Headroom, KeySnapshot, LeaseAsk, LeaseDone, MAX_LEASE_TTL_MS, Source, Sync,
 };
-pub use money::{Money, Pricing};
+pub use money::{CACHE_WRITE_MARKUP, Money, Pricing, Tokens};
 pub use record::{Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits};
 pub use store::Row;
 

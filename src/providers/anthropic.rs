@@ -234,9 +234,10 @@ struct BlockIn {
 }
 
 /// Token counts; every field optional because `message_delta` repeats only
-/// some of them.
-#[derive(Deserialize, Default, Clone, Copy)]
-struct UsageIn {
+/// some of them. Also read by the Messages pass-through
+/// ([`crate::ingress::messages`]).
+#[derive(Deserialize, Default, Clone, Copy, Debug)]
+pub(crate) struct UsageIn {
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
@@ -249,7 +250,7 @@ struct UsageIn {
 
 impl UsageIn {
     /// Takes the counts `later` reports, keeping the others.
-    fn merge(&mut self, later: UsageIn) {
+    pub(crate) fn merge(&mut self, later: UsageIn) {
         let keep = |old: &mut Option<u64>, new: Option<u64>| {
             if new.is_some() {
                 *old = new;
@@ -268,16 +269,17 @@ impl UsageIn {
     }
 
     /// OpenAI's usage: cache reads and writes are prompt tokens too (OpenAI
-    /// counts cached tokens inside `prompt_tokens`).
-    fn to_openai(self) -> Usage {
+    /// counts cached tokens inside `prompt_tokens`); writes are also kept
+    /// apart, for their own price.
+    pub(crate) fn to_openai(self) -> Usage {
         let read = self.cache_read_input_tokens;
+        let written = self.cache_creation_input_tokens.unwrap_or(0);
         Usage::new(
-            self.input_tokens.unwrap_or(0)
-                + read.unwrap_or(0)
-                + self.cache_creation_input_tokens.unwrap_or(0),
+            self.input_tokens.unwrap_or(0) + read.unwrap_or(0) + written,
             self.output_tokens.unwrap_or(0),
             read,
         )
+        .with_cache_writes(written)
     }
 }
 
@@ -1501,15 +1503,17 @@ mod tests {
             let want = json(openai);
             assert_eq!(got, want, "{name}");
             let want_usage: Usage = serde_json::from_value(want["usage"].clone()).unwrap();
-            assert_eq!(usage, Some(want_usage), "{name}");
+            // Cache writes are kept apart for settlement, not on OpenAI's wire.
+            let written = usage.map_or(0, |u| u.cache_write_tokens);
+            assert_eq!(usage, Some(want_usage.with_cache_writes(written)), "{name}");
         }
     }
 
     #[test]
     fn cache_reads_and_writes_count_as_prompt_tokens() {
         let (_, usage) = translate_response(PLAIN, fixture!("response_text.anthropic.json"));
-        // 12 uncached + 3 written + 5 read.
-        assert_eq!(usage, Some(Usage::new(20, 4, Some(5))));
+        // 12 uncached + 3 written + 5 read; the writes also apart.
+        assert_eq!(usage, Some(Usage::new(20, 4, Some(5)).with_cache_writes(3)));
     }
 
     #[test]
@@ -1679,10 +1683,11 @@ mod tests {
     #[test]
     fn stream_usage_is_tracked_whether_or_not_the_client_asked() {
         let (_, req, input, _) = STREAMS[0];
+        let want = Usage::new(20, 6, Some(5)).with_cache_writes(3);
         let (_, t) = run_stream(req, &[input.as_bytes()]);
-        assert_eq!(t.usage(), Some(Usage::new(20, 6, Some(5))));
+        assert_eq!(t.usage(), Some(want));
         let (out, t) = run_stream(STREAM_PLAIN, &[input.as_bytes()]);
-        assert_eq!(t.usage(), Some(Usage::new(20, 6, Some(5))));
+        assert_eq!(t.usage(), Some(want));
         assert!(!out.contains("usage"), "{out}");
         assert!(out.ends_with("data: [DONE]\n\n"));
     }
@@ -1856,7 +1861,10 @@ mod tests {
         )]);
         let reply = run_gateway(&up, PLAIN).unwrap();
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.usage, Some(Usage::new(20, 4, Some(5))));
+        assert_eq!(
+            reply.usage,
+            Some(Usage::new(20, 4, Some(5)).with_cache_writes(3))
+        );
         assert_eq!(
             json(&body_of(reply)),
             json(fixture!("response_text.openai.json"))

@@ -32,17 +32,17 @@ pub mod openai;
 pub mod vertex;
 pub mod workers_ai;
 
+use std::borrow::Cow;
+
 use crate::api::{
     ChatCompletionChunk, ChatRequest, ChunkChoice, Delta, EmbeddingsRequest, FinishReason, Usage,
 };
 use crate::aws::eventstream;
-use std::borrow::Cow;
-
 use crate::config::{Provider, ProviderKind};
 use crate::error::GatewayError;
 use crate::http::{Upstream, UpstreamRequest};
 use crate::routing::SecretLookup;
-use crate::sse::SseEvent;
+use crate::sse::{SseEvent, encode_data};
 
 /// A config target resolved to its provider.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +67,33 @@ pub trait StreamTranslator<E = SseEvent> {
     fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError>;
     /// Usage reported so far.
     fn usage(&self) -> Option<Usage>;
+    /// Whether `written`, what one call of this translator wrote, carries
+    /// output the client must not lose: until some does, the gateway holds
+    /// the stream uncommitted, so a target that fails before its first token
+    /// is replaced without the client noticing. The default is the test for
+    /// OpenAI chunks ([`chunk_carries_output`]); translators that write
+    /// another client protocol answer for their own events.
+    fn carries_output(&self, written: &[u8]) -> bool {
+        chunk_carries_output(written)
+    }
+    /// Writes a failure that came after the commit, in the client's
+    /// protocol, as the stream's last bytes. The default is OpenAI's
+    /// `data: {"error":...}` event, which the OpenAI SDKs raise on.
+    fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        encode_data(out, &e.to_body());
+    }
+}
+
+/// Whether OpenAI chunk bytes carry something the client must not lose:
+/// text, a tool call, a finish, an error or the end. A role-only first
+/// chunk does not.
+pub fn chunk_carries_output(bytes: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(bytes);
+    field_is_nonempty_string(&s, "content")
+        || field_value_starts_with(&s, "tool_calls", b'[')
+        || field_value_starts_with(&s, "finish_reason", b'"')
+        || field_value_starts_with(&s, "error", b'{')
+        || s.contains("[DONE]")
 }
 
 /// A stream translator with the framing its provider's stream comes in:

@@ -169,8 +169,28 @@ pub fn build_embeddings_request(
     )
 }
 
-/// A POST to `endpoint` (`chat/completions`, `embeddings`) under the
-/// vendor's base URL (Azure: under the deployment), with its auth header.
+/// The upstream request for an OpenAI Responses body (`POST /v1/responses`,
+/// the client's body with `model` rewritten: see
+/// [`crate::ingress::responses`]). OpenAI: `{base}/responses`. Azure:
+/// `{base}/openai/v1/responses`, Azure's v1 API, the only one that serves
+/// Responses: no deployment in the path (`model` names it) and no
+/// `api-version`.
+pub fn build_responses_request(
+    target: &Target<'_>,
+    body: Vec<u8>,
+    stream: bool,
+    api_key: Option<&str>,
+) -> UpstreamRequest {
+    let preset = preset(target.provider.kind).unwrap_or(GENERIC);
+    post(target, preset, RESPONSES, stream, api_key, body)
+}
+
+/// The Responses endpoint, under the base URL.
+const RESPONSES: &str = "responses";
+
+/// A POST to `endpoint` (`chat/completions`, `embeddings`, `responses`)
+/// under the vendor's base URL (Azure: under the deployment, or its v1 API
+/// for Responses), with its auth header.
 fn post(
     target: &Target<'_>,
     preset: Preset,
@@ -190,6 +210,7 @@ fn post(
     };
     let base = base.trim_end_matches('/');
     let url = match p.kind {
+        ProviderKind::Azure if endpoint == RESPONSES => format!("{base}/openai/v1/{endpoint}"),
         ProviderKind::Azure => format!(
             "{base}/openai/deployments/{}/{endpoint}?api-version={}",
             target.model,
@@ -248,6 +269,63 @@ pub fn read_embeddings_response(
             provider: target.name.to_owned(),
             message: format!("not an embeddings list: {e}"),
         })
+}
+
+/// The usage of a Responses `response` object, as OpenAI reports it.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ResponsesUsage {
+    /// Every input token, cached ones included.
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<ResponsesInputDetails>,
+    /// Every output token, reasoning included.
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ResponsesInputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl ResponsesUsage {
+    /// The gateway's usage, for settlement.
+    pub(crate) fn to_usage(self) -> Usage {
+        Usage::new(
+            self.input_tokens,
+            self.output_tokens,
+            self.input_tokens_details.and_then(|d| d.cached_tokens),
+        )
+    }
+}
+
+/// The parts of a `response` object the gateway reads.
+#[derive(Deserialize)]
+struct ResponseUsageOnly {
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    usage: Option<ResponsesUsage>,
+}
+
+/// Checks a 2xx Responses body (a `response` object) and reads its usage.
+/// The body itself goes to the client unchanged.
+pub fn read_responses_response(
+    target: &Target<'_>,
+    body: &[u8],
+) -> Result<Option<Usage>, GatewayError> {
+    let invalid = |message: String| GatewayError::UpstreamInvalidResponse {
+        provider: target.name.to_owned(),
+        message,
+    };
+    let r: ResponseUsageOnly =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("not a response: {e}")))?;
+    if r.object.as_deref() != Some("response") {
+        return Err(invalid("not a response object".to_owned()));
+    }
+    Ok(r.usage.map(ResponsesUsage::to_usage))
 }
 
 // ---- Stream decoding ---------------------------------------------------------------
@@ -406,6 +484,43 @@ mod tests {
             up.body,
             br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":2}}"#
         );
+    }
+
+    #[test]
+    fn responses_requests_go_to_openai_and_to_azures_v1_api() {
+        let body = br#"{"model":"gpt-5","input":"hi"}"#.to_vec();
+        let p = provider(r#"{"kind":"openai"}"#);
+        let up = build_responses_request(&target(&p, "gpt-5"), body.clone(), true, Some("sk-1"));
+        assert_eq!(up.url, "https://api.openai.com/v1/responses");
+        assert!(
+            up.headers
+                .contains(&("authorization".into(), "Bearer sk-1".into()))
+        );
+        assert!(
+            up.headers
+                .contains(&("accept".into(), "text/event-stream".into()))
+        );
+        let p = provider(
+            r#"{"kind":"azure","base_url":"https://eu.openai.azure.com/","api_version":"2024-10-21"}"#,
+        );
+        let up = build_responses_request(&target(&p, "gpt5-eu"), body, false, Some("az-1"));
+        assert_eq!(up.url, "https://eu.openai.azure.com/openai/v1/responses");
+        assert!(up.headers.contains(&("api-key".into(), "az-1".into())));
+    }
+
+    #[test]
+    fn responses_answers_are_checked_and_their_usage_read() {
+        let p = provider(r#"{"kind":"openai"}"#);
+        let t = target(&p, "gpt-5");
+        let body = br#"{"id":"resp_1","object":"response","output":[],"usage":{"input_tokens":30,"input_tokens_details":{"cached_tokens":20},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":3},"total_tokens":37}}"#;
+        assert_eq!(
+            read_responses_response(&t, body).unwrap(),
+            Some(Usage::new(30, 7, Some(20)))
+        );
+        for bad in [&br#"{"object":"chat.completion"}"#[..], b"[]", b"{"] {
+            let e = read_responses_response(&t, bad).unwrap_err();
+            assert!(e.is_retryable(), "{e:?}");
+        }
     }
 
     #[test]

@@ -156,7 +156,8 @@ test('requests per minute hold under concurrency, with OpenAI headers', async ()
   // OpenAI's duration format: `20ms`, `1.5s`, `1m1s`.
   assert.match(limited.headers.get('x-ratelimit-reset-requests'), /^(\d+ms|(\d+m)?\d+(\.\d+)?s)$/);
   const retry = Number(limited.headers.get('retry-after'));
-  assert.ok(retry >= 1 && retry <= 60, `retry-after ${retry}`);
+  // The minute window counts in one-second buckets: up to a second longer.
+  assert.ok(retry >= 1 && retry <= 61, `retry-after ${retry}`);
   const err = (await limited.json()).error;
   assert.equal(err.code, 'rate_limit_exceeded');
   await Promise.all(results.filter((r) => r !== limited).map((r) => r.text()));

@@ -150,3 +150,34 @@ test('workers-ai: the REST preset posts to the account\'s OpenAI-compatible path
   assert.equal(r.headers.authorization, `Bearer ${CF_TOKEN}`);
   assert.equal(r.body.model, MODELS['workers-ai'][1]);
 });
+
+/** POST to another client protocol's endpoint with the test key. */
+function post(path, body) {
+  return fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': 'sk-test-1', authorization: 'Bearer sk-test-1' },
+    body: JSON.stringify(body),
+  });
+}
+
+for (const name of ['bedrock', 'vertex-claude', 'vertex-gemini', 'workers-ai']) {
+  test(`${name}: Anthropic Messages and OpenAI Responses clients are served too, streamed and not`, async () => {
+    const msg = { model: name, max_tokens: 50, messages: [{ role: 'user', content: 'bonjour' }] };
+    const whole = await body(await post('/v1/messages', msg));
+    assert.equal(whole.type, 'message');
+    assert.equal(whole.content[0].text, TEXT);
+    const res = await post('/v1/messages', { ...msg, stream: true });
+    assert.equal(res.status, 200);
+    const events = await readSSE(res);
+    const text = events.map((e) => e.json?.delta?.text ?? '').join('');
+    assert.equal(text, TEXT);
+    assert.equal(events.at(-1).json.type, 'message_stop');
+
+    const resp = await body(await post('/v1/responses', { model: name, input: 'bonjour' }));
+    assert.equal(resp.object, 'response');
+    assert.equal(resp.output.at(-1).content[0].text, TEXT);
+    const stream = await post('/v1/responses', { model: name, input: 'bonjour', stream: true });
+    const revents = await readSSE(stream);
+    assert.equal(revents.at(-1).json.type, 'response.completed');
+  });
+}

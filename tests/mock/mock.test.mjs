@@ -384,6 +384,153 @@ describe('Anthropic Messages', () => {
   });
 });
 
+describe('Anthropic headers, cache usage, count_tokens and tool loops', () => {
+  const body = (model, extra = {}) => ({ model, max_tokens: 50, messages: [{ role: 'user', content: 'Say hi please' }], ...extra });
+
+  test('records and echoes anthropic-version and anthropic-beta', async () => {
+    const headers = { 'anthropic-version': '2023-06-01', 'anthropic-beta': 'prompt-caching-2024-07-31,context-1m-2025-08-07' };
+    const { res, json } = await postJson(`${mock.url}/v1/messages`, body('c;echo_headers=1'), headers);
+    assert.equal(json.content[0].text, 'anthropic-version=2023-06-01 anthropic-beta=prompt-caching-2024-07-31,context-1m-2025-08-07');
+    const seq = Number(res.headers.get('x-mock-seq'));
+    const rec = mock.requests.find((r) => r.seq === seq);
+    assert.equal(rec.rawBody, JSON.stringify(body('c;echo_headers=1')));
+    assert.equal(rec.headers['anthropic-version'], '2023-06-01');
+    assert.equal(rec.headers['anthropic-beta'], headers['anthropic-beta']);
+    const bare = await postJson(`${mock.url}/v1/messages`, body('c;echo_headers=1'));
+    assert.equal(bare.json.content[0].text, 'anthropic-version= anthropic-beta=');
+  });
+
+  test('cache_write and cached report cache creation and reads, streamed or not', async () => {
+    const { json } = await postJson(`${mock.url}/v1/messages`, body('c;cache_write=1200,cached=300'));
+    assert.deepEqual(json.usage, { input_tokens: 4, output_tokens: 4, cache_creation_input_tokens: 1200, cache_read_input_tokens: 300 });
+    const res = await post(`${mock.url}/v1/messages`, body('c;cache_write=1200,cached=300', { stream: true }));
+    const { events } = await readEvents(res);
+    const start = jsonOf(events[0]);
+    assert.equal(start.message.usage.cache_creation_input_tokens, 1200);
+    assert.equal(start.message.usage.cache_read_input_tokens, 300);
+  });
+
+  test('count_tokens answers the prompt token count, errors in Anthropic\'s shape', async () => {
+    const { res, json } = await postJson(`${mock.url}/v1/messages/count_tokens`, { model: 'c', system: 'Be brief.', messages: [{ role: 'user', content: 'Say hi please' }] });
+    assert.equal(res.status, 200);
+    assert.deepEqual(json, { input_tokens: 2 + 3 + 1 });
+    const failed = await postJson(`${mock.url}/v1/messages/count_tokens`, { model: 'c;status=529', messages: [] });
+    assert.equal(failed.res.status, 529);
+    assert.equal(failed.json.error.type, 'overloaded_error');
+    assert.equal(mock.requests.at(-1).format, 'anthropic-count');
+  });
+
+  test('tools_once: tool calls until a tool result arrives, then text quoting it', async () => {
+    const first = await postJson(`${mock.url}/v1/messages`, body('c;tools=1,tools_once=1'));
+    assert.equal(first.json.stop_reason, 'tool_use');
+    const call = first.json.content[0];
+    const second = await postJson(`${mock.url}/v1/messages`, body('c;tools=1,tools_once=1', {
+      messages: [
+        { role: 'user', content: 'weather?' },
+        { role: 'assistant', content: [call] },
+        { role: 'user', content: [{ type: 'tool_result', tool_use_id: call.id, content: 'sunny, 21 C' }] },
+      ],
+    }));
+    assert.equal(second.json.stop_reason, 'end_turn');
+    assert.deepEqual(second.json.content, [{ type: 'text', text: 'Tool result: sunny, 21 C' }]);
+    // The same in the other formats.
+    const openai = await postJson(`${mock.url}/v1/chat/completions`, {
+      model: 'g;tools=1,tools_once=1',
+      messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null, tool_calls: [{ id: 'a', type: 'function', function: { name: 'f', arguments: '{}' } }] }, { role: 'tool', tool_call_id: 'a', content: 'done' }],
+    });
+    assert.equal(openai.json.choices[0].message.content, 'Tool result: done');
+    const gemini = await postJson(`${mock.url}/v1beta/models/gm;tools=1,tools_once=1:generateContent`, {
+      contents: [{ role: 'user', parts: [{ text: 'x' }] }, { role: 'model', parts: [{ functionCall: { name: 'f', args: {} } }] }, { role: 'user', parts: [{ functionResponse: { name: 'f', response: { ok: true } } }] }],
+    });
+    assert.equal(gemini.json.candidates[0].content.parts[0].text, 'Tool result: {"ok":true}');
+    const responses = await postJson(`${mock.url}/v1/responses`, {
+      model: 'r;tools=1,tools_once=1',
+      input: [{ role: 'user', content: 'x' }, { type: 'function_call', call_id: 'c1', name: 'f', arguments: '{}' }, { type: 'function_call_output', call_id: 'c1', output: '42' }],
+    });
+    assert.equal(responses.json.output[0].content[0].text, 'Tool result: 42');
+  });
+});
+
+describe('OpenAI Responses', () => {
+  const body = (extra = {}) => ({ model: 'gpt-5', instructions: 'Be brief.', input: 'Say hi please', ...extra });
+  const PROMPT = 2 + 3 + 1;
+
+  test('non-stream response: a message item, usage, the request echoed', async () => {
+    const { res, json } = await postJson(`${mock.url}/v1/responses`, body({ model: 'gpt-5;cached=2', store: false, metadata: { team: 'a' } }));
+    assert.equal(res.status, 200);
+    const seq = res.headers.get('x-mock-seq');
+    assert.equal(json.id, `resp_mock_${seq}`);
+    assert.equal(json.object, 'response');
+    assert.equal(json.status, 'completed');
+    assert.equal(json.model, 'gpt-5');
+    assert.equal(json.instructions, 'Be brief.');
+    assert.equal(json.store, false);
+    assert.deepEqual(json.metadata, { team: 'a' });
+    assert.deepEqual(json.output, [{ id: `msg_mock_${seq}`, type: 'message', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: DEFAULT_TEXT, annotations: [], logprobs: [] }] }]);
+    assert.deepEqual(json.usage, { input_tokens: PROMPT, input_tokens_details: { cached_tokens: 2 }, output_tokens: 4, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: PROMPT + 4 });
+    assert.equal(mock.requests.at(-1).format, 'responses');
+  });
+
+  test('function calls from the request tools; length makes it incomplete', async () => {
+    const tools = [{ type: 'function', name: 'lookup', parameters: { type: 'object' } }];
+    const { json } = await postJson(`${mock.url}/v1/responses`, body({ model: 'gpt-5;tools=2', tools }));
+    assert.deepEqual(json.output.map((o) => [o.type, o.name, o.call_id, JSON.parse(o.arguments).call]), [
+      ['function_call', 'lookup', 'call_mock_0', 0],
+      ['function_call', 'lookup', 'call_mock_1', 1],
+    ]);
+    const cut = (await postJson(`${mock.url}/v1/responses`, body({ model: 'gpt-5;finish=length' }))).json;
+    assert.equal(cut.status, 'incomplete');
+    assert.deepEqual(cut.incomplete_details, { reason: 'max_output_tokens' });
+    const noUsage = (await postJson(`${mock.url}/v1/responses`, body({ model: 'gpt-5;usage=0' }))).json;
+    assert.equal(noUsage.usage, null);
+  });
+
+  test('stream: named, numbered events from response.created to response.completed', async () => {
+    const res = await post(`${mock.url}/v1/responses`, body({ stream: true, model: 'gpt-5;chunks=2,tools=1,echo=1' }));
+    assert.equal(res.headers.get('content-type'), 'text/event-stream');
+    const { events, error, rest } = await readEvents(res);
+    assert.equal(error, null);
+    assert.equal(rest, '');
+    const parsed = events.map((e) => sseFields(e.raw));
+    const data = parsed.map((p) => JSON.parse(p.data));
+    parsed.forEach((p, i) => {
+      assert.equal(data[i].type, p.event);
+      assert.equal(data[i].sequence_number, i);
+    });
+    assert.deepEqual(parsed.map((p) => p.event), [
+      'response.created', 'response.in_progress',
+      'response.output_item.added', 'response.content_part.added',
+      'response.output_text.delta', 'response.output_text.delta', 'response.output_text.done',
+      'response.content_part.done', 'response.output_item.done',
+      'response.output_item.added', 'response.function_call_arguments.delta', 'response.function_call_arguments.delta',
+      'response.function_call_arguments.done', 'response.output_item.done',
+      'response.completed',
+    ]);
+    assert.equal(data[0].response.status, 'in_progress');
+    assert.equal(data[4].delta + data[5].delta, 'Say hi please');
+    assert.equal(data[6].text, 'Say hi please');
+    assert.deepEqual(JSON.parse(data[10].delta + data[11].delta), { city: 'Paris', call: 0 });
+    const done = data.at(-1).response;
+    assert.equal(done.status, 'completed');
+    assert.deepEqual(done.output.map((o) => o.type), ['message', 'function_call']);
+    assert.equal(done.usage.input_tokens, PROMPT);
+  });
+
+  test('errors are OpenAI-shaped; error_after sends an error event and ends', async () => {
+    const failed = await postJson(`${mock.url}/v1/responses`, body({ model: 'gpt-5;status=429,retry_after=3' }));
+    assert.equal(failed.res.status, 429);
+    assert.equal(failed.res.headers.get('retry-after'), '3');
+    assert.equal(failed.json.error.code, 'rate_limit_exceeded');
+    const res = await post(`${mock.url}/v1/responses`, body({ stream: true }), { 'x-mock-error-after': '1' });
+    const { events } = await readEvents(res);
+    const last = sseFields(events.at(-1).raw);
+    assert.equal(last.event, 'error');
+    const err = JSON.parse(last.data);
+    assert.equal(err.code, 'server_error');
+    assert.equal(err.sequence_number, events.length - 1);
+  });
+});
+
 describe('Gemini', () => {
   const geminiBody = (extra = {}) => ({
     systemInstruction: { parts: [{ text: 'Be brief.' }] },
@@ -933,7 +1080,7 @@ describe('directives and recording', () => {
       await res.arrayBuffer();
       assert.equal(own.requests.length, 1);
       const rec = own.requests[0];
-      assert.deepEqual(Object.keys(rec), ['seq', 't', 'method', 'path', 'rawPath', 'query', 'headers', 'body', 'directives', 'format']);
+      assert.deepEqual(Object.keys(rec), ['seq', 't', 'method', 'path', 'rawPath', 'query', 'headers', 'body', 'rawBody', 'directives', 'format']);
       assert.equal(rec.seq, 1);
       assert.ok(Math.abs(rec.t - Date.now()) < 5000);
       assert.equal(rec.method, 'POST');

@@ -1,9 +1,10 @@
 // Mock LLM provider for the gateway's end-to-end tests and benchmarks.
 //
-// Speaks the OpenAI (chat completions, embeddings, models), Anthropic
-// Messages, Google Gemini and Amazon Bedrock Converse (binary event stream,
-// SigV4-checked) wire formats, Google Vertex AI (Gemini and Claude, behind
-// an OAuth token endpoint that verifies RS256 service-account JWTs),
+// Speaks the OpenAI (chat completions, Responses, embeddings, models),
+// Anthropic Messages (and count_tokens), Google Gemini and Amazon Bedrock
+// Converse (binary event stream, SigV4-checked) wire formats, Google Vertex
+// AI (Gemini and Claude, behind an OAuth token endpoint that verifies RS256
+// service-account JWTs),
 // streaming and not, and injects
 // faults chosen per request through "directives" (see README.md). Every
 // non-control request is recorded so tests can assert what the gateway sent
@@ -126,7 +127,9 @@ function resolveRoute(method, path) {
     const b = BEDROCK_PATH.exec(path);
     if (b) return { format: 'bedrock', action: b[2], rawModel: b[1] };
     if (path.endsWith('/chat/completions')) return { format: 'openai' };
+    if (path.endsWith('/messages/count_tokens')) return { format: 'anthropic-count' };
     if (path.endsWith('/messages')) return { format: 'anthropic' };
+    if (path.endsWith('/responses')) return { format: 'responses' };
     if (path.endsWith('/embeddings')) return { format: 'embeddings' };
   } else if (method === 'GET' && path.endsWith('/models')) {
     return { format: 'models' };
@@ -166,11 +169,18 @@ function countWords(s) {
 /** All prompt text (system included), for the deterministic prompt token count. */
 function promptText(format, body) {
   if (format === 'gemini') return textOf([body.systemInstruction, body.contents], ' ');
-  if (format === 'anthropic' || format === 'bedrock') return textOf([body.system, body.messages], ' ');
+  if (format === 'anthropic' || format === 'anthropic-count' || format === 'bedrock') return textOf([body.system, body.messages], ' ');
+  if (format === 'responses') return textOf([body.instructions ?? '', body.input ?? ''], ' ');
   return textOf(body.messages, ' ');
 }
 
 function lastUserText(format, body) {
+  if (format === 'responses') {
+    if (typeof body.input === 'string') return body.input;
+    const items = Array.isArray(body.input) ? body.input : [];
+    for (let i = items.length - 1; i >= 0; i--) if (items[i]?.role === 'user') return textOf(items[i].content, '');
+    return '';
+  }
   const list = format === 'gemini' ? body.contents : body.messages;
   if (!Array.isArray(list)) return '';
   for (let i = list.length - 1; i >= 0; i--) {
@@ -181,6 +191,37 @@ function lastUserText(format, body) {
   return '';
 }
 
+/**
+ * The text of the request's last tool result, in any of the four formats
+ * (OpenAI `tool` message, Anthropic `tool_result` block, Gemini
+ * `functionResponse`, Responses `function_call_output`); null without one.
+ */
+function lastToolResult(format, body) {
+  let found = null;
+  if (format === 'openai') {
+    for (const m of body.messages ?? []) if (m?.role === 'tool') found = textOf(m.content, '');
+  } else if (format === 'anthropic') {
+    for (const m of body.messages ?? []) {
+      for (const b of Array.isArray(m?.content) ? m.content : []) if (b?.type === 'tool_result') found = textOf(b.content ?? '', '');
+    }
+  } else if (format === 'gemini') {
+    for (const c of body.contents ?? []) {
+      for (const part of c?.parts ?? []) {
+        if (!part?.functionResponse) continue;
+        // A text result travels as `{"content": text}` (or `result`).
+        const r = part.functionResponse.response;
+        const text = typeof r?.content === 'string' ? r.content : r?.result;
+        found = typeof text === 'string' ? text : JSON.stringify(r ?? null);
+      }
+    }
+  } else if (format === 'responses') {
+    for (const item of Array.isArray(body.input) ? body.input : []) {
+      if (item?.type === 'function_call_output') found = typeof item.output === 'string' ? item.output : textOf(item.output, '');
+    }
+  }
+  return found;
+}
+
 function toolNames(format, body) {
   if (format === 'bedrock') {
     const tools = body.toolConfig?.tools;
@@ -189,7 +230,7 @@ function toolNames(format, body) {
   if (!Array.isArray(body.tools)) return [];
   let names;
   if (format === 'openai') names = body.tools.map((t) => t?.function?.name);
-  else if (format === 'anthropic') names = body.tools.map((t) => t?.name);
+  else if (format === 'anthropic' || format === 'responses') names = body.tools.map((t) => t?.name);
   else names = body.tools.flatMap((t) => t?.functionDeclarations ?? t?.function_declarations ?? []).map((f) => f?.name);
   return names.filter((n) => typeof n === 'string' && n);
 }
@@ -225,11 +266,18 @@ function* endless(pieces) {
  * text (null when the reply is tool calls only), its pieces, tool calls,
  * canonical finish (stop|length|content_filter|tool|<raw>), P and C.
  */
-function planReply(format, body, d, { seq, model, drip }) {
+function planReply(format, body, d, { seq, model, drip, headers }) {
   const chunks = Math.max(1, int(d.chunks, DEFAULT_CHUNKS));
-  const nTools = drip ? 0 : Math.max(0, int(d.tools, 0));
+  // tools_once: tool calls until the conversation carries a tool result,
+  // then a text answer that quotes it (a two-turn tool loop on one model).
+  const toolResult = flag(d.tools_once) ? lastToolResult(format, body) : null;
+  const nTools = drip || toolResult !== null ? 0 : Math.max(0, int(d.tools, 0));
   let text = d.text;
+  if (toolResult !== null) text = `Tool result: ${toolResult}`;
   if (text === undefined && flag(d.echo)) text = lastUserText(format, body) || undefined;
+  if (text === undefined && flag(d.echo_headers)) {
+    text = `anthropic-version=${headers['anthropic-version'] ?? ''} anthropic-beta=${headers['anthropic-beta'] ?? ''}`;
+  }
   // With tools the reply is tool calls only, unless text was asked for explicitly.
   const withText = nTools === 0 || text !== undefined;
   const pieces = withText ? splitText(text ?? DEFAULT_TEXT, chunks) : [];
@@ -264,6 +312,7 @@ function planReply(format, body, d, { seq, model, drip }) {
     completionTokens: completion,
     usage: d.usage === undefined || flag(d.usage),
     cached: Math.max(0, int(d.cached, 0)),
+    cacheWrite: Math.max(0, int(d.cache_write, 0)),
   };
 }
 
@@ -398,7 +447,7 @@ const ANTHROPIC_STOP = { stop: 'end_turn', length: 'max_tokens', content_filter:
 function anthropicUsage(p, outputTokens) {
   const u = { input_tokens: p.promptTokens, output_tokens: outputTokens };
   if (p.usage) {
-    u.cache_creation_input_tokens = 0;
+    u.cache_creation_input_tokens = p.cacheWrite;
     u.cache_read_input_tokens = p.cached;
   }
   return u;
@@ -462,6 +511,107 @@ function anthropicError(status, message) {
   const types = { 400: 'invalid_request_error', 401: 'authentication_error', 403: 'permission_error', 404: 'not_found_error', 413: 'request_too_large', 429: 'rate_limit_error', 529: 'overloaded_error' };
   const type = types[status] ?? (status >= 500 ? 'api_error' : 'invalid_request_error');
   return { type: 'error', error: { type, message } };
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI Responses
+// ---------------------------------------------------------------------------
+
+function responsesUsage(p) {
+  return {
+    input_tokens: p.promptTokens,
+    input_tokens_details: { cached_tokens: p.cached },
+    output_tokens: p.completionTokens,
+    output_tokens_details: { reasoning_tokens: 0 },
+    total_tokens: p.promptTokens + p.completionTokens,
+  };
+}
+
+const RESPONSES_INCOMPLETE = { length: 'max_output_tokens', content_filter: 'content_filter' };
+
+/** A `response` object; `output` and `usage` only once it is done. */
+function responsesObject(p, body, done) {
+  const incomplete = RESPONSES_INCOMPLETE[p.finish];
+  const output = [];
+  if (done) {
+    if (p.text !== null) output.push(responsesMessage(p, 'completed'));
+    for (const t of p.tools) output.push(responsesCall(t, t.argsJson, 'completed'));
+  }
+  return {
+    id: `resp_mock_${p.seq}`,
+    object: 'response',
+    created_at: p.created,
+    status: !done ? 'in_progress' : incomplete ? 'incomplete' : 'completed',
+    background: false,
+    error: null,
+    incomplete_details: done && incomplete ? { reason: incomplete } : null,
+    instructions: body.instructions ?? null,
+    max_output_tokens: body.max_output_tokens ?? null,
+    model: p.model,
+    output,
+    parallel_tool_calls: body.parallel_tool_calls ?? true,
+    previous_response_id: body.previous_response_id ?? null,
+    reasoning: { effort: body.reasoning?.effort ?? null, summary: null },
+    store: body.store ?? true,
+    temperature: body.temperature ?? 1,
+    text: body.text ?? { format: { type: 'text' } },
+    tool_choice: body.tool_choice ?? 'auto',
+    tools: body.tools ?? [],
+    top_p: body.top_p ?? 1,
+    truncation: 'disabled',
+    usage: done && p.usage ? responsesUsage(p) : null,
+    user: body.user ?? null,
+    metadata: body.metadata ?? {},
+  };
+}
+
+const responsesText = (text) => ({ type: 'output_text', text, annotations: [], logprobs: [] });
+
+function responsesMessage(p, status) {
+  const content = status === 'in_progress' ? [] : [responsesText(p.text)];
+  return { id: `msg_mock_${p.seq}`, type: 'message', status, role: 'assistant', content };
+}
+
+function responsesCall(t, args, status) {
+  return { id: `fc_mock_${t.index}`, type: 'function_call', status, arguments: args, call_id: `call_mock_${t.index}`, name: t.name };
+}
+
+/** Every event named, numbered from 0 as OpenAI numbers them. */
+function responsesStream(p, body) {
+  let seq = 0;
+  const ev = (type, fields) => `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...fields })}\n\n`;
+  function* frames() {
+    yield meta(ev('response.created', { response: responsesObject(p, body, false) }));
+    yield meta(ev('response.in_progress', { response: responsesObject(p, body, false) }));
+    let index = 0;
+    if (p.text !== null) {
+      const item_id = `msg_mock_${p.seq}`;
+      const at = { item_id, output_index: index, content_index: 0 };
+      yield meta(ev('response.output_item.added', { output_index: index, item: responsesMessage(p, 'in_progress') }));
+      yield meta(ev('response.content_part.added', { ...at, part: responsesText('') }));
+      for (const delta of p.pieces) yield piece(ev('response.output_text.delta', { ...at, delta, logprobs: [] }));
+      yield meta(ev('response.output_text.done', { ...at, text: p.text, logprobs: [] }));
+      yield meta(ev('response.content_part.done', { ...at, part: responsesText(p.text) }));
+      yield meta(ev('response.output_item.done', { output_index: index, item: responsesMessage(p, 'completed') }));
+      index++;
+    }
+    for (const t of p.tools) {
+      const at = { item_id: `fc_mock_${t.index}`, output_index: index };
+      yield meta(ev('response.output_item.added', { output_index: index, item: responsesCall(t, '', 'in_progress') }));
+      for (const delta of t.argPieces) yield piece(ev('response.function_call_arguments.delta', { ...at, delta }));
+      yield meta(ev('response.function_call_arguments.done', { ...at, arguments: t.argsJson }));
+      yield meta(ev('response.output_item.done', { output_index: index, item: responsesCall(t, t.argsJson, 'completed') }));
+      index++;
+    }
+    const done = responsesObject(p, body, true);
+    yield meta(ev(done.status === 'completed' ? 'response.completed' : 'response.incomplete', { response: done }));
+  }
+  return {
+    contentType: 'text/event-stream',
+    frames: frames(),
+    malformedFrame: 'event: response.output_text.delta\ndata: {"broken json\n\n',
+    errorFrame: () => ev('error', { code: 'server_error', message: '[mock] injected stream error', param: null }),
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -827,7 +977,7 @@ function errorBody(format, status) {
   const reason = status === 529 ? 'Overloaded' : http.STATUS_CODES[status] ?? 'Error';
   const message = `[mock] ${status} ${reason}`;
   if (format === 'google-token') return { error: status >= 500 ? 'internal_failure' : 'invalid_request', error_description: message };
-  if (format === 'anthropic') return anthropicError(status, message);
+  if (format === 'anthropic' || format === 'anthropic-count') return anthropicError(status, message);
   if (format === 'gemini' || format === 'gemini-embeddings') return geminiError(status, message);
   if (format === 'bedrock') return { message };
   return openaiError(status, message);
@@ -1015,6 +1165,8 @@ async function handle(state, req, res) {
     query,
     headers: req.headers,
     body: buf.length > MAX_RECORDED_BODY_BYTES ? { truncated: true, length: buf.length } : body,
+    // The bytes as sent, for byte-for-byte checks of pass-through.
+    rawBody: buf.length > MAX_RECORDED_BODY_BYTES ? null : buf.toString('utf8'),
     directives: d,
     format: route.format,
   });
@@ -1025,8 +1177,8 @@ async function handle(state, req, res) {
   if (headersDelay > 0) await pause(headersDelay);
 
   const { format } = route;
-  let stream = (format === 'openai' || format === 'anthropic') && json.stream === true;
-  if (format === 'gemini') stream = route.action === 'streamGenerateContent';
+  const streamable = format === 'openai' || format === 'anthropic' || format === 'responses';
+  let stream = format === 'gemini' ? route.action === 'streamGenerateContent' : streamable && json.stream === true;
   if (format === 'bedrock') stream = route.action === 'converse-stream';
   if (format === 'anthropic' && route.vertex) stream = route.action === 'streamRawPredict';
   const faults = faultsOf(d, stream);
@@ -1072,13 +1224,16 @@ async function handle(state, req, res) {
     payload = JSON.stringify(openaiEmbeddings(json, model));
   } else if (format === 'gemini-embeddings') {
     payload = JSON.stringify(geminiEmbeddings(route.action, json));
+  } else if (format === 'anthropic-count') {
+    payload = JSON.stringify({ input_tokens: countWords(promptText(format, json)) + 1 });
   } else {
-    const plan = planReply(format, json, d, { seq, model, drip: faults.drip });
+    const plan = planReply(format, json, d, { seq, model, drip: faults.drip, headers: req.headers });
     if (stream) {
       let s;
       if (format === 'openai') s = openaiStream(plan, json);
       else if (format === 'anthropic') s = anthropicStream(plan);
       else if (format === 'bedrock') s = bedrockStream(plan, d);
+      else if (format === 'responses') s = responsesStream(plan, json);
       else s = geminiStream(plan, query.alt === 'sse');
       return sendStream(res, headers, s, faults, pause);
     }
@@ -1086,6 +1241,7 @@ async function handle(state, req, res) {
     if (format === 'openai') reply = openaiCompletion(plan);
     else if (format === 'anthropic') reply = anthropicMessage(plan);
     else if (format === 'bedrock') reply = bedrockCompletion(plan);
+    else if (format === 'responses') reply = responsesObject(plan, json, true);
     else reply = geminiCompletion(plan);
     payload = JSON.stringify(reply);
   }

@@ -200,13 +200,18 @@ fn a_batch_whose_reply_was_lost_is_resent_unchanged() {
         "one batch at a time"
     );
     obj.apply(Command::Sync(sync.clone()), NOON); // applied, reply lost
-    iso.on_failure(OBJ, sync.seq);
+    iso.on_failure(OBJ, sync.seq, NOON);
     let (t2, _) = admit(&mut iso, &mut obj, usd(0.01), 100, NOON).unwrap();
     iso.settle(&t2, usd(0.01), &usage(10), NOON);
-    let again = iso.take_sync(OBJ, NOON + 1, true).unwrap();
+    assert!(
+        iso.take_sync(OBJ, NOON + 1_000, false).is_none(),
+        "not before the back-off (2 flush intervals)"
+    );
+    assert_eq!(iso.next_wakeup(NOON + 1_000), Some(NOON + 2_000));
+    let again = iso.take_sync(OBJ, NOON + 2_000, false).unwrap();
     assert_eq!(again, sync, "the same batch, same sequence number");
-    let reply = obj.apply(Command::Sync(again), NOON + 1);
-    iso.on_reply(OBJ, sync.seq, &reply, NOON + 1);
+    let reply = obj.apply(Command::Sync(again), NOON + 2_000);
+    iso.on_reply(OBJ, sync.seq, &reply, NOON + 2_000);
     flush(&mut iso, &mut obj, NOON + 2, true);
     assert_eq!(report(&mut obj, NOON + 2).spent_total_usd, usd(0.02));
 }
@@ -457,7 +462,7 @@ fn simulate(seed: u64) {
                     let seq = sync.seq;
                     let reply = obj.apply(Command::Sync(sync), now);
                     if rng.below(5) == 0 {
-                        isos[i].on_failure(OBJ, seq);
+                        isos[i].on_failure(OBJ, seq, now);
                     } else {
                         isos[i].on_reply(OBJ, seq, &reply, now);
                     }
