@@ -59,6 +59,23 @@ pub struct UpstreamResponse {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: ByteStream,
+    /// The runtime's own handle on the body, when it has one (the edge's;
+    /// `None` in tests and for the in-worker demo model).
+    pub native: Option<NativeBody>,
+}
+
+/// Takes a response body back from [`UpstreamResponse::body`] in the
+/// runtime's own form: once nothing in the rest of a stream needs
+/// translating, the edge pipes it to the client without carrying every
+/// chunk into Rust and back. Called at most once; after it, `body` yields
+/// nothing more. `None` when the body cannot be handed over.
+pub struct NativeBody(pub Box<dyn FnOnce() -> Option<Box<dyn std::any::Any>>>);
+
+impl NativeBody {
+    /// Hands the body over.
+    pub fn detach(self) -> Option<Box<dyn std::any::Any>> {
+        (self.0)()
+    }
 }
 
 impl UpstreamResponse {

@@ -17,6 +17,7 @@ mod admin;
 mod config_cache;
 mod key_client;
 mod key_object;
+mod pipe;
 mod shared_health;
 mod upstream;
 mod webcrypto;
@@ -313,7 +314,7 @@ async fn chat(
     let mut reply = match result {
         Ok(reply) => {
             pending.served = reply.served.clone();
-            if matches!(reply.body, ReplyBody::Stream(_)) {
+            if matches!(reply.body, ReplyBody::Stream(_) | ReplyBody::Native(_)) {
                 ctx.wait_until(async move {
                     let outcome = end_rx.await.ok();
                     let complete = outcome.as_ref().is_some_and(|o| o.complete);
@@ -614,6 +615,12 @@ fn into_response(reply: Reply, request_id: &str) -> worker::Result<web_sys::Resp
                 Some(raw.unchecked_ref()),
                 &init,
             )?
+        }
+        ReplyBody::Native(native) => {
+            let raw = pipe::pipe(native).ok_or_else(|| {
+                worker::Error::RustError("a stream was handed over in a foreign form".into())
+            })?;
+            web_sys::Response::new_with_opt_readable_stream_and_init(Some(&raw), &init)?
         }
     };
     Ok(response)

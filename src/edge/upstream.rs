@@ -7,6 +7,9 @@
 //! instead of one `arrayBuffer()`), and `scripts/bench`'s profile showed
 //! them (tests/bench/README.md, "Where the CPU goes").
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures::stream;
@@ -17,7 +20,7 @@ use worker::web_sys::{self, AbortController};
 use worker::{Delay, Env};
 
 use crate::http::{
-    ByteStream, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse,
+    ByteStream, NativeBody, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse,
 };
 use crate::providers::workers_ai;
 
@@ -45,6 +48,20 @@ impl AbortOnDrop {
     pub(super) fn disarm(&mut self) {
         self.0 = None;
     }
+
+    /// The controller, for whoever aborts the fetch from now on.
+    pub(super) fn take(&mut self) -> Option<AbortController> {
+        self.0.take()
+    }
+}
+
+/// A response body handed back to the edge ([`crate::http::NativeBody`]):
+/// its reader, read on from where the gateway stopped, and the abort of its
+/// fetch. The reader itself changes hands: releasing its lock would cost a
+/// rejected promise and an error object with a stack trace.
+pub(super) struct NativeParts {
+    pub(super) reader: web_sys::ReadableStreamDefaultReader,
+    pub(super) guard: AbortOnDrop,
 }
 
 impl Drop for AbortOnDrop {
@@ -109,16 +126,23 @@ impl Upstream for FetchUpstream<'_> {
         };
         // The body owns the guard: dropping it early aborts the fetch.
         let streamed = if wants_stream { resp.body() } else { None };
+        let mut native = None;
         let body: ByteStream = match streamed {
             Some(raw) => {
-                let chunks =
-                    wasm_streams::ReadableStream::from_raw(raw.unchecked_into()).into_stream();
+                let reader: web_sys::ReadableStreamDefaultReader =
+                    raw.get_reader().unchecked_into();
+                let shared = Rc::new(RefCell::new(Some(Reading {
+                    reader,
+                    guard,
+                    busy: false,
+                })));
+                native = Some(detach_handle(shared.clone()));
                 Box::pin(ChunkStream {
-                    chunks,
-                    guard: Some(guard),
+                    shared,
+                    pending: None,
                 })
             }
-            _ => {
+            None => {
                 // A whole answer in one `arrayBuffer()`: one copy across the
                 // boundary, no reader, no promise per chunk.
                 Box::pin(stream::once(async move {
@@ -133,6 +157,7 @@ impl Upstream for FetchUpstream<'_> {
             status,
             headers,
             body,
+            native,
         })
     }
 
@@ -145,10 +170,34 @@ impl Upstream for FetchUpstream<'_> {
     }
 }
 
+/// A streamed body being read: its reader (locked) and its abort.
+struct Reading {
+    reader: web_sys::ReadableStreamDefaultReader,
+    guard: AbortOnDrop,
+    /// A read is pending (the reader cannot be released then).
+    busy: bool,
+}
+
+/// Hands the body over: its reader and abort, unless a read is pending.
+/// The chunk stream then ends.
+fn detach_handle(shared: Rc<RefCell<Option<Reading>>>) -> NativeBody {
+    NativeBody(Box::new(move || {
+        let mut slot = shared.borrow_mut();
+        if slot.as_ref().is_none_or(|r| r.busy) {
+            return None;
+        }
+        let r = slot.take()?;
+        Some(Box::new(NativeParts {
+            reader: r.reader,
+            guard: r.guard,
+        }) as Box<dyn std::any::Any>)
+    }))
+}
+
 /// An upstream body read chunk by chunk; disarms its abort at the end.
 struct ChunkStream {
-    chunks: wasm_streams::readable::IntoStream<'static>,
-    guard: Option<AbortOnDrop>,
+    shared: Rc<RefCell<Option<Reading>>>,
+    pending: Option<JsFuture>,
 }
 
 impl futures::Stream for ChunkStream {
@@ -158,16 +207,41 @@ impl futures::Stream for ChunkStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use futures::StreamExt;
-        let item = futures::ready!(self.chunks.poll_next_unpin(cx));
-        std::task::Poll::Ready(match item {
-            Some(Ok(chunk)) => Some(Ok(Uint8Array::new(&chunk).to_vec())),
-            Some(Err(e)) => Some(Err(js_error(e))),
-            None => {
-                if let Some(mut g) = self.guard.take() {
-                    g.disarm();
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pending.is_none() {
+            let mut slot = this.shared.borrow_mut();
+            let Some(r) = slot.as_mut() else {
+                return Poll::Ready(None); // handed over
+            };
+            r.busy = true;
+            this.pending = Some(JsFuture::from(r.reader.read()));
+        }
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = futures::ready!(std::pin::Pin::new(pending).poll(cx));
+        this.pending = None;
+        let mut slot = this.shared.borrow_mut();
+        if let Some(r) = slot.as_mut() {
+            r.busy = false;
+        }
+        Poll::Ready(match result {
+            Err(e) => Some(Err(js_error(e))),
+            Ok(result) => {
+                let done = js_sys::Reflect::get(&result, &"done".into())
+                    .ok()
+                    .and_then(|d| d.as_bool())
+                    .unwrap_or(true);
+                if done {
+                    if let Some(mut r) = slot.take() {
+                        r.guard.disarm();
+                    }
+                    None
+                } else {
+                    let value = js_sys::Reflect::get(&result, &"value".into()).unwrap_or_default();
+                    Some(Ok(Uint8Array::new(&value).to_vec()))
                 }
-                None
             }
         })
     }

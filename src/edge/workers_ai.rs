@@ -60,6 +60,7 @@ fn answer(status: u16, content_type: &str, body: ByteStream) -> UpstreamResponse
         status,
         headers: vec![("content-type".to_owned(), content_type.to_owned())],
         body,
+        native: None,
     }
 }
 

@@ -24,7 +24,8 @@ use futures::StreamExt;
 
 pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{
-    StreamEnd, StreamOutcome, Translated, carries_output, error_event, into_client_stream,
+    Detached, NativeStream, RenderError, StreamEnd, StreamOutcome, Translated, carries_output,
+    error_event, into_client_stream, native_stream,
 };
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
@@ -211,6 +212,8 @@ pub enum ReplyBody {
     Full(Vec<u8>),
     /// A body sent as it is produced.
     Stream(ByteStream),
+    /// A stream whose rest the runtime pipes ([`NativeStream`]).
+    Native(Box<NativeStream>),
 }
 
 impl Reply {
@@ -886,7 +889,8 @@ async fn try_chat<U: Upstream>(
     .await
     .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
     let translator = call.stream_translator(target, ctx.now_ms / 1000);
-    let mut translated = Translated::new(target.name, resp.body, translator);
+    let mut translated =
+        Translated::new(target.name, resp.body, translator).with_native(resp.native);
     // Hold chunks until one carries output (time to first token), so a
     // provider that fails before its first token is replaced unseen.
     // Per attempt: a replacement target gets the whole allowance.
@@ -915,10 +919,29 @@ async fn try_chat<U: Upstream>(
         }
     }
     let elapsed = (ctx.clock)().saturating_sub(ctx.now_ms);
-    let total = upstream.sleep(policy.total_timeout_ms.saturating_sub(elapsed));
+    let left = policy.total_timeout_ms.saturating_sub(elapsed);
     let limit = timeout(target, "end of stream", policy.total_timeout_ms);
+    // Committed, and nothing left to translate (OpenAI to OpenAI): the rest
+    // is piped by the runtime, not carried through here chunk by chunk.
+    if let Some(detached) = translated.detach() {
+        let (provider, key) = (target.name.to_owned(), cand.api_key.clone());
+        let render_error = Box::new(move |data: &str| {
+            let e = providers::openai::error_from_body(&provider, 500, None, data.as_bytes());
+            error_event(&redact(e, key.as_deref()))
+        });
+        let native = native_stream(
+            held,
+            &mut translated,
+            detached,
+            on_stream_end.take(),
+            (left, limit),
+            render_error,
+        );
+        return Ok(stream_reply(ReplyBody::Native(Box::new(native))));
+    }
+    let total = upstream.sleep(left);
     let body = into_client_stream(held, translated, on_stream_end.take(), Some((total, limit)));
-    Ok(stream_reply(body))
+    Ok(stream_reply(ReplyBody::Stream(body)))
 }
 
 /// Sends a non-streamed request and reads its whole answer, both within
@@ -1035,7 +1058,7 @@ async fn send<U: Upstream>(
         })
 }
 
-fn stream_reply(body: ByteStream) -> Reply {
+fn stream_reply(body: ReplyBody) -> Reply {
     Reply {
         status: 200,
         headers: vec![
@@ -1045,7 +1068,7 @@ fn stream_reply(body: ByteStream) -> Reply {
             ),
             ("cache-control", "no-cache".to_owned()),
         ],
-        body: ReplyBody::Stream(body),
+        body,
         usage: None,
         served: None,
         error: None,

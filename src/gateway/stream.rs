@@ -17,11 +17,13 @@ use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
 
+use std::any::Any;
+
 use crate::api::Usage;
 use crate::aws::eventstream;
 use crate::error::GatewayError;
-use crate::http::{ByteStream, Sleep};
-use crate::providers::{StreamTranslator, Translator};
+use crate::http::{ByteStream, NativeBody, Sleep};
+use crate::providers::{NativeTail, StreamTranslator, Translator};
 use crate::sse::{SseEvent, SseParser, encode_data};
 
 /// A framing decoder's output side (bytes go in by its own `push`): the
@@ -73,6 +75,8 @@ enum Decoder {
 pub struct Translated {
     provider: String,
     upstream: ByteStream,
+    /// The runtime's handle on `upstream`, to hand the rest over natively.
+    native: Option<NativeBody>,
     decoder: Decoder,
     /// An error to yield after the bytes that preceded it.
     pending_error: Option<GatewayError>,
@@ -95,11 +99,49 @@ impl Translated {
         Translated {
             provider: provider.to_owned(),
             upstream,
+            native: None,
             decoder,
             pending_error: None,
             ended: false,
             output: false,
             events: 0,
+        }
+    }
+
+    /// The runtime's handle on the upstream body ([`Translated::detach`]).
+    pub fn with_native(mut self, native: Option<NativeBody>) -> Self {
+        self.native = native;
+        self
+    }
+
+    /// Hands the rest of the stream over to be piped natively, when its
+    /// translator passes events on unchanged and the runtime holds the body
+    /// ([`NativeBody`]): the raw bytes read but not yet passed on, the
+    /// body, and what the pipe must know. `None` leaves the stream as it
+    /// was, translated here chunk by chunk (always for AWS's event stream,
+    /// which no client reads as it is).
+    pub fn detach(&mut self) -> Option<Detached> {
+        if self.ended || self.pending_error.is_some() {
+            return None;
+        }
+        let Decoder::Sse(parser, translator) = &mut self.decoder else {
+            return None;
+        };
+        let tail = translator.native_tail().filter(|t| !t.done)?;
+        let native = self.native.take()?;
+        let partial = parser.detach()?;
+        match native.detach() {
+            Some(body) => Some(Detached {
+                partial,
+                body,
+                tail,
+                events: self.events,
+            }),
+            None => {
+                // Not handed over: the parser takes its bytes back.
+                parser.push(&partial);
+                None
+            }
         }
     }
 
@@ -226,6 +268,103 @@ impl Stream for Translated {
                 return Poll::Ready(Some(Ok(out)));
             }
         }
+    }
+}
+
+/// A stream handed over by [`Translated::detach`].
+pub struct Detached {
+    /// Upstream bytes read but not yet passed on (an event in progress).
+    pub partial: Vec<u8>,
+    /// The runtime's body ([`NativeBody`]).
+    pub body: Box<dyn Any>,
+    /// What the pipe must do and knows so far.
+    pub tail: NativeTail,
+    /// Upstream events handled so far.
+    pub events: u64,
+}
+
+/// Renders an upstream error event's data as the client's last event.
+pub type RenderError = Box<dyn Fn(&str) -> Vec<u8>>;
+
+/// A committed stream whose rest the edge pipes natively: the bytes the
+/// client gets first, the raw rest, and how it is to end. The edge's pipe
+/// calls [`NativeStream::end`] once, with what it saw.
+pub struct NativeStream {
+    /// Translated bytes, sent first.
+    pub head: Vec<u8>,
+    /// Raw upstream bytes of the event in progress, sent next as they are.
+    pub partial: Vec<u8>,
+    /// The runtime's body, read on from where the gateway stopped.
+    pub body: Box<dyn Any>,
+    /// What the pipe must do and knows so far.
+    pub tail: NativeTail,
+    /// Upstream events handled so far.
+    pub events: u64,
+    /// Time left before the stream ends with [`NativeStream::timeout_event`].
+    pub total_ms: u64,
+    /// The last event when the upstream breaks or ends unfinished.
+    pub cut_event: Vec<u8>,
+    /// The last event when the total time runs out.
+    pub timeout_event: Vec<u8>,
+    /// Renders an upstream `{"error":...}` event's data as the client's last
+    /// event (the provider's message, its key redacted should it echo it).
+    pub render_error: RenderError,
+    on_end: Option<StreamEnd>,
+}
+
+impl NativeStream {
+    /// The pipe ended: `usage_json` is the `usage` object of the stream's
+    /// usage chunk if one came, `events` every event the stream had,
+    /// `complete` whether it ended normally. Reports once.
+    pub fn end(&mut self, usage_json: Option<&str>, events: u64, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            let usage = usage_json.and_then(|u| serde_json::from_str::<Usage>(u).ok());
+            f(StreamOutcome {
+                usage,
+                events,
+                complete,
+            });
+        }
+    }
+
+    /// Takes the settlement callback, for a pipe that reports elsewhere.
+    pub fn take_on_end(&mut self) -> Option<StreamEnd> {
+        self.on_end.take()
+    }
+}
+
+impl Drop for NativeStream {
+    /// Never piped (the response was not built): settle as cut.
+    fn drop(&mut self) {
+        let events = self.events;
+        self.end(None, events, false);
+    }
+}
+
+/// The committed rest of a stream handed over by [`Translated::detach`].
+pub fn native_stream(
+    head: Vec<u8>,
+    rest: &mut Translated,
+    detached: Detached,
+    on_end: Option<StreamEnd>,
+    total: (u64, GatewayError),
+    render_error: RenderError,
+) -> NativeStream {
+    let cut = GatewayError::UpstreamUnreachable {
+        provider: rest.provider.clone(),
+        message: "the stream ended before the answer was complete".into(),
+    };
+    NativeStream {
+        render_error,
+        head,
+        partial: detached.partial,
+        body: detached.body,
+        tail: detached.tail,
+        events: detached.events,
+        total_ms: total.0,
+        cut_event: rest.error_event(&cut),
+        timeout_event: rest.error_event(&total.1),
+        on_end,
     }
 }
 

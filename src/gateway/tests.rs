@@ -34,6 +34,9 @@ struct Scripted {
     timers_fire: bool,
     /// Every timer asked for, in ms.
     sleeps: RefCell<Vec<u64>>,
+    /// Offer each body natively too, as the edge does: handing it over
+    /// yields this marker.
+    native: bool,
 }
 
 impl Scripted {
@@ -43,6 +46,7 @@ impl Scripted {
             seen: RefCell::default(),
             timers_fire: false,
             sleeps: RefCell::default(),
+            native: false,
         }
     }
 }
@@ -55,6 +59,7 @@ impl Upstream for Scripted {
             .borrow_mut()
             .pop_front()
             .expect("no scripted response left");
+        let native = self.native;
         let ok = |status, headers: Vec<(&str, &str)>, body: ByteStream| UpstreamResponse {
             status,
             headers: headers
@@ -62,6 +67,11 @@ impl Upstream for Scripted {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             body,
+            native: native.then(|| {
+                crate::http::NativeBody(Box::new(|| {
+                    Some(Box::new("native body") as Box<dyn std::any::Any>)
+                }))
+            }),
         };
         match step {
             Script::Reply(status, headers, chunks) => Ok(ok(
@@ -133,6 +143,7 @@ fn full_body(r: Reply) -> Vec<u8> {
     match r.body {
         ReplyBody::Full(b) => b,
         ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+        ReplyBody::Native(_) => panic!("no native bodies in native tests"),
     }
 }
 
@@ -327,6 +338,84 @@ fn stream_is_passed_through_chunk_by_chunk() {
                 .ends_with("data: [DONE]\n\n")
         );
     });
+}
+
+#[test]
+fn a_committed_pass_through_stream_is_handed_to_the_runtime_to_pipe() {
+    // The first content chunk commits; half of the next event has arrived.
+    let mut first = chunk("one");
+    let second = chunk("two");
+    first.extend_from_slice(&second[..12]);
+    let up = Scripted {
+        native: true,
+        ..Scripted::new(vec![Script::Reply(200, vec![], vec![first])])
+    };
+    let config = Config::from_json(CONFIG).unwrap();
+    let ctx = Ctx {
+        now_ms: 1_700_000_000_000,
+        clock: &|| 1_700_000_000_000,
+        secret: &secret,
+        health: &Health::new(),
+    };
+    let mut prepared = prepare(&config, &ctx, STREAM.as_bytes()).unwrap();
+    route_anonymous(&mut prepared, &ctx).unwrap();
+    let outcome = std::rc::Rc::new(RefCell::new(None));
+    let seen = outcome.clone();
+    let on_end: StreamEnd = Box::new(move |o| *seen.borrow_mut() = Some(o));
+    let reply = block_on(dispatch(&up, &ctx, &prepared, Some(on_end))).unwrap();
+    let ReplyBody::Native(mut native) = reply.body else {
+        panic!("not handed over")
+    };
+    assert!(String::from_utf8_lossy(&native.head).contains("one"));
+    assert_eq!(
+        native.partial,
+        second[..12].to_vec(),
+        "the raw event in progress"
+    );
+    assert_eq!(native.body.downcast_ref::<&str>(), Some(&"native body"));
+    assert!(
+        native.tail.strip_usage_only,
+        "the client did not ask for usage"
+    );
+    assert!(!native.tail.finished);
+    assert_eq!(native.events, 1);
+    assert_eq!(native.total_ms, 600_000);
+    let cut = String::from_utf8(native.cut_event.clone()).unwrap();
+    assert!(
+        cut.starts_with("data: {\"error\"") && !cut.contains("[DONE]"),
+        "{cut}"
+    );
+    // The pipe reports how the stream ended; settlement gets the usage.
+    native.end(
+        Some(r#"{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}"#),
+        9,
+        true,
+    );
+    let o = outcome.borrow_mut().take().unwrap();
+    assert_eq!((o.events, o.complete), (9, true));
+    assert_eq!(o.usage.map(|u| u.completion_tokens), Some(7));
+    // Reported once.
+    native.end(None, 1, false);
+    assert!(outcome.borrow().is_none());
+}
+
+#[test]
+fn a_translated_stream_is_never_handed_over() {
+    let answer = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":1,\"output_tokens\":0}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+    let up = Scripted {
+        native: true,
+        ..Scripted::new(vec![Script::Reply(
+            200,
+            vec![],
+            vec![answer.as_bytes().to_vec()],
+        )])
+    };
+    let reply = run(
+        &up,
+        r#"{"model":"claude","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    assert!(matches!(reply.body, ReplyBody::Stream(_)));
 }
 
 #[test]

@@ -83,6 +83,7 @@ impl Upstream for Scripted {
             status,
             headers: vec![],
             body,
+            native: None,
         })
     }
 
@@ -182,6 +183,7 @@ fn body_of(reply: Reply) -> String {
     let bytes = match reply.body {
         ReplyBody::Full(b) => b,
         ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+        ReplyBody::Native(_) => panic!("no native bodies in native tests"),
     };
     String::from_utf8(bytes).unwrap()
 }

@@ -1805,6 +1805,7 @@ mod tests {
                 status,
                 headers: vec![],
                 body: Box::pin(stream::iter(chunks.into_iter().map(Ok))),
+                native: None,
             })
         }
 
@@ -1839,6 +1840,7 @@ mod tests {
         let bytes = match reply.body {
             ReplyBody::Full(b) => b,
             ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+            ReplyBody::Native(_) => panic!("no native bodies in native tests"),
         };
         String::from_utf8(bytes).unwrap()
     }

@@ -2181,6 +2181,7 @@ mod tests {
                 status,
                 headers,
                 body: Box::pin(stream::iter(chunks.into_iter().map(Ok))),
+                native: None,
             })
         }
 
@@ -2219,6 +2220,7 @@ mod tests {
         let bytes = match reply.body {
             ReplyBody::Full(b) => b,
             ReplyBody::Stream(s) => block_on(s.map(Result::unwrap).concat()),
+            ReplyBody::Native(_) => panic!("no native bodies in native tests"),
         };
         String::from_utf8(bytes).unwrap()
     }

@@ -46,11 +46,13 @@ pub fn respond(req: &UpstreamRequest, now_s: u64) -> UpstreamResponse {
             status: 200,
             headers: vec![("content-type".to_owned(), content_type.to_owned())],
             body: Box::pin(stream::iter(body.into_iter().map(Ok))),
+            native: None,
         },
         Err(e) => UpstreamResponse {
             status: e.status(),
             headers: vec![("content-type".to_owned(), "application/json".to_owned())],
             body: Box::pin(stream::iter([Ok(e.to_body())])),
+            native: None,
         },
     }
 }

@@ -82,6 +82,27 @@ pub trait StreamTranslator<E = SseEvent> {
     fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
         encode_data(out, &e.to_body());
     }
+    /// For a translator that passes the provider's events on unchanged
+    /// (OpenAI chunks to an OpenAI client): what a native pipe needs to
+    /// carry the rest of the stream without this translator. `None`, the
+    /// default, when every event must go through it.
+    fn native_tail(&self) -> Option<NativeTail> {
+        None
+    }
+}
+
+/// What a native pipe of an OpenAI chunk stream must do and know to carry
+/// on where a pass-through translator stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeTail {
+    /// Drop the usage-only chunk (`"choices":[]`): the gateway asked for it
+    /// to account, the client did not.
+    pub strip_usage_only: bool,
+    /// A `finish_reason` was seen (a stream that then ends without
+    /// `[DONE]` is complete).
+    pub finished: bool,
+    /// `[DONE]` was seen: nothing is left to pipe.
+    pub done: bool,
 }
 
 /// Whether OpenAI chunk bytes carry something the client must not lose:

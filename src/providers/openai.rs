@@ -405,6 +405,14 @@ impl StreamTranslator for PassThrough {
     fn usage(&self) -> Option<Usage> {
         self.usage
     }
+
+    fn native_tail(&self) -> Option<super::NativeTail> {
+        Some(super::NativeTail {
+            strip_usage_only: !self.client_wants_usage,
+            finished: self.finished,
+            done: self.done,
+        })
+    }
 }
 
 // ---- Error mapping -------------------------------------------------------------------

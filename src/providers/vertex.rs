@@ -431,6 +431,7 @@ mod tests {
                 status,
                 headers: vec![("content-type".into(), content_type.into())],
                 body: Box::pin(stream::iter(vec![Ok(body)])),
+                native: None,
             })
         }
 
@@ -461,7 +462,7 @@ mod tests {
     fn full(reply: gateway::Reply) -> Value {
         match reply.body {
             ReplyBody::Full(b) => serde_json::from_slice(&b).unwrap(),
-            ReplyBody::Stream(_) => panic!("expected a whole body"),
+            ReplyBody::Stream(_) | ReplyBody::Native(_) => panic!("expected a whole body"),
         }
     }
 

@@ -149,6 +149,34 @@ impl SseParser {
         None
     }
 
+    /// Hands over what is buffered, as raw SSE bytes another parser can
+    /// carry on from: the lines of an event not yet dispatched (as `event:`
+    /// and `data:` lines) and the bytes not yet parsed. The parser is left
+    /// empty. `None` (and nothing taken) while a `\r\n` may be split across
+    /// the boundary, which another parser could not tell.
+    pub fn detach(&mut self) -> Option<Vec<u8>> {
+        if self.skip_lf || !self.started {
+            return None;
+        }
+        let mut out = Vec::new();
+        if let Some(name) = self.event.take() {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'\n');
+        }
+        if std::mem::take(&mut self.has_data) {
+            for line in std::mem::take(&mut self.data).split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out.extend_from_slice(&self.buf[self.pos..]);
+        self.buf.clear();
+        self.pos = 0;
+        Some(out)
+    }
+
     fn dispatch(&mut self) -> Option<SseEvent> {
         let event = self.event.take();
         if !std::mem::take(&mut self.has_data) {
@@ -185,6 +213,34 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detached_bytes_parse_to_the_same_events_as_the_rest() {
+        let input = b"data: {\"a\":1}\n\nevent: x\ndata: one\ndata: two\n\ndata: [DONE]\n\n";
+        let whole = parse_chunks([&input[..]]);
+        for cut in 1..input.len() {
+            let mut p = SseParser::new();
+            p.push(&input[..cut]);
+            let mut events = vec![];
+            while let Some(e) = p.next_event() {
+                events.push(e);
+            }
+            let Some(mut rest) = p.detach() else {
+                panic!("no CR here, so always detachable (cut at {cut})");
+            };
+            rest.extend_from_slice(&input[cut..]);
+            events.extend(parse_chunks([&rest[..]]));
+            assert_eq!(events, whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_split_crlf_is_not_detached() {
+        let mut p = SseParser::new();
+        p.push(b"data: x\r");
+        assert_eq!(p.next_event(), None);
+        assert_eq!(p.detach(), None);
+    }
 
     fn ev(event: Option<&str>, data: &str) -> SseEvent {
         SseEvent {

@@ -1,0 +1,198 @@
+//! The rest of a committed OpenAI-to-OpenAI stream, piped by the runtime.
+//!
+//! Until its first token a stream goes through Rust chunk by chunk (the
+//! commit point, failover, translation). After it, an OpenAI chunk stream
+//! going to an OpenAI client needs no translation, only three things the
+//! gateway must know at its end — its usage, whether it finished, how many
+//! events it had — and one edit — the usage-only chunk the gateway asked for
+//! on the client's behalf is dropped. Carrying every chunk into wasm and back
+//! costs two copies across the JS boundary, two promises and their closures
+//! per chunk; `scripts/bench` measured it at most of the gateway's CPU per
+//! streamed answer (tests/bench/README.md). So the rest is read by the small
+//! JavaScript function below, which passes chunks on as they come, keeps the
+//! little it must know, and calls back into Rust once, at the end.
+//!
+//! The JavaScript is deliberately dumb: it splits events on blank lines, and
+//! parses only the event that carries `"usage":{`. The last events are
+//! rendered by Rust: ahead of time for a cut or a timeout ([`NativeStream`]'s
+//! events), or at the end, by the one callback, for an upstream error event.
+
+use std::any::Any;
+
+use worker::js_sys::Uint8Array;
+use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen::prelude::*;
+use worker::web_sys;
+
+use super::upstream::NativeParts;
+use crate::gateway::NativeStream;
+
+#[wasm_bindgen(inline_js = r#"
+const enc = new TextEncoder();
+const DONE = enc.encode('data: [DONE]\n\n');
+
+/** The `data:` lines of one event joined, or null for an event without data. */
+function dataOf(ev) {
+  let data = null;
+  for (const line of ev.split('\n')) {
+    if (line.startsWith('data:')) {
+      const v = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5);
+      data = data === null ? v : `${data}\n${v}`;
+    }
+  }
+  return data;
+}
+
+export function pipe_openai_sse(reader, head, partial, strip, finished, events, totalMs, cut, timeout, abort, onEnd) {
+  const dec = new TextDecoder();
+  let text = dec.decode(partial, { stream: true });
+  let usage = null, done = false, failed = null, over = false, timer;
+  // Reports to Rust once; it answers the bytes of an upstream error event's
+  // rendering (empty otherwise).
+  const end = (c, complete, last) => {
+    if (over) return;
+    over = true;
+    clearTimeout(timer);
+    const rendered = onEnd(usage, events, complete, failed);
+    if (c) {
+      try {
+        if (last && last.length) c.enqueue(last);
+        if (rendered.length) c.enqueue(rendered);
+        c.close();
+      } catch (_) { /* cancelled meanwhile */ }
+    }
+  };
+  // Takes the complete events off `text`; returns those to pass on.
+  const scan = (final) => {
+    let out = '';
+    for (;;) {
+      const i = text.indexOf('\n\n');
+      let ev;
+      if (i !== -1) { ev = text.slice(0, i); text = text.slice(i + 2); }
+      else if (final && text.trim() !== '') { ev = text; text = ''; }
+      else break;
+      const data = dataOf(ev);
+      let keep = true;
+      if (data !== null) {
+        events++;
+        if (data === '[DONE]') done = true;
+        else if (data.startsWith('{"error"')) { failed = data; keep = false; }
+        else {
+          if (!finished && /"finish_reason"\s*:\s*"/.test(data)) finished = true;
+          if (/"usage"\s*:\s*\{/.test(data)) {
+            try {
+              const j = JSON.parse(data);
+              if (j.usage) usage = JSON.stringify(j.usage);
+              if (strip && Array.isArray(j.choices) && j.choices.length === 0) keep = false;
+            } catch (_) { /* not JSON: passed on as it is */ }
+          }
+        }
+      }
+      if (keep) out += `${ev}\n\n`;
+      if (failed !== null) break;
+    }
+    return out;
+  };
+  return new ReadableStream({
+    start(c) {
+      c.enqueue(head);
+      if (!strip && partial.length) c.enqueue(partial);
+      timer = setTimeout(() => {
+        abort.abort();
+        reader.cancel().catch(() => {});
+        end(c, false, timeout);
+      }, totalMs);
+    },
+    async pull(c) {
+      for (;;) {
+        if (over) return;
+        let r;
+        try {
+          r = await reader.read();
+        } catch (_) {
+          end(c, false, cut);
+          return;
+        }
+        if (over) return;
+        if (r.done) {
+          text += dec.decode();
+          const out = scan(true);
+          if (strip && out) c.enqueue(enc.encode(out));
+          if (failed !== null) end(c, false);
+          else if (done) end(c, true);
+          else if (finished) end(c, true, DONE);
+          else end(c, false, cut);
+          return;
+        }
+        text = (text + dec.decode(r.value, { stream: true })).replace(/\r\n/g, '\n');
+        const out = scan(false);
+        if (failed !== null) {
+          if (strip && out) c.enqueue(enc.encode(out));
+          abort.abort();
+          reader.cancel().catch(() => {});
+          end(c, false);
+          return;
+        }
+        if (!strip) { c.enqueue(r.value); return; }
+        if (out) { c.enqueue(enc.encode(out)); return; }
+        // Only part of an event: read on before answering this pull.
+      }
+    },
+    cancel() {
+      if (over) return;
+      abort.abort();
+      reader.cancel().catch(() => {});
+      end(null, false);
+    },
+  }, { highWaterMark: 0 });
+}
+"#)]
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn pipe_openai_sse(
+        reader: &web_sys::ReadableStreamDefaultReader,
+        head: Uint8Array,
+        partial: Uint8Array,
+        strip: bool,
+        finished: bool,
+        events: f64,
+        total_ms: f64,
+        cut: Uint8Array,
+        timeout: Uint8Array,
+        abort: &web_sys::AbortController,
+        on_end: &JsValue,
+    ) -> web_sys::ReadableStream;
+}
+
+/// The client's body for a stream handed over to the runtime, or `None`
+/// when the handle is not the edge's (the stream is then not sent).
+pub(super) fn pipe(mut native: Box<NativeStream>) -> Option<web_sys::ReadableStream> {
+    let body = std::mem::replace(&mut native.body, Box::new(()) as Box<dyn Any>);
+    let parts = body.downcast::<NativeParts>().ok()?;
+    let NativeParts { reader, mut guard } = *parts;
+    // From here the pipe aborts the fetch itself (on cancel or timeout).
+    let abort = guard.take()?;
+    let bytes = |b: &[u8]| Uint8Array::from(b);
+    let head = bytes(&native.head);
+    let partial = bytes(&native.partial);
+    let cut = bytes(&native.cut_event);
+    let timeout = bytes(&native.timeout_event);
+    let (strip, finished) = (native.tail.strip_usage_only, native.tail.finished);
+    let (events, total_ms) = (native.events as f64, native.total_ms as f64);
+    // Called exactly once, whichever way the stream ends (done, cut,
+    // timeout, client gone), so the closure is freed by its call.
+    let on_end = Closure::once_into_js(
+        move |usage: JsValue, events: f64, complete: bool, failed: JsValue| -> Uint8Array {
+            let rendered = failed
+                .as_string()
+                .map(|data| (native.render_error)(&data))
+                .unwrap_or_default();
+            native.end(usage.as_string().as_deref(), events as u64, complete);
+            Uint8Array::from(rendered.as_slice())
+        },
+    );
+    let readable = pipe_openai_sse(
+        &reader, head, partial, strip, finished, events, total_ms, cut, timeout, &abort, &on_end,
+    );
+    Some(readable)
+}
