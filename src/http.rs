@@ -136,4 +136,20 @@ pub trait Upstream {
         let _ = (pkcs8_der, message);
         Err("RS256 signing is not available here".to_owned())
     }
+    /// Whether [`Upstream::send_until`] enforces its deadline itself: the
+    /// core then sets no timer of its own for a whole answer.
+    fn enforces_deadlines(&self) -> bool {
+        false
+    }
+    /// Sends a request whose whole answer, body included, must arrive
+    /// within `ms`: past it, the send or the body's read fails with
+    /// [`DEADLINE_PASSED`]. The default ignores `ms` (the caller times it).
+    async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
+        let _ = ms;
+        self.send(req).await
+    }
 }
+
+/// The transport error of a request past its [`Upstream::send_until`]
+/// deadline.
+pub const DEADLINE_PASSED: &str = "deadline passed";

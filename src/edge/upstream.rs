@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use futures::stream;
 use worker::js_sys::{self, Uint8Array};
-use worker::wasm_bindgen::JsCast;
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController};
 use worker::{Delay, Env};
 
 use crate::http::{
-    ByteStream, NativeBody, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest, UpstreamResponse,
+    ByteStream, DEADLINE_PASSED, NativeBody, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest,
+    UpstreamResponse,
 };
 use crate::providers::workers_ai;
 
@@ -87,78 +88,24 @@ impl Upstream for FetchUpstream<'_> {
         if let Some((binding, model)) = workers_ai::parse_binding_url(&req.url) {
             return super::workers_ai::run(self.env, binding, model, &req.body).await;
         }
-        // Adapters ask for streams by their `accept` header (SSE, or
-        // Bedrock's binary event stream): those are read chunk by chunk.
-        let wants_stream = req.wants_stream();
-        let headers = web_sys::Headers::new().map_err(js_error)?;
-        for (name, value) in &req.headers {
-            headers.set(name, value).map_err(js_error)?;
+        fetch(req, None).await
+    }
+
+    fn enforces_deadlines(&self) -> bool {
+        true
+    }
+
+    async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
+        if let Some((binding, model)) = workers_ai::parse_binding_url(&req.url) {
+            // The binding has no abort signal: race it with a timer.
+            let run = std::pin::pin!(super::workers_ai::run(self.env, binding, model, &req.body));
+            let timer = Delay::from(Duration::from_millis(ms));
+            return match futures::future::select(run, timer).await {
+                futures::future::Either::Left((answer, _)) => answer,
+                futures::future::Either::Right(((), _)) => Err(DEADLINE_PASSED.to_owned()),
+            };
         }
-        let init = web_sys::RequestInit::new();
-        init.set_method(req.method);
-        init.set_headers(&headers);
-        if !req.body.is_empty() {
-            init.set_body(&Uint8Array::from(req.body.as_slice()));
-        }
-        let controller = AbortController::new().map_err(js_error)?;
-        init.set_signal(Some(&controller.signal()));
-        let mut guard = AbortOnDrop(Some(controller));
-        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        let resp: web_sys::Response =
-            JsFuture::from(global.fetch_with_str_and_init(&req.url, &init))
-                .await
-                .map_err(js_error)?
-                .unchecked_into();
-        let status = resp.status();
-        // The core reads these headers of failures only (`Retry-After`):
-        // a success costs no header lookup.
-        let headers = if (200..300).contains(&status) {
-            Vec::new()
-        } else {
-            let resp_headers = resp.headers();
-            UPSTREAM_HEADERS
-                .iter()
-                .filter_map(|&name| {
-                    let value = resp_headers.get(name).ok().flatten()?;
-                    Some((name.to_owned(), value))
-                })
-                .collect()
-        };
-        // The body owns the guard: dropping it early aborts the fetch.
-        let streamed = if wants_stream { resp.body() } else { None };
-        let mut native = None;
-        let body: ByteStream = match streamed {
-            Some(raw) => {
-                let reader: web_sys::ReadableStreamDefaultReader =
-                    raw.get_reader().unchecked_into();
-                let shared = Rc::new(RefCell::new(Some(Reading {
-                    reader,
-                    guard,
-                    busy: false,
-                })));
-                native = Some(detach_handle(shared.clone()));
-                Box::pin(ChunkStream {
-                    shared,
-                    pending: None,
-                })
-            }
-            None => {
-                // A whole answer in one `arrayBuffer()`: one copy across the
-                // boundary, no reader, no promise per chunk.
-                Box::pin(stream::once(async move {
-                    let buf = resp.array_buffer().map_err(js_error)?;
-                    let buf = JsFuture::from(buf).await.map_err(js_error)?;
-                    guard.disarm();
-                    Ok(Uint8Array::new(&buf).to_vec())
-                }))
-            }
-        };
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body,
-            native,
-        })
+        fetch(req, Some(ms)).await
     }
 
     fn sleep(&self, ms: u64) -> Sleep {
@@ -168,6 +115,125 @@ impl Upstream for FetchUpstream<'_> {
     async fn sign_rs256(&self, pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>, String> {
         super::webcrypto::sign_rs256(pkcs8_der, message).await
     }
+}
+
+/// The runtime's error, or [`DEADLINE_PASSED`] when it is the timeout's.
+fn transport_error(e: worker::wasm_bindgen::JsValue) -> String {
+    let name = js_sys::Reflect::get(&e, &"name".into())
+        .ok()
+        .and_then(|n| n.as_string());
+    if name.as_deref() == Some("TimeoutError") {
+        return DEADLINE_PASSED.to_owned();
+    }
+    js_error(e)
+}
+
+/// An abort signal that also fires after `ms`: the runtime's own timer
+/// (`AbortSignal.timeout`), with no task or closure of ours behind it. The
+/// two static functions are looked up once per isolate.
+fn with_timeout(signal: &web_sys::AbortSignal, ms: u64) -> Result<web_sys::AbortSignal, String> {
+    thread_local! {
+        static STATICS: std::cell::OnceCell<Option<(js_sys::Function, js_sys::Function, JsValue)>> =
+            const { std::cell::OnceCell::new() };
+    }
+    let statics = STATICS.with(|s| {
+        s.get_or_init(|| {
+            let class = js_sys::Reflect::get(&js_sys::global(), &"AbortSignal".into()).ok()?;
+            let f = |name: &str| -> Option<js_sys::Function> {
+                js_sys::Reflect::get(&class, &name.into())
+                    .ok()?
+                    .dyn_into()
+                    .ok()
+            };
+            Some((f("timeout")?, f("any")?, class))
+        })
+        .clone()
+    });
+    let (timeout, any, class) = statics.ok_or("AbortSignal.timeout is not available")?;
+    let timer = timeout
+        .call1(&class, &(ms as f64).into())
+        .map_err(js_error)?;
+    let both = any
+        .call1(&class, &js_sys::Array::of2(signal, &timer))
+        .map_err(js_error)?;
+    Ok(both.unchecked_into())
+}
+
+/// One fetch; `deadline`: the whole answer must arrive within it (ms).
+async fn fetch(req: UpstreamRequest, deadline: Option<u64>) -> Result<UpstreamResponse, String> {
+    // Adapters ask for streams by their `accept` header (SSE, or Bedrock's
+    // binary event stream): those are read chunk by chunk.
+    let wants_stream = req.wants_stream();
+    let headers = web_sys::Headers::new().map_err(js_error)?;
+    for (name, value) in &req.headers {
+        headers.set(name, value).map_err(js_error)?;
+    }
+    let init = web_sys::RequestInit::new();
+    init.set_method(req.method);
+    init.set_headers(&headers);
+    if !req.body.is_empty() {
+        init.set_body(&Uint8Array::from(req.body.as_slice()));
+    }
+    let controller = AbortController::new().map_err(js_error)?;
+    match deadline {
+        Some(ms) => init.set_signal(Some(&with_timeout(&controller.signal(), ms)?)),
+        None => init.set_signal(Some(&controller.signal())),
+    }
+    let mut guard = AbortOnDrop(Some(controller));
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let resp: web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&req.url, &init))
+        .await
+        .map_err(js_error)?
+        .unchecked_into();
+    let status = resp.status();
+    // The core reads these headers of failures only (`Retry-After`):
+    // a success costs no header lookup.
+    let headers = if (200..300).contains(&status) {
+        Vec::new()
+    } else {
+        let resp_headers = resp.headers();
+        UPSTREAM_HEADERS
+            .iter()
+            .filter_map(|&name| {
+                let value = resp_headers.get(name).ok().flatten()?;
+                Some((name.to_owned(), value))
+            })
+            .collect()
+    };
+    // The body owns the guard: dropping it early aborts the fetch.
+    let streamed = if wants_stream { resp.body() } else { None };
+    let mut native = None;
+    let body: ByteStream = match streamed {
+        Some(raw) => {
+            let reader: web_sys::ReadableStreamDefaultReader = raw.get_reader().unchecked_into();
+            let shared = Rc::new(RefCell::new(Some(Reading {
+                reader,
+                guard,
+                busy: false,
+            })));
+            native = Some(detach_handle(shared.clone()));
+            Box::pin(ChunkStream {
+                shared,
+                pending: None,
+            })
+        }
+        None => {
+            // A whole answer in one `arrayBuffer()`: one copy across the
+            // boundary, no reader, no promise per chunk.
+            Box::pin(stream::once(async move {
+                let buf = resp.array_buffer().map_err(js_error)?;
+                let buf = JsFuture::from(buf).await.map_err(transport_error)?;
+                guard.disarm();
+                Ok(Uint8Array::new(&buf).to_vec())
+            }))
+        }
+    };
+    Ok(UpstreamResponse {
+        status,
+        headers,
+        body,
+        native,
+    })
 }
 
 /// A streamed body being read: its reader (locked) and its abort.

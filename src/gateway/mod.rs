@@ -31,7 +31,7 @@ pub use stream::{
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::config::{Config, Failover, ProviderKind};
 use crate::error::{Attempt, GatewayError};
-use crate::http::{ByteStream, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::http::{ByteStream, DEADLINE_PASSED, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::ingress::{Call, ClientRequest, Ingress};
 use crate::limits::{Money, Pricing, Tokens, UsageEvent};
 use crate::providers::{self, Target, mock};
@@ -884,7 +884,7 @@ async fn try_chat<U: Upstream>(
     let resp = within(
         upstream,
         policy.connect_timeout_ms,
-        send_for_success(upstream, ctx, policy, cand, up_req),
+        send_for_success(upstream, ctx, policy, cand, up_req, None),
     )
     .await
     .ok_or_else(|| timeout(target, "response headers", policy.connect_timeout_ms))??;
@@ -956,18 +956,33 @@ async fn answer_within<U: Upstream>(
     up_req: UpstreamRequest,
 ) -> Result<Vec<u8>, GatewayError> {
     let target = &cand.target;
+    let ms = policy.first_byte_timeout_ms;
+    // The runtime's own timer when it has one (no task, no closure).
+    let native = upstream.enforces_deadlines().then_some(ms);
     let answer = async {
-        let resp = send_for_success(upstream, ctx, policy, cand, up_req).await?;
-        resp.collect(RESPONSE_BODY_LIMIT).await.map_err(|message| {
-            GatewayError::UpstreamUnreachable {
-                provider: target.name.to_owned(),
-                message,
-            }
-        })
+        let resp = send_for_success(upstream, ctx, policy, cand, up_req, native).await?;
+        resp.collect(RESPONSE_BODY_LIMIT)
+            .await
+            .map_err(|message| unreachable_or_late(target, message, ms))
     };
-    within(upstream, policy.first_byte_timeout_ms, answer)
+    if native.is_some() {
+        return answer.await;
+    }
+    within(upstream, ms, answer)
         .await
-        .ok_or_else(|| timeout(target, "complete answer", policy.first_byte_timeout_ms))?
+        .ok_or_else(|| timeout(target, "complete answer", ms))?
+}
+
+/// A transport failure, or the runtime's deadline passing (a timeout).
+fn unreachable_or_late(target: &Target<'_>, message: String, ms: u64) -> GatewayError {
+    if message == DEADLINE_PASSED {
+        timeout(target, "complete answer", ms)
+    } else {
+        GatewayError::UpstreamUnreachable {
+            provider: target.name.to_owned(),
+            message,
+        }
+    }
 }
 
 /// One embeddings attempt at one candidate, within the policy's timeouts.
@@ -996,22 +1011,23 @@ async fn send_for_success<U: Upstream>(
     policy: &Failover,
     cand: &Candidate<'_>,
     up_req: UpstreamRequest,
+    deadline: Option<u64>,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let mut resp = send(upstream, target, up_req, ctx.now_ms).await?;
+    let mut resp = send(upstream, target, up_req, ctx.now_ms, deadline).await?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
     let status = resp.status;
     let retry_after = resp.retry_after_secs();
     let headers = std::mem::take(&mut resp.headers);
-    let body = within(
-        upstream,
-        policy.first_byte_timeout_ms,
-        resp.collect(ERROR_BODY_LIMIT),
-    )
-    .await
-    .and_then(Result::ok)
+    let read = resp.collect(ERROR_BODY_LIMIT);
+    let body = match deadline {
+        Some(_) => read.await.ok(),
+        None => within(upstream, policy.first_byte_timeout_ms, read)
+            .await
+            .and_then(Result::ok),
+    }
     .unwrap_or_default();
     let e = providers::error_from_response(target, status, &headers, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
@@ -1039,23 +1055,29 @@ async fn within<U: Upstream, T>(upstream: &U, ms: u64, fut: impl Future<Output =
     }
 }
 
-/// Sends through the upstream, or to the in-worker demo model.
+/// Sends through the upstream (with the runtime's own `deadline`, when
+/// given), or to the in-worker demo model.
 async fn send<U: Upstream>(
     upstream: &U,
     target: &Target<'_>,
     req: UpstreamRequest,
     now_ms: u64,
+    deadline: Option<u64>,
 ) -> Result<UpstreamResponse, GatewayError> {
     if target.provider.kind == ProviderKind::Mock {
         return Ok(mock::respond(&req, now_ms / 1000));
     }
-    upstream
-        .send(req)
-        .await
-        .map_err(|message| GatewayError::UpstreamUnreachable {
+    let sent = match deadline {
+        Some(ms) => upstream.send_until(req, ms).await,
+        None => upstream.send(req).await,
+    };
+    sent.map_err(|message| match deadline {
+        Some(ms) => unreachable_or_late(target, message, ms),
+        None => GatewayError::UpstreamUnreachable {
             provider: target.name.to_owned(),
             message,
-        })
+        },
+    })
 }
 
 fn stream_reply(body: ReplyBody) -> Reply {

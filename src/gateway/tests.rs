@@ -37,6 +37,9 @@ struct Scripted {
     /// Offer each body natively too, as the edge does: handing it over
     /// yields this marker.
     native: bool,
+    /// Enforce whole-answer deadlines itself, as the edge does; each one
+    /// asked for is recorded.
+    deadlines: Option<RefCell<Vec<u64>>>,
 }
 
 impl Scripted {
@@ -47,6 +50,7 @@ impl Scripted {
             timers_fire: false,
             sleeps: RefCell::default(),
             native: false,
+            deadlines: None,
         }
     }
 }
@@ -88,6 +92,17 @@ impl Upstream for Scripted {
             Script::Channel(rx) => Ok(ok(200, vec![], Box::pin(rx))),
             Script::Hang => futures::future::pending().await,
         }
+    }
+
+    fn enforces_deadlines(&self) -> bool {
+        self.deadlines.is_some()
+    }
+
+    async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
+        if let Some(d) = &self.deadlines {
+            d.borrow_mut().push(ms);
+        }
+        self.send(req).await
     }
 
     fn sleep(&self, ms: u64) -> crate::http::Sleep {
@@ -840,6 +855,54 @@ fn a_whole_answer_gets_the_first_byte_timeout_for_headers_and_body_with_one_time
     .unwrap();
     run_in(&up, &config, &Health::new(), NON_STREAM).unwrap();
     assert_eq!(*up.sleeps.borrow(), vec![60_000]);
+}
+
+#[test]
+fn the_runtime_times_a_whole_answer_when_it_can_and_a_miss_fails_over() {
+    let up = Scripted {
+        deadlines: Some(RefCell::default()),
+        ..Scripted::new(vec![
+            Script::Transport(crate::http::DEADLINE_PASSED),
+            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        ])
+    };
+    let reply = run_in(
+        &up,
+        &Config::from_json(CONFIG).unwrap(),
+        &Health::new(),
+        NON_STREAM,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+    assert_eq!(
+        *up.deadlines.as_ref().unwrap().borrow(),
+        vec![60_000, 60_000]
+    );
+    assert!(up.sleeps.borrow().is_empty(), "no timer of the core's own");
+}
+
+#[test]
+fn a_missed_runtime_deadline_is_reported_as_a_timeout() {
+    let up = Scripted {
+        deadlines: Some(RefCell::default()),
+        ..Scripted::new(vec![Script::Transport(crate::http::DEADLINE_PASSED)])
+    };
+    let Err(e) = run(
+        &up,
+        r#"{"model":"solo","messages":[{"role":"user","content":"hi"}]}"#,
+    ) else {
+        panic!("answered")
+    };
+    assert!(
+        matches!(
+            e,
+            GatewayError::Timeout {
+                phase: "complete answer",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -257,8 +257,10 @@ pub struct Granted {
 }
 
 /// `min(want, floor(headroom / share))`, or `None` when that is below
-/// `least` (a slice too small to be worth holding).
+/// `least` (a slice too small to be worth holding). A `least` of zero
+/// accepts an empty slice: money for requests that cost nothing (an
+/// unpriced model) is no money at all.
 pub fn slice(want: u64, headroom: u64, share: u64, least: u64) -> Option<u64> {
     let g = want.min(headroom / share);
-    (g >= least.max(1)).then_some(g)
+    (g >= least).then_some(g)
 }

@@ -51,6 +51,8 @@ const INTERVAL_MS = 5;
 const LARGE_BODY = 16 * 1024;
 
 const COMPAT_DATE = '2026-10-01';
+/** Section 8: every reply of the far gateway's key objects waits this long. */
+const FAR_DELAY_MS = 150;
 const GATEWAY_KEY = 'sk-bench-gateway-key-0001';
 const ADMIN_TOKEN = 'bench-admin-token';
 const UPSTREAM_KEY = 'sk-bench-upstream-key-0001';
@@ -412,10 +414,15 @@ function gatewayConfig({ nginx, mock }) {
       nginx: provider(`http://127.0.0.1:${nginx}/v1`),
       mock: provider(`http://127.0.0.1:${mock}/v1`),
       'mock-503': provider(`http://127.0.0.1:${mock}/_mock/status=503/v1`),
+      demo: { kind: 'mock' },
     },
     models: {
       bench: { targets: [{ provider: 'nginx', model: 'bench-model' }] },
       stream: { targets: [{ provider: 'mock', model: `mock-model;chunks=${CHUNKS},interval_ms=${INTERVAL_MS}` }] },
+      // A 20-chunk stream as fast as the mock writes it: the cost per chunk.
+      stream20: { targets: [{ provider: 'mock', model: 'mock-model;chunks=20,interval_ms=0' }] },
+      // Answered inside the worker: admission without an upstream's cost.
+      demo: { targets: [{ provider: 'demo', model: 'demo-1' }] },
       healthy: { targets: [{ provider: 'mock', model: 'mock-model' }] },
       failover: {
         targets: [
@@ -445,7 +452,9 @@ function anthropicConfig({ mock }) {
 const capnpStr = (s) => JSON.stringify(s);
 
 function workerdCapnp(p) {
-  const gateway = (kv) => `(
+  // `objects`: the KeyObject namespace to bind, hosted here or by another
+  // service (two gateway instances sharing one key's object).
+  const gateway = (kv, { objects = null, extra = [] } = {}) => `(
     modules = [
       (name = "index.js", esModule = embed "index.js"),
       (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
@@ -453,16 +462,18 @@ function workerdCapnp(p) {
     compatibilityDate = "${COMPAT_DATE}",
     bindings = [
       (name = "GATEWAY_CONFIG", kvNamespace = (name = "${kv}")),
-      (name = "KEY_OBJECTS", durableObjectNamespace = (className = "KeyObject")),
+      (name = "KEY_OBJECTS", durableObjectNamespace = (className = "KeyObject"${objects ? `, serviceName = "${objects}"` : ''})),
       (name = "GATEWAY_KEYS", text = ${capnpStr(GATEWAY_KEY)}),
       (name = "ADMIN_TOKEN", text = ${capnpStr(ADMIN_TOKEN)}),
       (name = "CONFIG_CACHE_TTL_MS", text = "3600000"),
       (name = "UPSTREAM_KEY", text = ${capnpStr(UPSTREAM_KEY)}),
+      (name = "GATEWAY_TEST_HOOKS", text = "1"),
+      ${extra.map(([k, v]) => `(name = "${k}", text = ${capnpStr(v)}),`).join('\n      ')}
     ],
-    durableObjectNamespaces = [
+    ${objects ? '' : `durableObjectNamespaces = [
       (className = "KeyObject", uniqueKey = "bench-${kv}-key-objects", enableSql = true),
     ],
-    durableObjectStorage = (localDisk = "do-storage"),
+    durableObjectStorage = (localDisk = "do-storage"),`}
     globalOutbound = "loopback",
   )`;
   const passthrough = (upstream) => `(
@@ -484,6 +495,8 @@ using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
     (name = "gateway", worker = ${gateway('kv')}),
+    (name = "gateway-b", worker = ${gateway('kv', { objects: 'gateway' })}),
+    (name = "gateway-far", worker = ${gateway('kv-far', { extra: [['GATEWAY_TEST_KEY_DELAY_MS', String(FAR_DELAY_MS)]] })}),
     (name = "gateway-anthropic", worker = ${gateway('kv-anthropic')}),
     (name = "pass-nginx", worker = ${passthrough(`http://127.0.0.1:${p.nginx}`)}),
     (name = "pass-mock", worker = ${passthrough(`http://127.0.0.1:${p.mock}`)}),
@@ -495,12 +508,15 @@ const config :Workerd.Config = (
       durableObjectStorage = (localDisk = "do-storage"),
     )),
     (name = "kv", worker = ${kv('config.json')}),
+    (name = "kv-far", worker = ${kv('config.json')}),
     (name = "kv-anthropic", worker = ${kv('config-anthropic.json')}),
     (name = "loopback", network = (allow = ["local"])),
     (name = "do-storage", disk = (path = ${capnpStr(p.doDir)}, writable = true)),
   ],
   sockets = [
     ${socket('gateway', p.gateway)},
+    ${socket('gateway-b', p.gatewayB)},
+    ${socket('gateway-far', p.gatewayFar)},
     ${socket('gateway-anthropic', p.gatewayAnthropic)},
     ${socket('pass-nginx', p.passNginx)},
     ${socket('pass-mock', p.passMock)},
@@ -686,14 +702,16 @@ async function nonStream(env, { label, bodyFile }) {
   const p50 = { gw: s('gw', (x) => x.one.p50), pass: s('pass', (x) => x.one.p50) };
   const p99 = { gw: s('gw', (x) => x.one.p99), pass: s('pass', (x) => x.one.p99) };
   const cpu = { gw: s('gw', (x) => x.one.cpuPerReq), pass: s('pass', (x) => x.one.cpuPerReq) };
-  row('CPU per request (workerd, 1 conn)', fmt(cpu.gw, 'ms', 3), fmt(cpu.pass, 'ms', 3), signed(cpu.gw.med - cpu.pass.med, 'ms', 3), '≤ +0.1 ms', verdict(cpu.gw.med - cpu.pass.med <= 0.1));
-  row('p50 latency, 1 connection', fmt(p50.gw, 'ms', 3), fmt(p50.pass, 'ms', 3), signed(p50.gw.med - p50.pass.med, 'ms', 3), '≤ +0.15 ms', verdict(p50.gw.med - p50.pass.med <= 0.15));
+  const small = label.id === '1a';
+  row('CPU per request (workerd, 1 conn), static key', fmt(cpu.gw, 'ms', 3), fmt(cpu.pass, 'ms', 3), signed(cpu.gw.med - cpu.pass.med, 'ms', 3), small ? '≤ +0.25 ms' : '', small ? verdict(cpu.gw.med - cpu.pass.med <= 0.25) : '');
+  row('p50 latency, 1 connection', fmt(p50.gw, 'ms', 3), fmt(p50.pass, 'ms', 3), signed(p50.gw.med - p50.pass.med, 'ms', 3));
   row('p99 latency, 1 connection', fmt(p99.gw, 'ms', 3), fmt(p99.pass, 'ms', 3), signed(p99.gw.med - p99.pass.med, 'ms', 3));
   for (const [k, c] of [['one', 1], ['c16', 16], ['c64', 64]]) {
     const gw = s('gw', (x) => x[k].rps);
     const pass = s('pass', (x) => x[k].rps);
     const ratio = gw.med / pass.med;
-    row(`throughput, ${c} connection${c > 1 ? 's' : ''}`, fmt(gw, 'req/s', 0), fmt(pass, 'req/s', 0), `${num(ratio, 2)}×`, '≥ 0.8×', verdict(ratio >= 0.8));
+    const target = small && c === 16;
+    row(`throughput, ${c} connection${c > 1 ? 's' : ''}`, fmt(gw, 'req/s', 0), fmt(pass, 'req/s', 0), `${num(ratio, 2)}×`, target ? '≥ 0.5×' : '', target ? verdict(ratio >= 0.5) : '');
   }
   for (const [k, c] of [['c16', 16], ['c64', 64]]) {
     const gw = s('gw', (x) => x[k].cpuPerReq);
@@ -703,74 +721,234 @@ async function nonStream(env, { label, bodyFile }) {
   const rel = path.relative(ROOT, bodyFile).replace(/^.*\//, '$TMP/');
   command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.gw, method: 'POST', body: rel, path: '/v1/chat/completions', comment: 'and $PASSTHROUGH; CPU = Δ(utime+stime) of workerd / requests' }));
   command(wrkCommand({ target: '$GATEWAY', connections: 16, method: 'POST', body: rel, path: '/v1/chat/completions', comment: 'and -c64; and $PASSTHROUGH' }));
-  note(`${RUNS} runs, alternating pass-through and gateway; each value is the median run (min–max). Fixed-count runs at 1 connection: ${fixed.gw} requests through the gateway, ${fixed.pass} through the pass-through (about ${FIXED_SECONDS} s each at the rate a calibration run measured). Gateway CPU includes its Durable Object call (same process).`);
+  note(`${RUNS} runs, alternating pass-through and gateway; each value is the median run (min–max). Fixed-count runs at 1 connection: ${fixed.gw} requests through the gateway, ${fixed.pass} through the pass-through (about ${FIXED_SECONDS} s each at the rate a calibration run measured). A static key: no admission; its usage reaches its object in one batch a second, whose CPU is in the figures (same process). For reference, Portkey's Workers build measured on this machine by the issue: +0.31 ms at 1 connection, 0.44× at 16.`);
   const errors = Object.values(runs).flat().reduce((n, x) => n + x.one.errors + x.c16.errors + x.c64.errors, 0);
   if (errors) note(`${errors} requests failed during these runs; the figures above are suspect.`);
 }
 
-async function durableObject(env, bodyFile) {
-  section(4, 'Per-key Durable Object admission', 'One virtual key, so one object takes every decision. GET /v1/usage with it is one read round trip to its object. A chat request with it adds the admission (the key checked, the budget reserved: a write) on the request path and the settlement (a write) just after; the same chat request with a static key, which has no limits and skips the admission, is the baseline, so the difference is what admission and settlement cost. Also the runtime\'s floor: a minimal JavaScript worker and object doing the same read / write ([`do-floor.js`](do-floor.js)).');
-  const gw = `http://127.0.0.1:${env.ports.gateway}`;
-  const floor = `http://127.0.0.1:${env.ports.doFloor}`;
-  // A virtual key with a budget (checked and reserved on every request).
-  const created = await fetch(`${gw}/admin/keys`, {
+/** A virtual key on gateway `url` (POST /admin/keys); its `Bearer` header. */
+async function createKey(url, settings) {
+  const res = await fetch(`${url}/admin/keys`, {
     method: 'POST',
     headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ name: 'bench', budgets: { total_usd: 1000000 } }),
+    body: JSON.stringify({ name: 'bench', ...settings }),
   });
-  if (created.status !== 201) throw new Error(`POST /admin/keys answered ${created.status}: ${await created.text()}`);
-  const virtualAuth = `Bearer ${(await created.json()).secret}`;
+  if (res.status !== 201) throw new Error(`POST /admin/keys answered ${res.status}: ${await res.text()}`);
+  const { key, secret } = await res.json();
+  return { id: key.id, auth: `Bearer ${secret}` };
+}
+
+/** What one gateway isolate asked of key objects so far (`/__test/stats`). */
+async function isolateStats(url) {
+  return (await fetch(`${url}/__test/stats`)).json();
+}
+
+async function durableObject(env, bodyFile) {
+  section(4, 'Virtual keys: admission from leases, batched accounting',
+    'A virtual key with rpm, tpm and a budget under steady load. Its isolate admits from a lease on the key\'s limits, granted by the key\'s object and renewed in the background, and reports usage in one batch a second: no object call on the request path in steady state. Beside it: the pass-through (what the key costs over nothing at all) and the static key (what admission costs over no admission). The object is SQLite-backed in the same workerd process, so its CPU is in the figures. Also one object read (`GET /v1/usage`) and the runtime\'s floor for a Durable Object read and write from a minimal JavaScript worker ([`do-floor.js`](do-floor.js)).');
+  const gw = `http://127.0.0.1:${env.ports.gateway}`;
+  const floor = `http://127.0.0.1:${env.ports.doFloor}`;
+  const key = await createKey(gw, {
+    limits: { rpm: 100000000, tpm: 100000000000 },
+    budgets: { total_usd: 1000000 },
+  });
+  // Its own key for the usage read: a read sends the isolate's batch first.
+  const reader = await createKey(gw, { budgets: { total_usd: 1000000 } });
   const cpuPids = () => [env.workerd.pid];
   const endpoints = {
-    health: { url: `${gw}/health`, auth: AUTH },
-    usage: { url: `${gw}/v1/usage`, auth: virtualAuth },
+    pass: { url: `http://127.0.0.1:${env.ports.passNginx}/v1/chat/completions`, auth: AUTH, method: 'POST', bodyFile },
     chatStatic: { url: `${gw}/v1/chat/completions`, auth: AUTH, method: 'POST', bodyFile },
-    chatVirtual: { url: `${gw}/v1/chat/completions`, auth: virtualAuth, method: 'POST', bodyFile },
+    chatVirtual: { url: `${gw}/v1/chat/completions`, auth: key.auth, method: 'POST', bodyFile },
+    health: { url: `${gw}/health`, auth: AUTH },
+    usage: { url: `${gw}/v1/usage`, auth: reader.auth },
     floorHealth: { url: `${floor}/health`, auth: AUTH },
     floorUsage: { url: `${floor}/usage`, auth: AUTH },
     floorAdmit: { url: `${floor}/admit`, auth: AUTH },
   };
-  // Throughput only for the gateway's endpoints; the floor rows are latency and CPU.
-  const throughput = new Set(['health', 'usage', 'chatStatic', 'chatVirtual']);
   const fixed = {};
-  for (const [key, e] of Object.entries(endpoints)) fixed[key] = await warmAndSize({ ...e, cpuPids }, e.url, { c16: false });
+  for (const [k, e] of Object.entries(endpoints)) fixed[k] = await warmAndSize({ ...e, cpuPids }, e.url, { c16: false });
   const runs = Object.fromEntries(Object.keys(endpoints).map((k) => [k, []]));
+  // Calls to key objects during the virtual key's runs only.
+  const calls = { from_lease: 0, serial: 0, overlapped: 0, syncs: 0 };
+  let virtualRequests = 0;
   for (let r = 0; r < RUNS; r++) {
-    for (const [key, e] of Object.entries(endpoints)) {
-      const one = await wrk({ ...e, cpuPids, connections: 1, requests: fixed[key] });
-      const c16 = throughput.has(key) ? await wrk({ ...e, cpuPids, connections: 16 }) : null;
-      runs[key].push({ one, c16 });
+    for (const [k, e] of Object.entries(endpoints)) {
+      const before = k === 'chatVirtual' ? await isolateStats(gw) : null;
+      const one = await wrk({ ...e, cpuPids, connections: 1, requests: fixed[k] });
+      if (before) {
+        const after = await isolateStats(gw);
+        for (const c of Object.keys(calls)) calls[c] += after[c] - before[c];
+        virtualRequests += one.requests;
+      }
+      runs[k].push({ one });
     }
   }
-  const s = (key, f) => stat(runs[key].map(f));
-  const fig = (key) => ({
-    p50: s(key, (x) => x.one.p50),
-    p99: s(key, (x) => x.one.p99),
-    rps: throughput.has(key) ? s(key, (x) => x.c16.rps) : null,
-    cpu: s(key, (x) => x.one.cpuPerReq),
-  });
+  const s = (k, f) => stat(runs[k].map(f));
+  const fig = (k) => ({ p50: s(k, (x) => x.one.p50), p99: s(k, (x) => x.one.p99), cpu: s(k, (x) => x.one.cpuPerReq) });
   const f = Object.fromEntries(Object.keys(endpoints).map((k) => [k, fig(k)]));
-  const rows = [
-    ['usage', 'health', '/v1/usage, virtual key (DO read)', '/health'],
-    ['chatVirtual', 'chatStatic', 'chat, virtual key (admission + settlement)', 'static key'],
-  ];
-  for (const [key, baseKey, label, baseLabel] of rows) {
-    const x = f[key];
-    const h = f[baseKey];
-    row(`${label}: p50, 1 connection`, fmt(x.p50, 'ms', 3), `${fmt(h.p50, 'ms', 3)} (${baseLabel})`, signed(x.p50.med - h.p50.med, 'ms', 3));
-    row(`${label}: p99, 1 connection`, fmt(x.p99, 'ms', 3), `${fmt(h.p99, 'ms', 3)} (${baseLabel})`, signed(x.p99.med - h.p99.med, 'ms', 3), '≤ 2 ms', verdict(x.p99.med - h.p99.med <= 2));
-    row(`${label}: per second, 16 conns`, fmt(x.rps, '/s', 0), `${fmt(h.rps, '/s', 0)} (${baseLabel})`, '', '≥ 1,000/s', verdict(x.rps.med >= 1000));
-    row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(h.cpu, 'ms', 3)} (${baseLabel})`, signed(x.cpu.med - h.cpu.med, 'ms', 3));
-  }
+  const v = f.chatVirtual;
+  row('CPU per request, virtual key (rpm, tpm, budget), 1 conn', fmt(v.cpu, 'ms', 3), `${fmt(f.pass.cpu, 'ms', 3)} (pass-through)`, signed(v.cpu.med - f.pass.cpu.med, 'ms', 3), '≤ +0.35 ms', verdict(v.cpu.med - f.pass.cpu.med <= 0.35));
+  row('CPU per request, virtual key vs static key', fmt(v.cpu, 'ms', 3), `${fmt(f.chatStatic.cpu, 'ms', 3)} (static key)`, signed(v.cpu.med - f.chatStatic.cpu.med, 'ms', 3));
+  row('p50, virtual key vs static key', fmt(v.p50, 'ms', 3), `${fmt(f.chatStatic.p50, 'ms', 3)} (static key)`, signed(v.p50.med - f.chatStatic.p50.med, 'ms', 3));
+  row('p99, virtual key vs static key', fmt(v.p99, 'ms', 3), `${fmt(f.chatStatic.p99, 'ms', 3)} (static key)`, signed(v.p99.med - f.chatStatic.p99.med, 'ms', 3));
+  const d = (name) => calls[name];
+  const onPath = d('serial') + d('overlapped');
+  const admitted = d('from_lease') + onPath;
+  const share = admitted ? (100 * d('from_lease')) / admitted : 0;
+  row('requests with no object call on the request path', `${num(share, 2)} % (${d('from_lease')} of ${admitted}: ${d('serial')} admitted by a call first, ${d('overlapped')} overlapped with the upstream)`, '', '', '≥ 95 %', verdict(share >= 95));
+  row('object calls off the path (batches, lease renewals)', `${d('syncs')} for ${admitted} requests (${num((1000 * d('syncs')) / Math.max(1, admitted), 1)} per 1,000)`);
+  const h = f.health;
+  row('GET /v1/usage (one object read): p50', fmt(f.usage.p50, 'ms', 3), `${fmt(h.p50, 'ms', 3)} (/health)`, signed(f.usage.p50.med - h.p50.med, 'ms', 3));
+  row('GET /v1/usage: CPU per request', fmt(f.usage.cpu, 'ms', 3), `${fmt(h.cpu, 'ms', 3)} (/health)`, signed(f.usage.cpu.med - h.cpu.med, 'ms', 3));
   const fh = f.floorHealth;
-  for (const [key, label] of [['floorUsage', 'runtime floor (JS): DO read'], ['floorAdmit', 'runtime floor (JS): DO write']]) {
-    const x = f[key];
-    row(`${label}: p50 / p99`, `${fmt(x.p50, 'ms', 3)} / ${fmt(x.p99, 'ms', 3)}`, `${fmt(fh.p50, 'ms', 3)} / ${fmt(fh.p99, 'ms', 3)} (JS, no DO)`, signed(x.p50.med - fh.p50.med, 'ms', 3));
-    row(`${label}: CPU per request`, fmt(x.cpu, 'ms', 3), `${fmt(fh.cpu, 'ms', 3)} (JS, no DO)`, signed(x.cpu.med - fh.cpu.med, 'ms', 3));
+  for (const [k, label] of [['floorUsage', 'runtime floor (JS): DO read'], ['floorAdmit', 'runtime floor (JS): DO write']]) {
+    const x = f[k];
+    row(`${label}: p50 / CPU`, `${fmt(x.p50, 'ms', 3)} / ${fmt(x.cpu, 'ms', 3)}`, `${fmt(fh.p50, 'ms', 3)} / ${fmt(fh.cpu, 'ms', 3)} (JS, no DO)`, signed(x.cpu.med - fh.cpu.med, 'ms', 3));
   }
-  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.usage, path: '/v1/usage', comment: 'with the virtual key; and /health; $DO_FLOOR/usage, /admit, /health' }));
-  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.chatVirtual, method: 'POST', body: '$TMP/small.json', path: '/v1/chat/completions', comment: 'with the virtual key (POST /admin/keys, a $1M budget), and with the static key' }));
-  note(`${RUNS} runs; medians (min–max); fixed-count runs of about ${FIXED_SECONDS} s (${fixed.usage} requests for /v1/usage, ${fixed.chatVirtual} chat requests with the virtual key). Objects are SQLite-backed (\`durableObjectStorage = (localDisk = ...)\`, as under wrangler dev) in a temp dir on tmpfs (/dev/shm), so a write's fsync costs nothing, in the same workerd process, so their CPU is in the figures; in production the object usually runs on another machine and the call adds a network round trip instead.`);
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.chatVirtual, method: 'POST', body: '$TMP/small.json', path: '/v1/chat/completions', comment: 'with the virtual key; with the static key; and $PASSTHROUGH' }));
+  command('GET $GATEWAY/__test/stats   # before and after: admissions from leases, by a call, overlapped; batches sent (test hooks on)');
+  note(`${RUNS} runs; medians (min–max); fixed-count runs of about ${FIXED_SECONDS} s at 1 connection (${fixed.chatVirtual} requests a run with the virtual key). Leases are the default (\`limits.lease_ttl_ms\` 10 s); the calls are counted over the measured runs with the virtual key (${virtualRequests} requests), warm-up excluded.`);
+}
+
+/** Item 2b: what a streamed answer costs, per stream and per chunk. */
+async function streamCost(env) {
+  section('2b', 'Streaming cost: a 20-chunk OpenAI stream, passed through',
+    'CPU of the workerd process per 20-chunk streamed answer (the mock writes the chunks at once), through the gateway and through the pass-through; the per-chunk cost is the stream\'s CPU less a non-streamed request\'s, over 20 chunks. After its first token the gateway hands the rest of such a stream to the runtime to pipe (src/edge/pipe.rs): no chunk crosses into wasm.');
+  const user = [{ role: 'user', content: 'Count to twenty.' }];
+  const dir = env.dir;
+  const gwBody = path.join(dir, 'stream20.json');
+  const passBody = path.join(dir, 'stream20-pass.json');
+  writeFileSync(gwBody, JSON.stringify({ model: 'stream20', stream: true, messages: user }));
+  writeFileSync(passBody, JSON.stringify({ model: 'mock-model;chunks=20,interval_ms=0', stream: true, messages: user }));
+  const cpuPids = () => [env.workerd.pid];
+  const paths = {
+    gw: { url: `http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`, bodyFile: gwBody },
+    pass: { url: `http://127.0.0.1:${env.ports.passMock}/v1/chat/completions`, bodyFile: passBody },
+    gwOne: { url: `http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`, bodyFile: env.small },
+    passOne: { url: `http://127.0.0.1:${env.ports.passNginx}/v1/chat/completions`, bodyFile: env.small },
+  };
+  for (const p of Object.values(paths)) await wrk({ ...p, method: 'POST', auth: AUTH, cpuPids, connections: 16, duration: 1 });
+  const runs = Object.fromEntries(Object.keys(paths).map((k) => [k, []]));
+  for (let r = 0; r < RUNS; r++) {
+    for (const [k, p] of Object.entries(paths)) {
+      runs[k].push({
+        c16: await wrk({ ...p, method: 'POST', auth: AUTH, cpuPids, connections: 16 }),
+        c1: await wrk({ ...p, method: 'POST', auth: AUTH, cpuPids, connections: 1 }),
+      });
+    }
+  }
+  const s = (k, c) => stat(runs[k].map((x) => x[c].cpuPerReq));
+  for (const c of ['c16', 'c1']) {
+    const n = c === 'c16' ? 16 : 1;
+    const gw = s('gw', c);
+    const pass = s('pass', c);
+    row(`CPU per 20-chunk stream, ${n} conn${n > 1 ? 's' : ''}`, fmt(gw, 'ms', 3), fmt(pass, 'ms', 3), signed(gw.med - pass.med, 'ms', 3), n === 16 ? '≤ +1.5 ms' : '', n === 16 ? verdict(gw.med - pass.med <= 1.5) : '');
+    const perChunk = (stream, one) => (stream.med - one.med) / 20;
+    const gwChunk = perChunk(gw, s('gwOne', c));
+    const passChunk = perChunk(pass, s('passOne', c));
+    row(`CPU per chunk, ${n} conn${n > 1 ? 's' : ''}`, `${num(gwChunk * 1000, 1)} µs`, `${num(passChunk * 1000, 1)} µs`, signed((gwChunk - passChunk) * 1000, 'µs', 1));
+  }
+  command('BENCH_METHOD=POST BENCH_BODY_FILE=$TMP/stream20.json BENCH_AUTH=\'Bearer $KEY\' wrk -t1 -c16 -d2s --timeout 10s -s tests/bench/wrk.lua $GATEWAY/v1/chat/completions   # model "stream20" → mock "mock-model;chunks=20,interval_ms=0"; and -c1');
+  command('the same with $TMP/stream20-pass.json to $PASSTHROUGH_MOCK; per chunk: (stream CPU − small non-stream CPU) / 20, the non-stream request through nginx ($TMP/small.json)');
+  note(`${RUNS} runs of ${DURATION} s each; medians (min–max). For reference, the issue measured Portkey at +2.9 ms per stream and this gateway at +3.56 ms before this work (16 connections).`);
+}
+
+/** Item 8: the key's object far away (a test delay on its every reply). */
+async function farObject(env) {
+  section(8, `A far-away key object: ${FAR_DELAY_MS} ms on every reply`,
+    `A gateway whose key objects answer every call ${FAR_DELAY_MS} ms late (\`GATEWAY_TEST_KEY_DELAY_MS\`, honoured with test hooks only), as an object on another continent would. In steady state a virtual key is admitted from its lease and its usage travels in background batches, so its requests should not wait for the object at all: the virtual key beside the static key, same gateway, same upstream.`);
+  const url = `http://127.0.0.1:${env.ports.gatewayFar}`;
+  const key = await createKey(url, { limits: { rpm: 100000000, tpm: 100000000000 }, budgets: { total_usd: 1000000 } });
+  const cpuPids = () => [env.workerd.pid];
+  const chat = `${url}/v1/chat/completions`;
+  // Warm up: the first request waits for the object; leases follow.
+  for (let i = 0; i < 3; i++) await wrk({ url: chat, method: 'POST', bodyFile: env.small, auth: key.auth, cpuPids, connections: 1, duration: 1 });
+  await wrk({ url: chat, method: 'POST', bodyFile: env.small, auth: AUTH, cpuPids, connections: 1, duration: 1 });
+  const runs = { static: [], virtual: [] };
+  const ttft = { static: [], virtual: [] };
+  const user = [{ role: 'user', content: 'Count to twenty.' }];
+  const streamBody = JSON.stringify({ model: 'stream20', stream: true, messages: user });
+  for (let r = 0; r < RUNS; r++) {
+    runs.static.push(await wrk({ url: chat, method: 'POST', bodyFile: env.small, auth: AUTH, cpuPids, connections: 1 }));
+    runs.virtual.push(await wrk({ url: chat, method: 'POST', bodyFile: env.small, auth: key.auth, cpuPids, connections: 1 }));
+    for (let i = 0; i < 5; i++) {
+      ttft.static.push((await streamOnce(chat, streamBody, { authorization: AUTH })).ttfd);
+      ttft.virtual.push((await streamOnce(chat, streamBody, { authorization: key.auth })).ttfd);
+    }
+  }
+  const p50 = { s: stat(runs.static.map((x) => x.p50)), v: stat(runs.virtual.map((x) => x.p50)) };
+  const p99 = { s: stat(runs.static.map((x) => x.p99)), v: stat(runs.virtual.map((x) => x.p99)) };
+  const t = { s: stat(ttft.static), v: stat(ttft.virtual) };
+  row('non-stream p50, virtual key vs static key', fmt(p50.v, 'ms', 3), fmt(p50.s, 'ms', 3), signed(p50.v.med - p50.s.med, 'ms', 3), '≤ +5 ms', verdict(p50.v.med - p50.s.med <= 5));
+  row('non-stream p99, virtual key vs static key', fmt(p99.v, 'ms', 3), fmt(p99.s, 'ms', 3), signed(p99.v.med - p99.s.med, 'ms', 3));
+  row('stream: first data: line, virtual vs static', fmt(t.v, 'ms', 2), fmt(t.s, 'ms', 2), signed(t.v.med - t.s.med, 'ms', 2), '≤ +5 ms', verdict(t.v.med - t.s.med <= 5));
+  const st = await isolateStats(url);
+  row('admissions on this gateway: from a lease / by a call / overlapped', `${st.from_lease} / ${st.serial} / ${st.overlapped}`);
+  command('POST $GATEWAY_FAR/v1/chat/completions ($TMP/small.json) with the virtual key, then the static key: wrk -c1 as in 1a; streams: model "stream20", 5 a run, interleaved');
+  note(`${RUNS} runs after a 3 s warm-up with the virtual key; medians (min–max). The p99 includes the odd request that finds its lease used up before the renewal (asked when half is used, ${FAR_DELAY_MS} ms away) came back: it waits for one round trip.`);
+}
+
+/** Item 9: one hot key served by two gateway instances. */
+async function hotKey(env) {
+  section(9, 'One hot key, two gateway instances',
+    'Two gateway services (two isolates) in one workerd process, the second binding the first\'s key-object class, both under load (16 connections each) with the same virtual key, model `demo` (answered inside the worker, so admission is what is measured). Admitted requests per second, both instances together: with leases (the default) and with `strict_admission` (every request admitted by the key\'s object, as before this work).');
+  const a = `http://127.0.0.1:${env.ports.gateway}`;
+  const b = `http://127.0.0.1:${env.ports.gatewayB}`;
+  const limits = { rpm: 1000000000, tpm: 1000000000000 };
+  const leased = await createKey(a, { limits, budgets: { total_usd: 1000000 } });
+  const strict = await createKey(a, { limits, budgets: { total_usd: 1000000 }, strict_admission: true });
+  const bodyFile = path.join(env.dir, 'demo.json');
+  writeFileSync(bodyFile, chatBody('demo', 0));
+  const cpuPids = () => [env.workerd.pid];
+  const both = async (key) => {
+    const run = (url) => wrk({ url: `${url}/v1/chat/completions`, method: 'POST', bodyFile, auth: key.auth, cpuPids, connections: 16 });
+    const [x, y] = await Promise.all([run(a), run(b)]);
+    const ok = x.requests + y.requests - x.errors - y.errors;
+    return ok / DURATION;
+  };
+  await both(leased);
+  await both(strict);
+  const rates = { leased: [], strict: [] };
+  for (let r = 0; r < RUNS; r++) {
+    rates.leased.push(await both(leased));
+    rates.strict.push(await both(strict));
+  }
+  const l = stat(rates.leased);
+  const st = stat(rates.strict);
+  row('admitted per second, both instances, leases', fmt(l, '/s', 0), `${fmt(st, '/s', 0)} (strict: per-request admission)`, `${num(l.med / st.med, 2)}×`, '≥ 2×', verdict(l.med / st.med >= 2));
+  command('BENCH_METHOD=POST BENCH_BODY_FILE=$TMP/demo.json BENCH_AUTH=\'Bearer $VIRTUAL_KEY\' wrk -t1 -c16 -d2s -s tests/bench/wrk.lua $GATEWAY/v1/chat/completions & (the same to $GATEWAY_B)');
+  note(`${RUNS} runs of ${DURATION} s; medians (min–max); successful answers only. Both services share this machine's two cores with the load generators, so the leases' figure is bounded by the workers' own request cost, not by the object.`);
+}
+
+/** Item 10: a decision on a busy key costs what it costs on a fresh one. */
+async function decisionCost(env) {
+  section(10, 'Decision cost: a busy key vs a fresh key',
+    'Two keys with `strict_admission` (every request decided by the key\'s object), model `demo`: a fresh key, and a key filled (`/__test/seed`, test hooks only) with 92 days × 20 models of usage rollups and a full minute window at rpm 50,000 (45,000 admissions in the last 60 s). The object stores its state as rows (src/limits/store.rs): a decision writes the same few rows for both.');
+  const gw = `http://127.0.0.1:${env.ports.gateway}`;
+  const settings = { limits: { rpm: 50000, tpm: 100000000000 }, budgets: { total_usd: 1000000 }, strict_admission: true };
+  const fresh = await createKey(gw, settings);
+  const busy = await createKey(gw, settings);
+  const seeded = await fetch(`${gw}/__test/seed?key=${busy.id}&days=92&models=20&rpm=45000`, { method: 'POST' });
+  if (seeded.status !== 200) throw new Error(`seeding answered ${seeded.status}: ${await seeded.text()}`);
+  const bodyFile = path.join(env.dir, 'demo.json');
+  writeFileSync(bodyFile, chatBody('demo', 0));
+  const cpuPids = () => [env.workerd.pid];
+  const chat = `${gw}/v1/chat/completions`;
+  const fixed = {};
+  for (const [k, key] of [['fresh', fresh], ['busy', busy]]) fixed[k] = Math.min(await warmAndSize({ method: 'POST', bodyFile, auth: key.auth, cpuPids }, chat, { c16: false }), 1500);
+  const n = Math.min(fixed.fresh, fixed.busy);
+  const runs = { fresh: [], busy: [] };
+  for (let r = 0; r < RUNS; r++) {
+    runs.fresh.push(await wrk({ url: chat, method: 'POST', bodyFile, auth: fresh.auth, cpuPids, connections: 1, requests: n }));
+    runs.busy.push(await wrk({ url: chat, method: 'POST', bodyFile, auth: busy.auth, cpuPids, connections: 1, requests: n }));
+  }
+  const cpu = { f: stat(runs.fresh.map((x) => x.cpuPerReq)), b: stat(runs.busy.map((x) => x.cpuPerReq)) };
+  const p50 = { f: stat(runs.fresh.map((x) => x.p50)), b: stat(runs.busy.map((x) => x.p50)) };
+  const ratio = cpu.b.med / cpu.f.med;
+  row('CPU per request (decided by the object), busy vs fresh key', fmt(cpu.b, 'ms', 3), fmt(cpu.f, 'ms', 3), `${signed(cpu.b.med - cpu.f.med, 'ms', 3)} (${num((ratio - 1) * 100, 1)} %)`, 'within 10 %', verdict(Math.abs(ratio - 1) <= 0.1));
+  row('p50, busy vs fresh key', fmt(p50.b, 'ms', 3), fmt(p50.f, 'ms', 3), signed(p50.b.med - p50.f.med, 'ms', 3));
+  command('POST $GATEWAY/__test/seed?key=$BUSY&days=92&models=20&rpm=45000; then wrk -c1 with each key, model "demo", strict_admission keys');
+  note(`${RUNS} runs of ${n} requests each, alternating; medians (min–max). Before this work a key's whole state was one JSON row rewritten on every decision: its minute log alone held an entry per admission (45,000 here).`);
 }
 
 async function streaming(env) {
@@ -1012,6 +1190,8 @@ async function main() {
       mock: mock.port,
       nginx: await freePort(),
       gateway: await freePort(),
+      gatewayB: await freePort(),
+      gatewayFar: await freePort(),
       gatewayAnthropic: await freePort(),
       passNginx: await freePort(),
       passMock: await freePort(),
@@ -1059,8 +1239,13 @@ async function main() {
 
     if (wanted('1a')) await nonStream(env, { label: { id: '1a', name: 'small body' }, bodyFile: small });
     if (wanted('1b')) await nonStream(env, { label: { id: '1b', name: 'large body' }, bodyFile: large });
+    env.small = small;
     if (wanted(4)) await durableObject(env, small);
     if (wanted(2)) await streaming(env);
+    if (wanted('2b')) await streamCost(env);
+    if (wanted(8)) await farObject(env);
+    if (wanted(9)) await hotKey(env);
+    if (wanted(10)) await decisionCost(env);
     if (wanted(3)) await failover(env);
     await stop(env.workerd);
     if (wanted(7)) await wranglerDev(env, small);

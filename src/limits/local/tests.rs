@@ -542,3 +542,69 @@ fn simulate(seed: u64) {
     );
     let _ = tokens_of;
 }
+
+#[test]
+fn free_requests_of_a_budgeted_key_are_admitted_from_a_lease_with_no_money() {
+    // An unpriced model reserves nothing; its lease holds nothing either.
+    let mut obj = key(settings());
+    let mut iso = LocalLimits::new("iso-1".into());
+    admit(&mut iso, &mut obj, Money::ZERO, 100, NOON).unwrap();
+    assert_eq!(iso.held(OBJ).0, 1, "a lease, with no money in it");
+    for i in 1..8 {
+        assert!(
+            admit(&mut iso, &mut obj, Money::ZERO, 100, NOON + i)
+                .unwrap()
+                .1
+        );
+    }
+    // A priced request does not fit it: the object decides (and grants a
+    // lease with money for the next ones).
+    assert!(
+        !admit(&mut iso, &mut obj, usd(0.01), 100, NOON + 9)
+            .unwrap()
+            .1
+    );
+    assert!(
+        admit(&mut iso, &mut obj, usd(0.01), 100, NOON + 10)
+            .unwrap()
+            .1
+    );
+}
+
+#[test]
+fn steady_load_costs_a_batch_a_second_not_a_call_a_request() {
+    let mut obj = key(KeySettings {
+        limits: RateLimits {
+            rpm: Some(100_000_000),
+            tpm: Some(100_000_000_000),
+            ..RateLimits::default()
+        },
+        budgets: Budgets {
+            total_usd: Some(usd(1_000_000.0)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    });
+    let mut iso = LocalLimits::new("iso-1".into());
+    let mut syncs = 0;
+    let mut now = NOON;
+    // One request a millisecond for a minute, settled at once; a flusher
+    // that sends whatever falls due every 20 ms.
+    for i in 0..60_000 {
+        now += 1;
+        let (t, _) = admit(&mut iso, &mut obj, Money::ZERO, 300, now).unwrap();
+        iso.settle(&t, Money::ZERO, &usage(20), now);
+        if i % 20 == 0 && iso.next_wakeup(now).is_some_and(|t| t <= now) {
+            while let Some(sync) = iso.take_sync(OBJ, now, false) {
+                syncs += 1;
+                let seq = sync.seq;
+                let reply = obj.apply(Command::Sync(sync), now);
+                iso.on_reply(OBJ, seq, &reply, now);
+                if seq == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(syncs <= 120, "{syncs} batches for 60,000 requests in 60 s");
+}
