@@ -37,21 +37,26 @@
 //!   data residency, capabilities, strategies (nearest that holds), per-target
 //!   health (breaker, 429 cooling, time-to-first-byte EWMA) and its snapshot
 //!   shared within a location.
-//! - [`limits`]    — the per-key state machine its Durable Object runs: key
-//!   records, sliding rate windows, budgets reserved then settled in exact
-//!   picodollars, usage rollups; time passed in.
+//! - [`limits`]    — the per-key state machine its Durable Object runs (key
+//!   records, one-second-bucket rate windows, budgets reserved then settled
+//!   in exact picodollars, leases on slices of the limits, usage rollups,
+//!   stored as rows), and the isolate's side (`limits::local`: admission
+//!   from leases, settlements in batches); time passed in.
 //! - [`gateway`]   — the request path as plain async Rust over the
 //!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts and
 //!   failover, stream decoding (SSE or AWS event stream) and commit at the
-//!   first token, settlement.
+//!   first token (then, for a stream with nothing to translate, the rest
+//!   handed to the runtime), settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
-//!   types, timers, RS256 signing.
+//!   types, timers and deadlines, RS256 signing, the runtime's handle on a
+//!   body.
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
-//!   path, the admin API, the KV config cache, the per-key Durable Object,
-//!   outbound fetch with abort, health shared through the Cache API,
-//!   WebCrypto signatures, the Workers AI binding.
+//!   path, admission and batched accounting, the admin API, the KV config
+//!   cache, the per-key Durable Object, outbound fetch with abort, the
+//!   runtime-side pipe of committed streams, health shared through the Cache
+//!   API, WebCrypto signatures, the Workers AI binding.
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 

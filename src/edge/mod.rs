@@ -7,8 +7,11 @@
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
+//! - `pipe`           — the rest of a committed pass-through stream, piped by
+//!   a small JavaScript reader (no chunk crosses into wasm)
 //! - `shared_health`  — target health shared by a location's isolates (Cache API)
-//! - `upstream`       — [`crate::http::Upstream`] over the Workers `fetch`
+//! - `upstream`       — [`crate::http::Upstream`] over the runtime's `fetch`
+//!   (and the Workers AI binding)
 //! - `webcrypto`      — RS256 signatures (Google service-account JWTs)
 //! - `workers_ai`     — Workers AI through the Worker's binding
 
@@ -104,9 +107,11 @@ thread_local! {
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let request_id = new_request_id();
+    let url = req.url();
+    let path = path_of(&url);
     // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
-    let ingress = Ingress::of_path(path_of(&req.url()));
-    let reply = match handle(req, &env, &ctx, &request_id).await {
+    let ingress = Ingress::of_path(path);
+    let reply = match handle(req, path, &env, &ctx, &request_id).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
@@ -120,14 +125,13 @@ type RawRequest = web_sys::Request;
 
 async fn handle(
     req: RawRequest,
+    path: &str,
     env: &Env,
     ctx: &Context,
     request_id: &str,
 ) -> Result<Reply, GatewayError> {
     // 1. route
     let method = req.method();
-    let url = req.url();
-    let path = path_of(&url);
     let route = gateway::route(&method, path)?;
     match route {
         Route::Health => return Ok(Reply::json(200, br#"{"status":"ok"}"#.to_vec())),
