@@ -7,7 +7,8 @@
 //
 // Needs what scripts/bench needs (built worker, wrk, nginx); prints, writes
 // nothing but a temp dir it removes. Loopback only; every process it starts
-// is stopped when it ends.
+// is stopped when it ends. Build with `GATEWAY_KEEP_NAMES=1 scripts/build`
+// first to see Rust function names (scripts/build strips them by default).
 
 import { spawn, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';

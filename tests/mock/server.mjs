@@ -1156,7 +1156,7 @@ async function handle(state, req, res) {
   const query = Object.fromEntries(new URLSearchParams(search));
 
   const seq = ++state.seq;
-  state.record({
+  const entry = {
     seq,
     t: Date.now(),
     method: req.method,
@@ -1169,6 +1169,12 @@ async function handle(state, req, res) {
     rawBody: buf.length > MAX_RECORDED_BODY_BYTES ? null : buf.toString('utf8'),
     directives: d,
     format: route.format,
+  };
+  state.record(entry);
+  // A client that goes away before the answer ends (an aborted fetch: a
+  // gateway's timeout, a lost hedge, a refused admission) is recorded.
+  res.once('close', () => {
+    if (!res.writableFinished) entry.aborted = Date.now();
   });
 
   const status = effectiveStatus(state, d, req.method, path);
