@@ -148,7 +148,11 @@ fn parse_route_build(config: &Config, health: &Health, body: &[u8]) -> usize {
         unreachable!("a chat body")
     };
     let cand = &prepared.candidates[0];
-    let up = providers::build_chat_request(&cand.target, req, cand.api_key.as_deref())
+    let signing = providers::Signing {
+        now_s: 0,
+        secret: &secret,
+    };
+    let up = providers::build_chat_request(&cand.target, req, cand.api_key.as_deref(), signing)
         .expect("bench request builds");
     up.body.len() + up.url.len()
 }

@@ -16,8 +16,14 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>>>>;
 
 /// Response headers the gateway reads from providers' failures. The edge
 /// copies only these out of the runtime, and only for a non-2xx status, so
-/// a success costs no lookup.
-pub const UPSTREAM_HEADERS: [&str; 3] = ["content-type", "retry-after", "retry-after-ms"];
+/// a success costs no lookup. Bedrock names its error type in
+/// `x-amzn-errortype`.
+pub const UPSTREAM_HEADERS: [&str; 4] = [
+    "content-type",
+    "retry-after",
+    "retry-after-ms",
+    "x-amzn-errortype",
+];
 
 /// An outbound request to a provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +36,19 @@ pub struct UpstreamRequest {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+}
+
+impl UpstreamRequest {
+    /// Whether the answer is a stream, to be read chunk by chunk as it
+    /// arrives: adapters ask for one with `accept: text/event-stream`, or
+    /// Bedrock's `accept: application/vnd.amazon.eventstream`.
+    pub fn wants_stream(&self) -> bool {
+        self.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("accept")
+                && (v.contains("text/event-stream")
+                    || v.contains(crate::aws::eventstream::CONTENT_TYPE))
+        })
+    }
 }
 
 /// A provider's response, body not yet read.
@@ -110,6 +129,13 @@ pub trait Upstream {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String>;
     /// Completes after `ms` milliseconds.
     fn sleep(&self, ms: u64) -> Sleep;
+    /// Signs `message` with RSASSA-PKCS1-v1_5 over SHA-256 (RS256) under a
+    /// PKCS #8 DER private key: Google service-account JWTs. The edge uses
+    /// the runtime's WebCrypto; without one, signing fails.
+    async fn sign_rs256(&self, pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = (pkcs8_der, message);
+        Err("RS256 signing is not available here".to_owned())
+    }
     /// Whether [`Upstream::send_until`] enforces its deadline itself: the
     /// core then sets no timer of its own for a whole answer.
     fn enforces_deadlines(&self) -> bool {

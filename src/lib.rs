@@ -12,20 +12,31 @@
 //!   completions, embeddings), responses, stream chunks, usage, model lists.
 //! - [`sse`]       — incremental Server-Sent Events parser (any chunk boundary)
 //!   and encoder.
+//! - [`aws`]       — AWS protocol pieces for Bedrock: the binary event stream
+//!   framing (decoded incrementally, CRC checked), Signature Version 4, and
+//!   regions with their jurisdictions and coordinates.
+//! - [`azure`]     — Azure regions with their jurisdictions and coordinates.
+//! - [`google`]    — Google Cloud protocol pieces for Vertex AI: the
+//!   service-account JWT and token exchange, the token cache's policy, and
+//!   Vertex locations with their hosts, jurisdictions and coordinates.
 //! - [`config`]    — the routing config: serde types (providers, models,
 //!   strategies, rules, residency, failover policy), the bundled default,
 //!   validation with path-named errors; its JSON Schema is generated from them.
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
-//!   Anthropic Messages, Google Gemini, the built-in demo model): request
-//!   building, response and stream translation, error mapping.
+//!   Workers AI's REST endpoint among them; Anthropic Messages, Google
+//!   Gemini, Amazon Bedrock Converse, Google Vertex AI over the Gemini and
+//!   Anthropic adapters, Workers AI's binding, the built-in demo model):
+//!   request building (signing, OAuth tokens), response and stream
+//!   translation, error mapping.
 //! - [`ingress`]   — the other client protocols, Anthropic Messages and
 //!   OpenAI Responses: lossless pass-through and relayed streams for their
 //!   own providers, translation to and from the chat format for the others
 //!   (requests, answers, incremental stream conversion, error shapes), and
 //!   the per-attempt `Call` the gateway runs for either.
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
-//!   data residency, capabilities, strategies, per-target health (breaker,
-//!   429 cooling, time-to-first-byte EWMA).
+//!   data residency, capabilities, strategies (nearest that holds), per-target
+//!   health (breaker, 429 cooling, time-to-first-byte EWMA) and its snapshot
+//!   shared within a location.
 //! - [`limits`]    — the per-key state machine its Durable Object runs (key
 //!   records, one-second-bucket rate windows, budgets reserved then settled
 //!   in exact picodollars, leases on slices of the limits, usage rollups,
@@ -33,10 +44,12 @@
 //!   from leases, settlements in batches); time passed in.
 //! - [`gateway`]   — the request path as plain async Rust over the
 //!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts and
-//!   failover, stream commit at the first token (then, for a stream with
-//!   nothing to translate, the rest handed to the runtime), settlement.
+//!   failover, stream decoding (SSE or AWS event stream) and commit at the
+//!   first token (then, for a stream with nothing to translate, the rest
+//!   handed to the runtime), settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
-//!   types, timers and deadlines, the runtime's handle on a body.
+//!   types, timers and deadlines, RS256 signing, the runtime's handle on a
+//!   body.
 //! - [`trust`]     — what a request may carry and where it may go: body
 //!   shape limits, parameter types and ranges, PII detection, redaction and
 //!   restoration, the provider-request header allow-list, request ids, CORS
@@ -46,14 +59,18 @@
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
 //!   path, admission and batched accounting, the admin API, the KV config
 //!   cache, the per-key Durable Object, outbound fetch with abort, the
-//!   runtime-side pipe of committed streams.
+//!   runtime-side pipe of committed streams, health shared through the Cache
+//!   API, WebCrypto signatures, the Workers AI binding.
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 
 pub mod api;
+pub mod aws;
+pub mod azure;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod google;
 pub mod http;
 pub mod ingress;
 pub mod keys;

@@ -128,13 +128,45 @@ pub struct Provider {
     /// Where this deployment runs, for nearest-first routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
-    /// Region label reported in `x-gateway-region` (e.g. `westeurope`).
+    /// Region label reported in `x-gateway-region` (e.g. `westeurope`). For
+    /// `bedrock` it is required: the AWS region requests go to and are
+    /// signed for (`eu-central-1`); for `vertex` too: the Vertex AI location
+    /// (`europe-west4`, the multi-regions `eu` and `us`, or `global`). A known
+    /// region gives the provider its `jurisdiction` and `location` unless
+    /// they are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Legal jurisdiction of the deployment (e.g. `eu`, `us`), for data
     /// residency. A constrained request never goes to a deployment without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jurisdiction: Option<String>,
+    /// `bedrock`: name of the Worker secret holding the AWS access key id
+    /// (default `AWS_ACCESS_KEY_ID`). The provider is disabled while it or
+    /// the secret access key is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id_secret: Option<String>,
+    /// `bedrock`: name of the Worker secret holding the AWS secret access
+    /// key (default `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key_secret: Option<String>,
+    /// `bedrock`: name of the Worker secret holding an STS session token
+    /// for temporary credentials (default `AWS_SESSION_TOKEN`); sent only
+    /// when that secret is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_session_token_secret: Option<String>,
+    /// `vertex`: the Google Cloud project id the models are served in
+    /// (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// `workers-ai`: the Cloudflare account id of the OpenAI-compatible REST
+    /// endpoint (required unless `binding` or `base_url` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `workers-ai`: the name of the Worker's Workers AI binding (`AI`).
+    /// Set, requests run through it (no egress, no token); unset, through
+    /// the REST endpoint with `CLOUDFLARE_API_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
     /// What the account or deployment guarantees, for data-class policies
     /// (`hipaa`, `zero_data_retention`, `no_training`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -245,6 +277,17 @@ pub enum ProviderKind {
     OpenaiCompatible,
     /// Google Gemini's `generateContent` format (AI Studio / Gemini API).
     Gemini,
+    /// Amazon Bedrock Runtime's Converse API in one AWS `region`, signed
+    /// with AWS credentials (Signature Version 4).
+    Bedrock,
+    /// Google Vertex AI in one `region` of one `project`: Gemini models in
+    /// the Gemini format, Anthropic's (`claude-*`) in the Messages format,
+    /// authorized by a service account's OAuth tokens.
+    Vertex,
+    /// Cloudflare Workers AI: through the Worker's `binding` when set (runs
+    /// on Cloudflare's network, no egress), else its OpenAI-compatible REST
+    /// endpoint for `account_id`.
+    WorkersAi,
     /// The built-in deterministic demo model: no network, no key.
     Mock,
 }
@@ -414,15 +457,44 @@ impl Config {
     /// Parses and validates a document. Every problem found is returned.
     pub fn from_json(text: &str) -> Result<Config, Vec<ConfigError>> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             vec![ConfigError {
                 path: if path == "." { String::new() } else { path },
                 message: e.into_inner().to_string(),
             }]
         })?;
+        config.apply_region_presets();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Gives providers in a known region the jurisdiction and location of
+    /// that region, where the config sets none (an explicit value always
+    /// wins). Routing then reads one set of fields whatever their source.
+    fn apply_region_presets(&mut self) {
+        for p in self.providers.values_mut() {
+            let known = match (p.kind, p.region.as_deref()) {
+                (ProviderKind::Bedrock, Some(code)) => {
+                    crate::aws::regions::region(code).map(|r| (r.jurisdiction, r.location))
+                }
+                (ProviderKind::Vertex, Some(code)) => {
+                    crate::google::regions::region(code).map(|r| (r.jurisdiction, r.location))
+                }
+                (ProviderKind::Azure, Some(code)) => {
+                    crate::azure::region(code).map(|r| (r.jurisdiction, r.location))
+                }
+                (ProviderKind::WorkersAi, Some(code)) => {
+                    crate::providers::workers_ai::region(code).map(|r| (r.jurisdiction, r.location))
+                }
+                _ => None,
+            };
+            if let Some((jurisdiction, location)) = known {
+                p.jurisdiction
+                    .get_or_insert_with(|| jurisdiction.to_owned());
+                p.location.get_or_insert(location);
+            }
+        }
     }
 
     /// The bundled default. It is checked by a unit test, so this cannot fail
@@ -500,16 +572,146 @@ impl Config {
                 }
                 _ => {}
             }
-            if let Some(secret) = &p.api_key_secret
-                && (secret.is_empty()
-                    || !secret
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            let aws_secrets = [
+                ("aws_access_key_id_secret", &p.aws_access_key_id_secret),
+                (
+                    "aws_secret_access_key_secret",
+                    &p.aws_secret_access_key_secret,
+                ),
+                ("aws_session_token_secret", &p.aws_session_token_secret),
+            ];
+            for (field, secret) in [("api_key_secret", &p.api_key_secret)]
+                .into_iter()
+                .chain(aws_secrets)
             {
+                if let Some(secret) = secret
+                    && (secret.is_empty()
+                        || !secret
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                {
+                    err(
+                        format!("{path}.{field}"),
+                        format!("must be a secret name of letters, digits and _, got {secret:?}"),
+                    );
+                }
+            }
+            if p.kind == ProviderKind::Bedrock {
+                match p.region.as_deref() {
+                    None => err(
+                        format!("{path}.region"),
+                        "required for kind Bedrock (the AWS region to call and sign for)".into(),
+                    ),
+                    Some(code) if !crate::aws::regions::is_region_code(code) => err(
+                        format!("{path}.region"),
+                        format!("not an AWS region code: {code:?}"),
+                    ),
+                    Some(_) => {}
+                }
+                if p.api_key_secret.is_some() {
+                    err(
+                        format!("{path}.api_key_secret"),
+                        "kind Bedrock signs with AWS credentials: name their secrets in aws_access_key_id_secret, aws_secret_access_key_secret and aws_session_token_secret".into(),
+                    );
+                }
+            } else {
+                for (field, secret) in aws_secrets {
+                    if secret.is_some() {
+                        err(
+                            format!("{path}.{field}"),
+                            format!("only kind Bedrock takes AWS credentials, not {:?}", p.kind),
+                        );
+                    }
+                }
+            }
+            if p.kind == ProviderKind::Vertex {
+                use crate::google::regions::{GLOBAL, is_location_code};
+                match p.region.as_deref() {
+                    None => err(
+                        format!("{path}.region"),
+                        "required for kind Vertex (the Vertex AI location: europe-west4, eu, global, ...)".into(),
+                    ),
+                    Some(code) if !is_location_code(code) => err(
+                        format!("{path}.region"),
+                        format!("not a Vertex AI location: {code:?}"),
+                    ),
+                    // The global endpoint processes anywhere: it cannot be
+                    // resident in one jurisdiction.
+                    Some(GLOBAL) => {
+                        if let Some(j) = p.jurisdiction.as_deref().filter(|j| *j != GLOBAL) {
+                            err(
+                                format!("{path}.jurisdiction"),
+                                format!("region `global` processes requests anywhere, not only in `{j}`; use a regional or multi-regional location (`eu`, `europe-west4`), or set jurisdiction to \"global\""),
+                            );
+                        }
+                    }
+                    Some(_) => {}
+                }
+                let project_ok = p.project.as_deref().is_some_and(|id| {
+                    !id.is_empty()
+                        && id.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b)
+                        })
+                });
+                if !project_ok {
+                    err(
+                        format!("{path}.project"),
+                        match &p.project {
+                            None => "required for kind Vertex (the Google Cloud project id)".into(),
+                            Some(id) => format!("not a Google Cloud project id: {id:?}"),
+                        },
+                    );
+                }
+            } else if p.project.is_some() {
                 err(
-                    format!("{path}.api_key_secret"),
-                    format!("must be a secret name of letters, digits and _, got {secret:?}"),
+                    format!("{path}.project"),
+                    format!(
+                        "only kind Vertex takes a Google Cloud project, not {:?}",
+                        p.kind
+                    ),
                 );
+            }
+            if p.kind == ProviderKind::WorkersAi {
+                let word = |v: &str, extra: &[u8]| {
+                    !v.is_empty()
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+                };
+                if let Some(b) = p.binding.as_deref().filter(|b| !word(b, b"_")) {
+                    err(
+                        format!("{path}.binding"),
+                        format!("must be a binding name of letters, digits and _, got {b:?}"),
+                    );
+                }
+                match p.account_id.as_deref() {
+                    Some(id) if !word(id, b"") => err(
+                        format!("{path}.account_id"),
+                        format!("not a Cloudflare account id: {id:?}"),
+                    ),
+                    None if p.binding.is_none() && p.base_url.is_none() => err(
+                        format!("{path}.account_id"),
+                        "required for kind WorkersAi without a binding (the account of the REST endpoint)".into(),
+                    ),
+                    _ => {}
+                }
+                if p.binding.is_some() && p.api_key_secret.is_some() {
+                    err(
+                        format!("{path}.api_key_secret"),
+                        "a Workers AI binding takes no token; name a secret only for the REST endpoint".into(),
+                    );
+                }
+            } else {
+                for (field, set) in [
+                    ("account_id", p.account_id.is_some()),
+                    ("binding", p.binding.is_some()),
+                ] {
+                    if set {
+                        err(
+                            format!("{path}.{field}"),
+                            format!("only kind WorkersAi takes `{field}`, not {:?}", p.kind),
+                        );
+                    }
+                }
             }
             if let Some(loc) = p.location
                 && !(loc.lat.abs() <= 90.0 && loc.lon.abs() <= 180.0)
@@ -570,6 +772,24 @@ impl Config {
                 }
                 if t.model.trim().is_empty() {
                     err(format!("{tpath}.model"), "must not be empty".into());
+                }
+                // A cross-region inference profile sends each request to any
+                // region of its geography: it is only as resident as that.
+                if let Some(p) = self.providers.get(&t.provider)
+                    && p.kind == ProviderKind::Bedrock
+                    && let (Some(wants), Some(have)) = (
+                        crate::aws::regions::inference_profile_jurisdiction(&t.model),
+                        p.jurisdiction.as_deref(),
+                    )
+                    && !wants.eq_ignore_ascii_case(have)
+                {
+                    err(
+                        format!("{tpath}.model"),
+                        format!(
+                            "the inference profile {:?} may be served anywhere in `{wants}`, outside provider {:?}'s jurisdiction `{have}`; use a profile of that jurisdiction, or set the provider's jurisdiction to {wants:?}",
+                            t.model, t.provider
+                        ),
+                    );
                 }
             }
         }
@@ -691,6 +911,83 @@ mod tests {
                 "providers.c.headers.Authorization: credentials belong in a secret, not in the config",
                 "models.m.targets: at least one target is required",
             ]
+        );
+    }
+
+    #[test]
+    fn bedrock_regions_preset_jurisdiction_and_location_unless_set() {
+        let c = Config::from_json(
+            r#"{"version":1,"providers":{
+                  "fra":{"kind":"bedrock","region":"eu-central-1"},
+                  "own":{"kind":"bedrock","region":"eu-central-1","jurisdiction":"de","location":{"lat":1,"lon":2}},
+                  "new":{"kind":"bedrock","region":"xx-moon-1"},
+                  "azure":{"kind":"azure","base_url":"https://x","region":"eu-central-1"}},
+                "models":{"m":{"targets":[{"provider":"fra","model":"x"}]}}}"#,
+        )
+        .unwrap();
+        let fra = &c.providers["fra"];
+        assert_eq!(fra.jurisdiction.as_deref(), Some("eu"));
+        assert_eq!(
+            fra.location,
+            Some(Location {
+                lat: 50.11,
+                lon: 8.68
+            })
+        );
+        let own = &c.providers["own"];
+        assert_eq!(own.jurisdiction.as_deref(), Some("de"));
+        assert_eq!(own.location, Some(Location { lat: 1.0, lon: 2.0 }));
+        // An unknown region gets no guess; other kinds' regions are labels.
+        assert_eq!(c.providers["new"].jurisdiction, None);
+        assert_eq!(c.providers["azure"].jurisdiction, None);
+    }
+
+    #[test]
+    fn bedrock_providers_are_validated() {
+        let e = errors(
+            r#"{"version":1,"providers":{
+                  "a":{"kind":"bedrock"},
+                  "b":{"kind":"bedrock","region":"EU Central","api_key_secret":"K"},
+                  "c":{"kind":"openai","aws_access_key_id_secret":"A"},
+                  "d":{"kind":"bedrock","region":"us-east-1","aws_secret_access_key_secret":"bad name"}},
+                "models":{"m":{"targets":[{"provider":"a","model":"x"}]}}}"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "providers.a.region: required for kind Bedrock (the AWS region to call and sign for)",
+                r#"providers.b.region: not an AWS region code: "EU Central""#,
+                "providers.b.api_key_secret: kind Bedrock signs with AWS credentials: name their secrets in aws_access_key_id_secret, aws_secret_access_key_secret and aws_session_token_secret",
+                "providers.c.aws_access_key_id_secret: only kind Bedrock takes AWS credentials, not Openai",
+                r#"providers.d.aws_secret_access_key_secret: must be a secret name of letters, digits and _, got "bad name""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn inference_profiles_must_stay_in_the_providers_jurisdiction() {
+        let config = |model: &str, jurisdiction: &str| {
+            errors(&format!(
+                r#"{{"version":1,"providers":{{"b":{{"kind":"bedrock","region":"eu-central-1"{jurisdiction}}}}},
+                    "models":{{"m":{{"targets":[{{"provider":"b","model":"{model}"}}]}}}}}}"#
+            ))
+        };
+        assert!(config("eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "").is_empty());
+        assert!(config("anthropic.claude-3-haiku-20240307-v1:0", "").is_empty());
+        let e = config("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("models.m.targets[0].model: the inference profile \"global.anthropic")
+                && e[0].contains("outside provider \"b\"'s jurisdiction `eu`"),
+            "{e:?}"
+        );
+        // Saying so explicitly is the operator's choice.
+        assert!(
+            config(
+                "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                r#","jurisdiction":"global""#
+            )
+            .is_empty()
         );
     }
 

@@ -25,8 +25,10 @@ pub enum Strategy {
     /// The config's order.
     #[default]
     Priority,
-    /// Nearest deployment first (great-circle distance from the caller),
-    /// adjusted by each target's observed time to first byte.
+    /// Nearest deployment first (great-circle distance from the caller); a
+    /// target is ranked behind a farther one only when its observed time to
+    /// first byte is consistently slower by more than 200 ms and 50 %
+    /// (`routing::nearest`).
     Nearest,
     /// One target drawn by `weight`, the rest in priority order. `sticky`
     /// makes the draw a function of the key or the request's `user`, for

@@ -9,7 +9,11 @@
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`)
 //! - `pipe`           — the rest of a committed pass-through stream, piped by
 //!   a small JavaScript reader (no chunk crosses into wasm)
+//! - `shared_health`  — target health shared by a location's isolates (Cache API)
 //! - `upstream`       — [`crate::http::Upstream`] over the runtime's `fetch`
+//!   (and the Workers AI binding)
+//! - `webcrypto`      — RS256 signatures (Google service-account JWTs)
+//! - `workers_ai`     — Workers AI through the Worker's binding
 
 mod accounting;
 mod admin;
@@ -17,7 +21,10 @@ mod config_cache;
 mod key_client;
 mod key_object;
 mod pipe;
+mod shared_health;
 mod upstream;
+mod webcrypto;
+mod workers_ai;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -101,7 +108,9 @@ thread_local! {
 /// 9. **settle** — off the request path (`waitUntil`): one JSON log line,
 ///    and the actual cost added to the key's batch, which the isolate sends
 ///    to the key's object about once a second with the others
-///    ([`settle`], [`accounting::settle`]).
+///    ([`settle`], [`accounting::settle`]). Breakers and cool-downs this
+///    request changed reach the location's other isolates the same way
+///    ([`shared_health::sync`]).
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     // Trust: a client's request id in a safe format is kept; the Origin is
@@ -347,10 +356,8 @@ async fn chat(
     );
     let streaming = prepared.stream();
     let routed = screened.and_then(|()| prepared.route(&gctx, &caller));
-    let fetcher = upstream::FetchUpstream {
-        abortable: overlap.is_some(),
-    };
-    let dispatched = gateway::dispatch(&fetcher, &gctx, &prepared, Some(on_end));
+    let fetch = upstream::FetchUpstream::new(env, overlap.is_some());
+    let dispatched = gateway::dispatch(&fetch, &gctx, &prepared, Some(on_end));
     let (admitted, result) = match (routed, admitted, overlap) {
         (Err(e), admitted, _) => (admitted, Err(e)),
         (Ok(()), Some(a), _) => (Some(a), dispatched.await),
@@ -370,6 +377,8 @@ async fn chat(
     };
     // (trust) a `restore` request's answer gets its originals back
     let result = result.map(|reply| prepared.restore(reply));
+    // Shared health (regional): background only, a flag and a comparison here.
+    shared_health::sync(req, ctx, started);
     let rate = admitted
         .as_ref()
         .map(|a| a.rate.clone())

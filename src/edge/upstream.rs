@@ -13,25 +13,35 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::stream;
-use worker::Delay;
 use worker::js_sys::{self, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController};
+use worker::{Delay, Env};
 
 use crate::http::{
     ByteStream, DEADLINE_PASSED, NativeBody, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest,
     UpstreamResponse,
 };
+use crate::providers::workers_ai;
 
-/// Sends provider requests with the runtime's `fetch`.
-pub(super) struct FetchUpstream {
+/// Sends provider requests with the runtime's `fetch`, or (Workers AI with
+/// a binding) runs them on the binding.
+pub(super) struct FetchUpstream<'e> {
+    env: &'e Env,
     /// Whether a whole answer may be abandoned before its deadline (an
     /// admission that runs beside it may refuse): its fetch then gets an
     /// abort controller. Otherwise only the deadline ends it, and the
     /// runtime's timeout signal alone does (no controller, no combined
     /// signal: three objects fewer per request).
-    pub(super) abortable: bool,
+    abortable: bool,
+}
+
+impl<'e> FetchUpstream<'e> {
+    /// An upstream for one request.
+    pub(super) fn new(env: &'e Env, abortable: bool) -> Self {
+        FetchUpstream { env, abortable }
+    }
 }
 
 /// Aborts the fetch when dropped unless disarmed: a request abandoned by a
@@ -79,8 +89,11 @@ fn js_error(e: worker::wasm_bindgen::JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
-impl Upstream for FetchUpstream {
+impl Upstream for FetchUpstream<'_> {
     async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, String> {
+        if let Some((binding, model)) = workers_ai::parse_binding_url(&req.url) {
+            return super::workers_ai::run(self.env, binding, model, &req.body).await;
+        }
         fetch(req, None, true).await
     }
 
@@ -89,11 +102,24 @@ impl Upstream for FetchUpstream {
     }
 
     async fn send_until(&self, req: UpstreamRequest, ms: u64) -> Result<UpstreamResponse, String> {
+        if let Some((binding, model)) = workers_ai::parse_binding_url(&req.url) {
+            // The binding has no abort signal: race it with a timer.
+            let run = std::pin::pin!(super::workers_ai::run(self.env, binding, model, &req.body));
+            let timer = Delay::from(Duration::from_millis(ms));
+            return match futures::future::select(run, timer).await {
+                futures::future::Either::Left((answer, _)) => answer,
+                futures::future::Either::Right(((), _)) => Err(DEADLINE_PASSED.to_owned()),
+            };
+        }
         fetch(req, Some(ms), self.abortable).await
     }
 
     fn sleep(&self, ms: u64) -> Sleep {
         Box::pin(Delay::from(Duration::from_millis(ms)))
+    }
+
+    async fn sign_rs256(&self, pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>, String> {
+        super::webcrypto::sign_rs256(pkcs8_der, message).await
     }
 }
 
@@ -158,11 +184,9 @@ async fn fetch(
     deadline: Option<u64>,
     abortable: bool,
 ) -> Result<UpstreamResponse, String> {
-    // Adapters ask for streams with `accept: text/event-stream`.
-    let wants_stream = req
-        .headers
-        .iter()
-        .any(|(k, v)| k == "accept" && v.contains("text/event-stream"));
+    // Adapters ask for streams by their `accept` header (SSE, or Bedrock's
+    // binary event stream): those are read chunk by chunk.
+    let wants_stream = req.wants_stream();
     let headers = web_sys::Headers::new().map_err(js_error)?;
     for (name, value) in &req.headers {
         headers.set(name, value).map_err(js_error)?;

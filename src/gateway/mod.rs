@@ -762,8 +762,9 @@ where
         let tried = attempts.len() + 1;
         match attempt(cand).await {
             Ok(mut reply) => {
+                let now = (ctx.clock)();
                 ctx.health
-                    .record_success(&key, (ctx.clock)().saturating_sub(started));
+                    .record_success(&key, now, now.saturating_sub(started));
                 reply
                     .headers
                     .push(("x-gateway-provider", t.name.to_owned()));
@@ -888,7 +889,23 @@ async fn try_chat<U: Upstream>(
         return Ok(reply);
     }
     let attempt_start = (ctx.clock)();
-    let up_req = call.build_request(target, cand.api_key.as_deref())?;
+    let signing = providers::Signing {
+        now_s: attempt_start / 1000,
+        secret: ctx.secret,
+    };
+    // The key, or (Vertex AI) an OAuth token obtained with it: a network
+    // call within the connect timeout only when no token is cached.
+    let api_key = cand.api_key.as_deref();
+    let key = match providers::ready_credential(target, api_key, signing.now_s) {
+        Some(key) => key,
+        None => {
+            let exchange = providers::credential(upstream, target, api_key, signing.now_s);
+            within(upstream, policy.connect_timeout_ms, exchange)
+                .await
+                .ok_or_else(|| timeout(target, "access token", policy.connect_timeout_ms))??
+        }
+    };
+    let up_req = call.build_request(target, key.as_deref(), signing)?;
     if !call.stream() {
         let body = answer_within(upstream, ctx, policy, cand, up_req).await?;
         let (body, usage) = call.answer(target, body, ctx.now_ms / 1000)?;
@@ -1031,12 +1048,13 @@ async fn send_for_success<U: Upstream>(
     deadline: Option<u64>,
 ) -> Result<UpstreamResponse, GatewayError> {
     let target = &cand.target;
-    let resp = send(upstream, target, up_req, ctx.now_ms, deadline).await?;
+    let mut resp = send(upstream, target, up_req, ctx.now_ms, deadline).await?;
     if (200..300).contains(&resp.status) {
         return Ok(resp);
     }
     let status = resp.status;
     let retry_after = resp.retry_after_secs();
+    let headers = std::mem::take(&mut resp.headers);
     let read = resp.collect(ERROR_BODY_LIMIT);
     let body = match deadline {
         Some(_) => read.await.ok(),
@@ -1045,7 +1063,7 @@ async fn send_for_success<U: Upstream>(
             .and_then(Result::ok),
     }
     .unwrap_or_default();
-    let e = providers::error_from_response(target, status, retry_after, &body);
+    let e = providers::error_from_response(target, status, &headers, retry_after, &body);
     Err(redact(e, cand.api_key.as_deref()))
 }
 

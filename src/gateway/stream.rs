@@ -1,14 +1,16 @@
 //! Streams from provider bytes to client bytes.
 //!
-//! [`Translated`] parses upstream SSE incrementally and runs each event
-//! through the provider's translator as it arrives: nothing is buffered
-//! beyond one partial event. It yields `Err` when the upstream breaks or
-//! reports an error, so the failover loop can still move on while nothing has
-//! reached the client. The translator also says when its bytes first carry
-//! output ([`Translated::has_output`], the commit point) and how an error
-//! reads in the client's protocol. Once committed, [`into_client_stream`]
-//! turns such an error into that error event and a clean end, so a broken
-//! stream never looks complete and never hangs.
+//! [`Translated`] decodes the upstream framing incrementally — Server-Sent
+//! Events, or AWS's binary event stream for Bedrock, as the provider's
+//! [`Translator`] says — and runs each event through the translator as it
+//! arrives: nothing is buffered beyond one partial event. It yields `Err`
+//! when the upstream breaks or reports an error, so the failover loop can
+//! still move on while nothing has reached the client. The translator also
+//! says when its bytes first carry output ([`Translated::has_output`], the
+//! commit point) and how an error reads in the client's protocol. Once
+//! committed, [`into_client_stream`] turns such an error into that error
+//! event and a clean end, so a broken stream never looks complete and never
+//! hangs.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,47 +20,91 @@ use futures::{Stream, StreamExt};
 use std::any::Any;
 
 use crate::api::Usage;
+use crate::aws::eventstream;
 use crate::error::GatewayError;
 use crate::http::{ByteStream, NativeBody, Sleep};
-use crate::providers::{NativeTail, StreamTranslator};
-use crate::sse::{SseParser, encode_data};
+use crate::providers::{NativeTail, StreamTranslator, Translator};
+use crate::sse::{SseEvent, SseParser, encode_data};
 
-/// Upstream SSE -> translated client bytes, chunk by chunk.
+/// A framing decoder's output side (bytes go in by its own `push`): the
+/// provider's events. A partial event is `Ok(None)`, never an error.
+trait Framing {
+    /// What one decoded event is.
+    type Event;
+    /// The next complete event; at end of stream, also one whose end
+    /// marker never came (SSE). An `Err` is a corrupt stream.
+    fn next(&mut self, at_eof: bool) -> Result<Option<Self::Event>, String>;
+    /// At end of stream: an `Err` when the stream was cut inside an event.
+    fn finish(&self) -> Result<(), String>;
+}
+
+impl Framing for SseParser {
+    type Event = SseEvent;
+    fn next(&mut self, at_eof: bool) -> Result<Option<SseEvent>, String> {
+        Ok(if at_eof {
+            SseParser::finish(self)
+        } else {
+            self.next_event()
+        })
+    }
+    fn finish(&self) -> Result<(), String> {
+        Ok(()) // an unterminated last event was dispatched by `next`
+    }
+}
+
+impl Framing for eventstream::Decoder {
+    type Event = eventstream::Message;
+    fn next(&mut self, _at_eof: bool) -> Result<Option<eventstream::Message>, String> {
+        self.next_message().map_err(|e| e.to_string())
+    }
+    fn finish(&self) -> Result<(), String> {
+        eventstream::Decoder::finish(self).map_err(|e| e.to_string())
+    }
+}
+
+/// A provider's framing decoder with the translator of its events.
+enum Decoder {
+    Sse(SseParser, Box<dyn StreamTranslator>),
+    EventStream(
+        eventstream::Decoder,
+        Box<dyn StreamTranslator<eventstream::Message>>,
+    ),
+}
+
+/// Upstream bytes -> translated client bytes, chunk by chunk.
 pub struct Translated {
     provider: String,
     upstream: ByteStream,
     /// The runtime's handle on `upstream`, to hand the rest over natively.
     native: Option<NativeBody>,
-    parser: SseParser,
-    translator: Box<dyn StreamTranslator>,
+    decoder: Decoder,
     /// An error to yield after the bytes that preceded it.
     pending_error: Option<GatewayError>,
     ended: bool,
-    /// Upstream events handled: an output-token estimate when a stream is
-    /// cut before its usage arrives (providers send about a token an event).
-    events: u64,
     /// Some translated bytes carried output (the translator's own test):
     /// the stream may be committed.
     output: bool,
+    /// Upstream events handled: an output-token estimate when a stream is
+    /// cut before its usage arrives (providers send about a token an event).
+    events: u64,
 }
 
 impl Translated {
-    /// Wraps an upstream body.
-    pub fn new(
-        provider: &str,
-        upstream: ByteStream,
-        translator: Box<dyn StreamTranslator>,
-    ) -> Self {
+    /// Wraps an upstream body; the translator's variant picks the decoder.
+    pub fn new(provider: &str, upstream: ByteStream, translator: Translator) -> Self {
+        let decoder = match translator {
+            Translator::Sse(t) => Decoder::Sse(SseParser::new(), t),
+            Translator::EventStream(t) => Decoder::EventStream(eventstream::Decoder::new(), t),
+        };
         Translated {
             provider: provider.to_owned(),
             upstream,
             native: None,
-            parser: SseParser::new(),
-            translator,
+            decoder,
             pending_error: None,
             ended: false,
-            events: 0,
             output: false,
+            events: 0,
         }
     }
 
@@ -72,14 +118,18 @@ impl Translated {
     /// translator passes events on unchanged and the runtime holds the body
     /// ([`NativeBody`]): the raw bytes read but not yet passed on, the
     /// body, and what the pipe must know. `None` leaves the stream as it
-    /// was, translated here chunk by chunk.
+    /// was, translated here chunk by chunk (always for AWS's event stream,
+    /// which no client reads as it is).
     pub fn detach(&mut self) -> Option<Detached> {
         if self.ended || self.pending_error.is_some() {
             return None;
         }
-        let tail = self.translator.native_tail().filter(|t| !t.done)?;
+        let Decoder::Sse(parser, translator) = &mut self.decoder else {
+            return None;
+        };
+        let tail = translator.native_tail().filter(|t| !t.done)?;
         let native = self.native.take()?;
-        let partial = self.parser.detach()?;
+        let partial = parser.detach()?;
         match native.detach() {
             Some(body) => Some(Detached {
                 partial,
@@ -89,7 +139,7 @@ impl Translated {
             }),
             None => {
                 // Not handed over: the parser takes its bytes back.
-                self.parser.push(&partial);
+                parser.push(&partial);
                 None
             }
         }
@@ -105,47 +155,91 @@ impl Translated {
     /// ([`StreamTranslator::write_error`]).
     pub fn error_event(&mut self, e: &GatewayError) -> Vec<u8> {
         let mut out = Vec::new();
-        self.translator.write_error(e, &mut out);
+        match &mut self.decoder {
+            Decoder::Sse(_, t) => t.write_error(e, &mut out),
+            Decoder::EventStream(_, t) => t.write_error(e, &mut out),
+        }
         out
     }
 
     /// Usage the provider reported so far.
     pub fn usage(&self) -> Option<Usage> {
-        self.translator.usage()
+        match &self.decoder {
+            Decoder::Sse(_, t) => t.usage(),
+            Decoder::EventStream(_, t) => t.usage(),
+        }
     }
 
-    /// Runs every complete event through the translator.
+    /// Decodes `bytes` and runs every complete event through the translator.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        match &mut self.decoder {
+            Decoder::Sse(f, _) => f.push(bytes),
+            Decoder::EventStream(f, _) => f.push(bytes),
+        }
+        self.drain_events(out, false);
+    }
+
+    /// Runs every complete event through the translator; at end of stream,
+    /// ends the translation too.
     fn drain_events(&mut self, out: &mut Vec<u8>, at_eof: bool) {
         let from = out.len();
-        self.translate(out, at_eof);
+        let (provider, events) = (&self.provider, &mut self.events);
+        let result = match &mut self.decoder {
+            Decoder::Sse(f, t) => drain(f, t.as_mut(), provider, out, at_eof, events),
+            Decoder::EventStream(f, t) => drain(f, t.as_mut(), provider, out, at_eof, events),
+        };
         // Only until the commit: afterwards nothing asks.
         if !self.output && out.len() > from {
-            self.output = self.translator.carries_output(&out[from..]);
-        }
-    }
-
-    fn translate(&mut self, out: &mut Vec<u8>, at_eof: bool) {
-        loop {
-            let ev = if at_eof {
-                self.parser.finish()
-            } else {
-                self.parser.next_event()
+            let written = &out[from..];
+            self.output = match &self.decoder {
+                Decoder::Sse(_, t) => t.carries_output(written),
+                Decoder::EventStream(_, t) => t.carries_output(written),
             };
-            let Some(ev) = ev else { break };
-            self.events += 1;
-            if let Err(e) = self.translator.on_event(ev, out) {
-                self.pending_error = Some(e);
-                self.ended = true;
-                return;
-            }
         }
-        if at_eof {
+        if at_eof || result.is_err() {
             self.ended = true;
-            if let Err(e) = self.translator.on_end(out) {
-                self.pending_error = Some(e);
+        }
+        if let Err(e) = result {
+            self.pending_error = Some(e);
+        }
+    }
+}
+
+/// The decode-translate loop of one framing: an `Err` ends the stream (a
+/// corrupt frame, an in-stream provider error, a cut or incomplete answer).
+fn drain<F: Framing>(
+    framing: &mut F,
+    translator: &mut dyn StreamTranslator<F::Event>,
+    provider: &str,
+    out: &mut Vec<u8>,
+    at_eof: bool,
+    events: &mut u64,
+) -> Result<(), GatewayError> {
+    loop {
+        match framing.next(at_eof) {
+            Ok(Some(ev)) => {
+                *events += 1;
+                translator.on_event(ev, out)?;
+            }
+            Ok(None) => break,
+            Err(message) => {
+                return Err(GatewayError::UpstreamInvalidResponse {
+                    provider: provider.to_owned(),
+                    message,
+                });
             }
         }
     }
+    if at_eof {
+        framing
+            .finish()
+            .map_err(|message| GatewayError::UpstreamUnreachable {
+                provider: provider.to_owned(),
+                message,
+            })?;
+        translator.on_end(out)?;
+    }
+    Ok(())
 }
 
 impl Stream for Translated {
@@ -160,10 +254,7 @@ impl Stream for Translated {
             let mut out = Vec::new();
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(bytes))) => {
-                    this.parser.push(&bytes);
-                    this.drain_events(&mut out, false);
-                }
+                Poll::Ready(Some(Ok(bytes))) => this.push(&bytes, &mut out),
                 Poll::Ready(Some(Err(message))) => {
                     this.ended = true;
                     this.pending_error = Some(GatewayError::UpstreamUnreachable {

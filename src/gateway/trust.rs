@@ -399,10 +399,14 @@ mod tests {
         };
         let body = br#"{"model":"r","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
         let mut req = crate::api::ChatRequest::parse(body).unwrap();
-        let call = crate::ingress::Call::Chat(&req);
-        assert!(call.stream_translator(&target, 0).native_tail().is_some());
+        let piped = |req: &crate::api::ChatRequest<'_>| match crate::ingress::Call::Chat(req)
+            .stream_translator(&target, 0)
+        {
+            crate::providers::Translator::Sse(t) => t.native_tail().is_some(),
+            crate::providers::Translator::EventStream(_) => false,
+        };
+        assert!(piped(&req));
         req.native_pipe = false;
-        let call = crate::ingress::Call::Chat(&req);
-        assert!(call.stream_translator(&target, 0).native_tail().is_none());
+        assert!(!piped(&req));
     }
 }

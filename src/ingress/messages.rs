@@ -1857,7 +1857,11 @@ mod tests {
                     provider: &p,
                     model: "m",
                 };
-                providers::build_chat_request(&target, &chat, None)
+                let signing = providers::Signing {
+                    now_s: 0,
+                    secret: &|_| None,
+                };
+                providers::build_chat_request(&target, &chat, None, signing)
                     .unwrap_or_else(|e| panic!("{name} to {kind}: {e}"));
             }
         }

@@ -110,8 +110,8 @@ use crate::api::{ChatRequest, Usage};
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
-use crate::providers::{self, StreamTranslator, Target, fnv1a, openai};
-use crate::sse::{SseEvent, SseParser};
+use crate::providers::{self, StreamTranslator, Target, Translator, fnv1a, openai};
+use crate::sse::SseParser;
 
 use messages::{ChunksToMessageEvents, MessageEventsRelay, MessagesRequest};
 use responses::{ChunksToResponseEvents, ResponseEventsRelay, ResponsesRequest};
@@ -452,15 +452,17 @@ impl<'r> Call<'r> {
         }
     }
 
-    /// The upstream request.
+    /// The upstream request; `signing` is what a signing provider needs
+    /// besides its key (Bedrock's SigV4).
     pub fn build_request(
         &self,
         target: &Target<'_>,
         api_key: Option<&str>,
+        signing: providers::Signing<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         match self {
             Call::Chat(r) | Call::Translated(_, r) => {
-                providers::build_chat_request(target, r, api_key)
+                providers::build_chat_request(target, r, api_key, signing)
             }
             Call::Native(c) => Ok(match &c.body {
                 ClientBody::Messages(r) => {
@@ -485,20 +487,22 @@ impl<'r> Call<'r> {
     /// The stream's translator: upstream events in, the client's protocol
     /// out, with its own commit test and post-commit error events.
     /// `now_s` (Unix seconds) dates what a translator builds.
-    pub fn stream_translator(&self, target: &Target<'_>, now_s: u64) -> Box<dyn StreamTranslator> {
+    pub fn stream_translator(&self, target: &Target<'_>, now_s: u64) -> Translator {
         match self {
             // A stream rewritten on its way (PII restoration) is never
             // handed to the runtime's pipe.
-            Call::Chat(r) if !r.native_pipe => {
-                Box::new(InRust(providers::stream_translator(target, r, now_s)))
-            }
+            Call::Chat(r) if !r.native_pipe => match providers::stream_translator(target, r, now_s)
+            {
+                Translator::Sse(t) => Translator::Sse(Box::new(InRust(t))),
+                Translator::EventStream(t) => Translator::EventStream(Box::new(InRust(t))),
+            },
             Call::Chat(r) => providers::stream_translator(target, r, now_s),
-            Call::Native(c) => match c.body {
+            Call::Native(c) => Translator::Sse(match c.body {
                 ClientBody::Messages(_) | ClientBody::CountTokens(_) => {
                     Box::new(MessageEventsRelay::new(target))
                 }
                 ClientBody::Responses(_) => Box::new(ResponseEventsRelay::new(target)),
-            },
+            }),
             Call::Translated(c, chat) => {
                 let converter: Box<dyn ChunkConverter> = match &c.body {
                     ClientBody::Messages(r) | ClientBody::CountTokens(r) => {
@@ -506,15 +510,26 @@ impl<'r> Call<'r> {
                     }
                     ClientBody::Responses(r) => Box::new(ChunksToResponseEvents::new(r, now_s)),
                 };
-                Box::new(Converted {
-                    inner: providers::stream_translator(target, chat, now_s),
-                    converter,
-                    chunks: Vec::new(),
-                    output: false,
-                })
+                // Whatever the provider's framing, its chunks are converted.
+                match providers::stream_translator(target, chat, now_s) {
+                    Translator::Sse(inner) => Translator::Sse(Box::new(Converted {
+                        inner,
+                        converter,
+                        chunks: Vec::new(),
+                        output: false,
+                    })),
+                    Translator::EventStream(inner) => {
+                        Translator::EventStream(Box::new(Converted {
+                            inner,
+                            converter,
+                            chunks: Vec::new(),
+                            output: false,
+                        }))
+                    }
+                }
             }
             // Never streamed (a token count answers whole).
-            Call::Estimate(_) => Box::new(MessageEventsRelay::new(target)),
+            Call::Estimate(_) => Translator::Sse(Box::new(MessageEventsRelay::new(target))),
         }
     }
 
@@ -564,10 +579,10 @@ impl<'r> Call<'r> {
 
 /// A translator whose stream stays in Rust to its end: everything but
 /// [`StreamTranslator::native_tail`] (which says `None`) is the inner one's.
-struct InRust(Box<dyn StreamTranslator>);
+struct InRust<E>(Box<dyn StreamTranslator<E>>);
 
-impl StreamTranslator for InRust {
-    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+impl<E> StreamTranslator<E> for InRust<E> {
+    fn on_event(&mut self, ev: E, out: &mut Vec<u8>) -> Result<(), GatewayError> {
         self.0.on_event(ev, out)
     }
 
@@ -593,15 +608,15 @@ impl StreamTranslator for InRust {
 /// test is the OpenAI chunks' (what the same answer would commit at for a
 /// chat client); errors after the commit are the converter's, from the
 /// gateway's error itself (an overload stays Anthropic's 529).
-struct Converted {
-    inner: Box<dyn StreamTranslator>,
+struct Converted<E> {
+    inner: Box<dyn StreamTranslator<E>>,
     converter: Box<dyn ChunkConverter>,
     /// The inner translator's chunks, reused between events.
     chunks: Vec<u8>,
     output: bool,
 }
 
-impl Converted {
+impl<E> Converted<E> {
     fn pass(&mut self, out: &mut Vec<u8>) {
         if !self.output && !self.chunks.is_empty() {
             self.output = providers::chunk_carries_output(&self.chunks);
@@ -611,8 +626,8 @@ impl Converted {
     }
 }
 
-impl StreamTranslator for Converted {
-    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+impl<E> StreamTranslator<E> for Converted<E> {
+    fn on_event(&mut self, ev: E, out: &mut Vec<u8>) -> Result<(), GatewayError> {
         let result = self.inner.on_event(ev, &mut self.chunks);
         self.pass(out);
         result

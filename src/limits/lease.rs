@@ -16,8 +16,9 @@
 //! The isolate admits from the lease with no call (`super::local`) and
 //! reports what it used in batches ([`Sync`]). Each slice is at most
 //! [`LEASE_SHARE`]⁻¹ of the headroom left, so many isolates cannot strand a
-//! limit; when a slice would be smaller than one request needs, no lease is
-//! granted and the isolate admits each request with the object, exactly.
+//! limit; when a slice would cover fewer than [`MIN_SLICE_REQUESTS`]
+//! requests, no lease is granted and the isolate admits each request with
+//! the object, exactly.
 //!
 //! A lease ends when its isolate returns it ([`LeaseDone`]: unused slots,
 //! tokens and money go back) or, if the isolate vanished, at `hold_until`:
@@ -32,6 +33,11 @@ use super::{Auth, RateInfo};
 pub const LEASE_SHARE: u64 = 4;
 /// Concurrency slots are scarcer: at most half the free ones.
 pub const SLOT_SHARE: u64 = 2;
+/// A lease is granted only when every limited slice covers at least this
+/// many requests (of the key's requests, tokens and money, at the asking
+/// request's worst case): a small limit, or one nearly used up, is decided
+/// request by request, exactly, with nothing stranded in other isolates.
+pub const MIN_SLICE_REQUESTS: u64 = 8;
 /// The longest a lease may be admitted from, whatever is asked. Short
 /// enough that the isolate can return it from within the `waitUntil` of
 /// the request that received it (the runtime allows 30 s after a response).

@@ -49,7 +49,7 @@ pub use store::Row;
 
 use crate::keys::constant_time_eq;
 use calendar::{next_day_ms, next_month_ms};
-use lease::{LEASE_SHARE, REPORT_SLACK_MS, SLOT_SHARE, slice};
+use lease::{LEASE_SHARE, MIN_SLICE_REQUESTS, REPORT_SLACK_MS, SLOT_SHARE, slice};
 use window::MinuteWindow;
 
 /// Length of the sliding rate windows.
@@ -852,13 +852,20 @@ impl KeyState {
             None => Ok(None),
             Some(h) => slice(want, h, share, least).map(Some).ok_or(()),
         };
-        let requests = take(head.requests, ask.requests, LEASE_SHARE, 1).ok()?;
-        let tokens = take(head.tokens, ask.tokens, LEASE_SHARE, ask.min_tokens).ok()?;
+        let least = MIN_SLICE_REQUESTS;
+        let requests = take(head.requests, ask.requests, LEASE_SHARE, least).ok()?;
+        let tokens = take(
+            head.tokens,
+            ask.tokens,
+            LEASE_SHARE,
+            ask.min_tokens.saturating_mul(least),
+        )
+        .ok()?;
         let money = take(
             head.money.map(|m| m.0),
             ask.money.0,
             LEASE_SHARE,
-            ask.min_money.0,
+            ask.min_money.0.saturating_mul(least),
         )
         .ok()?
         .map(Money);

@@ -886,26 +886,38 @@ fn a_lease_never_outlives_the_day_or_the_key() {
 #[test]
 fn leased_slots_count_at_the_last_instant_they_can_be_used() {
     let mut s = virtual_key(limits(RateLimits {
-        rpm: Some(8),
+        rpm: Some(40),
         ..RateLimits::default()
     }));
     let g = lease(&mut s, NOON, ask(100, usd(1.0), Money(0))).unwrap();
-    assert_eq!(g.requests, Some(2));
-    // Six more per request; then the window is full, leased slots included.
-    for _ in 0..6 {
+    assert_eq!(g.requests, Some(10));
+    // Thirty more per request; then the window is full, leased slots included.
+    for _ in 0..30 {
         admit(&mut s, NOON).unwrap();
     }
     assert!(admit(&mut s, NOON).is_err());
-    // The six age out at +60.999 s; the leased two (usable until +9.999 s)
-    // stay counted until +69.999 s.
+    // The thirty age out at +60.999 s; the leased ten (usable until
+    // +9.999 s) stay counted until +69.999 s.
     assert_eq!(
-        (0..7)
+        (0..31)
             .filter(|_| admit(&mut s, NOON + 61_000).is_ok())
             .count(),
-        6
+        30
     );
     assert!(admit(&mut s, NOON + 69_998).is_err());
     admit(&mut s, NOON + 69_999).unwrap();
+}
+
+#[test]
+fn a_small_limit_is_decided_request_by_request() {
+    // rpm 5: a quarter is one request, fewer than a lease is worth; with
+    // none held elsewhere, five concurrent requests are all admitted.
+    let mut s = virtual_key(limits(RateLimits {
+        rpm: Some(5),
+        ..RateLimits::default()
+    }));
+    assert_eq!(lease(&mut s, NOON, ask(100, usd(1.0), Money(0))), None);
+    assert_eq!((0..8).filter(|_| admit(&mut s, NOON).is_ok()).count(), 5);
 }
 
 #[test]

@@ -88,7 +88,13 @@ const KIND: &str = "provider kind anthropic";
 /// A Messages request.
 #[derive(Serialize)]
 struct MessagesRequest<'a> {
-    model: &'a str,
+    /// Absent on other clouds, whose URL names the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    /// Only on other clouds (Vertex AI's `vertex-2023-10-16`), where the
+    /// version goes in the body instead of a header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic_version: Option<&'a str>,
     max_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
@@ -382,6 +388,24 @@ pub fn chat_request_to_messages_body(
     req: &ChatRequest<'_>,
     model: &str,
 ) -> Result<Vec<u8>, GatewayError> {
+    messages_body(req, Some(model), None)
+}
+
+/// The Messages body as Anthropic's models on another cloud take it: no
+/// `model` (the URL names it) and the platform's `anthropic_version` in the
+/// body (Vertex AI's `vertex-2023-10-16`).
+pub fn chat_request_to_platform_body(
+    req: &ChatRequest<'_>,
+    anthropic_version: &str,
+) -> Result<Vec<u8>, GatewayError> {
+    messages_body(req, None, Some(anthropic_version))
+}
+
+fn messages_body(
+    req: &ChatRequest<'_>,
+    model: Option<&str>,
+    anthropic_version: Option<&str>,
+) -> Result<Vec<u8>, GatewayError> {
     if req.parse_field::<Option<u64>>("n")?.is_some_and(|n| n > 1) {
         return Err(invalid(format!("n > 1 is not supported by {KIND}"), "n"));
     }
@@ -464,6 +488,7 @@ pub fn chat_request_to_messages_body(
     };
     let body = MessagesRequest {
         model,
+        anthropic_version,
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system,
         messages,
@@ -818,7 +843,7 @@ pub fn anthropic_stop_reason_to_finish_reason(reason: &str) -> FinishReason {
 
 /// Removes the whitespace between JSON tokens (OpenAI's `arguments` are
 /// compact); the order and spelling of everything else are kept.
-fn compact_json(json: &str) -> String {
+pub(crate) fn compact_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let mut in_string = false;
     let mut escaped = false;

@@ -517,7 +517,7 @@ fn post(
 /// The model as one URL path segment. A leading `models/` (how Google names
 /// models) is accepted; `:` and other delimiters are escaped so a model name
 /// cannot change the method or the query.
-fn model_path_segment(model: &str) -> Cow<'_, str> {
+pub(crate) fn model_path_segment(model: &str) -> Cow<'_, str> {
     let model = model.strip_prefix("models/").unwrap_or(model);
     let safe = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=@".contains(&b);
     if model.bytes().all(safe) {
@@ -534,8 +534,9 @@ fn model_path_segment(model: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The `GenerateContentRequest` body for an OpenAI chat request.
-fn openai_request_to_gemini(req: &ChatRequest<'_>) -> Result<Vec<u8>, GatewayError> {
+/// The `GenerateContentRequest` body for an OpenAI chat request (Vertex AI
+/// takes the same body).
+pub(crate) fn openai_request_to_gemini(req: &ChatRequest<'_>) -> Result<Vec<u8>, GatewayError> {
     let messages = req.messages()?;
     let (system, contents) = openai_messages_to_gemini(&messages)?;
 

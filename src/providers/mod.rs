@@ -4,25 +4,44 @@
 //! - [`anthropic`] — the Anthropic Messages format, translated both ways.
 //! - [`gemini`] — Google Gemini's `generateContent` and `embedContent`,
 //!   translated both ways.
+//! - [`bedrock`] — Amazon Bedrock's Converse and ConverseStream, translated
+//!   both ways, signed with SigV4, streamed in AWS's binary event stream.
+//! - [`vertex`] — Google Vertex AI: Gemini and Claude models through the
+//!   Gemini and Anthropic adapters, at Vertex's URLs, with a service
+//!   account's OAuth token.
+//! - [`workers_ai`] — Cloudflare Workers AI through the Worker's binding
+//!   (its REST endpoint is an OpenAI preset).
 //! - [`mock`]   — the built-in demo model, served inside the worker.
 //!
 //! The functions here dispatch on the provider's wire format so the gateway
 //! core never matches on vendors: chat completions (`build_chat_request`,
 //! `chat_response`, `stream_translator`), embeddings (`supports_embeddings`,
 //! `build_embeddings_request`, `embeddings_response`) and errors
-//! (`error_from_response`, shared by both).
+//! (`error_from_response`, shared by both), and the credential a request
+//! carries (`credential`: the key, or an OAuth token obtained with it).
+//!
+//! Streams come in two framings ([`Translator`]): Server-Sent Events for
+//! most formats, AWS's binary event stream for Bedrock. The gateway decodes
+//! the framing and hands each event to the format's [`StreamTranslator`].
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod vertex;
+pub mod workers_ai;
+
+use std::borrow::Cow;
 
 use crate::api::{
     ChatCompletionChunk, ChatRequest, ChunkChoice, Delta, EmbeddingsRequest, FinishReason, Usage,
 };
+use crate::aws::eventstream;
 use crate::config::{Provider, ProviderKind};
 use crate::error::GatewayError;
-use crate::http::UpstreamRequest;
+use crate::http::{Upstream, UpstreamRequest};
+use crate::routing::SecretLookup;
 use crate::sse::{SseEvent, encode_data};
 
 /// A config target resolved to its provider.
@@ -36,11 +55,13 @@ pub struct Target<'c> {
     pub model: &'c str,
 }
 
-/// Turns one provider's stream events into OpenAI chunk bytes.
-pub trait StreamTranslator {
+/// Turns one provider's stream events into OpenAI chunk bytes. `E` is what
+/// the provider's framing yields: an [`SseEvent`] (the default), or an AWS
+/// [`eventstream::Message`].
+pub trait StreamTranslator<E = SseEvent> {
     /// Handles one upstream event, appending client bytes to `out`. An `Err`
     /// is an in-stream provider error; the stream ends after it.
-    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError>;
+    fn on_event(&mut self, ev: E, out: &mut Vec<u8>) -> Result<(), GatewayError>;
     /// The upstream ended. Appends closing bytes, or returns an `Err` when
     /// the answer was incomplete.
     fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError>;
@@ -96,13 +117,61 @@ pub fn chunk_carries_output(bytes: &[u8]) -> bool {
         || s.contains("[DONE]")
 }
 
-/// The secret holding this provider's key, if it takes one.
+/// A stream translator with the framing its provider's stream comes in:
+/// the gateway picks the decoder by the variant, so a translator never sees
+/// events of another framing.
+pub enum Translator {
+    /// Server-Sent Events (OpenAI, Anthropic, Gemini).
+    Sse(Box<dyn StreamTranslator>),
+    /// AWS's binary `application/vnd.amazon.eventstream` (Bedrock).
+    EventStream(Box<dyn StreamTranslator<eventstream::Message>>),
+}
+
+impl Translator {
+    /// Usage reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            Translator::Sse(t) => t.usage(),
+            Translator::EventStream(t) => t.usage(),
+        }
+    }
+}
+
+/// The secret holding this provider's key, if it takes one: for Bedrock,
+/// the AWS access key id (its secret key is [`signing_secret`]).
 pub fn api_key_secret(p: &Provider) -> Option<&str> {
+    if workers_ai::runs_at_edge(p) {
+        return None; // the binding needs no key
+    }
     p.api_key_secret.as_deref().or_else(|| match p.kind {
         ProviderKind::Anthropic => Some(anthropic::SECRET),
         ProviderKind::Gemini => Some(gemini::DEFAULT_SECRET),
+        ProviderKind::Bedrock => Some(bedrock::access_key_id_secret(p)),
+        ProviderKind::Vertex => Some(vertex::DEFAULT_SECRET),
         kind => openai::preset(kind).and_then(|preset| preset.secret),
     })
+}
+
+/// The secret a provider signs its requests with besides its key (Bedrock's
+/// AWS secret access key). Routing treats the provider as disabled while
+/// it is not set, as it does for the key.
+pub fn signing_secret(p: &Provider) -> Option<&str> {
+    match p.kind {
+        ProviderKind::Bedrock => Some(bedrock::secret_access_key_secret(p)),
+        _ => None,
+    }
+}
+
+/// What a request builder may need beyond the request and its key: the
+/// time and the other secrets of a provider that signs its requests
+/// (Bedrock's SigV4 covers the time and uses the secret access key and the
+/// session token). Adapters with a plain key ignore it.
+#[derive(Clone, Copy)]
+pub struct Signing<'a> {
+    /// Unix seconds now, for the signature.
+    pub now_s: u64,
+    /// Secret lookup, for the signing secrets.
+    pub secret: SecretLookup<'a>,
 }
 
 /// The wire format a provider speaks.
@@ -114,14 +183,71 @@ enum Wire {
     Anthropic,
     /// Google Gemini `generateContent`.
     Gemini,
+    /// Amazon Bedrock Converse.
+    Bedrock,
+    /// Google Vertex AI (Gemini or Messages by the model's publisher).
+    Vertex,
+    /// Workers AI through the Worker's binding.
+    WorkersAiBinding,
 }
 
-fn wire(kind: ProviderKind) -> Wire {
+/// A provider's wire format: its kind's, except a Workers AI provider with
+/// a binding, which does not speak HTTP at all.
+fn wire(p: &Provider) -> Wire {
+    match p.kind {
+        ProviderKind::WorkersAi if p.binding.is_some() => Wire::WorkersAiBinding,
+        kind => wire_of(kind),
+    }
+}
+
+fn wire_of(kind: ProviderKind) -> Wire {
     match kind {
         ProviderKind::Anthropic => Wire::Anthropic,
         ProviderKind::Gemini => Wire::Gemini,
+        ProviderKind::Bedrock => Wire::Bedrock,
+        ProviderKind::Vertex => Wire::Vertex,
         // Every other kind has a preset (a unit test checks it).
         other => Wire::OpenAi(openai::preset(other).unwrap_or(openai::GENERIC)),
+    }
+}
+
+/// The credential a request to `target` carries when it is at hand without
+/// I/O: the key itself (`api_key`, the provider's secret), or for Vertex AI
+/// a cached OAuth token. `None`: it must be obtained with [`credential`].
+pub fn ready_credential<'k>(
+    target: &Target<'_>,
+    api_key: Option<&'k str>,
+    now_s: u64,
+) -> Option<Option<Cow<'k, str>>> {
+    match wire(target.provider) {
+        Wire::Vertex => vertex::cached_access_token(api_key, now_s).map(|t| Some(Cow::Owned(t))),
+        Wire::OpenAi(_)
+        | Wire::Anthropic
+        | Wire::Gemini
+        | Wire::Bedrock
+        | Wire::WorkersAiBinding => Some(api_key.map(Cow::Borrowed)),
+    }
+}
+
+/// The credential a request to `target` carries, given the provider's
+/// secret (`api_key`): the key itself, or for Vertex AI an OAuth access
+/// token obtained with the service-account key in it (cached per isolate,
+/// exchanged through `upstream` when due).
+pub async fn credential<'k, U: Upstream>(
+    upstream: &U,
+    target: &Target<'_>,
+    api_key: Option<&'k str>,
+    now_s: u64,
+) -> Result<Option<Cow<'k, str>>, GatewayError> {
+    match wire(target.provider) {
+        Wire::Vertex => vertex::access_token(upstream, target, api_key, now_s)
+            .await
+            .map(|token| Some(Cow::Owned(token))),
+        Wire::OpenAi(_)
+        | Wire::Anthropic
+        | Wire::Gemini
+        | Wire::Bedrock
+        | Wire::WorkersAiBinding => Ok(api_key.map(Cow::Borrowed)),
     }
 }
 
@@ -130,11 +256,15 @@ pub fn build_chat_request(
     target: &Target<'_>,
     req: &ChatRequest<'_>,
     api_key: Option<&str>,
+    signing: Signing<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(preset) => Ok(openai::build_chat_request(target, preset, req, api_key)),
         Wire::Anthropic => anthropic::build_chat_request(target, req, api_key),
         Wire::Gemini => gemini::build_chat_request(target, req, api_key),
+        Wire::Bedrock => bedrock::build_chat_request(target, req, api_key, signing),
+        Wire::Vertex => vertex::build_chat_request(target, req, api_key),
+        Wire::WorkersAiBinding => workers_ai::build_chat_request(target, req),
     }
 }
 
@@ -147,36 +277,54 @@ pub fn chat_response(
     body: Vec<u8>,
     now_s: u64,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(_) => {
             let usage = openai::read_chat_response(target, &body)?;
             Ok((body, usage))
         }
         Wire::Anthropic => anthropic::chat_response(target, req, &body, now_s),
         Wire::Gemini => gemini::read_chat_response(target, &body, now_s),
+        Wire::Bedrock => bedrock::chat_response(target, req, &body, now_s),
+        Wire::Vertex => vertex::chat_response(target, req, &body, now_s),
+        Wire::WorkersAiBinding => workers_ai::chat_response(target, &body, now_s),
     }
 }
 
 /// The translator for a streamed answer; `now_s` (Unix seconds) is the
 /// `created` of chunks a translating adapter builds.
-pub fn stream_translator(
-    target: &Target<'_>,
-    req: &ChatRequest<'_>,
-    now_s: u64,
-) -> Box<dyn StreamTranslator> {
-    match wire(target.provider.kind) {
-        Wire::OpenAi(_) => Box::new(openai::PassThrough::new(target, req.include_usage)),
-        Wire::Anthropic => Box::new(anthropic::EventsToChunks::new(target, req, now_s)),
-        Wire::Gemini => Box::new(gemini::GeminiStream::new(target, req.include_usage, now_s)),
+pub fn stream_translator(target: &Target<'_>, req: &ChatRequest<'_>, now_s: u64) -> Translator {
+    match wire(target.provider) {
+        Wire::OpenAi(_) => Translator::Sse(Box::new(openai::PassThrough::new(
+            target,
+            req.include_usage,
+        ))),
+        Wire::Anthropic => {
+            Translator::Sse(Box::new(anthropic::EventsToChunks::new(target, req, now_s)))
+        }
+        Wire::Gemini => Translator::Sse(Box::new(gemini::GeminiStream::new(
+            target,
+            req.include_usage,
+            now_s,
+        ))),
+        Wire::Bedrock => {
+            Translator::EventStream(Box::new(bedrock::ConverseStream::new(target, req, now_s)))
+        }
+        Wire::Vertex => vertex::stream_translator(target, req, now_s),
+        Wire::WorkersAiBinding => Translator::Sse(Box::new(workers_ai::BindingStream::new(
+            target,
+            req.include_usage,
+            now_s,
+        ))),
     }
 }
 
 /// Whether a provider kind serves `/v1/embeddings` (Anthropic has no
-/// embeddings API).
+/// embeddings API; Bedrock's Converse has none either; Vertex's embedding
+/// models use another API, not translated yet).
 pub fn supports_embeddings(kind: ProviderKind) -> bool {
-    match wire(kind) {
+    match wire_of(kind) {
         Wire::OpenAi(_) | Wire::Gemini => true,
-        Wire::Anthropic => false,
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex | Wire::WorkersAiBinding => false,
     }
 }
 
@@ -187,12 +335,14 @@ pub fn build_embeddings_request(
     req: &EmbeddingsRequest<'_>,
     api_key: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(preset) => Ok(openai::build_embeddings_request(
             target, preset, req, api_key,
         )),
         Wire::Gemini => gemini::build_embeddings_request(target, req, api_key),
-        Wire::Anthropic => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex | Wire::WorkersAiBinding => {
+            Err(no_embeddings(&req.model))
+        }
     }
 }
 
@@ -210,27 +360,42 @@ pub fn embeddings_response(
     req: &EmbeddingsRequest<'_>,
     body: Vec<u8>,
 ) -> Result<(Vec<u8>, Option<Usage>), GatewayError> {
-    match wire(target.provider.kind) {
+    match wire(target.provider) {
         Wire::OpenAi(_) => {
             let usage = openai::read_embeddings_response(target, &body)?;
             Ok((body, usage))
         }
         Wire::Gemini => gemini::read_embeddings_response(target, req, &body),
-        Wire::Anthropic => Err(no_embeddings(&req.model)),
+        Wire::Anthropic | Wire::Bedrock | Wire::Vertex | Wire::WorkersAiBinding => {
+            Err(no_embeddings(&req.model))
+        }
     }
 }
 
-/// Maps a non-2xx response to the gateway's error.
+/// Maps a non-2xx response to the gateway's error. `headers` are the
+/// response's [`crate::http::UPSTREAM_HEADERS`] (Bedrock names its error
+/// type in `x-amzn-errortype`).
 pub fn error_from_response(
     target: &Target<'_>,
     status: u16,
+    headers: &[(String, String)],
     retry_after: Option<u64>,
     body: &[u8],
 ) -> GatewayError {
-    match wire(target.provider.kind) {
-        Wire::OpenAi(_) => openai::error_from_body(target.name, status, retry_after, body),
+    match wire(target.provider) {
+        Wire::OpenAi(_) | Wire::WorkersAiBinding => {
+            openai::error_from_body(target.name, status, retry_after, body)
+        }
         Wire::Anthropic => anthropic::error_from_body(target.name, status, retry_after, body),
         Wire::Gemini => gemini::error_from_body(target.name, status, retry_after, body),
+        Wire::Vertex => vertex::error_from_body(target.name, status, retry_after, body),
+        Wire::Bedrock => {
+            let error_type = headers
+                .iter()
+                .find(|(k, _)| k == bedrock::ERROR_TYPE_HEADER)
+                .map(|(_, v)| v.as_str());
+            bedrock::error_from_body(target.name, status, error_type, retry_after, body)
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! Order: presets, wire types, request building, response parsing, stream
 //! decoding, error mapping, tests.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -61,6 +63,11 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
         ProviderKind::Openrouter => p("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
         ProviderKind::Xai => p("https://api.x.ai/v1", "XAI_API_KEY"),
         ProviderKind::Perplexity => p("https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
+        // The REST path; with a `binding` the provider is `super::workers_ai`'s.
+        ProviderKind::WorkersAi => p(
+            "https://api.cloudflare.com/client/v4/accounts/{account_id}/ai/v1",
+            "CLOUDFLARE_API_TOKEN",
+        ),
         ProviderKind::Azure => Some(Preset {
             base_url: None,
             auth: Auth::ApiKeyHeader,
@@ -77,8 +84,9 @@ pub fn preset(kind: ProviderKind) -> Option<Preset> {
             auth: Auth::Bearer,
             secret: None,
         }),
-        // Its own wire format: see `super::gemini`.
-        ProviderKind::Gemini => None,
+        // Their own wire formats: see `super::gemini`, `super::bedrock`,
+        // `super::vertex`.
+        ProviderKind::Gemini | ProviderKind::Bedrock | ProviderKind::Vertex => None,
     }
 }
 
@@ -192,12 +200,15 @@ fn post(
     body: Vec<u8>,
 ) -> UpstreamRequest {
     let p = target.provider;
-    let base = p
-        .base_url
-        .as_deref()
-        .or(preset.base_url)
-        .unwrap_or_default()
-        .trim_end_matches('/');
+    let base = match (p.base_url.as_deref(), preset.base_url) {
+        (Some(own), _) => Cow::Borrowed(own),
+        // Workers AI's preset URL names the account.
+        (None, Some(url)) if url.contains("{account_id}") => {
+            Cow::Owned(url.replace("{account_id}", p.account_id.as_deref().unwrap_or_default()))
+        }
+        (None, url) => Cow::Borrowed(url.unwrap_or_default()),
+    };
+    let base = base.trim_end_matches('/');
     let url = match p.kind {
         ProviderKind::Azure if endpoint == RESPONSES => format!("{base}/openai/v1/{endpoint}"),
         ProviderKind::Azure => format!(
@@ -450,7 +461,13 @@ mod tests {
     fn every_openai_compatible_kind_has_a_preset() {
         let c = Config::bundled();
         for p in c.providers.values() {
-            let own_format = matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini);
+            let own_format = matches!(
+                p.kind,
+                ProviderKind::Anthropic
+                    | ProviderKind::Gemini
+                    | ProviderKind::Bedrock
+                    | ProviderKind::Vertex
+            );
             assert_eq!(preset(p.kind).is_some(), !own_format, "{:?}", p.kind);
         }
     }

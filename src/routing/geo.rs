@@ -37,6 +37,20 @@ pub fn distance_ms(km: f64) -> f64 {
     km / 100.0
 }
 
+/// Half the Earth's circumference: the farthest two points can be.
+const FARTHEST_KM: f64 = 20_000.0;
+
+/// The network distance from a caller to a deployment, in round-trip ms:
+/// a deployment of unknown location counts as far as can be; a caller of
+/// unknown location is equally near to all (the config's order decides).
+pub fn network_ms(origin: &Origin, at: Option<Location>) -> f64 {
+    match (origin.location, at) {
+        (Some(a), Some(b)) => distance_ms(distance_km(a, b)),
+        (Some(_), None) => distance_ms(FARTHEST_KM),
+        (None, _) => 0.0,
+    }
+}
+
 /// The jurisdictions the residency rules allow for this origin; `None` when
 /// no rule covers it. Several covering rules intersect (each must hold).
 pub fn allowed_jurisdictions(rules: &[Residency], origin: &Origin) -> Option<Vec<String>> {

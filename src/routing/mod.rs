@@ -11,7 +11,7 @@
 //!    vision, JSON mode, embeddings) remove targets; a constrained request
 //!    is never sent outside its allowed set, failover included ([`geo`]);
 //! 4. the strategy orders what is left (priority, nearest, weighted,
-//!    latency, cost) ([`order`]);
+//!    latency, cost) ([`order`]; `nearest` in [`nearest`]);
 //! 5. targets skipped by their circuit breaker or cooling after a 429 are
 //!    dropped ([`health`]).
 //!
@@ -20,6 +20,7 @@
 pub mod classes;
 pub mod geo;
 pub mod health;
+pub mod nearest;
 
 use std::collections::BTreeMap;
 
@@ -252,17 +253,13 @@ fn order(list: &mut Vec<Candidate<'_>>, strategy: &Strategy, input: &RouteInput<
             .health
             .ewma_ms(&target_key(c.target.name, c.target.model))
     };
-    let distance = |c: &Candidate<'_>| match (input.origin.location, c.target.provider.location) {
-        (Some(a), Some(b)) => geo::distance_ms(geo::distance_km(a, b)),
-        (Some(_), None) => geo::distance_ms(20_000.0), // unknown: as far as can be
-        (None, _) => 0.0,
-    };
+    let distance = |c: &Candidate<'_>| network_ms(input.origin, c.target.provider);
     let sort_by = |list: &mut Vec<Candidate<'_>>, score: &dyn Fn(&Candidate<'_>) -> f64| {
         list.sort_by(|a, b| score(a).total_cmp(&score(b)));
     };
     match strategy {
         Strategy::Priority => {}
-        Strategy::Nearest => sort_by(list, &|c| distance(c) + ewma(c).unwrap_or(0.0)),
+        Strategy::Nearest => nearest::order(list, input.origin, input.health, input.now_ms),
         Strategy::Latency => sort_by(list, &|c| ewma(c).unwrap_or_else(|| distance(c))),
         Strategy::Cost => sort_by(list, &|c| {
             let pricing = c.target.provider.model_info(c.target.model).pricing();
@@ -281,6 +278,16 @@ fn order(list: &mut Vec<Candidate<'_>>, strategy: &Strategy, input: &RouteInput<
             let first = list.remove(chosen);
             list.insert(0, first);
         }
+    }
+}
+
+/// The network distance to a provider ([`geo::network_ms`]); one that runs
+/// on the Worker's own binding (Workers AI) is no distance away.
+pub fn network_ms(origin: &Origin, provider: &Provider) -> f64 {
+    if providers::workers_ai::runs_at_edge(provider) {
+        0.0
+    } else {
+        geo::network_ms(origin, provider.location)
     }
 }
 
@@ -366,8 +373,14 @@ fn not_found(model: &str) -> GatewayError {
 }
 
 /// `Some(key)` when the provider is enabled: it takes no key (`Some(None)`)
-/// or its secret is set and non-empty.
+/// or its secret is set and non-empty, and so is the secret it signs with,
+/// if it signs (Bedrock).
 fn enabled_key(provider: &Provider, secret: SecretLookup<'_>) -> Option<Option<String>> {
+    if let Some(name) = providers::signing_secret(provider)
+        && secret(name).is_none_or(|v| v.trim().is_empty())
+    {
+        return None;
+    }
     match api_key_secret(provider) {
         None => Some(None),
         Some(name) => secret(name).filter(|k| !k.trim().is_empty()).map(Some),

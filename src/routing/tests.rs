@@ -204,9 +204,13 @@ fn observed_latency_adjusts_nearest() {
     let c = regions();
     let h = Health::new();
     // The EU deployment is ~6,000 km (~60 ms) further from New York; a
-    // 300 ms first byte from the US one outweighs that.
-    h.record_success(&target_key("azure-us", "gpt"), 300);
-    h.record_success(&target_key("azure-eu", "gpt"), 100);
+    // settled 600 ms first byte from the US one against 100 ms from the EU
+    // is slower by far more than the margin.
+    for i in 0..health::MIN_SAMPLES {
+        let at = 1_000 + u64::from(i);
+        h.record_success(&target_key("azure-us", "gpt"), at, 600);
+        h.record_success(&target_key("azure-eu", "gpt"), at, 100);
+    }
     assert_eq!(
         plan_names(&c, "gpt", &Input::default(), &h).unwrap()[0],
         "azure-eu"
@@ -388,8 +392,8 @@ fn cost_picks_the_cheapest_capable_target() {
 fn latency_orders_by_observed_time_to_first_byte() {
     let c = regions();
     let h = Health::new();
-    h.record_success(&target_key("azure-us", "gpt"), 900);
-    h.record_success(&target_key("azure-eu", "gpt"), 200);
+    h.record_success(&target_key("azure-us", "gpt"), 1_000, 900);
+    h.record_success(&target_key("azure-eu", "gpt"), 1_000, 200);
     assert_eq!(
         plan_names(&c, "fast", &Input::default(), &h).unwrap(),
         ["azure-eu", "azure-us"]
@@ -478,4 +482,333 @@ fn open_breakers_and_cooling_targets_are_skipped_then_probed() {
         .unwrap(),
         ["local"]
     );
+}
+
+/// The issue's four deployments, and two near-European ones: every
+/// provider answers in 300 ms unless a test says otherwise.
+const EUROPE: &str = r#"{"version":1,
+  "providers":{
+    "paris":{"kind":"openai-compatible","base_url":"https://paris.example","location":{"lat":48.86,"lon":2.35}},
+    "frankfurt":{"kind":"openai-compatible","base_url":"https://frankfurt.example","location":{"lat":50.11,"lon":8.68}},
+    "virginia":{"kind":"openai-compatible","base_url":"https://virginia.example","location":{"lat":38.9,"lon":-77.4}},
+    "oregon":{"kind":"openai-compatible","base_url":"https://oregon.example","location":{"lat":45.6,"lon":-121.2}}},
+  "models":{
+    "four":{"targets":[{"provider":"oregon","model":"m"},{"provider":"virginia","model":"m"},
+                       {"provider":"frankfurt","model":"m"},{"provider":"paris","model":"m"}],
+            "strategy":{"type":"nearest"}},
+    "two":{"targets":[{"provider":"frankfurt","model":"m"},{"provider":"paris","model":"m"}],
+           "strategy":{"type":"nearest"}}},
+  "failover":{"max_attempts":4,"breaker":{"failures":3,"window_ms":10000,"cooldown_ms":5000}}}"#;
+
+fn at(lat: f64, lon: f64) -> Origin {
+    Origin {
+        location: Some(crate::config::Location { lat, lon }),
+        ..Origin::default()
+    }
+}
+
+fn london() -> Origin {
+    // Not an EU country: no residency rule applies.
+    Origin {
+        country: Some("GB".into()),
+        ..at(51.51, -0.13)
+    }
+}
+
+/// One request as the gateway serves it: plan, then walk the candidates
+/// (acquire, answer, record) until one answers. `answer` gives a target's
+/// time to first byte, or `None` for a 503. Returns who served, if anyone.
+fn serve(
+    c: &Config,
+    model: &str,
+    origin: &Origin,
+    h: &Health,
+    now_ms: u64,
+    answer: &dyn Fn(&str) -> Option<u64>,
+) -> Option<String> {
+    let i = Input {
+        origin: origin.clone(),
+        now_ms,
+        ..Input::default()
+    };
+    let header = |_: &str| None;
+    let input = RouteInput {
+        origin: &i.origin,
+        header: &header,
+        metadata: &i.metadata,
+        tier: None,
+        key_jurisdictions: None,
+        key_id: "key-1",
+        user: None,
+        needs: i.needs,
+        random: 0.0,
+        now_ms,
+        health: h,
+        data_class: None,
+    };
+    let list = plan(c, model, &key_secret, &input).ok()?;
+    for cand in list {
+        let key = target_key(cand.target.name, cand.target.model);
+        if !h.acquire(&key, now_ms) {
+            continue;
+        }
+        match answer(cand.target.name) {
+            Some(ttfb) => {
+                h.record_success(&key, now_ms + ttfb, ttfb);
+                return Some(cand.target.name.to_owned());
+            }
+            None => h.record_failure(&key, now_ms, None, &c.failover.breaker),
+        }
+    }
+    None
+}
+
+#[test]
+fn nearest_holds_for_a_london_caller_over_a_hundred_requests() {
+    let c = Config::from_json(EUROPE).unwrap();
+    let h = Health::new();
+    let all_300 = |_: &str| Some(300);
+    for n in 0..100u64 {
+        let served = serve(&c, "four", &london(), &h, 1_000 + n * 400, &all_300);
+        assert_eq!(served.as_deref(), Some("paris"), "request {n}");
+    }
+}
+
+#[test]
+fn nearest_fails_over_to_the_next_nearest_and_returns_within_the_cooldown() {
+    let c = Config::from_json(EUROPE).unwrap();
+    let h = Health::new();
+    let cooldown = c.failover.breaker.cooldown_ms;
+    let mut now = 1_000;
+    let healthy = |_: &str| Some(300);
+    for _ in 0..10 {
+        assert_eq!(
+            serve(&c, "four", &london(), &h, now, &healthy).unwrap(),
+            "paris"
+        );
+        now += 400;
+    }
+    // Paris answers 503: every request is served by Frankfurt, never by
+    // Virginia — first by failover, then with Paris's breaker open.
+    let paris_down = |name: &str| (name != "paris").then_some(300);
+    for n in 0..20 {
+        let served = serve(&c, "four", &london(), &h, now, &paris_down);
+        assert_eq!(
+            served.as_deref(),
+            Some("frankfurt"),
+            "request {n} while Paris is down"
+        );
+        now += 400;
+    }
+    // Paris recovers: within one cooldown the probe finds it, and it is
+    // first again from then on.
+    let recovered_at = now;
+    let mut back_at = None;
+    while now <= recovered_at + cooldown {
+        let served = serve(&c, "four", &london(), &h, now, &healthy).unwrap();
+        if served == "paris" {
+            back_at.get_or_insert(now);
+        } else {
+            assert!(back_at.is_none(), "back to {served} after Paris returned");
+            assert_eq!(served, "frankfurt");
+        }
+        now += 400;
+    }
+    assert!(
+        back_at.is_some(),
+        "back to Paris within the {cooldown} ms cooldown"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            serve(&c, "four", &london(), &h, now, &healthy).unwrap(),
+            "paris"
+        );
+        now += 400;
+    }
+}
+
+#[test]
+fn lyon_and_london_go_to_paris_every_time() {
+    let c = Config::from_json(EUROPE).unwrap();
+    let h = Health::new();
+    let lyon = at(45.76, 4.84);
+    let mut now = 1_000;
+    for n in 0..100 {
+        for origin in [&lyon, &london()] {
+            let served = serve(&c, "two", origin, &h, now, &|_| Some(300));
+            assert_eq!(served.as_deref(), Some("paris"), "request {n}");
+            now += 350;
+        }
+    }
+}
+
+#[test]
+fn noise_within_the_margin_never_reorders_nearest() {
+    let c = Config::from_json(EUROPE).unwrap();
+    let h = Health::new();
+    // Paris between 250 and 500 ms, Frankfurt steady at 250 ms: Paris is
+    // up to 250 ms slower, but never by 50 %... of 250 ms plus 200 ms.
+    let mut now = 1_000;
+    for n in 0..200u64 {
+        let paris = 250 + (n * 37) % 251;
+        let served = serve(&c, "two", &london(), &h, now, &|name| {
+            Some(if name == "paris" { paris } else { 250 })
+        });
+        assert_eq!(served.as_deref(), Some("paris"), "request {n}");
+        // Frankfurt also gets measured: a request from farther east.
+        serve(&c, "two", &at(50.1, 14.4), &h, now, &|_| Some(250));
+        now += 600;
+    }
+}
+
+/// Settles an estimate: `MIN_SAMPLES` answers of `ms` ending at `now_ms`.
+fn settle_at(h: &Health, name: &str, now_ms: u64, ms: u64) {
+    for i in 0..u64::from(health::MIN_SAMPLES) {
+        h.record_success(&target_key(name, "m"), now_ms - i, ms);
+    }
+}
+
+fn order_for(c: &Config, model: &str, origin: Origin, h: &Health, now_ms: u64) -> Vec<String> {
+    let i = Input {
+        origin,
+        now_ms,
+        ..Input::default()
+    };
+    plan_names(c, model, &i, h).unwrap()
+}
+
+#[test]
+fn a_consistently_slower_target_goes_behind_the_faster_farther_one_with_hysteresis() {
+    let c = Config::from_json(EUROPE).unwrap();
+    let h = Health::new();
+    settle_at(&h, "frankfurt", 10_000, 300);
+    // 450 ms against 300: slower, but not by 200 ms.
+    settle_at(&h, "paris", 10_000, 450);
+    assert_eq!(order_for(&c, "four", london(), &h, 10_000)[0], "paris");
+    // About 900 ms against 300: by 600 ms and 200 %.
+    settle_at(&h, "paris", 20_000, 1_000);
+    // Ranked at Frankfurt's distance plus its ~600 ms excess: beyond the
+    // Atlantic (Virginia ~59 ms, Oregon ~78 ms away), whose untried
+    // deployments are presumed as fast as Frankfurt plus their distance.
+    assert_eq!(
+        order_for(&c, "four", london(), &h, 20_000),
+        ["frankfurt", "virginia", "oregon", "paris"]
+    );
+    // Back to 420 ms (120 ms slower): inside the margin, but not yet below
+    // half of it: the verdict holds.
+    let paris = target_key("paris", "m");
+    for i in 0..30 {
+        h.record_success(&paris, 20_100 + i, 420);
+    }
+    assert!((h.ewma_ms(&paris).unwrap() - 420.0).abs() < 1.0);
+    assert_eq!(order_for(&c, "four", london(), &h, 20_200)[0], "frankfurt");
+    // 380 ms (80 ms slower, under half the margin): Paris is first again.
+    for i in 0..30 {
+        h.record_success(&paris, 20_300 + i, 380);
+    }
+    assert_eq!(order_for(&c, "four", london(), &h, 20_400)[0], "paris");
+}
+
+#[test]
+fn untried_or_stale_targets_rank_by_distance_alone() {
+    let c = Config::from_json(EUROPE).unwrap();
+    let h = Health::new();
+    // Paris settled and slow, nothing else measured: no evidence that a
+    // farther target is faster, so Paris keeps its place.
+    settle_at(&h, "paris", 10_000, 2_000);
+    assert_eq!(
+        order_for(&c, "four", london(), &h, 10_000),
+        ["paris", "frankfurt", "virginia", "oregon"]
+    );
+    // Virginia measured fast: Paris goes behind it, by its 1,700 ms excess.
+    settle_at(&h, "virginia", 10_000, 300);
+    assert_eq!(
+        order_for(&c, "four", london(), &h, 10_000),
+        ["frankfurt", "virginia", "oregon", "paris"]
+    );
+    // A minute without samples: the estimates are forgotten, distance rules.
+    let later = 10_000 + health::STALE_AFTER_MS;
+    assert_eq!(
+        order_for(&c, "four", london(), &h, later),
+        ["paris", "frankfurt", "virginia", "oregon"]
+    );
+}
+
+/// The two-continent example config in the README.
+fn readme_example() -> Config {
+    const README: &str = include_str!("../../README.md");
+    let from = README
+        .find("A two-continent example")
+        .expect("the README has the example");
+    let start = README[from..].find("```json\n").expect("a json block") + from + 8;
+    let end = README[start..].find("\n```").expect("the block ends") + start;
+    Config::from_json(&README[start..end]).expect("the README's example is valid")
+}
+
+#[test]
+fn readme_example_keeps_eu_callers_in_the_eu_on_every_provider() {
+    let c = readme_example();
+    for name in [
+        "bedrock-eu",
+        "vertex-eu",
+        "gemini-eu",
+        "azure-eu",
+        "workers-ai",
+    ] {
+        assert_eq!(
+            c.providers[name].jurisdiction.as_deref(),
+            Some("eu"),
+            "{name}: preset by its region"
+        );
+    }
+    let every_secret = |_: &str| Some("set".to_owned());
+    let route = |model: &str, origin: &Origin| -> Vec<String> {
+        let header = |_: &str| None;
+        let metadata = BTreeMap::new();
+        let health = Health::new();
+        let input = RouteInput {
+            origin,
+            header: &header,
+            metadata: &metadata,
+            tier: None,
+            key_jurisdictions: None,
+            key_id: "k",
+            user: None,
+            needs: Needs::default(),
+            random: 0.0,
+            now_ms: 1_000,
+            health: &health,
+            data_class: None,
+        };
+        plan(&c, model, &every_secret, &input)
+            .unwrap()
+            .into_iter()
+            .map(|cand| cand.target.name.to_owned())
+            .collect()
+    };
+    let paris = Origin {
+        country: Some("FR".into()),
+        continent: Some("EU".into()),
+        is_eu: true,
+        ..at(48.86, 2.35)
+    };
+    let new_york = Origin {
+        country: Some("US".into()),
+        ..NEW_YORK
+    };
+    assert_eq!(
+        route("claude-sonnet-4-5", &paris),
+        ["bedrock-eu", "vertex-eu"]
+    );
+    assert_eq!(
+        route("claude-sonnet-4-5", &new_york),
+        ["bedrock-us", "vertex-us", "vertex-eu", "bedrock-eu"]
+    );
+    assert_eq!(route("gpt-4o", &paris), ["azure-eu"]);
+    assert_eq!(route("gpt-4o", &new_york), ["azure-us", "azure-eu"]);
+    assert_eq!(route("gemini-2.5-flash", &paris)[0], "gemini-eu");
+    assert!(!route("gemini-2.5-flash", &paris).contains(&"gemini-us".to_owned()));
+    assert_eq!(route("gemini-2.5-flash", &new_york)[0], "gemini-us");
+    assert_eq!(route("llama-3.3-70b", &paris), ["workers-ai"]);
+    assert_eq!(route("chat", &paris), ["bedrock-eu"]);
 }

@@ -14,8 +14,10 @@ use crate::config::Provider;
 use crate::http::UpstreamRequest;
 
 /// Headers the adapters send: content negotiation, each wire format's
-/// credential header, Anthropic's version and beta flags.
-const UPSTREAM_ALLOWED: [&str; 8] = [
+/// credential header, Anthropic's version and beta flags, and what AWS
+/// SigV4 signs for Bedrock (a signed header must never be dropped: the
+/// signature covers it).
+const UPSTREAM_ALLOWED: [&str; 11] = [
     "content-type",
     "accept",
     "authorization",
@@ -24,6 +26,9 @@ const UPSTREAM_ALLOWED: [&str; 8] = [
     "x-goog-api-key",
     "anthropic-version",
     "anthropic-beta",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
 ];
 
 /// Never sent to a provider, whoever set them: hop-by-hop headers (RFC
@@ -213,5 +218,50 @@ mod tests {
             "access-control-allow-headers",
             CORS_DEFAULT_HEADERS.to_owned()
         )));
+    }
+
+    /// Every adapter's own headers survive the allow-list, streams and
+    /// whole answers alike: a header it drops would break a provider (a
+    /// SigV4 signature covers the headers it signs).
+    #[test]
+    fn no_adapter_header_is_dropped() {
+        let config = crate::config::Config::from_json(
+            r#"{"version":1,"providers":{
+              "openai":{"kind":"openai"},"azure":{"kind":"azure","base_url":"https://a.example","api_version":"2024-10-21"},
+              "groq":{"kind":"groq"},"compat":{"kind":"openai-compatible","base_url":"http://127.0.0.1:1/v1"},
+              "anthropic":{"kind":"anthropic","headers":{"anthropic-beta":"x"}},"gemini":{"kind":"gemini"},
+              "bedrock":{"kind":"bedrock","region":"eu-central-1"},"vertex":{"kind":"vertex","project":"p","region":"europe-west4"},
+              "workers-ai":{"kind":"workers-ai","account_id":"acc"}},
+              "models":{"m":{"targets":[{"provider":"openai","model":"m"}]}}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let secret = |_: &str| Some("secret-value".to_owned());
+        let signing = crate::providers::Signing {
+            now_s: 1_700_000_000,
+            secret: &secret,
+        };
+        for stream in [false, true] {
+            let body = format!(
+                r#"{{"model":"m","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let req = crate::api::ChatRequest::parse(body.as_bytes()).unwrap();
+            for (name, provider) in &config.providers {
+                let target = crate::providers::Target {
+                    name,
+                    provider,
+                    model: "m",
+                };
+                let built =
+                    crate::providers::build_chat_request(&target, &req, Some("key"), signing)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let before: Vec<String> = built.headers.iter().map(|(k, _)| k.clone()).collect();
+                let after: Vec<String> = allow_listed(built, provider)
+                    .headers
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                assert_eq!(after, before, "{name} (stream: {stream})");
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'node_modules/.bin');
 const WRANGLER = path.join(BIN, 'wrangler');
-const CONFIG = path.join(ROOT, 'tests/wrangler.test.toml');
+export const CONFIG = path.join(ROOT, 'tests/wrangler.test.toml');
 
 // From tests/wrangler.test.toml.
 export const KEY = 'sk-test-1';
@@ -60,14 +60,16 @@ export function freePort() {
 /**
  * Starts the gateway. `persistDir` keeps KV and Durable Object state; pass
  * the same one to a second start to test persistence across restarts.
+ * `configs` replaces the one wrangler config with several (one dev session,
+ * the first served on the port, the others reachable by service binding).
  */
-export async function startGateway({ persistDir, vars = {} } = {}) {
+export async function startGateway({ persistDir, vars = {}, configs = [CONFIG] } = {}) {
   const ownDir = !persistDir;
   persistDir ??= await mkdtemp(path.join(os.tmpdir(), 'gateway-e2e-'));
   const port = await freePort();
   const inspectorPort = await freePort();
   const args = [
-    'dev', '-c', CONFIG, '--ip', '127.0.0.1', '--port', String(port),
+    'dev', ...configs.flatMap((c) => ['-c', c]), '--ip', '127.0.0.1', '--port', String(port),
     '--inspector-port', String(inspectorPort), '--local', '--persist-to', persistDir,
     '--show-interactive-dev-session=false',
   ];

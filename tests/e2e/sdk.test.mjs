@@ -2,9 +2,10 @@
 // and the `openai` npm package over chat completions and embeddings, and
 // once the other protocols are wired, the `anthropic` Python SDK over
 // `/v1/messages` and the npm package's Responses API — the mock provider in
-// every wire format and the built-in demo model, through the built worker on
-// workerd. The Python SDKs live in .venv and the npm package in node_modules
-// (scripts/setup pins both).
+// every wire format and behind every regional provider kind (Bedrock, Vertex
+// AI for Gemini and Claude, Workers AI), and the built-in demo model, through
+// the built worker on workerd. The Python SDKs live in .venv and the npm
+// package in node_modules (scripts/setup pins both).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +13,7 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 
-import { startMock } from '../mock/server.mjs';
+import { googleServiceAccount, startMock } from '../mock/server.mjs';
 import { startGateway, mockConfig, putConfig, ROOT, KEY } from './harness.mjs';
 
 // `/v1/messages` and `/v1/responses` answer once src/edge/mod.rs routes them
@@ -25,9 +26,20 @@ const SDK_TEXT = 'Hello from the SDK check';
 let mock;
 let gw;
 
+const AWS_SECRET = 'sdk-mock-aws-secret';
+
 before(async () => {
   mock = await startMock();
-  gw = await startGateway();
+  const account = googleServiceAccount(`${mock.url}/token`);
+  mock.addGoogleKey(account.email, account.publicKey);
+  gw = await startGateway({
+    vars: {
+      AWS_ACCESS_KEY_ID: 'AKIASDKMOCK',
+      AWS_SECRET_ACCESS_KEY: AWS_SECRET,
+      GOOGLE_SERVICE_ACCOUNT_JSON: account.json,
+      CLOUDFLARE_API_TOKEN: 'cf-sdk-mock-token',
+    },
+  });
   const targets = (provider, model) => ({ targets: [{ provider, model }] });
   const models = { demo: targets('demo', 'demo-1') };
   for (const [format, provider, model] of [
@@ -35,14 +47,21 @@ before(async () => {
     ['anthropic', 'anthropic', 'claude-mock'],
     ['gemini', 'gemini', 'gemini-mock'],
     ['native', 'openai', 'gpt-native'],
+    ['bedrock', 'bedrock', `eu.anthropic.claude-mock-v1:0;aws_secret=${AWS_SECRET},region=eu-central-1`],
+    ['vertex-gemini', 'vertex', 'gemini-mock'],
+    ['vertex-claude', 'vertex', 'claude-mock'],
+    ['workers-ai', 'workers-ai', '@cf/meta/llama-mock'],
   ]) {
-    models[`sdk-${format}`] = targets(provider, `${model};text=${SDK_TEXT},chunks=5`);
-    models[`sdk-${format}-tools`] = targets(provider, `${model};tools=2,chunks=3`);
-    models[`sdk-${format}-loop`] = targets(provider, `${model};tools=1,tools_once=1,chunks=3`);
+    // Directives join with `,` after the model's own `;`.
+    const join = (d) => (model.includes(';') ? `${model},${d}` : `${model};${d}`);
+    models[`sdk-${format}`] = targets(provider, join(`text=${SDK_TEXT},chunks=5`));
+    models[`sdk-${format}-tools`] = targets(provider, join('tools=2,chunks=3'));
+    models[`sdk-${format}-loop`] = targets(provider, join('tools=1,tools_once=1,chunks=3'));
   }
   models['sdk-emb-openai'] = targets('mock', 'text-embedding-mock');
   models['sdk-emb-gemini'] = targets('gemini', 'gemini-embedding-001');
   models['sdk-emb-anthropic'] = targets('anthropic', 'claude-mock');
+  models['sdk-emb-workers-ai'] = targets('workers-ai', '@cf/baai/bge-mock');
   models['sdk-limited'] = targets('anthropic', 'claude-mock;status=429,retry_after=1');
   models['sdk-overloaded'] = targets('anthropic', 'claude-mock;status=529');
   models['sdk-failover'] = {
@@ -55,6 +74,9 @@ before(async () => {
     providers: {
       anthropic: { kind: 'anthropic', base_url: mock.url, api_key_secret: 'MOCK_PROVIDER_KEY' },
       gemini: { kind: 'gemini', base_url: `${mock.url}/v1beta`, api_key_secret: 'MOCK_PROVIDER_KEY' },
+      bedrock: { kind: 'bedrock', region: 'eu-central-1', base_url: mock.url },
+      vertex: { kind: 'vertex', region: 'europe-west4', project: 'mock-project', base_url: mock.url },
+      'workers-ai': { kind: 'workers-ai', account_id: 'acc0123', base_url: `${mock.url}/client/v4/accounts/acc0123/ai/v1` },
       openai: { kind: 'openai', base_url: `${mock.url}/v1`, api_key_secret: 'MOCK_PROVIDER_KEY' },
     },
   });

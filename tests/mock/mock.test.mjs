@@ -7,7 +7,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { startMock } from './server.mjs';
+import { createHash, createSign } from 'node:crypto';
+import { googleServiceAccount, sigv4Signature, startMock } from './server.mjs';
 
 const DEFAULT_TEXT = 'Hello from the mock provider.';
 const SERVER_PATH = fileURLToPath(new URL('./server.mjs', import.meta.url));
@@ -634,6 +635,317 @@ describe('Gemini', () => {
     // Same input, same vector, regardless of provider format.
     const openai = (await postJson(`${mock.url}/v1/embeddings`, { model: 'e', input: 'three' })).json;
     assert.deepEqual(openai.data[0].embedding, one.embedding.values);
+  });
+});
+
+describe('Amazon Bedrock', () => {
+  const bedrockBody = (extra = {}) => ({
+    system: [{ text: 'Be brief.' }],
+    messages: [{ role: 'user', content: [{ text: 'Say hi please' }] }],
+    ...extra,
+  });
+  const PROMPT = 2 + 3 + 1;
+  const MODEL = 'eu.anthropic.claude-sonnet-4-5-20250929-v1:0';
+  const CREDS = { id: 'AKIAIOSFODNN7EXAMPLE', secret: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' };
+
+  /** POSTs `body` SigV4-signed as the gateway signs (every header, host from the URL). */
+  async function signedPost(url, body, { region = 'eu-central-1', service = 'bedrock', secret = CREDS.secret, token, headers: extra = {} } = {}) {
+    const u = new URL(url);
+    const text = JSON.stringify(body);
+    const date = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
+    const headers = {
+      'content-type': 'application/json',
+      'x-amz-date': date,
+      'x-amz-content-sha256': createHash('sha256').update(text).digest('hex'),
+      ...extra,
+    };
+    if (token) headers['x-amz-security-token'] = token;
+    const names = [...Object.keys(headers), 'host'].sort();
+    const signature = sigv4Signature({
+      method: 'POST', rawPath: u.pathname, query: u.search.slice(1), headers: { ...headers, host: u.host },
+      body: text, secret, date, region, service, signedHeaders: names.join(';'),
+    });
+    headers.authorization = `AWS4-HMAC-SHA256 Credential=${CREDS.id}/${date.slice(0, 8)}/${region}/${service}/aws4_request, SignedHeaders=${names.join(';')}, Signature=${signature}`;
+    return fetch(url, { method: 'POST', headers, body: text });
+  }
+
+  /** An independent event stream decoder: checks both CRCs, keeps string headers. */
+  function decodeEventStream(buf) {
+    const crc = (b) => {
+      let c = ~0;
+      for (const x of b) {
+        c ^= x;
+        for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+      }
+      return ~c >>> 0;
+    };
+    const out = [];
+    let at = 0;
+    while (at < buf.length) {
+      const total = buf.readUInt32BE(at);
+      const hlen = buf.readUInt32BE(at + 4);
+      assert.equal(buf.readUInt32BE(at + 8), crc(buf.subarray(at, at + 8)), 'prelude CRC');
+      assert.equal(buf.readUInt32BE(at + total - 4), crc(buf.subarray(at, at + total - 4)), 'message CRC');
+      const headers = {};
+      let h = at + 12;
+      while (h < at + 12 + hlen) {
+        const n = buf.readUInt8(h);
+        const name = buf.toString('utf8', h + 1, h + 1 + n);
+        assert.equal(buf.readUInt8(h + 1 + n), 7, 'string header');
+        const len = buf.readUInt16BE(h + 2 + n);
+        headers[name] = buf.toString('utf8', h + 4 + n, h + 4 + n + len);
+        h += 4 + n + len;
+      }
+      out.push({ headers, payload: buf.toString('utf8', at + 12 + hlen, at + total - 4) });
+      at += total;
+    }
+    return out;
+  }
+
+  const converse = (model = MODEL, stream = false) => `${mock.url}/model/${encodeURIComponent(model)}/${stream ? 'converse-stream' : 'converse'}`;
+
+  test('the signer reproduces AWS Signature Version 4 test suite vectors', () => {
+    const suite = { secret: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY', date: '20150830T123600Z', region: 'us-east-1', service: 'service' };
+    const host = 'example.amazonaws.com';
+    // get-vanilla-query-order-key-case and post-x-www-form-urlencoded.
+    assert.equal(
+      sigv4Signature({ ...suite, method: 'GET', rawPath: '/', query: 'Param2=value2&Param1=value1', headers: { host, 'x-amz-date': suite.date }, body: '', signedHeaders: 'host;x-amz-date' }),
+      'b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500',
+    );
+    assert.equal(
+      sigv4Signature({
+        ...suite, method: 'POST', rawPath: '/', headers: { host, 'x-amz-date': suite.date, 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'Param1=value1', signedHeaders: 'content-type;host;x-amz-date',
+      }),
+      'ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a',
+    );
+    // The hand-worked Bedrock request of src/aws/sigv4.rs: the model id's
+    // encoded ':' is encoded again in the canonical URI.
+    const body = '{"messages":[{"role":"user","content":[{"text":"Hello"}]}]}';
+    assert.equal(
+      sigv4Signature({
+        method: 'POST',
+        rawPath: '/model/eu.anthropic.claude-3-7-sonnet-20250219-v1%3A0/converse',
+        headers: {
+          accept: 'application/json', 'content-type': 'application/json', host: 'bedrock-runtime.eu-central-1.amazonaws.com',
+          'x-amz-content-sha256': createHash('sha256').update(body).digest('hex'), 'x-amz-date': '20261121T093015Z',
+          'x-amz-security-token': 'FwoGZXIvYXdzEXAMPLETOKEN',
+        },
+        body, secret: CREDS.secret, date: '20261121T093015Z', region: 'eu-central-1', service: 'bedrock',
+        signedHeaders: 'accept;content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token',
+      }),
+      '5fbc5632e75d319a5065d2580b57661fe0ec6b6ef1a471831b84bce4aaf53065',
+    );
+  });
+
+  test('converse: answer shape, usage, model id from the encoded path with directives', async () => {
+    const res = await signedPost(converse(`${MODEL};cached=7`), bedrockBody());
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'application/json');
+    assert.equal(res.headers.get('x-amzn-requestid'), `mock-${res.headers.get('x-mock-seq')}`);
+    assert.deepEqual(await res.json(), {
+      output: { message: { role: 'assistant', content: [{ text: DEFAULT_TEXT }] } },
+      stopReason: 'end_turn',
+      usage: { inputTokens: PROMPT, outputTokens: 4, totalTokens: PROMPT + 4, cacheReadInputTokens: 7, cacheWriteInputTokens: 0 },
+      metrics: { latencyMs: 0 },
+    });
+    const rec = mock.requests.at(-1);
+    assert.equal(rec.format, 'bedrock');
+    assert.deepEqual(rec.directives, { cached: '7' });
+    // An ARN (its ':' and '/' encoded) is one path segment.
+    const arn = 'arn:aws:bedrock:eu-central-1:123456789012:inference-profile/eu.amazon.nova-pro-v1:0';
+    const r = await signedPost(converse(arn), bedrockBody());
+    assert.equal(r.status, 200);
+    assert.equal(mock.requests.at(-1).path, `/model/${encodeURIComponent(arn)}/converse`);
+  });
+
+  test('tool use from toolConfig, finish mapping, usage=0', async () => {
+    const toolConfig = { tools: [{ toolSpec: { name: 'lookup', inputSchema: { json: { type: 'object' } } } }] };
+    const res = await signedPost(converse(`${MODEL};tools=2,text=Let me check.`), bedrockBody({ toolConfig }));
+    const json = await res.json();
+    assert.equal(json.stopReason, 'tool_use');
+    assert.deepEqual(json.output.message.content, [
+      { text: 'Let me check.' },
+      { toolUse: { toolUseId: 'tooluse_mock_0', name: 'lookup', input: { city: 'Paris', call: 0 } } },
+      { toolUse: { toolUseId: 'tooluse_mock_1', name: 'lookup', input: { city: 'Paris', call: 1 } } },
+    ]);
+    for (const [finish, stop] of [['length', 'max_tokens'], ['stop', 'end_turn'], ['content_filter', 'content_filtered']]) {
+      const r = await signedPost(converse(`${MODEL};finish=${finish}`), bedrockBody());
+      assert.equal((await r.json()).stopReason, stop);
+    }
+    const noUsage = await (await signedPost(converse(`${MODEL};usage=0`), bedrockBody())).json();
+    assert.deepEqual(noUsage.usage, { inputTokens: PROMPT, outputTokens: 4, totalTokens: PROMPT + 4 });
+  });
+
+  test('converse-stream: binary event stream, exact event sequence, CRCs valid', async () => {
+    const res = await signedPost(converse(`${MODEL};chunks=2,tools=1,echo=1,cached=3`, true), bedrockBody());
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'application/vnd.amazon.eventstream');
+    const messages = decodeEventStream(Buffer.from(await res.arrayBuffer()));
+    for (const m of messages) {
+      assert.equal(m.headers[':message-type'], 'event');
+      assert.equal(m.headers[':content-type'], 'application/json');
+    }
+    assert.deepEqual(messages.map((m) => m.headers[':event-type']), [
+      'messageStart',
+      'contentBlockDelta', 'contentBlockDelta', 'contentBlockStop',
+      'contentBlockStart', 'contentBlockDelta', 'contentBlockDelta', 'contentBlockStop',
+      'messageStop', 'metadata',
+    ]);
+    const data = messages.map((m) => JSON.parse(m.payload));
+    for (const d of data) assert.equal(d.p, 'abcdefgh', 'padded like Bedrock');
+    assert.equal(data[0].role, 'assistant');
+    assert.equal(data[1].delta.text + data[2].delta.text, 'Say hi please');
+    assert.deepEqual(data[4].start, { toolUse: { toolUseId: 'tooluse_mock_0', name: 'get_weather' } });
+    assert.equal(data[4].contentBlockIndex, 1);
+    assert.deepEqual(JSON.parse(data[5].delta.toolUse.input + data[6].delta.toolUse.input), { city: 'Paris', call: 0 });
+    assert.equal(data[8].stopReason, 'tool_use');
+    assert.deepEqual(data[9].usage, { inputTokens: PROMPT, outputTokens: 4, totalTokens: PROMPT + 4, cacheReadInputTokens: 3, cacheWriteInputTokens: 0 });
+  });
+
+  test('errors: status, x-amzn-errortype and a {message} body', async () => {
+    for (const [status, type] of [[429, 'ThrottlingException'], [400, 'ValidationException'], [424, 'ModelErrorException'], [503, 'ServiceUnavailableException'], [500, 'InternalServerException']]) {
+      const res = await signedPost(converse(`${MODEL};status=${status},retry_after=3`), bedrockBody());
+      assert.equal(res.status, status);
+      assert.equal(res.headers.get('x-amzn-errortype'), `${type}:http://internal.amazon.com/coral/com.amazon.bedrock/`);
+      assert.equal(res.headers.get('retry-after'), '3');
+      assert.deepEqual(Object.keys(await res.json()), ['message']);
+    }
+  });
+
+  test('SigV4: missing, malformed, wrong service or region are 403s; sigv4=0 skips the check', async () => {
+    const unsigned = await post(converse(), bedrockBody());
+    assert.equal(unsigned.status, 403);
+    assert.match(unsigned.headers.get('x-amzn-errortype'), /^MissingAuthenticationTokenException:/);
+    const malformed = await post(converse(), bedrockBody(), { authorization: 'Bearer abc', 'x-amz-date': '20250101T000000Z' });
+    assert.equal(malformed.status, 403);
+    assert.match(malformed.headers.get('x-amzn-errortype'), /^IncompleteSignatureException:/);
+    const wrongService = await signedPost(converse(), bedrockBody(), { service: 's3' });
+    assert.equal(wrongService.status, 403);
+    assert.match((await wrongService.json()).message, /scoped to correct service: 'bedrock'/);
+    // region= pins the credential scope's region.
+    const pinned = `${mock.url}/_mock/region=eu-central-1/model/${encodeURIComponent(MODEL)}/converse`;
+    assert.equal((await signedPost(pinned, bedrockBody(), { region: 'eu-central-1' })).status, 200);
+    const wrongRegion = await signedPost(pinned, bedrockBody(), { region: 'us-east-1' });
+    assert.equal(wrongRegion.status, 403);
+    assert.match(wrongRegion.headers.get('x-amzn-errortype'), /^InvalidSignatureException:/);
+    // Session tokens must be signed; a signed one passes.
+    assert.equal((await signedPost(converse(), bedrockBody(), { token: 'FwoGZXIvYXdzEXAMPLE' })).status, 200);
+    assert.equal((await post(`${mock.url}/_mock/sigv4=0/model/m/converse`, bedrockBody())).status, 200);
+  });
+
+  test('SigV4: with aws_secret the signature itself is verified', async () => {
+    const url = `${mock.url}/_mock/aws_secret=${encodeURIComponent(CREDS.secret)},region=eu-central-1/model/${encodeURIComponent(MODEL)}/converse-stream`;
+    const good = await signedPost(url, bedrockBody(), { headers: { accept: 'application/vnd.amazon.eventstream' } });
+    assert.equal(good.status, 200);
+    assert.equal(decodeEventStream(Buffer.from(await good.arrayBuffer())).at(-1).headers[':event-type'], 'metadata');
+    const bad = await signedPost(url, bedrockBody(), { secret: 'not-the-secret' });
+    assert.equal(bad.status, 403);
+    assert.match((await bad.json()).message, /signature we calculated does not match/);
+  });
+
+  test('stream faults: error_after sends an exception, malformed a non-JSON event, bad_crc a corrupt frame, cut_after drops', async () => {
+    const read = async (directives) => Buffer.from(await (await signedPost(converse(`${MODEL};${directives}`, true), bedrockBody())).arrayBuffer());
+    let messages = decodeEventStream(await read('error_after=1'));
+    assert.deepEqual(messages.map((m) => m.headers[':event-type'] ?? m.headers[':exception-type']), ['messageStart', 'contentBlockDelta', 'internalServerException']);
+    assert.equal(messages.at(-1).headers[':message-type'], 'exception');
+    assert.deepEqual(JSON.parse(messages.at(-1).payload), { message: '[mock] injected stream error' });
+    messages = decodeEventStream(await read('error_after=0,exception=throttlingException'));
+    assert.deepEqual(messages.map((m) => m.headers[':event-type'] ?? m.headers[':exception-type']), ['messageStart', 'throttlingException']);
+    messages = decodeEventStream(await read('malformed=1'));
+    assert.equal(messages[2].payload, '{"broken json');
+    assert.equal(messages.at(-1).headers[':event-type'], 'metadata');
+    const corrupt = await read('bad_crc=1');
+    assert.throws(() => decodeEventStream(corrupt), /message CRC/);
+    const res = await signedPost(converse(`${MODEL};chunks=5,cut_after=2`, true), bedrockBody());
+    await assert.rejects(res.arrayBuffer());
+  });
+});
+
+describe('Google Vertex AI', () => {
+  const PROJECT = '/v1/projects/p/locations/europe-west4/publishers';
+  let account;
+  before(() => {
+    account = googleServiceAccount(`${mock.url}/token`);
+    mock.addGoogleKey(account.email, account.publicKey);
+  });
+
+  /** A JWT as the gateway makes it, signed with `key` (PKCS #8 PEM). */
+  function jwt(key, claims = {}) {
+    const now = Math.floor(Date.now() / 1000);
+    const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const input = `${part({ alg: 'RS256', typ: 'JWT', kid: 'mock-key-1' })}.${part({
+      iss: account.email, scope: 'https://www.googleapis.com/auth/cloud-platform',
+      aud: `${mock.url}/token`, iat: now, exp: now + 3600, ...claims,
+    })}`;
+    return `${input}.${createSign('RSA-SHA256').update(input).sign(key).toString('base64url')}`;
+  }
+
+  async function exchange(assertion) {
+    const res = await fetch(`${mock.url}/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: `grant_type=${encodeURIComponent('urn:ietf:params:oauth:grant-type:jwt-bearer')}&assertion=${assertion}`,
+    });
+    return { status: res.status, json: await res.json() };
+  }
+
+  test('the token endpoint issues a token for a JWT signed by a registered key', async () => {
+    const key = JSON.parse(account.json).private_key;
+    const { status, json } = await exchange(jwt(key));
+    assert.equal(status, 200);
+    assert.match(json.access_token, /^ya29\.mock-\d+$/);
+    assert.equal(json.expires_in, 3599);
+    assert.equal(json.token_type, 'Bearer');
+  });
+
+  test('the token endpoint refuses a foreign signature, a wrong audience or an old JWT', async () => {
+    const stranger = JSON.parse(googleServiceAccount('x').json).private_key;
+    const own = JSON.parse(account.json).private_key;
+    for (const [assertion, why] of [
+      [jwt(stranger), 'Invalid JWT Signature.'],
+      [jwt(own, { aud: 'https://oauth2.googleapis.com/token' }), 'aud'],
+      [jwt(own, { iat: 1, exp: 3601 }), 'short-lived'],
+      [jwt(own, { iss: 'nobody@x' }), 'unknown service account'],
+    ]) {
+      const { status, json } = await exchange(assertion);
+      assert.equal(status, 400);
+      assert.equal(json.error, 'invalid_grant');
+      assert.ok(json.error_description.includes(why), json.error_description);
+    }
+  });
+
+  test('Vertex routes need an issued token; Gemini and Claude answer with one', async () => {
+    const body = { contents: [{ role: 'user', parts: [{ text: 'hi' }] }] };
+    const denied = await postJson(`${mock.url}${PROJECT}/google/models/gemini-2.5-flash:generateContent`, body);
+    assert.equal(denied.res.status, 401);
+    assert.equal(denied.json.error.status, 'UNAUTHENTICATED');
+
+    const { json: token } = await exchange(jwt(JSON.parse(account.json).private_key));
+    const auth = { authorization: `Bearer ${token.access_token}` };
+    const gemini = await postJson(`${mock.url}${PROJECT}/google/models/gemini-2.5-flash:generateContent`, body, auth);
+    assert.equal(gemini.res.status, 200);
+    assert.equal(gemini.json.candidates[0].content.parts[0].text, DEFAULT_TEXT);
+
+    const messages = { anthropic_version: 'vertex-2023-10-16', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] };
+    const claude = await postJson(`${mock.url}${PROJECT}/anthropic/models/claude-sonnet-4-5@20250929:rawPredict`, messages, auth);
+    assert.equal(claude.res.status, 200);
+    assert.equal(claude.json.model, 'claude-sonnet-4-5@20250929');
+    assert.equal(claude.json.content[0].text, DEFAULT_TEXT);
+
+    const stream = await post(`${mock.url}${PROJECT}/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict`, { ...messages, stream: true }, auth);
+    assert.equal(stream.headers.get('content-type'), 'text/event-stream');
+    const { events } = await readEvents(stream);
+    assert.equal(sseFields(events.at(-1).raw).event, 'message_stop');
+
+    for (const [bad, why] of [
+      [{ ...messages, anthropic_version: undefined }, 'anthropic_version'],
+      [{ ...messages, model: 'claude' }, 'model'],
+    ]) {
+      const r = await postJson(`${mock.url}${PROJECT}/anthropic/models/claude:rawPredict`, bad, auth);
+      assert.equal(r.res.status, 400);
+      assert.ok(r.json.error.message.startsWith(why), r.json.error.message);
+    }
   });
 });
 

@@ -1,7 +1,10 @@
 // Mock LLM provider for the gateway's end-to-end tests and benchmarks.
 //
 // Speaks the OpenAI (chat completions, Responses, embeddings, models),
-// Anthropic Messages (and count_tokens) and Google Gemini wire formats,
+// Anthropic Messages (and count_tokens), Google Gemini and Amazon Bedrock
+// Converse (binary event stream, SigV4-checked) wire formats, Google Vertex
+// AI (Gemini and Claude, behind an OAuth token endpoint that verifies RS256
+// service-account JWTs),
 // streaming and not, and injects
 // faults chosen per request through "directives" (see README.md). Every
 // non-control request is recorded so tests can assert what the gateway sent
@@ -15,6 +18,7 @@
 // Standalone: `node tests/mock/server.mjs --port 0` prints {"port":N}.
 
 import http from 'node:http';
+import { createHash, createHmac, generateKeyPairSync, verify as verifySignature } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -101,15 +105,27 @@ function faultsOf(d, stream) {
 
 // Greedy model segment, so the action is whatever follows the last ':'.
 const GEMINI_PATH = /\/models\/([^/]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$/;
+// Bedrock Runtime: the model id is one encoded segment (an ARN's `:` and `/` too).
+const BEDROCK_PATH = /\/model\/([^/]+)\/(converse|converse-stream)$/;
+// Vertex AI: Anthropic's models answer at rawPredict / streamRawPredict.
+const VERTEX_ANTHROPIC_PATH = /\/publishers\/anthropic\/models\/([^/]+):(rawPredict|streamRawPredict)$/;
+// A Vertex AI resource path: these routes require a token from `/token`.
+const VERTEX_RESOURCE = /\/projects\/[^/]+\/locations\/[^/]+\/publishers\//;
 
 /** Routes by path suffix so any base-URL prefix (Azure, Groq, Vertex...) works. */
 function resolveRoute(method, path) {
   if (method === 'POST') {
+    const vertex = VERTEX_RESOURCE.test(path);
     const g = GEMINI_PATH.exec(path);
     if (g) {
       const embed = g[2] === 'embedContent' || g[2] === 'batchEmbedContents';
-      return { format: embed ? 'gemini-embeddings' : 'gemini', action: g[2], rawModel: g[1] };
+      return { format: embed ? 'gemini-embeddings' : 'gemini', action: g[2], rawModel: g[1], vertex };
     }
+    const va = VERTEX_ANTHROPIC_PATH.exec(path);
+    if (va) return { format: 'anthropic', action: va[2], rawModel: va[1], vertex: true };
+    if (path.endsWith('/token')) return { format: 'google-token' };
+    const b = BEDROCK_PATH.exec(path);
+    if (b) return { format: 'bedrock', action: b[2], rawModel: b[1] };
     if (path.endsWith('/chat/completions')) return { format: 'openai' };
     if (path.endsWith('/messages/count_tokens')) return { format: 'anthropic-count' };
     if (path.endsWith('/messages')) return { format: 'anthropic' };
@@ -140,6 +156,7 @@ function textOf(value, sep) {
     if (typeof value.text === 'string') return value.text;
     if (value.content !== undefined) return textOf(value.content, sep); // Anthropic tool_result
     if (value.parts !== undefined) return textOf(value.parts, sep); // Gemini Content
+    if (value.toolResult !== undefined) return textOf(value.toolResult.content, sep); // Bedrock toolResult
   }
   return '';
 }
@@ -152,7 +169,7 @@ function countWords(s) {
 /** All prompt text (system included), for the deterministic prompt token count. */
 function promptText(format, body) {
   if (format === 'gemini') return textOf([body.systemInstruction, body.contents], ' ');
-  if (format === 'anthropic' || format === 'anthropic-count') return textOf([body.system, body.messages], ' ');
+  if (format === 'anthropic' || format === 'anthropic-count' || format === 'bedrock') return textOf([body.system, body.messages], ' ');
   if (format === 'responses') return textOf([body.instructions ?? '', body.input ?? ''], ' ');
   return textOf(body.messages, ' ');
 }
@@ -206,6 +223,10 @@ function lastToolResult(format, body) {
 }
 
 function toolNames(format, body) {
+  if (format === 'bedrock') {
+    const tools = body.toolConfig?.tools;
+    return Array.isArray(tools) ? tools.map((t) => t?.toolSpec?.name).filter((n) => typeof n === 'string' && n) : [];
+  }
   if (!Array.isArray(body.tools)) return [];
   let names;
   if (format === 'openai') names = body.tools.map((t) => t?.function?.name);
@@ -669,11 +690,296 @@ function geminiError(status, message) {
   return { error: { code: status, message, status: statuses[status] ?? (status >= 500 ? 'INTERNAL' : 'INVALID_ARGUMENT') } };
 }
 
+// ---------------------------------------------------------------------------
+// Amazon Bedrock (Converse, ConverseStream in the binary event stream)
+// ---------------------------------------------------------------------------
+
+const BEDROCK_STOP = { stop: 'end_turn', length: 'max_tokens', content_filter: 'content_filtered', tool: 'tool_use', tool_calls: 'tool_use' };
+const EVENT_STREAM_TYPE = 'application/vnd.amazon.eventstream';
+
+/** CRC-32 (IEEE), the checksum of event stream frames. */
+const CRC_TABLE = Int32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c;
+});
+export function crc32(buf) {
+  let c = -1;
+  for (let i = 0; i < buf.length; i++) c = CRC_TABLE[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
+
+/**
+ * One event stream message: prelude (total length, headers length, prelude
+ * CRC), string headers (`[[name, value]]`), payload, message CRC.
+ */
+export function eventStreamMessage(headers, payload) {
+  const hs = Buffer.concat(headers.map(([name, value]) => {
+    const n = Buffer.from(name);
+    const v = Buffer.from(value);
+    const h = Buffer.alloc(4 + n.length + v.length);
+    h.writeUInt8(n.length, 0);
+    n.copy(h, 1);
+    h.writeUInt8(7, 1 + n.length); // string
+    h.writeUInt16BE(v.length, 2 + n.length);
+    v.copy(h, 4 + n.length);
+    return h;
+  }));
+  const body = Buffer.from(payload);
+  const total = 16 + hs.length + body.length;
+  const out = Buffer.alloc(total);
+  out.writeUInt32BE(total, 0);
+  out.writeUInt32BE(hs.length, 4);
+  out.writeUInt32BE(crc32(out.subarray(0, 8)), 8);
+  hs.copy(out, 12);
+  body.copy(out, 12 + hs.length);
+  out.writeUInt32BE(crc32(out.subarray(0, total - 4)), total - 4);
+  return out;
+}
+
+/** Bedrock pads every event with a `p` field, so clients must ignore unknown fields. */
+const bedrockEvent = (type, obj) => eventStreamMessage(
+  [[':event-type', type], [':content-type', 'application/json'], [':message-type', 'event']],
+  JSON.stringify({ ...obj, p: 'abcdefgh' }),
+);
+const bedrockException = (type, message) => eventStreamMessage(
+  [[':exception-type', type], [':content-type', 'application/json'], [':message-type', 'exception']],
+  JSON.stringify({ message }),
+);
+
+/** usage=0 cannot drop Converse's usage (it is required), so it drops the cache fields. */
+function bedrockUsage(p) {
+  const u = { inputTokens: p.promptTokens, outputTokens: p.completionTokens, totalTokens: p.promptTokens + p.completionTokens };
+  if (p.usage) {
+    u.cacheReadInputTokens = p.cached;
+    u.cacheWriteInputTokens = 0;
+  }
+  return u;
+}
+
+function bedrockCompletion(p) {
+  const content = [];
+  if (p.text !== null) content.push({ text: p.text });
+  for (const t of p.tools) content.push({ toolUse: { toolUseId: `tooluse_mock_${t.index}`, name: t.name, input: t.args } });
+  return {
+    output: { message: { role: 'assistant', content } },
+    stopReason: mapFinish(BEDROCK_STOP, p.finish),
+    usage: bedrockUsage(p),
+    metrics: { latencyMs: 0 },
+  };
+}
+
+function* bedrockFrames(p, badCrc) {
+  yield meta(bedrockEvent('messageStart', { role: 'assistant' }));
+  let index = 0;
+  let first = true;
+  // bad_crc: the first content event's message CRC is flipped.
+  const content = (frame) => {
+    if (first && badCrc) frame[frame.length - 1] ^= 0xff;
+    first = false;
+    return piece(frame);
+  };
+  if (p.text !== null) {
+    for (const text of p.pieces) yield content(bedrockEvent('contentBlockDelta', { contentBlockIndex: index, delta: { text } }));
+    yield meta(bedrockEvent('contentBlockStop', { contentBlockIndex: index }));
+    index++;
+  }
+  for (const t of p.tools) {
+    yield meta(bedrockEvent('contentBlockStart', { contentBlockIndex: index, start: { toolUse: { toolUseId: `tooluse_mock_${t.index}`, name: t.name } } }));
+    for (const input of t.argPieces) yield content(bedrockEvent('contentBlockDelta', { contentBlockIndex: index, delta: { toolUse: { input } } }));
+    yield meta(bedrockEvent('contentBlockStop', { contentBlockIndex: index }));
+    index++;
+  }
+  yield meta(bedrockEvent('messageStop', { stopReason: mapFinish(BEDROCK_STOP, p.finish) }));
+  yield meta(bedrockEvent('metadata', { usage: bedrockUsage(p), metrics: { latencyMs: 0 } }));
+}
+
+function bedrockStream(p, d) {
+  return {
+    contentType: EVENT_STREAM_TYPE,
+    frames: bedrockFrames(p, flag(d.bad_crc)),
+    // Valid framing around a payload that is not JSON.
+    malformedFrame: eventStreamMessage([[':event-type', 'contentBlockDelta'], [':content-type', 'application/json'], [':message-type', 'event']], '{"broken json'),
+    errorFrame: () => bedrockException(d.exception ?? 'internalServerException', '[mock] injected stream error'),
+  };
+}
+
+const BEDROCK_ERRORS = {
+  400: 'ValidationException', 403: 'AccessDeniedException', 404: 'ResourceNotFoundException', 408: 'ModelTimeoutException',
+  424: 'ModelErrorException', 429: 'ThrottlingException', 500: 'InternalServerException', 503: 'ServiceUnavailableException',
+};
+
+/** The `x-amzn-errortype` header of a status (Bedrock puts the type there, not in the body). */
+function bedrockErrorType(status) {
+  const type = BEDROCK_ERRORS[status] ?? (status >= 500 ? 'InternalServerException' : 'ValidationException');
+  return `${type}:http://internal.amazon.com/coral/com.amazon.bedrock/`;
+}
+
+// --- SigV4: the Authorization header's shape, and the signature itself when
+// the test gives the secret key (`aws_secret=...`).
+
+const AUTHZ = /^AWS4-HMAC-SHA256 Credential=([^/,\s]+)\/(\d{8})\/([^/,\s]+)\/([^/,\s]+)\/aws4_request, ?SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})$/;
+
+/** RFC 3986 encoding of every byte but the unreserved ones, as SigV4 does. */
+function uriEncode(s) {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/**
+ * The SigV4 signature of a request (non-S3 rules: each path segment of the
+ * raw path encoded again). `headers` maps lower-case names to values.
+ */
+export function sigv4Signature({ method, rawPath, query = '', headers, body, secret, date, region, service, signedHeaders }) {
+  const canonicalUri = rawPath.split('/').map(uriEncode).join('/') || '/';
+  const canonicalQuery = query
+    .split('&')
+    .filter(Boolean)
+    .map((kv) => {
+      const i = kv.indexOf('=');
+      const [k, v] = i === -1 ? [kv, ''] : [kv.slice(0, i), kv.slice(i + 1)];
+      return [uriEncode(safeDecode(k)), uriEncode(safeDecode(v))];
+    })
+    .sort(([ak, av], [bk, bv]) => (ak < bk ? -1 : ak > bk ? 1 : av < bv ? -1 : av > bv ? 1 : 0))
+    .map(([k, v]) => `${k}=${v}`)
+    .join('&');
+  const names = signedHeaders.split(';');
+  const canonicalHeaders = names.map((n) => `${n}:${String(headers[n] ?? '').trim().replace(/\s+/g, ' ')}\n`).join('');
+  const payloadHash = createHash('sha256').update(body).digest('hex');
+  const creq = [method, canonicalUri, canonicalQuery, canonicalHeaders, signedHeaders, payloadHash].join('\n');
+  const scope = `${date.slice(0, 8)}/${region}/${service}/aws4_request`;
+  const sts = ['AWS4-HMAC-SHA256', date, scope, createHash('sha256').update(creq).digest('hex')].join('\n');
+  let key = `AWS4${secret}`;
+  for (const part of [date.slice(0, 8), region, service, 'aws4_request']) key = createHmac('sha256', key).update(part).digest();
+  return createHmac('sha256', key).update(sts).digest('hex');
+}
+
+/**
+ * Checks a Bedrock request's signature. Returns null when it is acceptable,
+ * else [errorType, message] for a 403 (AWS's own wording where it has one).
+ */
+function checkSigV4(req, d, rawPath, search, buf) {
+  const h = req.headers;
+  const authz = h.authorization;
+  if (!authz) return ['MissingAuthenticationTokenException', 'Missing Authentication Token'];
+  const m = AUTHZ.exec(authz);
+  if (!m) return ['IncompleteSignatureException', `[mock] malformed SigV4 Authorization header: ${authz.slice(0, 80)}`];
+  const [, , credDate, region, service, signedHeaders] = m;
+  const date = h['x-amz-date'];
+  if (!/^\d{8}T\d{6}Z$/.test(date ?? '')) return ['IncompleteSignatureException', '[mock] x-amz-date missing or not YYYYMMDDTHHMMSSZ'];
+  if (date.slice(0, 8) !== credDate) return ['InvalidSignatureException', "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP"];
+  if (service !== 'bedrock') return ['InvalidSignatureException', "Credential should be scoped to correct service: 'bedrock'."];
+  if (!/^[a-z]{2}(-gov)?-[a-z]+-\d$/.test(region)) return ['InvalidSignatureException', 'Credential should be scoped to a valid region.'];
+  if (d.region !== undefined && d.region !== region) return ['InvalidSignatureException', `Credential should be scoped to a valid region, not '${region}'.`];
+  const names = signedHeaders.split(';');
+  for (const required of ['host', 'x-amz-date']) {
+    if (!names.includes(required)) return ['InvalidSignatureException', `[mock] '${required}' must be a signed header`];
+  }
+  if (h['x-amz-security-token'] !== undefined && !names.includes('x-amz-security-token')) {
+    return ['InvalidSignatureException', '[mock] x-amz-security-token is sent but not signed'];
+  }
+  const sha = h['x-amz-content-sha256'];
+  if (sha !== undefined && sha !== createHash('sha256').update(buf).digest('hex')) {
+    return ['InvalidSignatureException', '[mock] x-amz-content-sha256 is not the hash of the body'];
+  }
+  if (d.aws_secret !== undefined) {
+    const want = sigv4Signature({ method: req.method, rawPath, query: search, headers: h, body: buf, secret: d.aws_secret, date, region, service, signedHeaders });
+    if (want !== m[6]) {
+      return ['InvalidSignatureException', 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.'];
+    }
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------
+// Google OAuth (service accounts) and Vertex AI's token check
+// ---------------------------------------------------------------------------
+
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const CLOUD_PLATFORM = 'https://www.googleapis.com/auth/cloud-platform';
+
+/**
+ * A test service account: an RSA key pair made here, and the key file JSON
+ * Google would issue for it, its `token_uri` pointing at `tokenUri`.
+ * Register `publicKey` with the mock (`googleKeys` or `addGoogleKey`).
+ */
+export function googleServiceAccount(tokenUri, email = 'gateway-test@mock-project.iam.gserviceaccount.com') {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const json = JSON.stringify({
+    type: 'service_account',
+    project_id: 'mock-project',
+    private_key_id: 'mock-key-1',
+    private_key: privateKey,
+    client_email: email,
+    client_id: '1',
+    token_uri: tokenUri,
+  });
+  return { email, json, publicKey };
+}
+
+const b64urlJson = (part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+
+/**
+ * The token endpoint: a form POST of the JWT bearer grant. The JWT must be
+ * RS256, signed by a registered account's key, with that account as `iss`,
+ * the cloud-platform `scope`, this endpoint as `aud`, and a current
+ * `iat`/`exp` at most an hour apart. Returns [status, body].
+ */
+function googleToken(state, buf, tokenUrl, seq, d) {
+  const refuse = (description) => [400, { error: 'invalid_grant', error_description: description }];
+  const form = new URLSearchParams(buf.toString('utf8'));
+  if (form.get('grant_type') !== JWT_BEARER) return [400, { error: 'unsupported_grant_type', error_description: `grant_type must be ${JWT_BEARER}` }];
+  const parts = (form.get('assertion') ?? '').split('.');
+  if (parts.length !== 3) return refuse('Invalid JWT: Token must be a short-lived token and in a reasonable timeframe');
+  let header;
+  let claims;
+  try {
+    header = b64urlJson(parts[0]);
+    claims = b64urlJson(parts[1]);
+  } catch {
+    return refuse('Invalid JWT: not base64url JSON');
+  }
+  if (header.alg !== 'RS256') return refuse(`Invalid JWT: alg ${header.alg}, expected RS256`);
+  const key = state.googleKeys.get(claims.iss);
+  if (!key) return refuse(`Invalid JWT: unknown service account ${claims.iss}`);
+  const signed = verifySignature('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), key, Buffer.from(parts[2], 'base64url'));
+  if (!signed) return refuse('Invalid JWT Signature.');
+  if (!String(claims.scope ?? '').split(' ').includes(CLOUD_PLATFORM)) return refuse(`Invalid JWT: scope ${claims.scope}`);
+  if (claims.aud !== tokenUrl) return refuse(`Invalid JWT: aud ${claims.aud}, expected ${tokenUrl}`);
+  const now = Math.floor(Date.now() / 1000);
+  if (!(claims.iat <= now + 300 && claims.iat >= now - 300 && claims.exp > now && claims.exp - claims.iat <= 3600)) {
+    return refuse('Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.');
+  }
+  const expiresIn = int(d.expires_in, 3599);
+  const token = `ya29.mock-${seq}`;
+  state.tokens.set(token, { email: claims.iss, expiresAt: Date.now() + expiresIn * 1000 });
+  return [200, { access_token: token, expires_in: expiresIn, token_type: 'Bearer' }];
+}
+
+/** Vertex AI's check of `Authorization: Bearer <token from /token>`. */
+function vertexAuthError(state, req) {
+  const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+  const issued = m && state.tokens.get(m[1]);
+  if (issued && issued.expiresAt > Date.now()) return null;
+  return {
+    error: {
+      code: 401,
+      message: 'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.',
+      status: 'UNAUTHENTICATED',
+    },
+  };
+}
+
 function errorBody(format, status) {
   const reason = status === 529 ? 'Overloaded' : http.STATUS_CODES[status] ?? 'Error';
   const message = `[mock] ${status} ${reason}`;
+  if (format === 'google-token') return { error: status >= 500 ? 'internal_failure' : 'invalid_request', error_description: message };
   if (format === 'anthropic' || format === 'anthropic-count') return anthropicError(status, message);
   if (format === 'gemini' || format === 'gemini-embeddings') return geminiError(status, message);
+  if (format === 'bedrock') return { message };
   return openaiError(status, message);
 }
 
@@ -888,7 +1194,9 @@ async function handle(state, req, res) {
 
   const { format } = route;
   const streamable = format === 'openai' || format === 'anthropic' || format === 'responses';
-  const stream = format === 'gemini' ? route.action === 'streamGenerateContent' : streamable && json.stream === true;
+  let stream = format === 'gemini' ? route.action === 'streamGenerateContent' : streamable && json.stream === true;
+  if (format === 'bedrock') stream = route.action === 'converse-stream';
+  if (format === 'anthropic' && route.vertex) stream = route.action === 'streamRawPredict';
   const faults = faultsOf(d, stream);
   const headers = { 'x-mock-seq': String(seq) };
   if (flag(d.provider_headers)) Object.assign(headers, PROVIDER_HEADERS);
@@ -896,14 +1204,38 @@ async function handle(state, req, res) {
   if (format === 'unknown') {
     return sendBody(res, 404, headers, JSON.stringify(openaiError(404, `Invalid URL (${req.method} ${path})`, 'unknown_url')), faults, pause);
   }
+  if (route.vertex) {
+    // Google checks the token before anything else; `oauth=0` skips it.
+    const denied = d.oauth === undefined || flag(d.oauth) ? vertexAuthError(state, req) : null;
+    if (denied) return sendBody(res, 401, headers, JSON.stringify(denied), faults, pause);
+    if (format === 'anthropic') {
+      let problem = null;
+      if (json.anthropic_version !== 'vertex-2023-10-16') problem = `anthropic_version: expected "vertex-2023-10-16", got ${JSON.stringify(json.anthropic_version)}`;
+      else if ('model' in json) problem = 'model: Extra inputs are not permitted (Vertex AI takes the model from the URL)';
+      if (problem) return sendBody(res, 400, headers, JSON.stringify(anthropicError(400, problem)), faults, pause);
+    }
+  }
+  if (format === 'bedrock') {
+    headers['x-amzn-requestid'] = `mock-${seq}`;
+    // AWS checks the signature before anything else; `sigv4=0` skips it.
+    const denied = d.sigv4 === undefined || flag(d.sigv4) ? checkSigV4(req, d, rawPath, search, buf) : null;
+    if (denied) {
+      headers['x-amzn-errortype'] = `${denied[0]}:http://internal.amazon.com/coral/com.amazon.coral.service/`;
+      return sendBody(res, 403, headers, JSON.stringify({ message: denied[1] }), faults, pause);
+    }
+  }
   if (status !== 200) {
     if (d.retry_after !== undefined) headers['retry-after'] = d.retry_after;
+    if (format === 'bedrock') headers['x-amzn-errortype'] = bedrockErrorType(status);
     return sendBody(res, status, headers, JSON.stringify(errorBody(format, status)), faults, pause);
   }
   if (!stream && flag(d.invalid_json)) return sendBody(res, 200, headers, '{"id": invalid', faults, pause);
 
   let payload;
-  if (format === 'models') {
+  if (format === 'google-token') {
+    const [tokenStatus, answer] = googleToken(state, buf, `${state.url}${rawPath}`, seq, d);
+    return sendBody(res, tokenStatus, headers, JSON.stringify(answer), faults, pause);
+  } else if (format === 'models') {
     payload = MODELS_LIST;
   } else if (format === 'embeddings') {
     payload = JSON.stringify(openaiEmbeddings(json, model));
@@ -917,6 +1249,7 @@ async function handle(state, req, res) {
       let s;
       if (format === 'openai') s = openaiStream(plan, json);
       else if (format === 'anthropic') s = anthropicStream(plan);
+      else if (format === 'bedrock') s = bedrockStream(plan, d);
       else if (format === 'responses') s = responsesStream(plan, json);
       else s = geminiStream(plan, query.alt === 'sse');
       return sendStream(res, headers, s, faults, pause);
@@ -924,6 +1257,7 @@ async function handle(state, req, res) {
     let reply;
     if (format === 'openai') reply = openaiCompletion(plan);
     else if (format === 'anthropic') reply = anthropicMessage(plan);
+    else if (format === 'bedrock') reply = bedrockCompletion(plan);
     else if (format === 'responses') reply = responsesObject(plan, json, true);
     else reply = geminiCompletion(plan);
     payload = JSON.stringify(reply);
@@ -939,12 +1273,17 @@ async function handle(state, req, res) {
  * Starts the mock on 127.0.0.1. `maxRequests` caps the recording (oldest
  * dropped first). Returns { port, url, requests, clear(), close() }.
  */
-export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS } = {}) {
+export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS, googleKeys = {} } = {}) {
   const requests = [];
   const state = {
     seq: 0, // never reset, so `?since=` stays meaningful across clears
     requests,
     failCounts: new Map(),
+    url: '',
+    // Service accounts the token endpoint knows: client_email -> public key PEM.
+    googleKeys: new Map(Object.entries(googleKeys)),
+    // Access tokens it issued: token -> { email, expiresAt }.
+    tokens: new Map(),
     record(entry) {
       requests.push(entry);
       if (requests.length > maxRequests) requests.splice(0, requests.length - maxRequests);
@@ -979,13 +1318,18 @@ export async function startMock({ port = 0, maxRequests = DEFAULT_MAX_REQUESTS }
   });
 
   const actualPort = server.address().port;
+  state.url = `http://127.0.0.1:${actualPort}`;
   let closing = null;
   return {
     port: actualPort,
-    url: `http://127.0.0.1:${actualPort}`,
+    url: state.url,
     requests,
     clear() {
       requests.length = 0;
+    },
+    /** Lets the token endpoint verify JWTs of this service account. */
+    addGoogleKey(email, publicKeyPem) {
+      state.googleKeys.set(email, publicKeyPem);
     },
     close() {
       closing ??= new Promise((resolve) => {

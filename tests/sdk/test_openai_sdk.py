@@ -3,12 +3,14 @@
 Run by tests/e2e/sdk.test.mjs, which starts the mock provider and the gateway
 and puts a routing config with these public models:
 
-- chat: `sdk-openai`, `sdk-anthropic`, `sdk-gemini` (the mock provider in
-  each wire format, answering SDK_TEXT) and the built-in `demo`;
-- tools: `sdk-openai-tools`, `sdk-anthropic-tools`, `sdk-gemini-tools` (two
-  parallel calls, `{"city": "Paris", "call": i}`);
-- embeddings: `sdk-emb-openai`, `sdk-emb-gemini`, `demo`, and
-  `sdk-emb-anthropic` (which must be refused).
+- chat: `sdk-openai`, `sdk-anthropic`, `sdk-gemini`, `sdk-bedrock`,
+  `sdk-vertex-gemini`, `sdk-vertex-claude`, `sdk-workers-ai` (the mock
+  provider in each wire format and on each regional provider kind, answering
+  SDK_TEXT) and the built-in `demo`;
+- tools: `sdk-<format>-tools` for each of those (two parallel calls,
+  `{"city": "Paris", "call": i}`);
+- embeddings: `sdk-emb-openai`, `sdk-emb-gemini`, `sdk-emb-workers-ai`,
+  `demo`, and `sdk-emb-anthropic` (which must be refused).
 
 Environment: GATEWAY_URL (required), GATEWAY_KEY (default sk-test-1),
 MOCK_URL (the mock provider, to read what it received; optional).
@@ -25,9 +27,22 @@ import openai
 from openai import OpenAI
 
 SDK_TEXT = "Hello from the SDK check"
-FORMATS = ("openai", "anthropic", "gemini")
+FORMATS = (
+    "openai",
+    "anthropic",
+    "gemini",
+    "bedrock",
+    "vertex-gemini",
+    "vertex-claude",
+    "workers-ai",
+)
 CHAT_MODELS = {f: f"sdk-{f}" for f in FORMATS} | {"demo": "demo"}
-EMBEDDING_MODELS = {"openai": "sdk-emb-openai", "gemini": "sdk-emb-gemini", "demo": "demo"}
+EMBEDDING_MODELS = {
+    "openai": "sdk-emb-openai",
+    "gemini": "sdk-emb-gemini",
+    "workers-ai": "sdk-emb-workers-ai",
+    "demo": "demo",
+}
 TOOLS = [
     {
         "type": "function",
