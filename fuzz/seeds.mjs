@@ -25,12 +25,16 @@ const openaiStreams = [...files('anthropic', (f) => f.endsWith('.openai.sse')), 
 const anthropicStreams = files('anthropic', (f) => f.endsWith('.anthropic.sse'));
 const geminiStreams = files('gemini', (f) => f.endsWith('.gemini.sse'));
 const responsesStreams = files('ingress', (f) => f.endsWith('.responses.sse'));
+const bindingStreams = files('workers_ai', (f) => f.endsWith('.binding.sse'));
+const eventStreams = files('bedrock', (f) => f.endsWith('.eventstream'));
 const splits = [[0, 0, 0, 0], [0, 40, 1, 7], [3, 1, 200, 9]];
 
 for (const s of splits) add('sse', s, [...openaiStreams, ...anthropicStreams, ...geminiStreams, ...responsesStreams]);
 for (const sel of [0, 1, 2]) for (const s of splits) add('stream_openai', [sel, ...s], openaiStreams);
-for (const sel of [0, 1]) for (const s of splits) add('stream_anthropic', [sel, ...s], anthropicStreams);
-for (const s of splits) add('stream_gemini', s, geminiStreams);
+for (const s of splits) add('stream_openai', [3, ...s], bindingStreams);
+for (const sel of [0, 1, 2, 3]) for (const s of splits) add('stream_anthropic', [sel, ...s], anthropicStreams);
+for (const sel of [0, 1]) for (const s of splits) add('stream_gemini', [sel, ...s], geminiStreams);
+for (const sel of [0, 1]) for (const s of splits) add('stream_bedrock', [sel, ...s], eventStreams);
 for (const s of splits) {
   add('stream_messages', [0, ...s], anthropicStreams);
   add('stream_messages', [1, ...s], openaiStreams);
@@ -41,16 +45,21 @@ for (const s of splits) {
   add('stream_responses', [3, ...s], openaiStreams);
 }
 
-// Whole answers: selector % 4 picks the provider, / 4 % 4 the client.
+// Whole answers: selector % 8 picks the provider (fuzz_targets/responses.rs
+// TARGETS), / 8 % 4 the client (chat, Messages, Responses; 3: error bodies).
 const answers = {
   0: [...files('anthropic', (f) => f.startsWith('response_') && f.endsWith('.openai.json')), ...files('ingress', (f) => f.startsWith('response_') && f.endsWith('.responses.json'))],
   1: files('anthropic', (f) => f.startsWith('response_') && f.endsWith('.anthropic.json')),
   2: files('gemini', (f) => f.startsWith('response_') && f.endsWith('.gemini.json')),
   3: files('anthropic', (f) => f.startsWith('response_') && f.endsWith('.openai.json')),
+  4: files('bedrock', (f) => f.startsWith('response_') && f.endsWith('.bedrock.json')),
+  5: files('gemini', (f) => f.startsWith('response_') && f.endsWith('.gemini.json')),
+  6: files('workers_ai', (f) => f.startsWith('response_') && f.endsWith('.binding.json')),
+  7: files('anthropic', (f) => f.startsWith('response_') && f.endsWith('.openai.json')),
 };
-const errors = [...files('anthropic', (f) => f.startsWith('error_')), ...files('gemini', (f) => f.startsWith('error_'))];
-for (const client of [0, 1, 2]) for (const [p, bodies] of Object.entries(answers)) add('responses', [client * 4 + Number(p)], bodies);
-for (const p of [0, 1, 2, 3]) add('responses', [12 + p], errors);
+const errors = [...files('anthropic', (f) => f.startsWith('error_')), ...files('gemini', (f) => f.startsWith('error_')), ...files('bedrock', (f) => f.startsWith('error_'))];
+for (const client of [0, 1, 2]) for (const [p, bodies] of Object.entries(answers)) add('responses', [client * 8 + Number(p)], bodies);
+for (const p of [0, 1, 2, 3, 4, 5, 6, 7]) add('responses', [24 + p], errors);
 
 // Requests: selector % 5 picks the parser.
 add('ingress', [0], [...files('anthropic', (f) => f.startsWith('request_') && f.endsWith('.openai.json')), ...files('gemini', (f) => f.startsWith('request_') && f.endsWith('.openai.json'))]);

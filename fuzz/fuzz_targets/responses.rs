@@ -15,11 +15,15 @@ const CHAT: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"x"}],
 const MESSAGES: &[u8] = br#"{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"x"}]}"#;
 const RESPONSES: &[u8] = br#"{"model":"m","input":"x"}"#;
 
-const TARGETS: [(&str, ProviderKind); 4] = [
+const TARGETS: [(&str, ProviderKind); 8] = [
     ("openai", ProviderKind::Openai),
     ("anthropic", ProviderKind::Anthropic),
     ("gemini", ProviderKind::Gemini),
     ("groq", ProviderKind::Groq),
+    ("bedrock", ProviderKind::Bedrock),
+    ("vertex", ProviderKind::Vertex),
+    ("workers-ai", ProviderKind::WorkersAi),
+    ("azure", ProviderKind::Azure),
 ];
 
 fn is_json(body: &[u8]) -> bool {
@@ -28,9 +32,9 @@ fn is_json(body: &[u8]) -> bool {
 
 fuzz_target!(|input: &[u8]| {
     let Some((&selector, body)) = input.split_first() else { return };
-    let (provider, kind) = TARGETS[(selector % 4) as usize];
+    let (provider, kind) = TARGETS[(selector % 8) as usize];
     let target = common::target(provider);
-    match (selector / 4) % 4 {
+    match (selector / 8) % 4 {
         0 => {
             let req = ChatRequest::parse(CHAT).expect("parses");
             if let Ok((out, _)) = providers::chat_response(&target, &req, body.to_vec(), common::NOW_S) {
@@ -38,7 +42,7 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         1 | 2 => {
-            let raw = if selector / 4 % 4 == 1 { MESSAGES } else { RESPONSES };
+            let raw = if selector / 8 % 4 == 1 { MESSAGES } else { RESPONSES };
             let mut client = if raw == MESSAGES {
                 ClientRequest::parse_messages(raw)
             } else {
@@ -54,7 +58,8 @@ fuzz_target!(|input: &[u8]| {
         }
         _ => {
             let status = 400 + u16::from(selector) % 200;
-            let e = providers::error_from_response(&target, status, None, body);
+            let headers = [("x-amzn-errortype".to_owned(), "ThrottlingException:x".to_owned())];
+            let e = providers::error_from_response(&target, status, &headers[..usize::from(selector % 2)], None, body);
             assert!(is_json(&e.to_body()));
         }
     }

@@ -1,5 +1,6 @@
-//! OpenAI-format streams (OpenAI, Azure, the compatible presets), passed
-//! through to chat clients: chunk boundaries never change the output.
+//! OpenAI-format streams (OpenAI, Azure, the compatible presets) passed
+//! through to chat clients, and Workers AI binding streams translated for
+//! them: chunk boundaries never change the output.
 #![no_main]
 
 mod common;
@@ -12,10 +13,11 @@ const REQ: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"
 
 fuzz_target!(|input: &[u8]| {
     let (seed, data) = input.split_at(input.len().min(5));
-    let provider = match seed.first().copied().unwrap_or(0) % 3 {
+    let provider = match seed.first().copied().unwrap_or(0) % 4 {
         0 => "openai",
         1 => "azure",
-        _ => "groq",
+        2 => "groq",
+        _ => "workers-ai",
     };
     let req = ChatRequest::parse(REQ).expect("the fuzz request parses");
     let target = common::target(provider);

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use edge_llm_gateway::config::Config;
 use edge_llm_gateway::error::GatewayError;
 use edge_llm_gateway::gateway::Translated;
-use edge_llm_gateway::providers::{StreamTranslator, Target};
+use edge_llm_gateway::providers::{Target, Translator};
 use futures::StreamExt;
 
 /// Unix seconds the translators date their output with: fixed, so two runs
@@ -21,7 +21,10 @@ const CONFIG: &str = r#"{"version":1,
     "azure":{"kind":"azure","base_url":"https://azure.example","api_version":"2024-10-21"},
     "groq":{"kind":"groq"},
     "anthropic":{"kind":"anthropic","base_url":"https://anthropic.example"},
-    "gemini":{"kind":"gemini","base_url":"https://gemini.example"}},
+    "gemini":{"kind":"gemini","base_url":"https://gemini.example"},
+    "bedrock":{"kind":"bedrock","region":"eu-central-1"},
+    "vertex":{"kind":"vertex","project":"p","region":"europe-west4"},
+    "workers-ai":{"kind":"workers-ai","binding":"AI"}},
   "models":{"m":{"targets":[{"provider":"openai","model":"m"}]}}}"#;
 
 /// The fuzzers' config.
@@ -32,9 +35,15 @@ pub fn config() -> &'static Config {
 
 /// The target of a provider in [`config`].
 pub fn target(provider: &'static str) -> Target<'static> {
+    target_model(provider, "m")
+}
+
+/// The target of a provider in [`config`] for a given model (Vertex picks
+/// its wire format by the model's publisher).
+pub fn target_model(provider: &'static str, model: &'static str) -> Target<'static> {
     let c = config();
     let (name, p) = c.providers.get_key_value(provider).expect("known provider");
-    Target { name, provider: p, model: "m" }
+    Target { name, provider: p, model }
 }
 
 /// `data` cut at two points chosen by `seed` (pieces may be empty).
@@ -61,7 +70,7 @@ pub fn bytewise(data: &[u8]) -> Vec<&[u8]> {
 
 /// The client bytes and the closing error (its message) of an upstream
 /// body arriving in `chunks`, through the gateway's stream translation.
-pub fn translate(translator: Box<dyn StreamTranslator>, chunks: &[&[u8]]) -> (Vec<u8>, Option<String>) {
+pub fn translate(translator: Translator, chunks: &[&[u8]]) -> (Vec<u8>, Option<String>) {
     let owned: Vec<Result<Vec<u8>, String>> = chunks.iter().map(|c| Ok(c.to_vec())).collect();
     let upstream = Box::pin(futures::stream::iter(owned));
     let mut stream = Translated::new("fuzz", upstream, translator);
@@ -86,10 +95,11 @@ fn describe(e: &GatewayError) -> String {
 }
 
 /// Translating `data` whole and cut in three gives the same bytes and the
-/// same error: chunk boundaries never matter. (Byte-by-byte delivery of
+/// same error: chunk boundaries never matter (SSE and AWS event-stream
+/// framing alike: the gateway picks the decoder by the translator). (Byte-by-byte delivery of
 /// every fixture is a unit test; here random cuts over millions of inputs
 /// cover the boundaries at a third less cost per input.)
-pub fn check_boundaries(make: &dyn Fn() -> Box<dyn StreamTranslator>, data: &[u8], seed: &[u8]) {
+pub fn check_boundaries(make: &dyn Fn() -> Translator, data: &[u8], seed: &[u8]) {
     let whole = translate(make(), &[data]);
     let cut = translate(make(), &split(data, seed));
     assert_eq!(whole, cut, "output depends on where the input was cut");

@@ -1,0 +1,23 @@
+//! Amazon Bedrock Converse streams: the AWS event-stream decoder (binary
+//! frames, CRC-checked) and the Converse translator behind it, for chat
+//! clients: chunk boundaries never change the output or the error.
+#![no_main]
+
+mod common;
+
+use edge_llm_gateway::api::ChatRequest;
+use edge_llm_gateway::providers;
+use libfuzzer_sys::fuzz_target;
+
+const REQS: [&[u8]; 2] = [
+    br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+];
+
+fuzz_target!(|input: &[u8]| {
+    let (seed, data) = input.split_at(input.len().min(5));
+    let req = ChatRequest::parse(REQS[seed.first().copied().unwrap_or(0) as usize % 2]).expect("parses");
+    let target = common::target("bedrock");
+    let make = || providers::stream_translator(&target, &req, common::NOW_S);
+    common::check_boundaries(&make, data, &seed[seed.len().min(1)..]);
+});
