@@ -84,6 +84,11 @@ impl<'a> ChatRequest<'a> {
         field(&self.fields, key)
     }
 
+    /// Every top-level field, in the body's order, as raw JSON.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
     /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.
     pub fn parse_field<T: Deserialize<'a> + Default>(&self, key: &str) -> Result<T, GatewayError> {
         parse_field(&self.fields, key)

@@ -177,7 +177,20 @@ impl Prepared<'_> {
             Request::Ingress(r) => r.ingress(),
             Request::Embeddings(_) => return reply,
         };
+        let event_stream = reply
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "content-type" && v.starts_with("text/event-stream"));
         reply.body = match reply.body {
+            // A whole stream (a cached one, replayed): its deltas, restored
+            // as a stream would be.
+            ReplyBody::Full(bytes) if event_stream => {
+                let mut r = restore::StreamRestorer::new(vault.clone(), protocol);
+                let mut out = Vec::with_capacity(bytes.len());
+                r.push(&bytes, &mut out);
+                r.finish(&mut out);
+                ReplyBody::Full(out)
+            }
             ReplyBody::Full(bytes) => {
                 ReplyBody::Full(restore::restore_body(&bytes, vault).unwrap_or(bytes))
             }

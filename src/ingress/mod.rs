@@ -111,7 +111,7 @@ use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
 use crate::providers::{self, StreamTranslator, Target, Translator, fnv1a, openai};
-use crate::sse::SseParser;
+use crate::sse::{SseEvent, SseParser};
 
 use messages::{ChunksToMessageEvents, MessageEventsRelay, MessagesRequest};
 use responses::{ChunksToResponseEvents, ResponseEventsRelay, ResponsesRequest};
@@ -489,12 +489,13 @@ impl<'r> Call<'r> {
     /// `now_s` (Unix seconds) dates what a translator builds.
     pub fn stream_translator(&self, target: &Target<'_>, now_s: u64) -> Translator {
         match self {
-            // A stream rewritten on its way (PII restoration) is never
-            // handed to the runtime's pipe.
+            // A stream rewritten or kept on its way (PII restoration, a
+            // cached or continued answer) is never handed to the runtime's
+            // pipe. An event stream never is anyway.
             Call::Chat(r) if !r.native_pipe => match providers::stream_translator(target, r, now_s)
             {
-                Translator::Sse(t) => Translator::Sse(Box::new(InRust(t))),
-                Translator::EventStream(t) => Translator::EventStream(Box::new(InRust(t))),
+                Translator::Sse(inner) => Translator::Sse(Box::new(InRust(inner))),
+                other => other,
             },
             Call::Chat(r) => providers::stream_translator(target, r, now_s),
             Call::Native(c) => Translator::Sse(match c.body {
@@ -579,10 +580,10 @@ impl<'r> Call<'r> {
 
 /// A translator whose stream stays in Rust to its end: everything but
 /// [`StreamTranslator::native_tail`] (which says `None`) is the inner one's.
-struct InRust<E>(Box<dyn StreamTranslator<E>>);
+struct InRust(Box<dyn StreamTranslator>);
 
-impl<E> StreamTranslator<E> for InRust<E> {
-    fn on_event(&mut self, ev: E, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+impl StreamTranslator for InRust {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
         self.0.on_event(ev, out)
     }
 

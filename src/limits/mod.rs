@@ -49,7 +49,7 @@ pub use store::Row;
 
 use crate::keys::constant_time_eq;
 use calendar::{next_day_ms, next_month_ms};
-use lease::{LEASE_SHARE, MIN_SLICE_REQUESTS, REPORT_SLACK_MS, SLOT_SHARE, slice};
+use lease::{LEASE_SHARE, MIN_SLICE_REQUESTS, REPORT_SLACK_MS, SLOT_SHARE, is_zero, slice};
 use window::MinuteWindow;
 
 /// Length of the sliding rate windows.
@@ -174,6 +174,8 @@ pub struct UsageEvent {
     pub cached_tokens: u64,
     /// Whether the answer failed.
     pub error: bool,
+    /// Whether the response cache answered it (nothing was sent upstream).
+    pub cache_hit: bool,
 }
 
 /// The object's answer.
@@ -348,6 +350,9 @@ pub struct DayUsage {
     pub output_tokens: u64,
     /// Cached input tokens.
     pub cached_tokens: u64,
+    /// Of the requests, those the response cache answered.
+    #[serde(default)]
+    pub cache_hits: u64,
     /// Cost in USD.
     pub cost_usd: Money,
 }
@@ -440,6 +445,8 @@ struct Rollup {
     input_tokens: u64,
     output_tokens: u64,
     cached_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    cache_hits: u64,
     #[serde(with = "money::pico")]
     cost: Money,
 }
@@ -818,6 +825,7 @@ impl KeyState {
             expires_at_ms: s.expires_at_ms,
             allowed_models: s.allowed_models.clone(),
             tier: s.tier.clone(),
+            team: s.team.clone(),
             regions: s.allowed_regions.clone(),
             data_class: s.data_class.clone(),
             pii: s.pii.clone(),
@@ -1093,6 +1101,7 @@ impl KeyState {
                     input_tokens: 0,
                     output_tokens: 0,
                     cached_tokens: 0,
+                    cache_hits: 0,
                     cost: r.amount,
                 };
                 self.record_usage(r.admitted_ms, &c);
@@ -1119,6 +1128,7 @@ impl KeyState {
                     input_tokens: 0,
                     output_tokens: 0,
                     cached_tokens: 0,
+                    cache_hits: 0,
                     cost: l.money,
                 };
                 self.record_usage(l.granted_ms, &c);
@@ -1171,6 +1181,7 @@ impl KeyState {
         r.input_tokens += c.input_tokens;
         r.output_tokens += c.output_tokens;
         r.cached_tokens += c.cached_tokens;
+        r.cache_hits += c.cache_hits;
         r.cost = r.cost.plus(c.cost);
         self.touch(Table::Usage, &key);
         // Keep the newest USAGE_DAYS days; only a new entry can add a day.
@@ -1253,6 +1264,7 @@ impl KeyState {
                     input_tokens: r.input_tokens,
                     output_tokens: r.output_tokens,
                     cached_tokens: r.cached_tokens,
+                    cache_hits: r.cache_hits,
                     cost_usd: r.cost,
                 }
             })

@@ -57,6 +57,11 @@ before(async () => {
       'restore-messages': { targets: [{ provider: 'anth', model: 'claude;echo=1,chunks=17' }], pii: { mode: 'restore' } },
       'restore-responses': { targets: [{ provider: 'oai', model: 'gpt;echo=1,chunks=13' }], pii: { mode: 'restore' } },
       echo: { targets: [{ provider: 'plain', model: 'echo;echo=1' }] },
+      'restore-cached': {
+        targets: [{ provider: 'plain', model: 'echo;echo=1,chunks=9' }],
+        pii: { mode: 'restore' },
+        cache: { ttl_s: 300, scope: 'global' },
+      },
       internal: { targets: [{ provider: 'internal', model: 'i' }] },
       claude: { targets: [{ provider: 'anth', model: 'claude' }] },
       gpt: { targets: [{ provider: 'oai', model: 'gpt' }] },
@@ -237,6 +242,29 @@ test('restore mode works for Anthropic Messages and OpenAI Responses pass-throug
   assert.equal(deltas, SECRET_TEXT);
   const seqs = events.map((e) => e.json?.sequence_number).filter((s) => s !== undefined);
   assert.deepEqual(seqs, seqs.map((_, i) => seqs[0] + i), 'sequence numbers stay consecutive');
+});
+
+test('the response cache holds placeholders: each hit is restored with its own originals', async () => {
+  const mine = 'Mail ann@example.com about it.';
+  const theirs = 'Mail bob@example.org about it.';
+  const { result, requests } = await recorded(async () => {
+    const first = await chat(gw, ask('restore-cached', mine, { temperature: 0 }));
+    const second = await chat(gw, ask('restore-cached', theirs, { temperature: 0 }));
+    const streamed = await chat(gw, ask('restore-cached', theirs, { temperature: 0, stream: true }));
+    return {
+      states: [first, second, streamed].map((r) => r.headers.get('x-gateway-cache')),
+      first: (await first.json()).choices[0].message.content,
+      second: (await second.json()).choices[0].message.content,
+      streamed: streamText(await readSSE(streamed)),
+    };
+  });
+  // Both redact to the same request: one upstream call, two hits.
+  assert.deepEqual(result.states, ['miss', 'hit', 'hit']);
+  assert.equal(requests.length, 1);
+  assert.ok(requests[0].rawBody.includes('Mail [EMAIL_1] about it.'));
+  assert.equal(result.first, mine);
+  assert.equal(result.second, theirs, 'a hit carries its own request\'s originals, never another\'s');
+  assert.equal(result.streamed, theirs);
 });
 
 test('block mode answers 400 naming the kinds, and nothing is sent', async () => {
