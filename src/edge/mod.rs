@@ -95,13 +95,14 @@ thread_local! {
 ///    upstream request is already on its way, the client seeing nothing
 ///    until it says yes. A static key has no limits: nothing to decide
 ///    ([`accounting::admit`]).
-/// 6. **cache** — for a model with a `cache` policy, the exact-match
-///    response cache of the location: a hit is answered here, charged
-///    nothing; a miss goes on, and its complete answer is stored
-///    ([`gateway::Prepared::cache_plan`], [`response_cache`]).
-/// 7. **route** — candidates best-first for this caller: rules, data
+/// 6. **route** — candidates best-first for this caller: rules, data
 ///    residency from `request.cf` and the key, capabilities, strategy,
 ///    breakers ([`gateway::Prepared::route`], [`origin`]).
+/// 7. **cache** — for a model with a `cache` policy, the exact-match
+///    response cache of the location, keyed with the targets this caller
+///    may use: a hit is answered here, charged nothing; a miss goes on, and
+///    its complete answer is stored ([`gateway::Prepared::cache_plan`],
+///    [`response_cache`]).
 /// 8. **translate, send, fail over** — each candidate until one answers,
 ///    within the timeouts, a slow one hedged by the next when the model
 ///    says so ([`gateway::dispatch`]), raced with an overlapped admission
@@ -266,11 +267,28 @@ async fn chat(
     };
     let headers = req.headers();
     let header = |name: &str| headers.get(name).ok().flatten();
-    // 6. cache (a model with a `cache` policy): a hit is answered here
+    // 6. route (`request.cf` read only when routing needs it)
+    let origin = if config.needs_origin(prepared.model()) {
+        origin(req, env)
+    } else {
+        Origin::default()
+    };
+    let caller = Caller {
+        origin: &origin,
+        header: &header,
+        key_id: key.id(),
+        tier: routing.tier.as_deref(),
+        jurisdictions: routing.regions.as_deref(),
+        random: random_unit(),
+    };
+    let routed = prepared.route(&gctx, &caller);
+    // 7. cache (a model with a `cache` policy, once routed): a hit is
+    // answered here
     let scope = key.object_name();
     let asker = cache::Asker {
         key_id: &scope,
         team: routing.team.as_deref(),
+        targets: "",
     };
     let (cache_state, store_at) = match prepared.cache_plan(&header, asker) {
         Plan::Off => (None, None),
@@ -313,20 +331,6 @@ async fn chat(
             (Some("miss"), url.map(|u| (u, ttl_s)))
         }
     };
-    // 7. route (`request.cf` read only when routing needs it)
-    let origin = if config.needs_origin(prepared.model()) {
-        origin(req, env)
-    } else {
-        Origin::default()
-    };
-    let caller = Caller {
-        origin: &origin,
-        header: &header,
-        key_id: key.id(),
-        tier: routing.tier.as_deref(),
-        jurisdictions: routing.regions.as_deref(),
-        random: random_unit(),
-    };
     // 8. translate, send, fail over (the admission alongside, if overlapped)
     let (end_tx, end_rx) = oneshot::channel::<StreamOutcome>();
     let report: StreamEnd = Box::new(move |outcome| {
@@ -350,7 +354,6 @@ async fn chat(
     } else {
         (report, None)
     };
-    let routed = prepared.route(&gctx, &caller);
     // An answer that may be abandoned early (an overlapped admission may
     // refuse; a hedged attempt may lose) needs an abort controller.
     let hedged = config
@@ -453,6 +456,7 @@ async fn chat(
                         && let Ok(sse) = kept.await
                         && let Some(entry) = cache::Entry::from_stream(&sse)
                     {
+                        let entry = entry.with_usage(usage.as_ref());
                         response_cache::store(url, entry, ttl_s).await;
                     }
                     accounting::flush_here(env_for_flush).await;
@@ -569,6 +573,9 @@ struct UsageLog<'a> {
     provider: Option<&'a str>,
     target_model: Option<&'a str>,
     attempts: usize,
+    /// A hedge started another target beside a slow one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hedged: bool,
     /// Hedged attempts that lost, `provider/model`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     hedge_lost: Vec<String>,
@@ -607,6 +614,7 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         provider: s.served.as_ref().map(|x| x.provider.as_str()),
         target_model: s.served.as_ref().map(|x| x.model.as_str()),
         attempts: s.served.as_ref().map_or(0, |x| x.attempts),
+        hedged: s.served.as_ref().is_some_and(|x| x.hedged),
         hedge_lost: s.served.as_ref().map_or_else(Vec::new, |x| {
             x.hedge_losers
                 .iter()
@@ -657,7 +665,7 @@ fn second_leg_starter(
     started: u64,
 ) -> continuation::StartLeg {
     let env = env.clone();
-    Box::new(move |prefix: String| {
+    Box::new(move |prefix: String, used: u64| {
         Box::pin(async move {
             let broken = broken?;
             if now_ms() >= started + config.failover.total_timeout_ms {
@@ -685,10 +693,16 @@ fn second_leg_starter(
             let cell = outcome.clone();
             let on_end: StreamEnd = Box::new(move |o| *cell.borrow_mut() = Some(o));
             let fetch = upstream::FetchUpstream::new(&env, false);
-            let reply =
-                continuation::second_leg(&fetch, &gctx, &prepared, &broken, &prefix, on_end)
-                    .await
-                    .ok()?;
+            let reply = continuation::second_leg(
+                &fetch,
+                &gctx,
+                &prepared,
+                &broken,
+                (&prefix, used),
+                on_end,
+            )
+            .await
+            .ok()?;
             let served = reply.served.clone()?;
             match reply.body {
                 ReplyBody::Stream(body) => Some(continuation::Leg {
