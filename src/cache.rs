@@ -51,6 +51,9 @@ pub struct Asker<'a> {
     pub key_id: &'a str,
     /// The key's team, if it has one.
     pub team: Option<&'a str>,
+    /// The targets routing lets it use ([`crate::routing::fingerprint`]):
+    /// requests routed to other targets never share an answer.
+    pub targets: &'a str,
 }
 
 /// The cache key of a request, or `None` when the policy does not let it
@@ -94,6 +97,8 @@ pub fn key(req: &ChatRequest<'_>, policy: &CachePolicy, asker: Asker<'_>) -> Opt
     h.update(b"gateway-cache-v1\n");
     h.update(scope.as_bytes());
     h.update(b"\n");
+    h.update(asker.targets.as_bytes());
+    h.update(b"\n\n");
     h.update(text.as_bytes());
     Some(crate::keys::hex(&h.finalize()))
 }
@@ -295,6 +300,19 @@ impl Entry {
             chunks: Some(chunks),
             usage,
         })
+    }
+
+    /// The entry with `usage` (what the provider reported, as settled) when
+    /// the answer as the client got it carried none: a stream whose client
+    /// did not ask for the usage chunk, which a later client may.
+    pub fn with_usage(mut self, usage: Option<&crate::api::Usage>) -> Entry {
+        if self.usage.is_none()
+            && let Some(u) = usage
+            && let Ok(json) = serde_json::to_string(u)
+        {
+            self.usage = RawValue::from_string(json).ok();
+        }
+        self
     }
 
     /// The answer for a client that does not stream.

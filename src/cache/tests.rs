@@ -14,6 +14,7 @@ fn policy(scope: CacheScope, sampled: bool) -> CachePolicy {
 const ME: Asker<'static> = Asker {
     key_id: "k1",
     team: Some("search"),
+    targets: "a/m\nb/m",
 };
 
 fn key_of(body: &str, p: &CachePolicy, asker: Asker<'_>) -> Option<String> {
@@ -51,13 +52,11 @@ fn field_order_spacing_and_delivery_do_not_change_the_key() {
 
 #[test]
 fn scopes_keep_keys_and_teams_apart() {
-    let other_key = Asker {
-        key_id: "k2",
-        team: Some("search"),
-    };
+    let other_key = Asker { key_id: "k2", ..ME };
     let other_team = Asker {
         key_id: "k3",
         team: Some("ads"),
+        ..ME
     };
     let key = policy(CacheScope::Key, false);
     assert_ne!(key_of(Q, &key, ME), key_of(Q, &key, other_key));
@@ -71,6 +70,13 @@ fn scopes_keep_keys_and_teams_apart() {
         key_of(Q, &key, ME),
         "scopes never share"
     );
+    // Routed to other targets (another jurisdiction, tier or rule): never
+    // the same entry, whatever the scope.
+    let eu_only = Asker {
+        targets: "b/m",
+        ..ME
+    };
+    assert_ne!(key_of(Q, &global, ME), key_of(Q, &global, eu_only));
 }
 
 #[test]
@@ -223,4 +229,32 @@ fn a_capture_hands_over_a_whole_stream_only() {
     let (mut s, rx) = capture(big);
     futures::executor::block_on(async { while s.next().await.is_some() {} });
     assert!(futures::executor::block_on(rx).is_err());
+}
+
+#[test]
+fn a_stream_stored_without_its_usage_chunk_gets_the_settled_usage() {
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"gpt\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    let sse = format!(
+        "{}{}data: [DONE]\n\n",
+        chunk(r#"{"content":"Hi"}"#, "null"),
+        chunk("{}", r#""stop""#)
+    );
+    let usage = crate::api::Usage::new(5, 1, None);
+    let e = Entry::from_stream(sse.as_bytes())
+        .unwrap()
+        .with_usage(Some(&usage));
+    let replay = String::from_utf8(e.to_stream(true)).unwrap();
+    assert!(
+        replay.contains(r#""usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}"#),
+        "{replay}"
+    );
+    assert!(
+        !String::from_utf8(e.to_stream(false))
+            .unwrap()
+            .contains("usage")
+    );
 }

@@ -97,16 +97,18 @@ thread_local! {
 ///    upstream request is already on its way, the client seeing nothing
 ///    until it says yes. A static key has no limits: nothing to decide
 ///    ([`accounting::admit`]).
-/// 6. **trust, cache** — the data class (header, metadata, key) and PII
+/// 6. **trust, route** — the data class (header, metadata, key) and PII
 ///    redaction, the request prepared again from its redacted body
-///    ([`gateway::screen`]); then, for a model with a `cache` policy, the
-///    exact-match response cache of the location (keyed by the redacted
-///    request, so it never holds the originals): a hit is answered here,
-///    charged nothing; a miss goes on, and its complete answer is stored
-///    ([`gateway::Prepared::cache_plan`], [`response_cache`]).
-/// 7. **route** — candidates best-first for this caller: rules, data
-///    residency from `request.cf` and the key, data classes, capabilities,
-///    strategy, breakers ([`gateway::Prepared::route`], [`origin`]).
+///    ([`gateway::screen`]); then candidates best-first for this caller:
+///    rules, data residency from `request.cf` and the key, data classes,
+///    capabilities, strategy, breakers ([`gateway::Prepared::route`],
+///    [`origin`]).
+/// 7. **cache** — for a model with a `cache` policy, the exact-match
+///    response cache of the location, keyed with the targets this caller
+///    may use and the redacted request (it never holds originals): a hit is
+///    answered here, charged nothing; a miss goes on, and its complete
+///    answer is stored ([`gateway::Prepared::cache_plan`],
+///    [`response_cache`]).
 /// 8. **translate, send, fail over** — each candidate until one answers,
 ///    within the timeouts, a slow one hedged by the next when the model
 ///    says so ([`gateway::dispatch`]), raced with an overlapped admission
@@ -329,10 +331,10 @@ async fn chat(
     };
     let headers = req.headers();
     let header = |name: &str| headers.get(name).ok().flatten();
-    // 6. trust — data class and PII redaction (gateway::screen); a
+    // 6. trust, then route — data class and PII redaction (gateway::screen); a
     //    redacted request is prepared again from its redacted body, before
-    //    the cache: its key is the redacted request, and it never holds
-    //    originals
+    //    routing and the cache: the cache key is the redacted request, and
+    //    the cache never holds originals
     let key_trust = gateway::KeyTrust {
         data_class: routing.data_class.as_deref(),
         pii: routing.pii.as_ref(),
@@ -347,19 +349,32 @@ async fn chat(
         &header,
         key_trust,
     );
-    // 6. cache (a model with a `cache` policy): a hit is answered here; a
-    //    request the trust step refused is not looked up
+    // route (`request.cf` read only when routing needs it)
+    let origin = if config.needs_origin(prepared.model()) {
+        origin(req, env)
+    } else {
+        Origin::default()
+    };
+    let caller = Caller {
+        origin: &origin,
+        header: &header,
+        key_id: key.id(),
+        tier: routing.tier.as_deref(),
+        jurisdictions: routing.regions.as_deref(),
+        random: random_unit(),
+    };
+    let routed = screened.and_then(|()| prepared.route(&gctx, &caller));
+    // 7. cache (a model with a `cache` policy, once routed): a hit is
+    // answered here
     let scope = key.object_name();
     let asker = cache::Asker {
         key_id: &scope,
         team: routing.team.as_deref(),
+        targets: "",
     };
-    let plan = if screened.is_ok() {
-        prepared.cache_plan(&header, asker)
-    } else {
-        Plan::Off
-    };
-    let (cache_state, store_at) = match plan {
+    // (A request the trust step or routing refused has no targets to key
+    // with: it bypasses the cache.)
+    let (cache_state, store_at) = match prepared.cache_plan(&header, asker) {
         Plan::Off => (None, None),
         Plan::Bypass => (Some("bypass"), None),
         Plan::Use {
@@ -401,20 +416,6 @@ async fn chat(
             (Some("miss"), url.map(|u| (u, ttl_s)))
         }
     };
-    // 7. route (`request.cf` read only when routing needs it)
-    let origin = if config.needs_origin(prepared.model()) {
-        origin(req, env)
-    } else {
-        Origin::default()
-    };
-    let caller = Caller {
-        origin: &origin,
-        header: &header,
-        key_id: key.id(),
-        tier: routing.tier.as_deref(),
-        jurisdictions: routing.regions.as_deref(),
-        random: random_unit(),
-    };
     // 8. translate, send, fail over (the admission alongside, if overlapped)
     let (end_tx, end_rx) = oneshot::channel::<StreamOutcome>();
     let report: StreamEnd = Box::new(move |outcome| {
@@ -438,7 +439,6 @@ async fn chat(
     } else {
         (report, None)
     };
-    let routed = screened.and_then(|()| prepared.route(&gctx, &caller));
     // An answer that may be abandoned early (an overlapped admission may
     // refuse; a hedged attempt may lose) needs an abort controller.
     let hedged = config
@@ -544,6 +544,7 @@ async fn chat(
                         && let Ok(sse) = kept.await
                         && let Some(entry) = cache::Entry::from_stream(&sse)
                     {
+                        let entry = entry.with_usage(usage.as_ref());
                         response_cache::store(url, entry, ttl_s).await;
                     }
                     accounting::flush_here(env_for_flush).await;
@@ -669,6 +670,9 @@ struct UsageLog<'a> {
     provider: Option<&'a str>,
     target_model: Option<&'a str>,
     attempts: usize,
+    /// A hedge started another target beside a slow one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hedged: bool,
     /// Hedged attempts that lost, `provider/model`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     hedge_lost: Vec<String>,
@@ -711,6 +715,7 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         provider: s.served.as_ref().map(|x| x.provider.as_str()),
         target_model: s.served.as_ref().map(|x| x.model.as_str()),
         attempts: s.served.as_ref().map_or(0, |x| x.attempts),
+        hedged: s.served.as_ref().is_some_and(|x| x.hedged),
         hedge_lost: s.served.as_ref().map_or_else(Vec::new, |x| {
             x.hedge_losers
                 .iter()
@@ -765,7 +770,7 @@ fn second_leg_starter(
     started: u64,
 ) -> continuation::StartLeg {
     let env = env.clone();
-    Box::new(move |prefix: String| {
+    Box::new(move |prefix: String, used: u64| {
         Box::pin(async move {
             let broken = broken?;
             if now_ms() >= started + config.failover.total_timeout_ms {
@@ -794,10 +799,16 @@ fn second_leg_starter(
             let cell = outcome.clone();
             let on_end: StreamEnd = Box::new(move |o| *cell.borrow_mut() = Some(o));
             let fetch = upstream::FetchUpstream::new(&env, false);
-            let reply =
-                continuation::second_leg(&fetch, &gctx, &prepared, &broken, &prefix, on_end)
-                    .await
-                    .ok()?;
+            let reply = continuation::second_leg(
+                &fetch,
+                &gctx,
+                &prepared,
+                &broken,
+                (&prefix, used),
+                on_end,
+            )
+            .await
+            .ok()?;
             let served = reply.served.clone()?;
             match reply.body {
                 ReplyBody::Stream(body) => Some(continuation::Leg {

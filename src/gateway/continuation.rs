@@ -41,11 +41,8 @@ use crate::sse::{SseParser, encode_data};
 /// assistant turn alone starts a new answer).
 pub const CONTINUATION_PROMPT: &str = "Your previous message was cut off. Continue it from exactly where it stopped, mid-word if need be: do not repeat any of it, do not comment, write only the rest.";
 
-/// Text the second leg may hold back while it looks for the overlap with
-/// the first: the seam is decided once this much has come (or the text
-/// stops matching, or the leg ends).
-const OVERLAP_WINDOW: usize = 64;
-/// The longest overlap looked for.
+/// The longest overlap looked for: the second leg's text is held back
+/// while it still repeats the end of the first's, up to this much.
 const MAX_OVERLAP: usize = 1_024;
 
 /// Whether a provider kind continues a trailing assistant turn itself.
@@ -62,8 +59,15 @@ pub fn prefills(kind: ProviderKind) -> bool {
 /// The continuation of `req` after `prefix`: its messages with the text so
 /// far as a trailing assistant turn (trailing whitespace trimmed, which
 /// Anthropic refuses in a prefill), and, unless the target `prefill`s, the
-/// continuation prompt after it. Every other field is kept.
-pub fn continuation_body(req: &ChatRequest<'_>, prefix: &str, prefill: bool) -> Option<Vec<u8>> {
+/// continuation prompt after it; an output cap (`max_tokens`,
+/// `max_completion_tokens`) less the `used` output of the first leg (at
+/// least 1). Every other field is kept.
+pub fn continuation_body(
+    req: &ChatRequest<'_>,
+    prefix: &str,
+    prefill: bool,
+    used: u64,
+) -> Option<Vec<u8>> {
     let assistant = serde_json::json!({"role": "assistant", "content": prefix.trim_end()});
     let mut turns = assistant.to_string();
     if !prefill {
@@ -88,6 +92,10 @@ pub fn continuation_body(req: &ChatRequest<'_>, prefix: &str, prefill: bool) -> 
             }
             out.push_str(&turns);
             out.push(']');
+        } else if let ("max_tokens" | "max_completion_tokens", Ok(cap)) =
+            (name, raw.get().parse::<u64>())
+        {
+            out.push_str(&cap.saturating_sub(used).max(1).to_string());
         } else {
             out.push_str(raw.get());
         }
@@ -97,16 +105,17 @@ pub fn continuation_body(req: &ChatRequest<'_>, prefix: &str, prefill: bool) -> 
 }
 
 /// Sends the second leg: the continuation of `prepared`'s chat request
-/// after `prefix`, to its routed candidates but the one that broke, in
-/// order and within the timeouts as the failover loop does (the total
-/// counted from the request's start, `ctx.now_ms`). The stream stays in
-/// Rust, to be rewritten; `on_end` gets its end.
+/// after `prefix` (the first leg having written `used` output tokens), to
+/// its routed candidates but the one that broke and those that failed
+/// before it, in order and within the timeouts as the failover loop does
+/// (the total counted from the request's start, `ctx.now_ms`). The stream
+/// stays in Rust, to be rewritten; `on_end` gets its end.
 pub async fn second_leg<U: Upstream>(
     upstream: &U,
     ctx: &Ctx<'_>,
     prepared: &Prepared<'_>,
     broken: &Served,
-    prefix: &str,
+    (prefix, used): (&str, u64),
     on_end: StreamEnd,
 ) -> Result<Reply, GatewayError> {
     let Request::Chat(req) = &prepared.req else {
@@ -117,8 +126,8 @@ pub async fn second_leg<U: Upstream>(
     let malformed = || GatewayError::Internal {
         message: "the continuation's body".into(),
     };
-    let prefill_body = continuation_body(req, prefix, true).ok_or_else(malformed)?;
-    let prompted_body = continuation_body(req, prefix, false).ok_or_else(malformed)?;
+    let prefill_body = continuation_body(req, prefix, true, used).ok_or_else(malformed)?;
+    let prompted_body = continuation_body(req, prefix, false, used).ok_or_else(malformed)?;
     let mut prefill = ChatRequest::parse(&prefill_body)?;
     let mut prompted = ChatRequest::parse(&prompted_body)?;
     prefill.native_pipe = false;
@@ -126,7 +135,11 @@ pub async fn second_leg<U: Upstream>(
     let candidates: Vec<Candidate<'_>> = prepared
         .candidates
         .iter()
-        .filter(|c| !(c.target.name == broken.provider && c.target.model == broken.model))
+        .filter(|c| {
+            let this = |(p, m): (&str, &str)| c.target.name == p && c.target.model == m;
+            !this((&broken.provider, &broken.model))
+                && !broken.failed.iter().any(|(p, m)| this((p, m)))
+        })
         .cloned()
         .collect();
     let policy = &prepared.config.failover;
@@ -156,9 +169,9 @@ pub struct Leg {
 /// Where a leg's stream reports its end.
 pub type LegOutcome = Rc<RefCell<Option<StreamOutcome>>>;
 
-/// Starts a second leg with the text the client has so far; `None` when no
-/// target could.
-pub type StartLeg = Box<dyn FnOnce(String) -> Pin<Box<dyn Future<Output = Option<Leg>>>>>;
+/// Starts a second leg with the text the client has so far and the output
+/// tokens the first leg used; `None` when no target could.
+pub type StartLeg = Box<dyn FnOnce(String, u64) -> Pin<Box<dyn Future<Output = Option<Leg>>>>>;
 
 /// A second leg that ran, for settlement: its target and what it used.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,7 +366,8 @@ impl Stream for Continuable {
                         let start = this.start.take();
                         match (this.held_error.is_some(), this.seam.closed, start) {
                             (true, false, Some(start)) if !this.seam.text.is_empty() => {
-                                this.state = State::Starting(start(this.seam.text.clone()));
+                                let used = this.first_usage().output;
+                                this.state = State::Starting(start(this.seam.text.clone(), used));
                             }
                             _ => {
                                 this.state = State::Done;
@@ -525,7 +539,7 @@ impl Splice {
                 self.held_chunk = Some(chunk.clone());
             }
             let finish = chunk_finishes(&chunk);
-            if self.held.len() >= OVERLAP_WINDOW && !self.all_overlap() || finish {
+            if !self.all_overlap() || finish {
                 self.release(out);
                 if finish {
                     set_content(&mut chunk, None);
@@ -534,18 +548,33 @@ impl Splice {
             }
             return;
         }
-        self.release(out);
+        // Nothing said yet, and this says nothing that fixes the seam (a
+        // role-only chunk, a filter report): passed on, the seam still open.
+        let neutral = self.held_chunk.is_none()
+            && !chunk_finishes(&chunk)
+            && chunk.get("usage").is_none_or(Value::is_null)
+            && !has_tool_calls(&chunk);
+        if !neutral {
+            self.release(out);
+        }
         if is_empty_delta(&chunk) {
             return;
         }
         write(out, &chunk);
     }
 
-    /// Whether all the held text may still be overlap (it is a prefix of a
-    /// suffix of the first leg's text): then hold on, up to the longest
-    /// overlap looked for.
+    /// Whether all the held text may still be overlap (it begins some
+    /// suffix of the first leg's text, within the longest overlap looked
+    /// for: it occurs in that tail): then hold on.
     fn all_overlap(&self) -> bool {
-        self.held.len() < MAX_OVERLAP && overlap(&self.before, &self.held) == self.held.len()
+        if self.held.len() >= MAX_OVERLAP {
+            return false;
+        }
+        let mut from = self.before.len().saturating_sub(MAX_OVERLAP);
+        while !self.before.is_char_boundary(from) {
+            from += 1;
+        }
+        self.before[from..].contains(self.held.as_str())
     }
 
     /// Decides the seam: the held text, its overlap cut, in one chunk.
@@ -604,6 +633,16 @@ pub fn overlap(before: &str, after: &str) -> usize {
             }
         })
         .unwrap_or(0)
+}
+
+fn has_tool_calls(chunk: &Value) -> bool {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+        .and_then(|c| c.get("delta"))
+        .and_then(|d| d.get("tool_calls"))
+        .is_some_and(|t| !t.is_null())
 }
 
 fn chunk_finishes(chunk: &Value) -> bool {

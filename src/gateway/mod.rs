@@ -317,6 +317,9 @@ pub struct Prepared<'a> {
     body_len: usize,
     /// Image parts, whose tokens the bytes do not bound.
     images: usize,
+    /// The targets this caller may be answered by, once routed, for a
+    /// model with a response cache ([`routing::fingerprint`]).
+    fingerprint: Option<String>,
     /// What the trust step decided ([`screen`]): data class, PII.
     pub trust: Trust,
 }
@@ -359,6 +362,7 @@ pub fn prepare<'a>(
         body,
         body_len: body.len(),
         images,
+        fingerprint: None,
         trust: Trust::default(),
     })
 }
@@ -392,6 +396,7 @@ pub fn prepare_embeddings<'a>(
         body,
         body_len: body.len(),
         images: 0,
+        fingerprint: None,
         trust: Trust::default(),
     })
 }
@@ -448,6 +453,7 @@ fn prepare_client<'a>(
         candidates: vec![],
         body,
         body_len: body.len(),
+        fingerprint: None,
         trust: Trust::default(),
     })
 }
@@ -528,6 +534,10 @@ impl<'a> Prepared<'a> {
         let input = self.body_len as u64 + self.images as u64 * TOKENS_PER_IMAGE;
         let mut cost = Money::ZERO;
         let mut tokens = 0;
+        // A continued stream's second leg reads the input again with the
+        // text so far (at most the output), and writes within what is left
+        // of the output cap.
+        let mut second_leg = (Money::ZERO, 0);
         for c in &self.all {
             let info = c.target.provider.model_info(c.target.model);
             let output = match &self.req {
@@ -543,15 +553,24 @@ impl<'a> Prepared<'a> {
             };
             cost = cost.max(info.pricing().worst_cost(input, output));
             tokens = tokens.max(input + output);
+            second_leg = (
+                second_leg
+                    .0
+                    .max(info.pricing().worst_cost(input + output, 0)),
+                second_leg.1.max(input + output),
+            );
+        }
+        let model = self.config.models.get(self.model());
+        if self.stream()
+            && matches!(self.req, Request::Chat(_))
+            && model.is_some_and(|m| m.continuation)
+        {
+            cost = cost.plus(second_leg.0);
+            tokens += second_leg.1;
         }
         // A hedged request may have more than one target read its input:
         // each attempt started beside the first is reserved for as well.
-        if let Some(h) = self
-            .config
-            .models
-            .get(self.model())
-            .and_then(|m| m.hedge.as_ref())
-        {
+        if let Some(h) = model.and_then(|m| m.hedge.as_ref()) {
             let extra = self
                 .all
                 .iter()
@@ -636,6 +655,19 @@ impl<'a> Prepared<'a> {
             data_class: self.trust.class.as_ref(),
         };
         self.candidates = routing::plan(self.config, self.model(), ctx.secret, &input)?;
+        let cached = self
+            .config
+            .models
+            .get(self.model())
+            .is_some_and(|m| m.cache.is_some());
+        if cached && matches!(self.req, Request::Chat(_)) {
+            self.fingerprint = Some(routing::fingerprint(
+                self.config,
+                self.model(),
+                ctx.secret,
+                &input,
+            )?);
+        }
         if let Request::Ingress(req) = &mut self.req {
             // Targets that speak the client's protocol get its headers; the
             // others its translation, made once, and none when it cannot be
@@ -660,9 +692,12 @@ impl<'a> Prepared<'a> {
         Ok(())
     }
 
-    /// What the response cache does for this request ([`cache::plan`]):
-    /// chat completions of a model with a `cache` policy only. `header`
-    /// (the client's `Cache-Control`) is read only for such a model.
+    /// What the response cache does for this request, once routed
+    /// ([`cache::plan`]): chat completions of a model with a `cache` policy
+    /// only, keyed with the targets routing let this caller use (an answer
+    /// is never served to a caller whose routing would not have allowed
+    /// its target: another jurisdiction, tier or rule). `header` (the
+    /// client's `Cache-Control`) is read only for such a model.
     pub fn cache_plan(
         &self,
         header: &dyn Fn(&str) -> Option<String>,
@@ -680,6 +715,10 @@ impl<'a> Prepared<'a> {
             Request::Chat(r) => Some(r),
             _ => None,
         };
+        let Some(targets) = &self.fingerprint else {
+            return cache::Plan::Bypass;
+        };
+        let asker = cache::Asker { targets, ..asker };
         cache::plan(Some(policy), req, header("cache-control").as_deref(), asker)
     }
 
@@ -790,7 +829,11 @@ pub async fn dispatch<U: Upstream>(
         .get(model)
         .and_then(|m| m.hedge.as_ref())
         .filter(|_| candidates.len() > 1)
-        .map(|h| (h, &sleep as &dyn Fn(u64) -> Sleep));
+        .map(|h| Hedging {
+            hedge: h,
+            sleep: &sleep,
+            streamed: prepared.stream(),
+        });
     match &prepared.req {
         Request::Chat(req) => {
             // A cell, not a `&mut`: each attempt borrows it, and only the
@@ -829,14 +872,14 @@ pub async fn dispatch<U: Upstream>(
 /// With a `hedge`, an attempt that has not answered (for a stream: not
 /// produced its first token) after the hedge's delay gets the next
 /// candidate started beside it; the first to answer wins and the others
-/// are dropped, which aborts their fetches. A failure of one of them waits
-/// for the rest before moving on.
+/// are dropped, which aborts their fetches. A failure of one of them, of
+/// any kind, waits for the rest: another may still answer.
 async fn failover<'s, 'c, F, Fut>(
     ctx: &Ctx<'_>,
     policy: &Failover,
     model: &str,
     candidates: &'s [Candidate<'c>],
-    hedge: Option<(&Hedge, &dyn Fn(u64) -> Sleep)>,
+    hedge: Option<Hedging<'_>>,
     attempt: F,
 ) -> Result<Reply, GatewayError>
 where
@@ -848,27 +891,34 @@ where
         cand: &'s Candidate<'c>,
         key: String,
         started: u64,
+        /// It holds its half-open breaker's probe.
+        probe: bool,
     }
     let mut failed: Vec<(Attempt, GatewayError)> = Vec::new();
+    // A failure no other target would fix (a 400...): returned once no
+    // other attempt is running.
+    let mut fatal: Option<GatewayError> = None;
     let mut rest = candidates.iter();
     let mut running: Vec<Running<'s, 'c>> = Vec::new();
     let mut futures: Vec<Pin<Box<Fut>>> = Vec::new();
     let mut started_count = 0;
-    let mut hedges_left = hedge.map_or(0, |(h, _)| usize::from(h.max_extra));
+    let mut hedged = false;
+    let mut hedges_left = hedge.as_ref().map_or(0, |h| usize::from(h.hedge.max_extra));
     // The next candidate whose breaker lets it be tried (taking a half-open
     // breaker's probe); `None` when none is left.
     let mut start = |running: &mut Vec<Running<'s, 'c>>, futures: &mut Vec<Pin<Box<Fut>>>| {
         for cand in rest.by_ref() {
             let key = target_key(cand.target.name, cand.target.model);
             let now = (ctx.clock)();
-            if !ctx.health.acquire(&key, now) {
+            let Some(probe) = ctx.health.claim(&key, now) else {
                 // Another request holds this half-open breaker's probe.
                 continue;
-            }
+            };
             running.push(Running {
                 cand,
                 key,
                 started: now,
+                probe,
             });
             futures.push(Box::pin(attempt(cand)));
             return true;
@@ -877,20 +927,23 @@ where
     };
     loop {
         if futures.is_empty() {
+            if let Some(e) = fatal {
+                return Err(e);
+            }
             if !start(&mut running, &mut futures) {
                 break;
             }
             started_count += 1;
         }
         // When to start the next candidate beside the newest attempt.
-        let hedge_at = match hedge {
-            Some((h, _)) if hedges_left > 0 && running.len() < candidates.len() => running
-                .last()
-                .map(|r| r.started + hedge_delay(h, ctx, &r.key)),
+        let hedge_at = match &hedge {
+            Some(h) if hedges_left > 0 && fatal.is_none() => {
+                running.last().map(|r| r.started + h.delay(ctx, &r.key))
+            }
             _ => None,
         };
-        let done = match (hedge_at, hedge) {
-            (Some(at), Some((_, sleep))) => {
+        let done = match (hedge_at, &hedge) {
+            (Some(at), Some(Hedging { sleep, .. })) => {
                 let wait = at.saturating_sub((ctx.clock)()).max(1);
                 match futures::future::select(
                     futures::future::select_all(std::mem::take(&mut futures)),
@@ -920,6 +973,7 @@ where
             hedges_left -= 1;
             if start(&mut running, &mut futures) {
                 started_count += 1;
+                hedged = true;
             } else {
                 hedges_left = 0;
             }
@@ -931,12 +985,25 @@ where
         match out {
             Ok(mut reply) => {
                 // The others lose: dropped, their fetches aborted; they
-                // leave no verdict on their targets' health.
+                // leave no verdict on their targets' health, only (for a
+                // stream) how long they had waited for a first token, a
+                // lower bound of their time to first byte.
                 drop(futures);
+                let now = (ctx.clock)();
+                let stream = matches!(reply.body, ReplyBody::Stream(_) | ReplyBody::Native(_));
                 let losers: Vec<HedgeLoser> = running
                     .iter()
                     .map(|l| {
-                        ctx.health.release(&l.key);
+                        if l.probe {
+                            ctx.health.release(&l.key);
+                        }
+                        if stream {
+                            ctx.health.record_unanswered(
+                                &l.key,
+                                now,
+                                now.saturating_sub(l.started),
+                            );
+                        }
                         HedgeLoser {
                             provider: l.cand.target.name.to_owned(),
                             model: l.cand.target.model.to_owned(),
@@ -949,17 +1016,25 @@ where
                         }
                     })
                     .collect();
-                let now = (ctx.clock)();
-                ctx.health
-                    .record_success(&r.key, now, now.saturating_sub(r.started));
-                label(&mut reply, t, started_count, &losers);
-                reply.served = Some(Served {
+                let first_byte = now.saturating_sub(r.started);
+                ctx.health.record_success(&r.key, now, first_byte);
+                if stream {
+                    ctx.health.record_first_token(&r.key, first_byte);
+                }
+                let served = Served {
                     provider: t.name.to_owned(),
                     model: t.model.to_owned(),
                     pricing: t.provider.model_info(t.model).pricing(),
                     attempts: started_count,
+                    hedged,
                     hedge_losers: losers,
-                });
+                    failed: failed
+                        .iter()
+                        .map(|(a, _)| (a.provider.clone(), a.model.clone()))
+                        .collect(),
+                };
+                label(&mut reply, t, &served);
+                reply.served = Some(served);
                 return Ok(reply);
             }
             Err(e) if e.is_retryable() => {
@@ -977,10 +1052,12 @@ where
                 failed.push((e.to_attempt(t.name, t.model), e));
             }
             Err(e) => {
-                for l in &running {
-                    ctx.health.release(&l.key);
+                if r.probe {
+                    ctx.health.release(&r.key);
                 }
-                return Err(e);
+                // No other target is started for it; one already running
+                // may still answer.
+                fatal.get_or_insert(e);
             }
         }
     }
@@ -1000,15 +1077,28 @@ where
     }
 }
 
-/// How long an attempt runs alone before the next candidate is started
-/// beside it: the configured percentile of its target's time to first byte
-/// when this location has enough samples of it, else `after_ms`, else
-/// [`DEFAULT_HEDGE_AFTER_MS`].
-fn hedge_delay(h: &Hedge, ctx: &Ctx<'_>, key: &str) -> u64 {
-    h.after_percentile
-        .and_then(|p| ctx.health.ttfb_percentile_ms(key, p, (ctx.clock)()))
-        .or(h.after_ms)
-        .unwrap_or(DEFAULT_HEDGE_AFTER_MS)
+/// A model's hedge, as one request runs it.
+struct Hedging<'h> {
+    hedge: &'h Hedge,
+    sleep: &'h dyn Fn(u64) -> Sleep,
+    /// The answer is streamed: the delay is to a first token.
+    streamed: bool,
+}
+
+impl Hedging<'_> {
+    /// How long an attempt runs alone before the next candidate is started
+    /// beside it: for a stream, the configured percentile of its target's
+    /// time to first token when this location has enough samples of it;
+    /// else (a whole answer, whose time is its whole generation's, or too
+    /// few samples) `after_ms`, else [`DEFAULT_HEDGE_AFTER_MS`].
+    fn delay(&self, ctx: &Ctx<'_>, key: &str) -> u64 {
+        let h = self.hedge;
+        h.after_percentile
+            .filter(|_| self.streamed)
+            .and_then(|p| ctx.health.ttfb_percentile_ms(key, p, (ctx.clock)()))
+            .or(h.after_ms)
+            .unwrap_or(DEFAULT_HEDGE_AFTER_MS)
+    }
 }
 
 /// A hedge's delay when its percentile is not known yet and no `after_ms`
@@ -1016,15 +1106,17 @@ fn hedge_delay(h: &Hedge, ctx: &Ctx<'_>, key: &str) -> u64 {
 pub const DEFAULT_HEDGE_AFTER_MS: u64 = 2_000;
 
 /// The headers of a proxied answer: who served it, after how many attempts,
-/// and which hedged attempts lost.
-fn label(reply: &mut Reply, t: &Target<'_>, attempts: usize, losers: &[HedgeLoser]) {
+/// and whether a hedge ran (which attempts lost it).
+fn label(reply: &mut Reply, t: &Target<'_>, served: &Served) {
     reply
         .headers
-        .push(("x-gateway-provider", t.name.to_owned()));
-    reply.headers.push(("x-gateway-model", t.model.to_owned()));
+        .push(("x-gateway-provider", served.provider.clone()));
     reply
         .headers
-        .push(("x-gateway-attempts", attempts.to_string()));
+        .push(("x-gateway-model", served.model.clone()));
+    reply
+        .headers
+        .push(("x-gateway-attempts", served.attempts.to_string()));
     if let Some(region) = t
         .provider
         .region
@@ -1033,14 +1125,20 @@ fn label(reply: &mut Reply, t: &Target<'_>, attempts: usize, losers: &[HedgeLose
     {
         reply.headers.push(("x-gateway-region", region.clone()));
     }
-    if !losers.is_empty() {
-        let lost: Vec<String> = losers
+    if served.hedged {
+        let lost: Vec<String> = served
+            .hedge_losers
             .iter()
             .map(|l| format!("{}/{}", l.provider, l.model))
             .collect();
+        let lost = if lost.is_empty() {
+            "none".to_owned()
+        } else {
+            lost.join(",")
+        };
         reply
             .headers
-            .push(("x-gateway-hedge", format!("lost={}", lost.join(","))));
+            .push(("x-gateway-hedge", format!("lost={lost}")));
     }
 }
 
@@ -1074,7 +1172,9 @@ pub fn settlement(
     let mut cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
     // A hedged attempt that lost read the request before it was aborted:
     // its input is charged, at its own target's prices (the same input as
-    // the winner's, or the estimate when the winner reported none).
+    // the winner's, or the estimate when the winner reported none), and
+    // counted with the tokens used.
+    let mut losers_input = 0;
     for loser in served.map_or(&[][..], |s| &s.hedge_losers) {
         let input = Tokens {
             input: if tokens.input > 0 {
@@ -1084,11 +1184,12 @@ pub fn settlement(
             },
             ..Tokens::default()
         };
+        losers_input += input.input;
         cost = cost.plus(loser.pricing.cost_of(input));
     }
     let event = UsageEvent {
         model: acc.model.clone(),
-        input_tokens: tokens.input,
+        input_tokens: tokens.input + losers_input,
         output_tokens: tokens.output,
         cached_tokens: tokens.cache_read,
         error,
@@ -1139,6 +1240,10 @@ pub struct Served {
     /// Attempts it took (1 = the first candidate answered), hedged ones
     /// included.
     pub attempts: usize,
+    /// A hedge started another target beside a slow one.
+    pub hedged: bool,
+    /// Targets that failed before it answered, `(provider, model)`.
+    pub failed: Vec<(String, String)>,
     /// Hedged attempts that lost to this one.
     pub hedge_losers: Vec<HedgeLoser>,
 }

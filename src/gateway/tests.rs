@@ -24,6 +24,14 @@ enum Script {
     Channel(mpsc::UnboundedReceiver<Result<Vec<u8>, String>>),
     /// Never answer.
     Hang,
+    /// Send these bytes into another request's channel and close it, then
+    /// answer with this status and body.
+    Feeding(
+        mpsc::UnboundedSender<Result<Vec<u8>, String>>,
+        Vec<u8>,
+        u16,
+        Vec<u8>,
+    ),
 }
 
 #[derive(Default)]
@@ -95,6 +103,11 @@ impl Upstream for Scripted {
             Script::Transport(msg) => Err(msg.to_owned()),
             Script::Channel(rx) => Ok(ok(200, vec![], Box::pin(rx))),
             Script::Hang => futures::future::pending().await,
+            Script::Feeding(tx, bytes, status, body) => {
+                let _ = tx.unbounded_send(Ok(bytes));
+                drop(tx);
+                Ok(ok(status, vec![], Box::pin(stream::iter([Ok(body)]))))
+            }
         }
     }
 
@@ -497,7 +510,8 @@ fn a_whole_answer_is_hedged_too_and_the_loser_is_charged_its_input() {
     };
     let (cost, event) = settlement(&acc, Some(&served), reply.usage, 0, false);
     assert_eq!(cost, Money(3 * 3_000_000 + 4 * 4_000_000 + 3 * 1_000_000));
-    assert_eq!((event.input_tokens, event.output_tokens), (3, 4));
+    // The loser's input is counted with the tokens used, as it is charged.
+    assert_eq!((event.input_tokens, event.output_tokens), (6, 4));
 }
 
 #[test]
@@ -546,26 +560,70 @@ fn the_hedge_delay_follows_the_targets_time_to_first_byte_percentile() {
     let key = crate::routing::target_key("a", "ma");
     for ms in [80, 90, 100, 110, 120, 100, 95, 105, 115, 100] {
         health.record_success(&key, 1_700_000_000_000, ms);
+        health.record_first_token(&key, ms);
     }
-    // p95 of ~100 ms samples: the 127 ms bucket's bound.
+    let streamed = || {
+        let mut second = chunk("from b");
+        second.extend(finish_chunks());
+        second
+    };
+    // p95 of ~100 ms first tokens: the 127 ms bucket's bound.
     let up = Scripted {
         fire_only: Some(127),
         ..Scripted::new(vec![
             Script::Hang,
-            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+            Script::Reply(200, vec![], vec![streamed()]),
         ])
     };
-    let body = r#"{"model":"p","messages":[{"role":"user","content":"hi"}]}"#;
-    let reply = run_in(&up, &Config::from_json(HEDGED).unwrap(), &health, body).unwrap();
+    let stream = r#"{"model":"p","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let reply = run_in(&up, &Config::from_json(HEDGED).unwrap(), &health, stream).unwrap();
     assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
-    // Without samples, after_ms applies.
+    // A whole answer's time is its whole generation's: after_ms applies.
+    let whole = r#"{"model":"p","messages":[{"role":"user","content":"hi"}]}"#;
+    for (samples, fire) in [(&health, 5_000), (&Health::new(), 5_000)] {
+        let up = Scripted {
+            fire_only: Some(fire),
+            ..Scripted::new(vec![
+                Script::Hang,
+                Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+            ])
+        };
+        let reply = run_in(&up, &Config::from_json(HEDGED).unwrap(), samples, whole).unwrap();
+        assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    }
+    // Without samples, after_ms applies to a stream too.
     let up = Scripted {
         fire_only: Some(5_000),
         ..Scripted::new(vec![
             Script::Hang,
-            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+            Script::Reply(200, vec![], vec![streamed()]),
         ])
     };
+    let reply = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        stream,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+}
+
+#[test]
+fn a_hedge_survives_a_failure_no_other_target_would_fix() {
+    // a hangs, then answers; the hedge to b is refused with a 400: a's
+    // answer is the client's, not b's 400.
+    let (tx, rx) = mpsc::unbounded();
+    let refused =
+        br#"{"error":{"message":"context too long for mb","type":"invalid_request_error"}}"#;
+    let up = Scripted {
+        fire_only: Some(300),
+        ..Scripted::new(vec![
+            Script::Channel(rx),
+            Script::Feeding(tx, COMPLETION.as_bytes().to_vec(), 400, refused.to_vec()),
+        ])
+    };
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
     let reply = run_in(
         &up,
         &Config::from_json(HEDGED).unwrap(),
@@ -573,7 +631,30 @@ fn the_hedge_delay_follows_the_targets_time_to_first_byte_percentile() {
         body,
     )
     .unwrap();
-    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("a"));
+    assert_eq!(
+        header(&reply, "x-gateway-hedge"),
+        Some("lost=none"),
+        "a hedge ran, none lost"
+    );
+    let served = reply.served.unwrap();
+    assert!(served.hedged && served.hedge_losers.is_empty());
+    // Alone, the 400 is the client's.
+    let up = Scripted::new(vec![Script::Reply(
+        400,
+        vec![],
+        vec![br#"{"error":{"message":"bad","type":"invalid_request_error"}}"#.to_vec()],
+    )]);
+    let only_b = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let e = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        only_b,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.status(), 400);
 }
 
 #[test]
@@ -806,6 +887,8 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         },
         attempts: 1,
         hedge_losers: vec![],
+        hedged: false,
+        failed: Vec::new(),
     };
     let (cost, ev) = settlement(
         &acc,
@@ -856,6 +939,8 @@ fn settlement_charges_cache_reads_and_writes_at_their_prices() {
         pricing: anthropic.model_info("s").pricing(),
         attempts: 1,
         hedge_losers: vec![],
+        hedged: false,
+        failed: Vec::new(),
     };
     // Anthropic's usage: 1,000 fresh, 6,000 read, 3,000 written; 500 out.
     let usage = Usage::new(10_000, 500, Some(6_000)).with_cache_writes(3_000);

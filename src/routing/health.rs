@@ -242,20 +242,28 @@ impl Health {
     /// Claims the right to try the target now: always when ready; for a
     /// half-open breaker, only the first caller gets the probe.
     pub fn acquire(&self, key: &str, now_ms: u64) -> bool {
+        self.claim(key, now_ms).is_some()
+    }
+
+    /// [`Health::acquire`], saying whether the claim took the half-open
+    /// breaker's probe (`Some(true)`), which only its holder may
+    /// [`Health::release`]; `None` when the target may not be tried now.
+    pub fn claim(&self, key: &str, now_ms: u64) -> Option<bool> {
         match self.availability(key, now_ms) {
-            Availability::Ready => true,
-            Availability::Until(_) => false,
+            Availability::Ready => Some(false),
+            Availability::Until(_) => None,
             Availability::Probe => {
                 if let Some(t) = self.targets.borrow_mut().get_mut(key) {
                     t.probing = true;
                 }
-                true
+                Some(true)
             }
         }
     }
 
     /// The target answered at `now_ms`; `first_byte_ms` is its time to
-    /// first byte. An estimate gone stale starts afresh.
+    /// first byte (a whole answer's time, for one not streamed). An
+    /// estimate gone stale starts afresh, its percentiles too.
     pub fn record_success(&self, key: &str, now_ms: u64, first_byte_ms: u64) {
         let mut targets = self.targets.borrow_mut();
         let t = targets.entry(key.to_owned()).or_default();
@@ -265,12 +273,12 @@ impl Health {
             Some(prev) if fresh => Some(EWMA_ALPHA * x + (1.0 - EWMA_ALPHA) * prev),
             _ => {
                 t.samples = 0;
+                t.ttfb = TtfbHistogram::default();
                 Some(x)
             }
         };
         t.samples = t.samples.saturating_add(1);
         t.sampled_at = t.sampled_at.max(now_ms);
-        t.ttfb.record(first_byte_ms);
         t.failures.clear();
         if t.open_until.take().is_some() {
             t.breaker_at = t.breaker_at.max(now_ms);
@@ -406,6 +414,28 @@ impl Health {
             return None;
         }
         t.ttfb.quantile(p)
+    }
+
+    /// A streamed answer's time to first token, for the percentiles
+    /// hedging uses (after [`Health::record_success`]: whole answers'
+    /// times, which include the whole generation, are kept out of them).
+    pub fn record_first_token(&self, key: &str, ms: u64) {
+        if let Some(t) = self.targets.borrow_mut().get_mut(key) {
+            t.ttfb.record(ms);
+        }
+    }
+
+    /// A streamed attempt abandoned at `now_ms` after `ms` without a first
+    /// token (it lost a hedge): its time to first token is at least `ms`,
+    /// counted as `ms` so that the percentiles do not forget the slow
+    /// attempts hedging cuts short. No verdict on its health.
+    pub fn record_unanswered(&self, key: &str, now_ms: u64, ms: u64) {
+        let mut targets = self.targets.borrow_mut();
+        let t = targets.entry(key.to_owned()).or_default();
+        if now_ms.saturating_sub(t.sampled_at) >= STALE_AFTER_MS {
+            t.ttfb = TtfbHistogram::default();
+        }
+        t.ttfb.record(ms);
     }
 
     /// An attempt that took the half-open probe was abandoned (it lost a

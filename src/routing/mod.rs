@@ -100,6 +100,51 @@ pub fn plan<'c>(
     secret: SecretLookup<'_>,
     input: &RouteInput<'_>,
 ) -> Result<Vec<Candidate<'c>>, GatewayError> {
+    let (mut list, strategy) = eligible(config, model, secret, input)?;
+    order(&mut list, strategy, input);
+    // Health: skip open breakers and cooling targets.
+    let mut skipped = vec![];
+    list.retain(|c| {
+        let key = target_key(c.target.name, c.target.model);
+        match input.health.availability(&key, input.now_ms) {
+            Availability::Until(t) => {
+                skipped.push((key, t));
+                false
+            }
+            Availability::Ready | Availability::Probe => true,
+        }
+    });
+    if list.is_empty() {
+        let soonest = skipped
+            .iter()
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or(input.now_ms);
+        let names: Vec<String> = skipped
+            .iter()
+            .map(|(k, t)| format!("{k} for {} ms", t - input.now_ms))
+            .collect();
+        return Err(GatewayError::Unavailable {
+            message: format!(
+                "Every target of `{model}` is temporarily skipped after failures or rate limits: {}.",
+                names.join(", ")
+            ),
+            retry_after: Some((soonest - input.now_ms).div_ceil(1000).max(1)),
+        });
+    }
+    list.truncate(config.failover.max_attempts);
+    Ok(list)
+}
+
+/// The targets this request may use whatever their health, in the rule's
+/// order: the first matching rule's (else the model's) targets with a key,
+/// within the caller's jurisdictions, able to serve the request.
+fn eligible<'c>(
+    config: &'c Config,
+    model: &str,
+    secret: SecretLookup<'_>,
+    input: &RouteInput<'_>,
+) -> Result<(Vec<Candidate<'c>>, &'c Strategy), GatewayError> {
     let entry = config.models.get(model).ok_or_else(|| not_found(model))?;
     let (targets, strategy) = rule_for(entry, input);
     let mut list = resolve(config, targets, secret);
@@ -148,39 +193,27 @@ pub fn plan<'c>(
             param: Some("model".into()),
         });
     }
-    order(&mut list, strategy, input);
-    // Health: skip open breakers and cooling targets.
-    let mut skipped = vec![];
-    list.retain(|c| {
-        let key = target_key(c.target.name, c.target.model);
-        match input.health.availability(&key, input.now_ms) {
-            Availability::Until(t) => {
-                skipped.push((key, t));
-                false
-            }
-            Availability::Ready | Availability::Probe => true,
-        }
-    });
-    if list.is_empty() {
-        let soonest = skipped
-            .iter()
-            .map(|(_, t)| *t)
-            .min()
-            .unwrap_or(input.now_ms);
-        let names: Vec<String> = skipped
-            .iter()
-            .map(|(k, t)| format!("{k} for {} ms", t - input.now_ms))
-            .collect();
-        return Err(GatewayError::Unavailable {
-            message: format!(
-                "Every target of `{model}` is temporarily skipped after failures or rate limits: {}.",
-                names.join(", ")
-            ),
-            retry_after: Some((soonest - input.now_ms).div_ceil(1000).max(1)),
-        });
-    }
-    list.truncate(config.failover.max_attempts);
-    Ok(list)
+    Ok((list, strategy))
+}
+
+/// The targets this request may use whatever their health and order
+/// (sorted `provider/model` keys, one a line): what decides which answers
+/// it could get, for the response cache's key. Two requests with the same
+/// fingerprint may be answered by the same targets.
+pub fn fingerprint(
+    config: &Config,
+    model: &str,
+    secret: SecretLookup<'_>,
+    input: &RouteInput<'_>,
+) -> Result<String, GatewayError> {
+    let (list, _) = eligible(config, model, secret, input)?;
+    let mut keys: Vec<String> = list
+        .iter()
+        .map(|c| target_key(c.target.name, c.target.model))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys.join("\n"))
 }
 
 /// The targets and strategy for this request: the first matching rule's,

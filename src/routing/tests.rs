@@ -157,6 +157,19 @@ fn plan_names(
     i: &Input,
     health: &Health,
 ) -> Result<Vec<String>, GatewayError> {
+    with_input(i, health, |input| {
+        plan(config, model, &key_secret, input)
+            .map(|l| l.into_iter().map(|c| c.target.name.to_owned()).collect())
+    })
+}
+
+fn fingerprint_of(config: &Config, model: &str, i: &Input, health: &Health) -> String {
+    with_input(i, health, |input| {
+        fingerprint(config, model, &key_secret, input).unwrap()
+    })
+}
+
+fn with_input<T>(i: &Input, health: &Health, f: impl FnOnce(&RouteInput<'_>) -> T) -> T {
     let header = |name: &str| i.headers.get(name).cloned();
     let input = RouteInput {
         origin: &i.origin,
@@ -172,8 +185,38 @@ fn plan_names(
         health,
         data_class: None,
     };
-    plan(config, model, &key_secret, &input)
-        .map(|l| l.into_iter().map(|c| c.target.name.to_owned()).collect())
+    f(&input)
+}
+
+#[test]
+fn the_fingerprint_is_the_allowed_targets_whatever_their_health_and_order() {
+    let c = regions();
+    let h = Health::new();
+    let us = fingerprint_of(&c, "gpt", &Input::default(), &h);
+    let eu = Input {
+        origin: eu_origin(),
+        ..Input::default()
+    };
+    assert_ne!(
+        us,
+        fingerprint_of(&c, "gpt", &eu, &h),
+        "residency narrows it"
+    );
+    assert_eq!(fingerprint_of(&c, "gpt", &eu, &h), "azure-eu/gpt");
+    // An open breaker skips a target but does not change what may answer.
+    let key = target_key("azure-us", "gpt");
+    h.record_failure(&key, 1_000, None, &c.failover.breaker);
+    h.record_failure(&key, 1_000, None, &c.failover.breaker);
+    assert_eq!(fingerprint_of(&c, "gpt", &Input::default(), &h), us);
+    // A rule for a tier routes elsewhere: another fingerprint.
+    let gold = Input {
+        tier: Some("gold"),
+        ..Input::default()
+    };
+    assert_ne!(
+        fingerprint_of(&c, "ruled", &gold, &h),
+        fingerprint_of(&c, "ruled", &Input::default(), &h)
+    );
 }
 
 #[test]

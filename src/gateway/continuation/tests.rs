@@ -52,6 +52,8 @@ fn served(provider: &str) -> Served {
         pricing: Pricing::default(),
         attempts: 1,
         hedge_losers: Vec::new(),
+        hedged: false,
+        failed: Vec::new(),
     }
 }
 
@@ -70,7 +72,7 @@ fn run(
     })));
     let asked = Rc::new(RefCell::new(None));
     let asked_in = asked.clone();
-    let start: StartLeg = Box::new(move |prefix| {
+    let start: StartLeg = Box::new(move |prefix, _used| {
         *asked_in.borrow_mut() = Some(prefix);
         Box::pin(async move {
             let parts = second?;
@@ -157,7 +159,7 @@ fn a_continuation_body_adds_the_turns_and_keeps_the_rest() {
     )
     .unwrap();
     let prefill: Value =
-        serde_json::from_slice(&continuation_body(&req, "One, two, ", true).unwrap()).unwrap();
+        serde_json::from_slice(&continuation_body(&req, "One, two, ", true, 0).unwrap()).unwrap();
     assert_eq!(
         prefill["messages"],
         json!([{"role":"user","content":"Count"},{"role":"assistant","content":"One, two,"}])
@@ -167,7 +169,7 @@ fn a_continuation_body_adds_the_turns_and_keeps_the_rest() {
         (json!(true), json!(0.2))
     );
     let prompted: Value =
-        serde_json::from_slice(&continuation_body(&req, "One, two, ", false).unwrap()).unwrap();
+        serde_json::from_slice(&continuation_body(&req, "One, two, ", false, 0).unwrap()).unwrap();
     assert_eq!(
         prompted["messages"][2],
         json!({"role":"user","content":CONTINUATION_PROMPT})
@@ -299,4 +301,77 @@ fn a_whole_first_leg_passes_unchanged() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(!outcome.complete || outcome.continued.is_none());
     assert!(outcome.continued.is_none());
+}
+
+#[test]
+fn the_output_cap_of_the_second_leg_is_what_the_first_left() {
+    let req = ChatRequest::parse(
+        br#"{"model":"m","max_tokens":100,"max_completion_tokens":50,"messages":[{"role":"user","content":"Go"}]}"#,
+    )
+    .unwrap();
+    let body: Value =
+        serde_json::from_slice(&continuation_body(&req, "Some text", true, 30).unwrap()).unwrap();
+    assert_eq!(
+        (
+            body["max_tokens"].clone(),
+            body["max_completion_tokens"].clone()
+        ),
+        (json!(70), json!(20))
+    );
+    let spent: Value =
+        serde_json::from_slice(&continuation_body(&req, "Some text", true, 500).unwrap()).unwrap();
+    assert_eq!(spent["max_completion_tokens"], json!(1), "never 0");
+}
+
+#[test]
+fn a_repeated_sentence_not_yet_at_the_seam_is_still_cut() {
+    let sentence =
+        "This sentence is long enough to pass any small window, and it is repeated whole. ";
+    let first = vec![
+        text("c1", "m1", "Intro. "),
+        text("c1", "m1", sentence),
+        error_event(),
+    ];
+    let mut second: Vec<Vec<u8>> = sentence
+        .as_bytes()
+        .chunks(10)
+        .map(|c| text("c2", "m2", std::str::from_utf8(c).unwrap()))
+        .collect();
+    second.push(text("c2", "m2", "Next part."));
+    second.push(chunk("c2", "m2", json!({}), Some("stop")));
+    second.push(b"data: [DONE]\n\n".to_vec());
+    let (events, _, _) = run(first, Some(second));
+    assert_eq!(content_of(&events), format!("Intro. {sentence}Next part."));
+}
+
+#[test]
+fn a_second_leg_opening_without_text_leaves_the_seam_open() {
+    let first = vec![text("c1", "m1", "The answer is"), error_event()];
+    let second = vec![
+        // Azure's filter report, then a role with null content.
+        {
+            let mut out = Vec::new();
+            encode_data(&mut out, br#"{"id":"","object":"","created":0,"model":"","choices":[],"prompt_filter_results":[]}"#);
+            out
+        },
+        chunk(
+            "c2",
+            "m2",
+            json!({"role": "assistant", "content": null}),
+            None,
+        ),
+        text("c2", "m2", "answer is 42."),
+        chunk("c2", "m2", json!({}), Some("stop")),
+        b"data: [DONE]\n\n".to_vec(),
+    ];
+    let (events, _, _) = run(first, Some(second));
+    assert_eq!(content_of(&events), "The answer is 42.");
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    assert!(
+        chunks.iter().all(|c| c["id"] == "c1"),
+        "the filter report takes the first id too"
+    );
 }
