@@ -50,6 +50,10 @@
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
 //!   types, timers and deadlines, RS256 signing, the runtime's handle on a
 //!   body.
+//! - [`observe`]   — what the gateway did: usage rolled up per hour and
+//!   dimension with mergeable latency sketches, stored per UTC day and
+//!   queried across days; opt-in request logs with redaction; breaker,
+//!   model and budget alerts with cooldowns and signed webhooks.
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
@@ -71,6 +75,7 @@ pub mod http;
 pub mod ingress;
 pub mod keys;
 pub mod limits;
+pub mod observe;
 pub mod providers;
 pub mod routing;
 pub mod sse;

@@ -116,6 +116,9 @@ pub struct KeySnapshot {
     /// Its tier, for routing rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// Its team, for analytics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     /// Its allowed jurisdictions, for routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<String>>,

@@ -300,6 +300,12 @@ impl LocalLimits {
         &self.holder
     }
 
+    /// The key's team as its object last said (for analytics; `None` for
+    /// static keys and keys not yet heard of).
+    pub fn team(&self, object: &str) -> Option<&str> {
+        self.keys.get(object)?.snapshot.as_ref()?.team.as_deref()
+    }
+
     /// Admits a virtual key's request from a lease, or says how to ask the
     /// object. `object` names the key's object, `secret_hash` is the
     /// presented secret's hash.
