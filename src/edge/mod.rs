@@ -4,9 +4,19 @@
 //! - `accounting`     — admission (leases, the key's object) and batched
 //!   settlement: the I/O for [`crate::limits::local`]
 //! - `admin`          — `/admin/*`: config and virtual keys
+//! - `alerts_object`  — the alerts Durable Object: cooldown, signed webhook
+//!   deliveries and their retries
+//! - `analytics_object` — one Durable Object per UTC day of analytics
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
-//! - `key_object`     — the per-key Durable Object (a shell over `limits`)
+//! - `key_object`     — the per-key Durable Object (a shell over `limits`),
+//!   which also sends its budget alerts and analytics corrections
+//! - `objects`        — calls to the analytics and alerts objects
+//! - `observe`        — the isolate's analytics rollups, Analytics Engine
+//!   points, request-log capture and batches, alerts raised: all sent by
+//!   the accounting flusher
+//! - `observe_admin`  — `/admin/analytics`, `/admin/logs`, `/admin/health`,
+//!   `/admin/alerts`, `/admin/config/validate`
 //! - `pipe`           — the rest of a committed pass-through stream, piped by
 //!   a small JavaScript reader (no chunk crosses into wasm)
 //! - `shared_health`  — target health shared by a location's isolates (Cache API)
@@ -17,9 +27,14 @@
 
 mod accounting;
 mod admin;
+mod alerts_object;
+mod analytics_object;
 mod config_cache;
 mod key_client;
 mod key_object;
+mod objects;
+mod observe;
+mod observe_admin;
 mod pipe;
 mod shared_health;
 mod upstream;
@@ -28,6 +43,7 @@ mod workers_ai;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use futures::StreamExt;
 use futures::channel::oneshot;
@@ -49,6 +65,8 @@ use crate::ingress::Ingress;
 use crate::keys::{self, KeyRef};
 use crate::limits::local::Ticket;
 use crate::limits::{Command, Money, Reply as KeyReply};
+use crate::observe::analytics::RequestEvent;
+use crate::observe::logs::LogMeta;
 use crate::routing::{self, Health, Origin};
 
 /// Secret with the static gateway keys, comma-separated.
@@ -103,7 +121,12 @@ thread_local! {
 ///    to the key's object about once a second with the others
 ///    ([`settle`], [`accounting::settle`]). Breakers and cool-downs this
 ///    request changed reach the location's other isolates the same way
-///    ([`shared_health::sync`]).
+///    ([`shared_health::sync`]). The same settlement joins the isolate's
+///    analytics rollups, in memory ([`observe::record`]); breakers opened
+///    and models found down raise alerts ([`observe::note_health`],
+///    [`observe::model_failed`]); a request the config logs has its answer
+///    copied as it passes ([`observe::capture`]). All of it is sent by the
+///    same flusher, in batches.
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let request_id = new_request_id();
@@ -225,6 +248,7 @@ async fn chat(
         });
     }
     accounting::configure(&config);
+    observe::configure(&config, env);
     let secret = |name: &str| secret(env, name);
     let gctx = Ctx {
         now_ms: started,
@@ -238,6 +262,9 @@ async fn chat(
         Err(e) => return Reply::error(&e),
     };
     let (reserve, tokens) = prepared.worst_case();
+    // Request logs: `None` (nothing copied) unless the config logs this
+    // key or model.
+    let log = observe::draft(&config, key.id(), prepared.model(), &body);
     // 5. admit
     let (admitted, overlap) =
         match accounting::admit(env, ctx, key, prepared.model(), reserve, tokens).await {
@@ -304,6 +331,7 @@ async fn chat(
         .unwrap_or_default();
     // 9. settle (a refused route settles as an error)
     let env_for_flush = env.clone();
+    let location = observe::location(req, &origin);
     let mut pending = Settlement {
         ticket: admitted.map(|a| a.ticket),
         accounting: prepared.accounting(),
@@ -314,6 +342,9 @@ async fn chat(
         started_ms: started,
         first_byte_ms: now_ms() - started,
         stream: streaming,
+        config: config.clone(),
+        location,
+        log: log.clone(),
     };
     let mut reply = match result {
         Ok(reply) => {
@@ -332,13 +363,21 @@ async fn chat(
                 settle(pending, reply.usage, 0, false);
                 accounting::kick(env, ctx);
             }
-            reply
+            match &log {
+                Some(draft) => observe::capture(reply, draft),
+                None => reply,
+            }
         }
         Err(e) => {
+            observe::model_failed(&e, prepared.model());
             pending.status = e.status();
             settle(pending, None, 0, true);
             accounting::kick(env, ctx);
-            Reply::error(&e)
+            let reply = Reply::error(&e);
+            match &log {
+                Some(draft) => observe::capture(reply, draft),
+                None => reply,
+            }
         }
     };
     // 8. stream (the caller turns the reply into a response)
@@ -386,6 +425,12 @@ struct Settlement {
     started_ms: u64,
     first_byte_ms: u64,
     stream: bool,
+    /// The config it was served under (jurisdictions for analytics).
+    config: Rc<crate::config::Config>,
+    /// Where it was served.
+    location: Option<Rc<str>>,
+    /// Its request-log draft, when the config logs it.
+    log: Option<observe::Draft>,
 }
 
 /// One structured log line per request.
@@ -409,9 +454,12 @@ struct UsageLog<'a> {
     first_byte_ms: u64,
 }
 
-/// Logs the request and adds its actual cost to its key's batch.
+/// Logs the request, adds its actual cost to its key's batch and the same
+/// figures to the isolate's analytics: one settlement feeds both, so
+/// analytics totals equal the keys' usage by construction.
 fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
     let (cost, event) = gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error);
+    let latency_ms = now_ms().saturating_sub(s.started_ms);
     let log = UsageLog {
         event: "request",
         request_id: &s.request_id,
@@ -427,15 +475,68 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         output_tokens: event.output_tokens,
         cached_tokens: event.cached_tokens,
         cost_usd: cost,
-        latency_ms: now_ms() - s.started_ms,
+        latency_ms,
         first_byte_ms: s.first_byte_ms,
     };
     if let Ok(line) = serde_json::to_string(&log) {
         accounting::log_request(&line);
     }
+    let served = s.served.as_ref();
+    let attempts = served.map_or(0, |x| u32::try_from(x.attempts).unwrap_or(u32::MAX));
     if let Some(ticket) = &s.ticket {
         accounting::settle(ticket, cost, &event);
+        let jurisdiction = served
+            .and_then(|x| s.config.providers.get(&x.provider))
+            .and_then(|p| p.jurisdiction.as_deref());
+        accounting::with_team(ticket.object(), |team| {
+            observe::record(&RequestEvent {
+                at_ms: ticket.admitted_ms(),
+                key: &s.key_id,
+                team,
+                model: &s.accounting.model,
+                provider: served.map(|x| x.provider.as_str()),
+                target_model: served.map(|x| x.model.as_str()),
+                location: s.location.as_deref(),
+                jurisdiction,
+                status: s.status,
+                error,
+                attempts,
+                // Set by the response cache and hedging when they exist.
+                cache_hit: false,
+                hedged: false,
+                stream: s.stream,
+                input_tokens: event.input_tokens,
+                output_tokens: event.output_tokens,
+                cached_tokens: event.cached_tokens,
+                cost,
+                latency_ms,
+                ttft_ms: s.first_byte_ms,
+            });
+            if let Some(draft) = &s.log {
+                let meta = LogMeta {
+                    request_id: s.request_id.clone(),
+                    at_ms: ticket.admitted_ms(),
+                    key: s.key_id.clone(),
+                    team: team.map(str::to_owned),
+                    model: s.accounting.model.clone(),
+                    provider: served.map(|x| x.provider.clone()),
+                    target_model: served.map(|x| x.model.clone()),
+                    status: s.status,
+                    error,
+                    stream: s.stream,
+                    attempts,
+                    latency_ms,
+                    ttft_ms: s.first_byte_ms,
+                    input_tokens: event.input_tokens,
+                    output_tokens: event.output_tokens,
+                    cached_tokens: event.cached_tokens,
+                    cost_pico: cost.0,
+                };
+                observe::settled(draft, meta);
+            }
+        });
     }
+    observe::note_health(HEALTH.with(|h| *h));
 }
 
 /// `/__test/*` (test hooks on only).
@@ -449,6 +550,7 @@ async fn test_hook(
         TestHook::Panic => panic!("panic requested by the test hook"),
         TestHook::Flush => {
             accounting::flush_due(env, true).await;
+            observe::flush(env, true).await;
             Ok(Reply::json(200, br#"{"flushed":true}"#.to_vec()))
         }
         TestHook::Stats => Ok(Reply::json_value(200, &accounting::stats())),

@@ -140,6 +140,15 @@ pub enum Ticket {
 }
 
 impl Ticket {
+    /// When it was admitted: the day and hour its usage counts in.
+    pub fn admitted_ms(&self) -> u64 {
+        match self {
+            Ticket::Lease { admitted_ms, .. }
+            | Ticket::Reservation { admitted_ms, .. }
+            | Ticket::Record { admitted_ms, .. } => *admitted_ms,
+        }
+    }
+
     /// The key's object.
     pub fn object(&self) -> &str {
         match self {

@@ -229,6 +229,36 @@ pub struct Raised {
     pub suppressed: u64,
 }
 
+/// What the edge (or a key's object) asks the alerts object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AlertCommand {
+    /// Queue these (subject to the cooldown and the webhook's events).
+    Raise {
+        /// The alerts.
+        alerts: Vec<Alert>,
+    },
+    /// Recent deliveries and the queue.
+    Recent,
+}
+
+/// The alerts object's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AlertReply {
+    /// What `Raise` did.
+    Raised(Raised),
+    /// `GET /admin/alerts`.
+    Recent {
+        /// Ended deliveries, newest first.
+        history: Vec<Delivered>,
+        /// Deliveries still to be attempted.
+        queue: Vec<Delivery>,
+        /// Alerts dropped by the cooldown or the event filter so far.
+        suppressed: u64,
+    },
+}
+
 /// The stored form of an [`AlertBook`] (one small document).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Stored {

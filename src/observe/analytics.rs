@@ -394,6 +394,60 @@ impl Rollups {
     }
 }
 
+/// A key object's correction as a batch for its day's object: its own
+/// holder (`key:<object>`), its outbox id as the sequence number.
+pub fn correction_batch(holder: &str, seq: u64, c: &crate::limits::Correction) -> Batch {
+    let counters = Counters {
+        requests: c.requests,
+        errors: c.errors,
+        input_tokens: c.input_tokens,
+        output_tokens: c.output_tokens,
+        cached_tokens: c.cached_tokens,
+        cost_pico: c.cost_pico,
+        ..Counters::default()
+    };
+    Batch {
+        holder: holder.to_owned(),
+        seq,
+        day: date_string(c.at_ms),
+        cells: vec![Cell {
+            hour_ms: c.at_ms - c.at_ms % HOUR_MS,
+            dims: Dims {
+                key: c.key.clone(),
+                team: c.team.clone().unwrap_or_default(),
+                model: c.model.clone(),
+                status: "adjusted".into(),
+                ..Dims::default()
+            },
+            counters: counters.clone(),
+        }],
+        minutes: vec![(c.at_ms - c.at_ms % MINUTE_MS, counters)],
+    }
+}
+
+/// What the edge asks a day's object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DayCommand {
+    /// Apply a batch (once).
+    Ingest(Batch),
+    /// Answer a query for this day.
+    Query(Query),
+}
+
+/// A day object's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum DayReply {
+    /// The batch is in (`applied: false`: it was already).
+    Ingested {
+        /// Whether this call applied it.
+        applied: bool,
+    },
+    /// This day's share of a query.
+    Partial(Partial),
+}
+
 /// A dimension to group by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
