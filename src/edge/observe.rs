@@ -430,6 +430,8 @@ pub(super) fn capture(mut reply: Reply, draft: &Draft) -> Reply {
                 d.response = bytes[..bytes.len().min(max)].to_vec();
                 d.answered = true;
             }
+            // The settlement may have come first (an answer known at once).
+            finish(draft);
             ReplyBody::Full(bytes)
         }
         ReplyBody::Stream(stream) => ReplyBody::Stream(Box::pin(Capture {
@@ -454,6 +456,7 @@ pub(super) fn capture(mut reply: Reply, draft: &Draft) -> Reply {
             }
             None => {
                 draft.borrow_mut().answered = true;
+                finish(draft);
                 ReplyBody::Full(vec![])
             }
         },
