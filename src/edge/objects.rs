@@ -35,11 +35,26 @@ pub(super) async fn call<C: Serialize, R: DeserializeOwned>(
     let internal = |what: &str, e: String| GatewayError::Internal {
         message: format!("{binding} {what}: {e}"),
     };
+    let body = serde_json::to_string(command).map_err(|e| internal("command", e.to_string()))?;
+    let text = call_text(env, binding, name, body).await?;
+    serde_json::from_str(&text).map_err(|e| internal("reply", e.to_string()))
+}
+
+/// The I/O of [`call`], not generic: one copy in the wasm whatever the
+/// command and reply types.
+async fn call_text(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    body: String,
+) -> Result<String, GatewayError> {
+    let internal = |what: &str, e: String| GatewayError::Internal {
+        message: format!("{binding} {what}: {e}"),
+    };
     let stub = env
         .durable_object(binding)
         .and_then(|ns| ns.get_by_name(name))
         .map_err(|e| internal("binding", e.to_string()))?;
-    let body = serde_json::to_string(command).map_err(|e| internal("command", e.to_string()))?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
     let request = Request::new_with_init("https://gateway-object/", &init)
@@ -48,14 +63,12 @@ pub(super) async fn call<C: Serialize, R: DeserializeOwned>(
         .fetch_with_request(request)
         .await
         .map_err(|e| internal("call", e.to_string()))?;
+    let text = resp.text().await.unwrap_or_default();
     if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
         return Err(internal(
             "answer",
             format!("{}: {text}", resp.status_code()),
         ));
     }
-    resp.json::<R>()
-        .await
-        .map_err(|e| internal("reply", e.to_string()))
+    Ok(text)
 }

@@ -158,22 +158,56 @@ pub(super) fn record(e: &RequestEvent<'_>) {
             s.rollups.add(e, now);
         }
         if b.engine {
-            let point = serde_json::json!({
-                "blobs": [e.key, e.team.unwrap_or(""), e.model, e.provider.unwrap_or(""),
-                          e.target_model.unwrap_or(""), e.location.unwrap_or(""),
-                          e.jurisdiction.unwrap_or(""), status_class(e.status)],
-                "doubles": [1, e.status, e.attempts, u8::from(e.error), u8::from(e.cache_hit),
-                            u8::from(e.hedged), u8::from(e.stream), e.input_tokens,
-                            e.output_tokens, e.cached_tokens, e.cost.usd(), e.latency_ms,
-                            e.ttft_ms],
-                "indexes": [e.key],
-            });
             if !s.points.is_empty() {
                 s.points.push(',');
             }
-            s.points.push_str(&point.to_string());
+            engine_point(&mut s.points, e);
         }
     });
+}
+
+/// Appends one Analytics Engine data point as JSON, written directly (no
+/// value tree per request). Blobs: key, team, model, provider, target
+/// model, location, jurisdiction, status class. Doubles: requests (1),
+/// status, attempts, error, cache hit, hedged, stream, input, output and
+/// cached tokens, cost in USD, latency ms, TTFT ms. Index: the key.
+fn engine_point(out: &mut String, e: &RequestEvent<'_>) {
+    use std::fmt::Write;
+    let blobs = [
+        e.key,
+        e.team.unwrap_or(""),
+        e.model,
+        e.provider.unwrap_or(""),
+        e.target_model.unwrap_or(""),
+        e.location.unwrap_or(""),
+        e.jurisdiction.unwrap_or(""),
+        status_class(e.status),
+    ];
+    out.push_str("{\"blobs\":[");
+    for (i, b) in blobs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Strings from the config and key ids; escaped all the same.
+        out.push_str(&serde_json::to_string(b).unwrap_or_default());
+    }
+    let _ = write!(
+        out,
+        "],\"doubles\":[1,{},{},{},{},{},{},{},{},{},{},{},{}],\"indexes\":[{}]}}",
+        e.status,
+        e.attempts,
+        u8::from(e.error),
+        u8::from(e.cache_hit),
+        u8::from(e.hedged),
+        u8::from(e.stream),
+        e.input_tokens,
+        e.output_tokens,
+        e.cached_tokens,
+        e.cost.usd(),
+        e.latency_ms,
+        e.ttft_ms,
+        serde_json::to_string(e.key).unwrap_or_default(),
+    );
 }
 
 /// Raises `breaker_open` for each breaker this isolate opened (a borrow
