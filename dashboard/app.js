@@ -53,9 +53,23 @@ async function api(path, { method = 'GET', body } = {}) {
 function period() {
   const v = $('#period').value;
   const today = dateOf(Date.now());
-  if (v === 'today') return { from: today, to: today, interval: 'hour', label: 'today' };
+  if (v === 'today') return { from: today, to: today, interval: 'hour', step: 3_600_000, label: 'today' };
   const days = Number(v);
-  return { from: dateOf(Date.now() - (days - 1) * DAY), to: today, interval: 'day', label: `last ${days} days` };
+  return { from: dateOf(Date.now() - (days - 1) * DAY), to: today, interval: 'day', step: DAY, label: `last ${days} days` };
+}
+
+/** Every bucket start of the period up to now (a chart's x values). */
+function buckets(p) {
+  const start = Date.parse(`${p.from}T00:00:00Z`);
+  const xs = [];
+  for (let t = start; t <= Date.now(); t += p.step) xs.push(t);
+  return xs;
+}
+
+/** A series' values at `xs` (`fill` where a bucket has no point). */
+function along(xs, points, f, fill = 0) {
+  const at = new Map(points.map((pt) => [pt.t, pt]));
+  return xs.map((t) => (at.has(t) ? f(at.get(t)) ?? null : fill));
 }
 
 function analytics(params) {
@@ -66,7 +80,7 @@ function analytics(params) {
 // ---------- charts ----------
 function clearCharts() { while (charts.length) charts.pop().destroy(); }
 
-function chart(el, title, series, xs, ys, { ms = false } = {}) {
+function chart(el, title, series, xs, ys, { ms = false, step = 3_600_000 } = {}) {
   if (!window.uPlot) { el.textContent = 'chart library missing'; return; }
   const colors = ['#3b5bdb', '#e8590c', '#2b8a3e', '#c92a2a', '#7048e8', '#0c8599'];
   const opts = {
@@ -74,7 +88,8 @@ function chart(el, title, series, xs, ys, { ms = false } = {}) {
     series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 2, points: { show: xs.length < 40 },
       value: (u, v) => (v == null ? '—' : ms ? `${v} ms` : fmtInt(v)) }))],
     axes: [{}, { size: 60 }],
-    scales: { x: { time: true } },
+    // The whole period, even with one point in it.
+    scales: { x: { time: true, range: () => [xs[0] / 1000, (xs[xs.length - 1] + step) / 1000] } },
   };
   charts.push(new uPlot(opts, [xs.map((t) => t / 1000), ...ys], el));
 }
@@ -95,16 +110,21 @@ pages.overview = async (main) => {
     analytics({ from: today, to: today, group_by: 'key' }),
     analytics({ from: monthStart, to: today, group_by: 'key' }),
   ]);
-  const sum = (f) => keys.data.filter((k) => !k.revoked).reduce((a, k) => a + (k.budgets?.[f] ?? 0), 0);
-  const dailyBudget = sum('daily_usd');
-  const monthlyBudget = sum('monthly_usd');
+  // Budgets are per key: the bar compares the budgeted keys' spend with
+  // the sum of their budgets.
+  const budgeted = (f) => keys.data.filter((k) => !k.revoked && k.budgets?.[f] != null);
+  const spentBy = (a, ks) => ks.reduce((s, k) => s + (a.groups.find((g) => g.group === k.id)?.cost_usd ?? 0), 0);
+  const dailyBudget = budgeted('daily_usd').reduce((a, k) => a + k.budgets.daily_usd, 0);
+  const monthlyBudget = budgeted('monthly_usd').reduce((a, k) => a + k.budgets.monthly_usd, 0);
+  const dailySpent = spentBy(byKeyDay, budgeted('daily_usd'));
+  const monthlySpent = spentBy(byKeyMonth, budgeted('monthly_usd'));
   const t = series.totals;
   main.innerHTML = `<h1>Overview</h1>
     <div class="cards">
       ${card('spend-today', 'Spend today', fmtUsd(day.totals.cost_usd), day.totals.cost_pico,
-        dailyBudget ? `of ${fmtUsd(dailyBudget)} daily budgets` : 'no daily budgets', dailyBudget ? day.totals.cost_usd / dailyBudget : null)}
+        dailyBudget ? `keys with daily budgets: <span data-k="budgeted-today">${esc(fmtUsd(dailySpent))}</span> of ${esc(fmtUsd(dailyBudget))}` : 'no daily budgets', dailyBudget ? dailySpent / dailyBudget : null)}
       ${card('spend-month', 'Spend this month', fmtUsd(month.totals.cost_usd), month.totals.cost_pico,
-        monthlyBudget ? `of ${fmtUsd(monthlyBudget)} monthly budgets` : 'no monthly budgets', monthlyBudget ? month.totals.cost_usd / monthlyBudget : null)}
+        monthlyBudget ? `keys with monthly budgets: ${esc(fmtUsd(monthlySpent))} of ${esc(fmtUsd(monthlyBudget))}` : 'no monthly budgets', monthlyBudget ? monthlySpent / monthlyBudget : null)}
       ${card('requests', `Requests (${p.label})`, fmtInt(t.requests), t.requests, `${fmtInt(t.input_tokens)} in / ${fmtInt(t.output_tokens)} out tokens`)}
       ${card('error-rate', 'Error rate', fmtPct(t.error_rate), t.error_rate, `${fmtInt(t.errors)} errors`)}
       ${card('failovers', 'Failovers', fmtInt(t.failovers), t.failovers, `${fmtInt(t.cache_hits)} cache hits`)}
@@ -114,11 +134,13 @@ pages.overview = async (main) => {
     <div class="charts"><div class="card" id="c-req"></div><div class="card" id="c-lat"></div></div>
     <h2>Budgets</h2>
     <table id="budgets"><thead><tr><th>Key</th><th>Team</th><th class="num">Spent today</th><th>Daily budget</th><th class="num">Spent this month</th><th>Monthly budget</th></tr></thead><tbody></tbody></table>`;
-  const xs = series.series.map((s) => s.t);
+  const xs = buckets(p);
+  const pts = series.series;
   chart($('#c-req'), `Requests and errors (${p.label})`, ['requests', 'errors'], xs,
-    [series.series.map((s) => s.requests), series.series.map((s) => s.errors)]);
+    [along(xs, pts, (s) => s.requests), along(xs, pts, (s) => s.errors)], { step: p.step });
   chart($('#c-lat'), `Latency and first byte, ms (${p.label})`, ['latency p50', 'latency p95', 'first byte p50', 'first byte p95'], xs,
-    [series.series.map((s) => s.latency_ms.p50), series.series.map((s) => s.latency_ms.p95), series.series.map((s) => s.ttft_ms.p50), series.series.map((s) => s.ttft_ms.p95)], { ms: true });
+    [along(xs, pts, (s) => s.latency_ms.p50, null), along(xs, pts, (s) => s.latency_ms.p95, null),
+      along(xs, pts, (s) => s.ttft_ms.p50, null), along(xs, pts, (s) => s.ttft_ms.p95, null)], { ms: true, step: p.step });
   const spent = (a, id) => a.groups.find((g) => g.group === id)?.cost_usd ?? 0;
   const rows = keys.data.filter((k) => k.budgets && (k.budgets.daily_usd || k.budgets.monthly_usd));
   const budgetCell = (s, b) => (b ? `${fmtUsd(b)} <div class="bar ${s / b >= 1 ? 'bad' : s / b >= 0.8 ? 'warn' : ''}"><span style="width:${Math.min(100, (s / b) * 100)}%"></span></div>` : '—');
@@ -165,9 +187,9 @@ pages.models = async (main) => {
     ${groupTable('by-provider', 'By provider', byProvider)}
     ${groupTable('by-location', 'By location', byLocation)}`;
   const providers = [...new Set(series.series.map((s) => s.group))];
-  const xs = [...new Set(series.series.map((s) => s.t))].sort((a, b) => a - b);
+  const xs = buckets(p);
   chart($('#c-prov'), `Requests by provider (${p.label})`, providers.map((x) => x || '(none)'), xs,
-    providers.map((pr) => xs.map((t) => series.series.find((s) => s.t === t && s.group === pr)?.requests ?? 0)));
+    providers.map((pr) => along(xs, series.series.filter((s) => s.group === pr), (s) => s.requests)), { step: p.step });
 };
 
 pages.keys = async (main) => {
@@ -193,7 +215,7 @@ pages.keys = async (main) => {
       const u = usage(k.id);
       return `<tr data-key="${esc(k.id)}"><td><strong>${esc(k.name)}</strong><br><span class="muted">${esc(k.secret_hint)}</span></td>
         <td>${esc(k.team ?? '')}</td><td><span class="badge ${k.revoked ? 'revoked' : 'active'}">${k.revoked ? 'revoked' : 'active'}</span></td>
-        <td>${esc(limits(k.limits))}</td><td data-k="budgets">${esc(budgets(k.budgets))}</td>
+        <td data-k="limits">${esc(limits(k.limits))}</td><td data-k="budgets">${esc(budgets(k.budgets))}</td>
         <td class="num" data-k="requests" data-value="${u?.requests ?? 0}">${fmtInt(u?.requests ?? 0)}</td>
         <td class="num" data-k="cost" data-value="${u?.cost_pico ?? 0}">${fmtUsd(u?.cost_usd ?? 0)}</td>
         <td class="num">${fmtInt(u?.input_tokens ?? 0)} / ${fmtInt(u?.output_tokens ?? 0)}</td>
