@@ -463,6 +463,8 @@ function workerdCapnp(p) {
     bindings = [
       (name = "GATEWAY_CONFIG", kvNamespace = (name = "${kv}")),
       (name = "KEY_OBJECTS", durableObjectNamespace = (className = "KeyObject"${objects ? `, serviceName = "${objects}"` : ''})),
+      (name = "ANALYTICS", durableObjectNamespace = (className = "AnalyticsObject"${objects ? `, serviceName = "${objects}"` : ''})),
+      (name = "ALERTS", durableObjectNamespace = (className = "AlertsObject"${objects ? `, serviceName = "${objects}"` : ''})),
       (name = "GATEWAY_KEYS", text = ${capnpStr(GATEWAY_KEY)}),
       (name = "ADMIN_TOKEN", text = ${capnpStr(ADMIN_TOKEN)}),
       (name = "CONFIG_CACHE_TTL_MS", text = "3600000"),
@@ -472,6 +474,8 @@ function workerdCapnp(p) {
     ],
     ${objects ? '' : `durableObjectNamespaces = [
       (className = "KeyObject", uniqueKey = "bench-${kv}-key-objects", enableSql = true),
+      (className = "AnalyticsObject", uniqueKey = "bench-${kv}-analytics", enableSql = true),
+      (className = "AlertsObject", uniqueKey = "bench-${kv}-alerts", enableSql = true),
     ],
     durableObjectStorage = (localDisk = "do-storage"),`}
     globalOutbound = "loopback",
