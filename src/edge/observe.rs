@@ -234,7 +234,10 @@ pub(super) fn note_health(health: &Health) {
 /// failing (all tried and failed, or all skipped by breakers).
 pub(super) fn model_failed(e: &GatewayError, model: &str) {
     let all_failed = match e {
-        GatewayError::AllTargetsFailed { .. } | GatewayError::Unavailable { .. } => true,
+        GatewayError::AllTargetsFailed { .. } => true,
+        // Every target skipped by its breaker or cooling (expected back
+        // after a while), not a residency rule that no target meets.
+        GatewayError::Unavailable { retry_after, .. } => retry_after.is_some(),
         other => other.is_retryable(),
     };
     if !all_failed {

@@ -118,7 +118,10 @@ pub(super) async fn analytics(req: &Request, env: &Env) -> Result<Reply, Gateway
             }
         }
     }
-    Ok(Reply::json_value(200, &answer(&q, &partials)))
+    Ok(Reply::json_value(
+        200,
+        &answer(&q, &partials).to_json(&q.metrics),
+    ))
 }
 
 /// `GET /admin/logs`: `object=<key>` reads one object; otherwise the day's

@@ -526,7 +526,27 @@ pub struct Query {
     /// Only cells whose dimension has this value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<(Dim, String)>,
+    /// The figures to answer (`metric=cost_usd,requests`); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
 }
+
+/// The figures a query can ask for by name (`metric=`).
+pub const METRICS: &[&str] = &[
+    "requests",
+    "errors",
+    "error_rate",
+    "failovers",
+    "cache_hits",
+    "hedged",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "cost_pico",
+    "latency_ms",
+    "ttft_ms",
+];
 
 /// A malformed query, with the parameter at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -567,8 +587,20 @@ impl Query {
                         _ => return Err(bad("interval", "one of minute, hour, day")),
                     });
                 }
-                // Accepted for readability of URLs; every metric is answered.
-                "metric" | "metrics" => {}
+                "metric" | "metrics" => {
+                    for m in v.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                        if !METRICS.contains(&m) {
+                            return Err(QueryError {
+                                param: "metric",
+                                message: format!(
+                                    "metric: one or more of {}, got {m:?}",
+                                    METRICS.join(", ")
+                                ),
+                            });
+                        }
+                        q.metrics.push(m.to_owned());
+                    }
+                }
                 other => match Dim::parse(other) {
                     Some(d) => q.filters.push((d, v.to_owned())),
                     None => {
@@ -879,6 +911,30 @@ pub struct Answer {
     pub groups: Vec<Group>,
     /// The series, oldest first (with an interval).
     pub series: Vec<Point>,
+}
+
+impl Answer {
+    /// As JSON, with only the figures `metrics` names (all when empty).
+    pub fn to_json(&self, metrics: &[String]) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if metrics.is_empty() {
+            return v;
+        }
+        let keep = |figures: &mut serde_json::Value| {
+            if let Some(map) = figures.as_object_mut() {
+                map.retain(|k, _| {
+                    matches!(k.as_str(), "group" | "t") || metrics.iter().any(|m| m == k)
+                });
+            }
+        };
+        keep(&mut v["totals"]);
+        for list in ["groups", "series"] {
+            if let Some(items) = v[list].as_array_mut() {
+                items.iter_mut().for_each(keep);
+            }
+        }
+        v
+    }
 }
 
 /// Merges the days' partials into the answer.

@@ -214,7 +214,7 @@ fn bad_queries_name_their_parameter() {
         "interval"
     );
     assert_eq!(err(&[("colour", "red")]), "query");
-    let q = query(&[("metric", "cost")]);
+    let q = query(&[("metric", "cost_pico")]);
     assert_eq!(
         (q.from_ms, q.to_ms),
         (DAY1, DAY1 + DAY_MS),
@@ -228,4 +228,26 @@ fn status_classes_group_rate_limits_apart() {
     assert_eq!(status_class(429), "429");
     assert_eq!(status_class(400), "4xx");
     assert_eq!(status_class(503), "5xx");
+}
+
+#[test]
+fn metrics_select_the_figures_answered() {
+    let q = query(&[("metric", "cost_usd,requests"), ("group_by", "key")]);
+    assert_eq!(q.metrics, ["cost_usd", "requests"]);
+    let mut store = DayStore::default();
+    let mut r = Rollups::new("iso".into());
+    r.add(&event(DAY1, "k", "m", 3, 1), DAY1);
+    for b in r.take(1_000, DAY1, true) {
+        store.ingest(&b);
+    }
+    let v = answer(&q, &[store.query(&q)]).to_json(&q.metrics);
+    let keys = |x: &serde_json::Value| {
+        let mut k: Vec<String> = x.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&v["totals"]), ["cost_usd", "requests"]);
+    assert_eq!(keys(&v["groups"][0]), ["cost_usd", "group", "requests"]);
+    let err = Query::parse([("metric", "vibes")].into_iter(), DAY1).unwrap_err();
+    assert_eq!(err.param, "metric");
 }
