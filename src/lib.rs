@@ -33,6 +33,9 @@
 //!   own providers, translation to and from the chat format for the others
 //!   (requests, answers, incremental stream conversion, error shapes), and
 //!   the per-attempt `Call` the gateway runs for either.
+//! - [`cache`]     — the exact-match response cache: which requests, under
+//!   which key (scope and canonical request, hashed), entries that answer
+//!   streamed and whole, replay.
 //! - [`routing`]   — config + request + caller -> ordered candidates: rules,
 //!   data residency, capabilities, strategies (nearest that holds), per-target
 //!   health (breaker, 429 cooling, time-to-first-byte EWMA) and its snapshot
@@ -43,10 +46,11 @@
 //!   stored as rows), and the isolate's side (`limits::local`: admission
 //!   from leases, settlements in batches); time passed in.
 //! - [`gateway`]   — the request path as plain async Rust over the
-//!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts and
-//!   failover, stream decoding (SSE or AWS event stream) and commit at the
-//!   first token (then, for a stream with nothing to translate, the rest
-//!   handed to the runtime), settlement.
+//!   [`http::Upstream`] seam: route, prepare, dispatch with timeouts,
+//!   failover and hedging, stream decoding (SSE or AWS event stream) and
+//!   commit at the first token (then, for a stream with nothing to
+//!   translate, the rest handed to the runtime), mid-stream continuation
+//!   (`gateway::continuation`), settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
 //!   types, timers and deadlines, RS256 signing, the runtime's handle on a
 //!   body.
@@ -59,14 +63,15 @@
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
 //!   path, admission and batched accounting, the admin API, the KV config
 //!   cache, the per-key Durable Object, outbound fetch with abort, the
-//!   runtime-side pipe of committed streams, health shared through the Cache
-//!   API, WebCrypto signatures, the Workers AI binding.
+//!   runtime-side pipe of committed streams, health and the response cache
+//!   in the Cache API, WebCrypto signatures, the Workers AI binding.
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 
 pub mod api;
 pub mod aws;
 pub mod azure;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -29,6 +29,10 @@ pub struct ChatRequest<'a> {
     pub include_usage: bool,
     /// `max_completion_tokens`, else `max_tokens`, when given.
     pub max_tokens: Option<u64>,
+    /// Whether a committed stream's rest may be piped by the runtime
+    /// untouched (an OpenAI target's stream): not when the answer must be
+    /// rewritten on its way, as PII restoration does.
+    pub native_pipe: bool,
 }
 
 impl<'a> ChatRequest<'a> {
@@ -42,6 +46,7 @@ impl<'a> ChatRequest<'a> {
             stream: false,
             include_usage: false,
             max_tokens: None,
+            native_pipe: true,
         };
         match req.get("messages").map(|raw| raw.get().trim_start()) {
             None => {
@@ -76,6 +81,11 @@ impl<'a> ChatRequest<'a> {
     /// The raw JSON of a top-level field.
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
         field(&self.fields, key)
+    }
+
+    /// Every top-level field, in the body's order, as raw JSON.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
     }
 
     /// Parses one top-level field into `T`; a type mismatch is a 400 naming it.

@@ -409,6 +409,72 @@ pub struct Model {
     /// Conditional routes, checked in order before the default targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// Answer repeated requests from the location's cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
+    /// Race a slow first target against the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
+    /// Finish a stream whose target broke after its first token on the next
+    /// target, as one stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continuation: bool,
+}
+
+/// The exact-match response cache of one model.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicy {
+    /// How long an answer is served from the cache, in seconds.
+    pub ttl_s: u64,
+    /// Whose requests share answers.
+    #[serde(default)]
+    pub scope: CacheScope,
+    /// Also cache requests that sample (a `temperature` above 0, or none:
+    /// the providers' default is 1), whose answers differ from one call to
+    /// the next. Off by default: a cached answer would repeat one draw.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
+}
+
+/// Whose requests may be answered with each other's cached answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// One key's own requests only.
+    #[default]
+    Key,
+    /// The requests of keys of the same team (a key with no team: its own).
+    Team,
+    /// Every caller's.
+    Global,
+}
+
+/// Hedged requests: when the first target has produced no first token (a
+/// whole answer, for a request that does not stream) after a while, the
+/// next candidate is started too; the first to answer wins and the other is
+/// aborted at once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Hedge {
+    /// Start the next target after this many milliseconds; with
+    /// `after_percentile`, only while the target has too few samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+    /// Start the next target after this percentile (50–99) of the first
+    /// target's time to first byte, as this location has seen it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_percentile: Option<u8>,
+    /// Targets started beside the first (1 or 2).
+    #[serde(default = "one")]
+    pub max_extra: u8,
+}
+
+fn one() -> u8 {
+    1
 }
 
 fn is_priority(s: &Strategy) -> bool {
@@ -830,6 +896,31 @@ impl Config {
                     format!("{path}.targets"),
                     "at least one target is required".into(),
                 );
+            }
+            if let Some(c) = &m.cache
+                && c.ttl_s == 0
+            {
+                err(
+                    format!("{path}.cache.ttl_s"),
+                    "must be greater than 0".into(),
+                );
+            }
+            if let Some(h) = &m.hedge {
+                if h.after_ms.is_none() && h.after_percentile.is_none() {
+                    err(
+                        format!("{path}.hedge"),
+                        "give after_ms or after_percentile".into(),
+                    );
+                }
+                if h.after_percentile.is_some_and(|p| !(50..=99).contains(&p)) {
+                    err(
+                        format!("{path}.hedge.after_percentile"),
+                        "must be between 50 and 99".into(),
+                    );
+                }
+                if !(1..=2).contains(&h.max_extra) {
+                    err(format!("{path}.hedge.max_extra"), "must be 1 or 2".into());
+                }
             }
             for (i, t) in m.targets.iter().enumerate() {
                 let tpath = format!("{path}.targets[{i}]");

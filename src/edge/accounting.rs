@@ -248,10 +248,7 @@ pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admi
                 id: reservation,
                 admitted_ms: now,
             },
-            routing: Routing {
-                tier: key.tier,
-                regions: key.regions,
-            },
+            routing: Routing::of(&key),
             rate,
         }),
         KeyReply::Denied(d) => {

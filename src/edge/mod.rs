@@ -19,6 +19,7 @@
 //!   `/admin/alerts`, `/admin/config/validate`
 //! - `pipe`           — the rest of a committed pass-through stream, piped by
 //!   a small JavaScript reader (no chunk crosses into wasm)
+//! - `response_cache` — response cache entries in the location's Cache API
 //! - `shared_health`  — target health shared by a location's isolates (Cache API)
 //! - `upstream`       — [`crate::http::Upstream`] over the runtime's `fetch`
 //!   (and the Workers AI binding)
@@ -36,6 +37,7 @@ mod objects;
 mod observe;
 mod observe_admin;
 mod pipe;
+mod response_cache;
 mod shared_health;
 mod upstream;
 mod webcrypto;
@@ -55,15 +57,17 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys;
 use worker::{Context, Env, event};
 
-use crate::config::Location;
+use crate::cache::{self, Plan};
+use crate::config::{Config, Location};
 use crate::error::GatewayError;
+use crate::gateway::continuation::{self, Continued};
 use crate::gateway::{
     self, Accounting, Caller, Ctx, Reply, ReplyBody, Route, Served, StreamEnd, StreamOutcome,
     TestHook,
 };
 use crate::ingress::Ingress;
 use crate::keys::{self, KeyRef};
-use crate::limits::local::Ticket;
+use crate::limits::local::{Routing, Ticket};
 use crate::limits::{Command, Money, Reply as KeyReply};
 use crate::observe::analytics::RequestEvent;
 use crate::observe::logs::LogMeta;
@@ -108,15 +112,20 @@ thread_local! {
 ///    upstream request is already on its way, the client seeing nothing
 ///    until it says yes. A static key has no limits: nothing to decide
 ///    ([`accounting::admit`]).
-/// 6. **route** — candidates best-first for this caller: rules, data
+/// 6. **cache** — for a model with a `cache` policy, the exact-match
+///    response cache of the location: a hit is answered here, charged
+///    nothing; a miss goes on, and its complete answer is stored
+///    ([`gateway::Prepared::cache_plan`], [`response_cache`]).
+/// 7. **route** — candidates best-first for this caller: rules, data
 ///    residency from `request.cf` and the key, capabilities, strategy,
 ///    breakers ([`gateway::Prepared::route`], [`origin`]).
-/// 7. **translate, send, fail over** — each candidate until one answers,
-///    within the timeouts ([`gateway::dispatch`]), raced with an
-///    overlapped admission ([`dispatch_admitted`]).
-/// 8. **stream** — the answer passed to the client chunk by chunk, with the
+/// 8. **translate, send, fail over** — each candidate until one answers,
+///    within the timeouts, a slow one hedged by the next when the model
+///    says so ([`gateway::dispatch`]), raced with an overlapped admission
+///    ([`dispatch_admitted`]).
+/// 9. **stream** — the answer passed to the client chunk by chunk, with the
 ///    `x-ratelimit-*` headers ([`into_response`]).
-/// 9. **settle** — off the request path (`waitUntil`): one JSON log line,
+/// 10. **settle** — off the request path (`waitUntil`): one JSON log line,
 ///    and the actual cost added to the key's batch, which the isolate sends
 ///    to the key's object about once a second with the others
 ///    ([`settle`], [`accounting::settle`]). Breakers and cool-downs this
@@ -226,7 +235,7 @@ async fn handle(
 }
 
 /// `POST /v1/chat/completions`, and `POST /v1/embeddings` (by `prepare`),
-/// steps 3 to 9.
+/// steps 3 to 10.
 async fn chat(
     req: &RawRequest,
     env: &Env,
@@ -266,7 +275,7 @@ async fn chat(
     // key or model.
     let log = observe::draft(&config, key.id(), prepared.model(), &body);
     // 5. admit
-    let (admitted, overlap) =
+    let (mut admitted, mut overlap) =
         match accounting::admit(env, ctx, key, prepared.model(), reserve, tokens).await {
             accounting::Decision::Go(a) => (Some(a), None),
             accounting::Decision::Overlap {
@@ -281,14 +290,76 @@ async fn chat(
         (None, Some((r, _, _))) => r.clone(),
         (None, None) => Default::default(),
     };
-    // 6. route (`request.cf` read only when routing needs it)
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).ok().flatten();
+    // 6. cache (a model with a `cache` policy): a hit is answered here
+    let scope = key.object_name();
+    let asker = cache::Asker {
+        key_id: &scope,
+        team: routing.team.as_deref(),
+    };
+    let (cache_state, store_at) = match prepared.cache_plan(&header, asker) {
+        Plan::Off => (None, None),
+        Plan::Bypass => (Some("bypass"), None),
+        Plan::Use {
+            key: k,
+            ttl_s,
+            lookup,
+        } => {
+            let url = response_cache::url(req, &k);
+            if lookup && let Some(url) = &url {
+                // An overlapped admission is decided beside the lookup.
+                let hit = match overlap.take() {
+                    Some((_, object, admit)) => {
+                        let (hit, decided) = futures::join!(
+                            response_cache::lookup(url),
+                            accounting::decide_overlapped(env, ctx, &object, admit)
+                        );
+                        match decided {
+                            Ok(a) => admitted = Some(a),
+                            Err(refused) => return refused,
+                        }
+                        hit
+                    }
+                    None => response_cache::lookup(url).await,
+                };
+                if let Some(entry) = hit {
+                    let mut reply = prepared.cached_reply(&entry);
+                    let a = admitted.take();
+                    if let Some(a) = &a {
+                        reply.headers.extend(gateway::rate_headers(&a.rate));
+                    }
+                    let observed = Observed {
+                        config: config.clone(),
+                        location: observe::location(req, &Origin::default()),
+                        log: log.clone(),
+                    };
+                    settle_hit(
+                        a.map(|a| a.ticket),
+                        &prepared,
+                        key,
+                        request_id,
+                        started,
+                        observed,
+                    );
+                    accounting::kick(env, ctx);
+                    return match &log {
+                        Some(draft) => observe::capture(reply, draft),
+                        None => reply,
+                    };
+                }
+            }
+            // A miss's stream stays in Rust, to be kept as it passes.
+            prepared.keep_stream();
+            (Some("miss"), url.map(|u| (u, ttl_s)))
+        }
+    };
+    // 7. route (`request.cf` read only when routing needs it)
     let origin = if config.needs_origin(prepared.model()) {
         origin(req, env)
     } else {
         Origin::default()
     };
-    let headers = req.headers();
-    let header = |name: &str| headers.get(name).ok().flatten();
     let caller = Caller {
         origin: &origin,
         header: &header,
@@ -297,14 +368,37 @@ async fn chat(
         jurisdictions: routing.regions.as_deref(),
         random: random_unit(),
     };
-    // 7. translate, send, fail over (the admission alongside, if overlapped)
+    // 8. translate, send, fail over (the admission alongside, if overlapped)
     let (end_tx, end_rx) = oneshot::channel::<StreamOutcome>();
-    let on_end: StreamEnd = Box::new(move |outcome| {
+    let report: StreamEnd = Box::new(move |outcome| {
         let _ = end_tx.send(outcome);
     });
     let streaming = prepared.stream();
+    // A stream that may be continued stays in Rust; its first leg reports
+    // to the continuation, which reports the whole.
+    let continued = streaming
+        && matches!(prepared.req, gateway::Request::Chat(_))
+        && config
+            .models
+            .get(prepared.model())
+            .is_some_and(|m| m.continuation);
+    let (on_end, mut report) = if continued {
+        prepared.keep_stream();
+        let cell = Rc::new(RefCell::new(None));
+        let first_leg = cell.clone();
+        let on_end: StreamEnd = Box::new(move |o| *cell.borrow_mut() = Some(o));
+        (on_end, Some((first_leg, report)))
+    } else {
+        (report, None)
+    };
     let routed = prepared.route(&gctx, &caller);
-    let fetch = upstream::FetchUpstream::new(env, overlap.is_some());
+    // An answer that may be abandoned early (an overlapped admission may
+    // refuse; a hedged attempt may lose) needs an abort controller.
+    let hedged = config
+        .models
+        .get(prepared.model())
+        .is_some_and(|m| m.hedge.is_some());
+    let fetch = upstream::FetchUpstream::new(env, overlap.is_some() || hedged);
     let dispatched = gateway::dispatch(&fetch, &gctx, &prepared, Some(on_end));
     let (admitted, result) = match (routed, admitted, overlap) {
         (Err(e), admitted, _) => (admitted, Err(e)),
@@ -329,38 +423,95 @@ async fn chat(
         .as_ref()
         .map(|a| a.rate.clone())
         .unwrap_or_default();
-    // 9. settle (a refused route settles as an error)
+    // 10. settle (a refused route settles as an error); a miss's complete
+    // answer is stored
     let env_for_flush = env.clone();
-    let location = observe::location(req, &origin);
-    let mut pending = Settlement {
-        ticket: admitted.map(|a| a.ticket),
-        accounting: prepared.accounting(),
-        key_id: key.id().to_owned(),
-        request_id: request_id.to_owned(),
-        served: None,
-        status: 200,
-        started_ms: started,
-        first_byte_ms: now_ms() - started,
-        stream: streaming,
-        config: config.clone(),
-        location,
-        log: log.clone(),
-    };
+    let mut pending = Settlement::new(
+        admitted.map(|a| a.ticket),
+        &prepared,
+        key,
+        request_id,
+        started,
+        cache_state,
+        Observed {
+            config: config.clone(),
+            location: observe::location(req, &origin),
+            log: log.clone(),
+        },
+    );
     let mut reply = match result {
-        Ok(reply) => {
+        Ok(mut reply) => {
             pending.served = reply.served.clone();
+            if let (Some((first_leg, report)), ReplyBody::Stream(_)) = (report.take(), &reply.body)
+                && let ReplyBody::Stream(first) =
+                    std::mem::replace(&mut reply.body, ReplyBody::Full(Vec::new()))
+            {
+                let start = second_leg_starter(
+                    env,
+                    config.clone(),
+                    Rc::from(&body[..]),
+                    SecondLegCaller {
+                        origin: origin.clone(),
+                        headers: req.headers(),
+                        key_id: key.id().to_owned(),
+                        routing: routing.clone(),
+                    },
+                    reply.served.clone(),
+                    started,
+                );
+                let input_estimate = pending.accounting.input_estimate;
+                reply.body = ReplyBody::Stream(continuation::continuable(
+                    first,
+                    first_leg,
+                    input_estimate,
+                    start,
+                    report,
+                ));
+            }
+            let captured = match (store_at.is_some(), reply.body) {
+                (true, ReplyBody::Stream(body)) => {
+                    let (body, kept) = cache::capture(body);
+                    reply.body = ReplyBody::Stream(body);
+                    Some(kept)
+                }
+                (_, body) => {
+                    reply.body = body;
+                    None
+                }
+            };
             if matches!(reply.body, ReplyBody::Stream(_) | ReplyBody::Native(_)) {
                 ctx.wait_until(async move {
                     let outcome = end_rx.await.ok();
                     let complete = outcome.as_ref().is_some_and(|o| o.complete);
-                    let (usage, events) = outcome.map_or((None, 0), |o| (o.usage, o.events));
+                    let whole = outcome.as_ref().is_some_and(|o| o.continued.is_none());
+                    let (usage, events) = match outcome {
+                        Some(o) => {
+                            pending.continued = o.continued;
+                            (o.usage, o.events)
+                        }
+                        None => (None, 0),
+                    };
                     settle(pending, usage, events, !complete);
+                    // A continued answer is not stored: only one that one
+                    // provider gave whole.
+                    if let (true, true, Some(kept), Some((url, ttl_s))) =
+                        (complete, whole, captured, store_at)
+                        && let Ok(sse) = kept.await
+                        && let Some(entry) = cache::Entry::from_stream(&sse)
+                    {
+                        response_cache::store(url, entry, ttl_s).await;
+                    }
                     accounting::flush_here(env_for_flush).await;
                 });
             } else {
                 // Known now: settled here, with no task of its own; only the
                 // batch waits (one flusher per isolate, not per request).
                 settle(pending, reply.usage, 0, false);
+                if let (Some((url, ttl_s)), ReplyBody::Full(body)) = (store_at, &reply.body)
+                    && let Some(entry) = cache::Entry::from_completion(body)
+                {
+                    ctx.wait_until(response_cache::store(url, entry, ttl_s));
+                }
                 accounting::kick(env, ctx);
             }
             match &log {
@@ -380,12 +531,15 @@ async fn chat(
             }
         }
     };
-    // 8. stream (the caller turns the reply into a response)
+    // 9. stream (the caller turns the reply into a response)
     reply.headers.extend(gateway::rate_headers(&rate));
+    if let Some(state) = cache_state {
+        reply.headers.push(("x-gateway-cache", state.to_owned()));
+    }
     reply
 }
 
-/// Step 7 with an overlapped admission: the upstream answer and the key's
+/// Step 8 with an overlapped admission: the upstream answer and the key's
 /// decision race. Nothing reaches the client until the key is admitted; on
 /// a refusal the upstream request is dropped, which aborts its fetch (and a
 /// stream already committed is dropped unsent).
@@ -425,12 +579,52 @@ struct Settlement {
     started_ms: u64,
     first_byte_ms: u64,
     stream: bool,
+    /// `x-gateway-cache`: `hit`, `miss` or `bypass`; `None` for a model
+    /// with no cache.
+    cache: Option<&'static str>,
+    /// The second leg of a continued stream.
+    continued: Option<Continued>,
+    /// What analytics and request logs need of it.
+    observed: Observed,
+}
+
+/// What analytics and request logs need of a request beyond its charge.
+struct Observed {
     /// The config it was served under (jurisdictions for analytics).
-    config: Rc<crate::config::Config>,
+    config: Rc<Config>,
     /// Where it was served.
     location: Option<Rc<str>>,
     /// Its request-log draft, when the config logs it.
     log: Option<observe::Draft>,
+}
+
+impl Settlement {
+    /// A request's settlement, its answer still to come (a 200 until told
+    /// otherwise).
+    fn new(
+        ticket: Option<Ticket>,
+        prepared: &gateway::Prepared<'_>,
+        key: &KeyRef,
+        request_id: &str,
+        started: u64,
+        cache: Option<&'static str>,
+        observed: Observed,
+    ) -> Settlement {
+        Settlement {
+            ticket,
+            accounting: prepared.accounting(),
+            key_id: key.id().to_owned(),
+            request_id: request_id.to_owned(),
+            served: None,
+            status: 200,
+            started_ms: started,
+            first_byte_ms: now_ms() - started,
+            stream: prepared.stream(),
+            cache,
+            continued: None,
+            observed,
+        }
+    }
 }
 
 /// One structured log line per request.
@@ -443,6 +637,9 @@ struct UsageLog<'a> {
     provider: Option<&'a str>,
     target_model: Option<&'a str>,
     attempts: usize,
+    /// Hedged attempts that lost, `provider/model`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hedge_lost: Vec<String>,
     status: u16,
     stream: bool,
     error: bool,
@@ -452,13 +649,26 @@ struct UsageLog<'a> {
     cost_usd: Money,
     latency_ms: u64,
     first_byte_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
+    /// The target that finished a continued stream, `provider/model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continued_by: Option<String>,
 }
 
 /// Logs the request, adds its actual cost to its key's batch and the same
 /// figures to the isolate's analytics: one settlement feeds both, so
 /// analytics totals equal the keys' usage by construction.
 fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
-    let (cost, event) = gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error);
+    let (cost, event) = if s.cache == Some("hit") {
+        (Money::ZERO, gateway::cache_hit_event(&s.accounting))
+    } else {
+        gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error)
+    };
+    let (mut cost, mut event) = (cost, event);
+    if let Some(leg) = &s.continued {
+        gateway::add_continued(&s.accounting, leg, &mut cost, &mut event);
+    }
     let latency_ms = now_ms().saturating_sub(s.started_ms);
     let log = UsageLog {
         event: "request",
@@ -468,6 +678,12 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         provider: s.served.as_ref().map(|x| x.provider.as_str()),
         target_model: s.served.as_ref().map(|x| x.model.as_str()),
         attempts: s.served.as_ref().map_or(0, |x| x.attempts),
+        hedge_lost: s.served.as_ref().map_or_else(Vec::new, |x| {
+            x.hedge_losers
+                .iter()
+                .map(|l| format!("{}/{}", l.provider, l.model))
+                .collect()
+        }),
         status: s.status,
         stream: s.stream,
         error,
@@ -477,6 +693,11 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         cost_usd: cost,
         latency_ms,
         first_byte_ms: s.first_byte_ms,
+        cache: s.cache,
+        continued_by: s
+            .continued
+            .as_ref()
+            .map(|c| format!("{}/{}", c.served.provider, c.served.model)),
     };
     if let Ok(line) = serde_json::to_string(&log) {
         accounting::log_request(&line);
@@ -486,7 +707,7 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
     if let Some(ticket) = &s.ticket {
         accounting::settle(ticket, cost, &event);
         let jurisdiction = served
-            .and_then(|x| s.config.providers.get(&x.provider))
+            .and_then(|x| s.observed.config.providers.get(&x.provider))
             .and_then(|p| p.jurisdiction.as_deref());
         accounting::with_team(ticket.object(), |team| {
             observe::record(&RequestEvent {
@@ -496,14 +717,13 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
                 model: &s.accounting.model,
                 provider: served.map(|x| x.provider.as_str()),
                 target_model: served.map(|x| x.model.as_str()),
-                location: s.location.as_deref(),
+                location: s.observed.location.as_deref(),
                 jurisdiction,
                 status: s.status,
                 error,
                 attempts,
-                // Set by the response cache and hedging when they exist.
-                cache_hit: false,
-                hedged: false,
+                cache_hit: event.cache_hit,
+                hedged: served.is_some_and(|x| !x.hedge_losers.is_empty()),
                 stream: s.stream,
                 input_tokens: event.input_tokens,
                 output_tokens: event.output_tokens,
@@ -512,7 +732,7 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
                 latency_ms,
                 ttft_ms: s.first_byte_ms,
             });
-            if let Some(draft) = &s.log {
+            if let Some(draft) = &s.observed.log {
                 let meta = LogMeta {
                     request_id: s.request_id.clone(),
                     at_ms: ticket.admitted_ms(),
@@ -537,6 +757,94 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         });
     }
     observe::note_health(HEALTH.with(|h| *h));
+}
+
+/// Who asked, owned: what routing a second leg needs.
+struct SecondLegCaller {
+    origin: Origin,
+    headers: web_sys::Headers,
+    key_id: String,
+    routing: Routing,
+}
+
+/// How a continued stream's second leg starts ([`continuation::StartLeg`]):
+/// the request prepared again from its body, routed again for the same
+/// caller, and sent to its candidates but the one that broke, within what
+/// is left of the request's total time.
+fn second_leg_starter(
+    env: &Env,
+    config: Rc<Config>,
+    body: Rc<[u8]>,
+    caller: SecondLegCaller,
+    broken: Option<Served>,
+    started: u64,
+) -> continuation::StartLeg {
+    let env = env.clone();
+    Box::new(move |prefix: String| {
+        Box::pin(async move {
+            let broken = broken?;
+            if now_ms() >= started + config.failover.total_timeout_ms {
+                return None;
+            }
+            let secret = |name: &str| secret(&env, name);
+            let gctx = Ctx {
+                now_ms: started,
+                clock: &now_ms,
+                secret: &secret,
+                health: HEALTH.with(|h| *h),
+            };
+            let mut prepared = gateway::prepare(&config, &gctx, &body).ok()?;
+            let header = |name: &str| caller.headers.get(name).ok().flatten();
+            let who = Caller {
+                origin: &caller.origin,
+                header: &header,
+                key_id: &caller.key_id,
+                tier: caller.routing.tier.as_deref(),
+                jurisdictions: caller.routing.regions.as_deref(),
+                random: random_unit(),
+            };
+            prepared.route(&gctx, &who).ok()?;
+            let outcome = Rc::new(RefCell::new(None));
+            let cell = outcome.clone();
+            let on_end: StreamEnd = Box::new(move |o| *cell.borrow_mut() = Some(o));
+            let fetch = upstream::FetchUpstream::new(&env, false);
+            let reply =
+                continuation::second_leg(&fetch, &gctx, &prepared, &broken, &prefix, on_end)
+                    .await
+                    .ok()?;
+            let served = reply.served.clone()?;
+            match reply.body {
+                ReplyBody::Stream(body) => Some(continuation::Leg {
+                    body,
+                    served,
+                    outcome,
+                }),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// Settles an answer from the response cache: logged and counted as a
+/// hit, charged nothing.
+fn settle_hit(
+    ticket: Option<Ticket>,
+    prepared: &gateway::Prepared<'_>,
+    key: &KeyRef,
+    request_id: &str,
+    started: u64,
+    observed: Observed,
+) {
+    let s = Settlement::new(
+        ticket,
+        prepared,
+        key,
+        request_id,
+        started,
+        Some("hit"),
+        observed,
+    );
+    settle(s, None, 0, false);
 }
 
 /// `/__test/*` (test hooks on only).

@@ -15,12 +15,15 @@
 //! error is kept, so when all fail the client learns why.
 
 mod admission;
+pub mod continuation;
 mod stream;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::pin::Pin;
 
 use futures::StreamExt;
+use futures::future::Either;
 
 pub use admission::{denial_to_error, format_duration, rate_headers};
 pub use stream::{
@@ -29,9 +32,12 @@ pub use stream::{
 };
 
 use crate::api::{ChatRequest, EmbeddingsRequest, Usage};
-use crate::config::{Config, Failover, ProviderKind};
+use crate::cache;
+use crate::config::{Config, Failover, Hedge, ProviderKind};
 use crate::error::{Attempt, GatewayError};
-use crate::http::{ByteStream, DEADLINE_PASSED, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::http::{
+    ByteStream, DEADLINE_PASSED, Sleep, Upstream, UpstreamRequest, UpstreamResponse,
+};
 use crate::ingress::{Call, ClientRequest, Ingress};
 use crate::limits::{Money, Pricing, Tokens, UsageEvent};
 use crate::providers::{self, Target, mock};
@@ -515,6 +521,28 @@ impl<'a> Prepared<'a> {
             cost = cost.max(info.pricing().worst_cost(input, output));
             tokens = tokens.max(input + output);
         }
+        // A hedged request may have more than one target read its input:
+        // each attempt started beside the first is reserved for as well.
+        if let Some(h) = self
+            .config
+            .models
+            .get(self.model())
+            .and_then(|m| m.hedge.as_ref())
+        {
+            let extra = self
+                .all
+                .iter()
+                .map(|c| {
+                    let info = c.target.provider.model_info(c.target.model);
+                    info.pricing().worst_cost(input, 0)
+                })
+                .max()
+                .unwrap_or(Money::ZERO);
+            for _ in 0..h.max_extra {
+                cost = cost.plus(extra);
+            }
+            tokens += input * u64::from(h.max_extra);
+        }
         (cost, tokens)
     }
 
@@ -608,6 +636,51 @@ impl<'a> Prepared<'a> {
         Ok(())
     }
 
+    /// What the response cache does for this request ([`cache::plan`]):
+    /// chat completions of a model with a `cache` policy only. `header`
+    /// (the client's `Cache-Control`) is read only for such a model.
+    pub fn cache_plan(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        asker: cache::Asker<'_>,
+    ) -> cache::Plan {
+        let Some(policy) = self
+            .config
+            .models
+            .get(self.model())
+            .and_then(|m| m.cache.as_ref())
+        else {
+            return cache::Plan::Off;
+        };
+        let req = match &self.req {
+            Request::Chat(r) => Some(r),
+            _ => None,
+        };
+        cache::plan(Some(policy), req, header("cache-control").as_deref(), asker)
+    }
+
+    /// Keeps a committed stream in Rust to its end (no native pipe), so
+    /// that what the client gets can be kept (the response cache).
+    pub fn keep_stream(&mut self) {
+        if let Request::Chat(r) = &mut self.req {
+            r.native_pipe = false;
+        }
+    }
+
+    /// The reply of a cache hit, in the client's form: the stored chunks
+    /// (with a usage chunk if asked for) to a client that streams, the
+    /// stored completion to one that does not.
+    pub fn cached_reply(&self, entry: &cache::Entry) -> Reply {
+        let mut reply = match &self.req {
+            Request::Chat(r) if r.stream => {
+                stream_reply(ReplyBody::Full(entry.to_stream(r.include_usage)))
+            }
+            _ => Reply::json(200, entry.to_completion()),
+        };
+        reply.headers.push(("x-gateway-cache", "hit".to_owned()));
+        reply
+    }
+
     /// What settlement needs to know of the request, owned, so that it can
     /// outlive the request (a stream settles when it ends).
     pub fn accounting(&self) -> Accounting {
@@ -686,12 +759,20 @@ pub async fn dispatch<U: Upstream>(
 ) -> Result<Reply, GatewayError> {
     let policy = &prepared.config.failover;
     let (model, candidates) = (prepared.model(), &prepared.candidates);
+    let sleep = |ms: u64| upstream.sleep(ms);
+    let hedge = prepared
+        .config
+        .models
+        .get(model)
+        .and_then(|m| m.hedge.as_ref())
+        .filter(|_| candidates.len() > 1)
+        .map(|h| (h, &sleep as &dyn Fn(u64) -> Sleep));
     match &prepared.req {
         Request::Chat(req) => {
             // A cell, not a `&mut`: each attempt borrows it, and only the
             // attempt whose stream is committed takes the callback out.
             let on_stream_end = Cell::new(on_stream_end);
-            failover(ctx, policy, model, candidates, |cand| {
+            failover(ctx, policy, model, candidates, hedge, |cand| {
                 try_chat(upstream, ctx, policy, Call::Chat(req), cand, &on_stream_end)
             })
             .await
@@ -701,14 +782,14 @@ pub async fn dispatch<U: Upstream>(
             // client's protocol, else the translation made at routing.
             let chat = req.chat_request()?;
             let (chat, on_stream_end) = (chat.as_ref(), &Cell::new(on_stream_end));
-            failover(ctx, policy, model, candidates, |cand| async move {
+            failover(ctx, policy, model, candidates, hedge, |cand| async move {
                 let call = Call::for_target(req, chat, cand.target.provider.kind)?;
                 try_chat(upstream, ctx, policy, call, cand, on_stream_end).await
             })
             .await
         }
         Request::Embeddings(req) => {
-            failover(ctx, policy, model, candidates, |cand| {
+            failover(ctx, policy, model, candidates, None, |cand| {
                 try_embeddings(upstream, ctx, policy, req, cand)
             })
             .await
@@ -720,52 +801,140 @@ pub async fn dispatch<U: Upstream>(
 /// order, recording its health; stop at the first answer or the first
 /// failure not worth another target ([`GatewayError::is_retryable`]). The
 /// answer is labelled with the target that gave it.
+///
+/// With a `hedge`, an attempt that has not answered (for a stream: not
+/// produced its first token) after the hedge's delay gets the next
+/// candidate started beside it; the first to answer wins and the others
+/// are dropped, which aborts their fetches. A failure of one of them waits
+/// for the rest before moving on.
 async fn failover<'s, 'c, F, Fut>(
     ctx: &Ctx<'_>,
     policy: &Failover,
     model: &str,
     candidates: &'s [Candidate<'c>],
+    hedge: Option<(&Hedge, &dyn Fn(u64) -> Sleep)>,
     attempt: F,
 ) -> Result<Reply, GatewayError>
 where
     F: Fn(&'s Candidate<'c>) -> Fut,
     Fut: Future<Output = Result<Reply, GatewayError>>,
 {
-    let mut attempts: Vec<(Attempt, GatewayError)> = Vec::new();
-    for cand in candidates {
-        let t = &cand.target;
-        let key = target_key(t.name, t.model);
-        let started = (ctx.clock)();
-        if !ctx.health.acquire(&key, started) {
-            // Another request holds this half-open breaker's probe.
-            continue;
+    /// One attempt under way.
+    struct Running<'s, 'c> {
+        cand: &'s Candidate<'c>,
+        key: String,
+        started: u64,
+    }
+    let mut failed: Vec<(Attempt, GatewayError)> = Vec::new();
+    let mut rest = candidates.iter();
+    let mut running: Vec<Running<'s, 'c>> = Vec::new();
+    let mut futures: Vec<Pin<Box<Fut>>> = Vec::new();
+    let mut started_count = 0;
+    let mut hedges_left = hedge.map_or(0, |(h, _)| usize::from(h.max_extra));
+    // The next candidate whose breaker lets it be tried (taking a half-open
+    // breaker's probe); `None` when none is left.
+    let mut start = |running: &mut Vec<Running<'s, 'c>>, futures: &mut Vec<Pin<Box<Fut>>>| {
+        for cand in rest.by_ref() {
+            let key = target_key(cand.target.name, cand.target.model);
+            let now = (ctx.clock)();
+            if !ctx.health.acquire(&key, now) {
+                // Another request holds this half-open breaker's probe.
+                continue;
+            }
+            running.push(Running {
+                cand,
+                key,
+                started: now,
+            });
+            futures.push(Box::pin(attempt(cand)));
+            return true;
         }
-        let tried = attempts.len() + 1;
-        match attempt(cand).await {
+        false
+    };
+    loop {
+        if futures.is_empty() {
+            if !start(&mut running, &mut futures) {
+                break;
+            }
+            started_count += 1;
+        }
+        // When to start the next candidate beside the newest attempt.
+        let hedge_at = match hedge {
+            Some((h, _)) if hedges_left > 0 && running.len() < candidates.len() => running
+                .last()
+                .map(|r| r.started + hedge_delay(h, ctx, &r.key)),
+            _ => None,
+        };
+        let done = match (hedge_at, hedge) {
+            (Some(at), Some((_, sleep))) => {
+                let wait = at.saturating_sub((ctx.clock)()).max(1);
+                match futures::future::select(
+                    futures::future::select_all(std::mem::take(&mut futures)),
+                    sleep(wait),
+                )
+                .await
+                {
+                    Either::Left(((out, i, others), _)) => {
+                        futures = others;
+                        Some((out, i))
+                    }
+                    Either::Right(((), all)) => {
+                        futures = all.into_inner();
+                        None
+                    }
+                }
+            }
+            _ => {
+                let (out, i, others) =
+                    futures::future::select_all(std::mem::take(&mut futures)).await;
+                futures = others;
+                Some((out, i))
+            }
+        };
+        let Some((out, i)) = done else {
+            // No answer yet: the next candidate runs beside.
+            hedges_left -= 1;
+            if start(&mut running, &mut futures) {
+                started_count += 1;
+            } else {
+                hedges_left = 0;
+            }
+            continue;
+        };
+        // `select_all` took the finished future out with `swap_remove`.
+        let r = running.swap_remove(i);
+        let t = &r.cand.target;
+        match out {
             Ok(mut reply) => {
+                // The others lose: dropped, their fetches aborted; they
+                // leave no verdict on their targets' health.
+                drop(futures);
+                let losers: Vec<HedgeLoser> = running
+                    .iter()
+                    .map(|l| {
+                        ctx.health.release(&l.key);
+                        HedgeLoser {
+                            provider: l.cand.target.name.to_owned(),
+                            model: l.cand.target.model.to_owned(),
+                            pricing: l
+                                .cand
+                                .target
+                                .provider
+                                .model_info(l.cand.target.model)
+                                .pricing(),
+                        }
+                    })
+                    .collect();
                 let now = (ctx.clock)();
                 ctx.health
-                    .record_success(&key, now, now.saturating_sub(started));
-                reply
-                    .headers
-                    .push(("x-gateway-provider", t.name.to_owned()));
-                reply.headers.push(("x-gateway-model", t.model.to_owned()));
-                reply
-                    .headers
-                    .push(("x-gateway-attempts", tried.to_string()));
-                if let Some(region) = t
-                    .provider
-                    .region
-                    .as_ref()
-                    .or(t.provider.jurisdiction.as_ref())
-                {
-                    reply.headers.push(("x-gateway-region", region.clone()));
-                }
+                    .record_success(&r.key, now, now.saturating_sub(r.started));
+                label(&mut reply, t, started_count, &losers);
                 reply.served = Some(Served {
                     provider: t.name.to_owned(),
                     model: t.model.to_owned(),
                     pricing: t.provider.model_info(t.model).pricing(),
-                    attempts: tried,
+                    attempts: started_count,
+                    hedge_losers: losers,
                 });
                 return Ok(reply);
             }
@@ -780,26 +949,87 @@ where
                     _ => None,
                 };
                 ctx.health
-                    .record_failure(&key, (ctx.clock)(), cool, &policy.breaker);
-                attempts.push((e.to_attempt(t.name, t.model), e));
+                    .record_failure(&r.key, (ctx.clock)(), cool, &policy.breaker);
+                failed.push((e.to_attempt(t.name, t.model), e));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                for l in &running {
+                    ctx.health.release(&l.key);
+                }
+                return Err(e);
+            }
         }
     }
     // One failed target: its own error says the most (a 429 stays a 429
     // with its Retry-After). Several: list them all.
-    match attempts.len() {
+    match failed.len() {
         0 => Err(GatewayError::Unavailable {
             message: format!(
                 "Every target of `{model}` is being probed after failures; retry shortly."
             ),
             retry_after: Some(1),
         }),
-        1 => Err(attempts.remove(0).1),
+        1 => Err(failed.remove(0).1),
         _ => Err(GatewayError::AllTargetsFailed {
-            attempts: attempts.into_iter().map(|(a, _)| a).collect(),
+            attempts: failed.into_iter().map(|(a, _)| a).collect(),
         }),
     }
+}
+
+/// How long an attempt runs alone before the next candidate is started
+/// beside it: the configured percentile of its target's time to first byte
+/// when this location has enough samples of it, else `after_ms`, else
+/// [`DEFAULT_HEDGE_AFTER_MS`].
+fn hedge_delay(h: &Hedge, ctx: &Ctx<'_>, key: &str) -> u64 {
+    h.after_percentile
+        .and_then(|p| ctx.health.ttfb_percentile_ms(key, p, (ctx.clock)()))
+        .or(h.after_ms)
+        .unwrap_or(DEFAULT_HEDGE_AFTER_MS)
+}
+
+/// A hedge's delay when its percentile is not known yet and no `after_ms`
+/// is given.
+pub const DEFAULT_HEDGE_AFTER_MS: u64 = 2_000;
+
+/// The headers of a proxied answer: who served it, after how many attempts,
+/// and which hedged attempts lost.
+fn label(reply: &mut Reply, t: &Target<'_>, attempts: usize, losers: &[HedgeLoser]) {
+    reply
+        .headers
+        .push(("x-gateway-provider", t.name.to_owned()));
+    reply.headers.push(("x-gateway-model", t.model.to_owned()));
+    reply
+        .headers
+        .push(("x-gateway-attempts", attempts.to_string()));
+    if let Some(region) = t
+        .provider
+        .region
+        .as_ref()
+        .or(t.provider.jurisdiction.as_ref())
+    {
+        reply.headers.push(("x-gateway-region", region.clone()));
+    }
+    if !losers.is_empty() {
+        let lost: Vec<String> = losers
+            .iter()
+            .map(|l| format!("{}/{}", l.provider, l.model))
+            .collect();
+        reply
+            .headers
+            .push(("x-gateway-hedge", format!("lost={}", lost.join(","))));
+    }
+}
+
+/// A hedged attempt that lost: aborted once another answered. Its input is
+/// charged (a provider bills what it read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgeLoser {
+    /// Provider name from the config.
+    pub provider: String,
+    /// The provider-side model.
+    pub model: String,
+    /// Its prices.
+    pub pricing: Pricing,
 }
 
 /// What to charge for an answer, and its usage record: the provider's
@@ -813,29 +1043,64 @@ pub fn settlement(
     events: u64,
     error: bool,
 ) -> (Money, UsageEvent) {
-    let tokens = match (served, usage) {
-        (None, _) => Tokens::default(),
-        (Some(_), Some(u)) => Tokens {
-            input: u.prompt_tokens,
-            output: u.completion_tokens,
-            cache_read: u.cache_read_tokens(),
-            cache_write: u.cache_write_tokens,
-        },
-        (Some(_), None) => Tokens {
-            input: acc.input_estimate,
-            output: events,
-            ..Tokens::default()
-        },
+    let tokens = match served {
+        None => Tokens::default(),
+        Some(_) => continuation::leg_tokens(usage.as_ref(), acc.input_estimate, events),
     };
-    let cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
+    let mut cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
+    // A hedged attempt that lost read the request before it was aborted:
+    // its input is charged, at its own target's prices (the same input as
+    // the winner's, or the estimate when the winner reported none).
+    for loser in served.map_or(&[][..], |s| &s.hedge_losers) {
+        let input = Tokens {
+            input: if tokens.input > 0 {
+                tokens.input
+            } else {
+                acc.input_estimate
+            },
+            ..Tokens::default()
+        };
+        cost = cost.plus(loser.pricing.cost_of(input));
+    }
     let event = UsageEvent {
         model: acc.model.clone(),
         input_tokens: tokens.input,
         output_tokens: tokens.output,
         cached_tokens: tokens.cache_read,
         error,
+        cache_hit: false,
     };
     (cost, event)
+}
+
+/// Adds a continued stream's second leg to its settlement: its tokens at
+/// its own target's prices (an estimate when it reported no usage: the
+/// input estimate plus the text it was given, an output token an event).
+pub fn add_continued(
+    acc: &Accounting,
+    leg: &continuation::Continued,
+    cost: &mut Money,
+    event: &mut UsageEvent,
+) {
+    let input = acc.input_estimate + leg.prefix_bytes.div_ceil(4);
+    let t = continuation::leg_tokens(leg.usage.as_ref(), input, leg.events);
+    *cost = cost.plus(leg.served.pricing.cost_of(t));
+    event.input_tokens += t.input;
+    event.output_tokens += t.output;
+    event.cached_tokens += t.cache_read;
+}
+
+/// The usage record of an answer from the response cache: a request that
+/// cost nothing and used no tokens (no provider saw it).
+pub fn cache_hit_event(acc: &Accounting) -> UsageEvent {
+    UsageEvent {
+        model: acc.model.clone(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_tokens: 0,
+        error: false,
+        cache_hit: true,
+    }
 }
 
 /// Which target answered, and at what prices.
@@ -847,8 +1112,11 @@ pub struct Served {
     pub model: String,
     /// Its prices.
     pub pricing: Pricing,
-    /// Attempts it took (1 = the first candidate answered).
+    /// Attempts it took (1 = the first candidate answered), hedged ones
+    /// included.
     pub attempts: usize,
+    /// Hedged attempts that lost to this one.
+    pub hedge_losers: Vec<HedgeLoser>,
 }
 
 /// One attempt at one candidate, within the policy's timeouts: a chat

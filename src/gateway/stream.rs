@@ -323,6 +323,7 @@ impl NativeStream {
                 usage,
                 events,
                 complete,
+                continued: None,
             });
         }
     }
@@ -369,7 +370,7 @@ pub fn native_stream(
 }
 
 /// How a committed stream ended, for settlement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamOutcome {
     /// Usage the provider reported, if it did before the end.
     pub usage: Option<Usage>,
@@ -377,6 +378,9 @@ pub struct StreamOutcome {
     pub events: u64,
     /// The answer ended normally (not cut, not an error, not abandoned).
     pub complete: bool,
+    /// The second leg that finished the answer after the first broke
+    /// ([`super::continuation`]).
+    pub continued: Option<super::continuation::Continued>,
 }
 
 /// Called once when a committed stream ends, fails, or is dropped because
@@ -418,6 +422,7 @@ impl ClientStream {
                 usage: self.rest.usage(),
                 events: self.rest.events,
                 complete,
+                continued: None,
             });
         }
     }

@@ -32,6 +32,9 @@ struct Scripted {
     seen: RefCell<Vec<UpstreamRequest>>,
     /// Timers fire at once (every timeout passes); otherwise never.
     timers_fire: bool,
+    /// Timers of exactly this many ms fire at once (a hedge's delay), the
+    /// others never.
+    fire_only: Option<u64>,
     /// Every timer asked for, in ms.
     sleeps: RefCell<Vec<u64>>,
     /// Offer each body natively too, as the edge does: handing it over
@@ -48,6 +51,7 @@ impl Scripted {
             script: RefCell::new(script.into()),
             seen: RefCell::default(),
             timers_fire: false,
+            fire_only: None,
             sleeps: RefCell::default(),
             native: false,
             deadlines: None,
@@ -107,7 +111,7 @@ impl Upstream for Scripted {
 
     fn sleep(&self, ms: u64) -> crate::http::Sleep {
         self.sleeps.borrow_mut().push(ms);
-        if self.timers_fire {
+        if self.timers_fire || self.fire_only == Some(ms) {
             Box::pin(futures::future::ready(()))
         } else {
             Box::pin(futures::future::pending())
@@ -433,6 +437,145 @@ fn a_translated_stream_is_never_handed_over() {
     assert!(matches!(reply.body, ReplyBody::Stream(_)));
 }
 
+const HEDGED: &str = r#"{"version":1,
+  "providers":{"a":{"kind":"openai","base_url":"http://a.test/v1","api_key_secret":"A_KEY","models":{"ma":{"input_per_mtok":1,"output_per_mtok":2}}},
+               "b":{"kind":"openai-compatible","base_url":"http://b.test/v1","models":{"mb":{"input_per_mtok":3,"output_per_mtok":4}}}},
+  "models":{"m":{"targets":[{"provider":"a","model":"ma"},{"provider":"b","model":"mb"}],"hedge":{"after_ms":300}},
+            "p":{"targets":[{"provider":"a","model":"ma"},{"provider":"b","model":"mb"}],"hedge":{"after_percentile":95,"after_ms":5000}}}}"#;
+
+#[test]
+fn a_stream_with_no_first_token_by_the_hedge_delay_races_the_next_target() {
+    let mut second = chunk("from b");
+    second.extend(finish_chunks());
+    let up = Scripted {
+        fire_only: Some(300),
+        ..Scripted::new(vec![Script::Hang, Script::Reply(200, vec![], vec![second])])
+    };
+    let reply = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        STREAM,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-hedge"), Some("lost=a/ma"));
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+    let served = reply.served.clone().unwrap();
+    assert_eq!(served.hedge_losers.len(), 1);
+    assert_eq!(up.seen.borrow().len(), 2, "both targets were called");
+    assert!(
+        String::from_utf8(full_body(reply))
+            .unwrap()
+            .contains("from b")
+    );
+}
+
+#[test]
+fn a_whole_answer_is_hedged_too_and_the_loser_is_charged_its_input() {
+    let up = Scripted {
+        fire_only: Some(300),
+        ..Scripted::new(vec![
+            Script::Hang,
+            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        ])
+    };
+    let reply = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        NON_STREAM,
+    )
+    .unwrap();
+    let served = reply.served.clone().unwrap();
+    assert_eq!(served.provider, "b");
+    // b's answer: 3 in at $3, 4 out at $4 per million; a read the same 3
+    // tokens before it was aborted, at its $1.
+    let acc = Accounting {
+        model: "m".into(),
+        input_estimate: 99,
+    };
+    let (cost, event) = settlement(&acc, Some(&served), reply.usage, 0, false);
+    assert_eq!(cost, Money(3 * 3_000_000 + 4 * 4_000_000 + 3 * 1_000_000));
+    assert_eq!((event.input_tokens, event.output_tokens), (3, 4));
+}
+
+#[test]
+fn an_answer_before_the_hedge_delay_starts_nothing_else() {
+    let up = Scripted::new(vec![Script::Reply(
+        200,
+        vec![],
+        vec![COMPLETION.as_bytes().to_vec()],
+    )]);
+    let reply = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        NON_STREAM,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("a"));
+    assert_eq!(header(&reply, "x-gateway-hedge"), None);
+    assert_eq!(up.seen.borrow().len(), 1);
+    assert!(up.sleeps.borrow().contains(&300), "the hedge timer was set");
+}
+
+#[test]
+fn a_failed_hedged_attempt_waits_for_the_other() {
+    // a fails at once; b (started on a's failure) answers: an ordinary
+    // failover, no hedge reported.
+    let up = Scripted::new(vec![
+        Script::Reply(503, vec![], vec![b"{}".to_vec()]),
+        Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+    ]);
+    let reply = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        NON_STREAM,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    assert_eq!(header(&reply, "x-gateway-hedge"), None);
+    assert_eq!(header(&reply, "x-gateway-attempts"), Some("2"));
+}
+
+#[test]
+fn the_hedge_delay_follows_the_targets_time_to_first_byte_percentile() {
+    let health = Health::new();
+    let key = crate::routing::target_key("a", "ma");
+    for ms in [80, 90, 100, 110, 120, 100, 95, 105, 115, 100] {
+        health.record_success(&key, 1_700_000_000_000, ms);
+    }
+    // p95 of ~100 ms samples: the 127 ms bucket's bound.
+    let up = Scripted {
+        fire_only: Some(127),
+        ..Scripted::new(vec![
+            Script::Hang,
+            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        ])
+    };
+    let body = r#"{"model":"p","messages":[{"role":"user","content":"hi"}]}"#;
+    let reply = run_in(&up, &Config::from_json(HEDGED).unwrap(), &health, body).unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+    // Without samples, after_ms applies.
+    let up = Scripted {
+        fire_only: Some(5_000),
+        ..Scripted::new(vec![
+            Script::Hang,
+            Script::Reply(200, vec![], vec![COMPLETION.as_bytes().to_vec()]),
+        ])
+    };
+    let reply = run_in(
+        &up,
+        &Config::from_json(HEDGED).unwrap(),
+        &Health::new(),
+        body,
+    )
+    .unwrap();
+    assert_eq!(header(&reply, "x-gateway-provider"), Some("b"));
+}
+
 #[test]
 fn gemini_target_is_translated_both_ways() {
     let answer = br#"{"candidates":[{"content":{"parts":[{"text":"Bonjour"}],"role":"model"},"finishReason":"STOP","index":0}],
@@ -662,6 +805,7 @@ fn settlement_charges_reported_usage_or_an_estimate() {
             cache_write_per_mtok: None,
         },
         attempts: 1,
+        hedge_losers: vec![],
     };
     let (cost, ev) = settlement(
         &acc,
@@ -711,6 +855,7 @@ fn settlement_charges_cache_reads_and_writes_at_their_prices() {
         model: "s".into(),
         pricing: anthropic.model_info("s").pricing(),
         attempts: 1,
+        hedge_losers: vec![],
     };
     // Anthropic's usage: 1,000 fresh, 6,000 read, 3,000 written; 500 out.
     let usage = Usage::new(10_000, 500, Some(6_000)).with_cache_writes(3_000);

@@ -111,7 +111,7 @@ use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::http::UpstreamRequest;
 use crate::providers::{self, StreamTranslator, Target, Translator, fnv1a, openai};
-use crate::sse::SseParser;
+use crate::sse::{SseEvent, SseParser};
 
 use messages::{ChunksToMessageEvents, MessageEventsRelay, MessagesRequest};
 use responses::{ChunksToResponseEvents, ResponseEventsRelay, ResponsesRequest};
@@ -489,6 +489,14 @@ impl<'r> Call<'r> {
     /// `now_s` (Unix seconds) dates what a translator builds.
     pub fn stream_translator(&self, target: &Target<'_>, now_s: u64) -> Translator {
         match self {
+            // A stream rewritten or kept on its way (PII restoration, a
+            // cached or continued answer) is never handed to the runtime's
+            // pipe. An event stream never is anyway.
+            Call::Chat(r) if !r.native_pipe => match providers::stream_translator(target, r, now_s)
+            {
+                Translator::Sse(inner) => Translator::Sse(Box::new(InRust(inner))),
+                other => other,
+            },
             Call::Chat(r) => providers::stream_translator(target, r, now_s),
             Call::Native(c) => Translator::Sse(match c.body {
                 ClientBody::Messages(_) | ClientBody::CountTokens(_) => {
@@ -567,6 +575,32 @@ impl<'r> Call<'r> {
                 Ok((messages::count_tokens_body(n), Some(Usage::default())))
             }
         }
+    }
+}
+
+/// A translator whose stream stays in Rust to its end: everything but
+/// [`StreamTranslator::native_tail`] (which says `None`) is the inner one's.
+struct InRust(Box<dyn StreamTranslator>);
+
+impl StreamTranslator for InRust {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        self.0.on_event(ev, out)
+    }
+
+    fn on_end(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        self.0.on_end(out)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.0.usage()
+    }
+
+    fn carries_output(&self, written: &[u8]) -> bool {
+        self.0.carries_output(written)
+    }
+
+    fn write_error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
+        self.0.write_error(e, out);
     }
 }
 

@@ -116,7 +116,7 @@ pub struct KeySnapshot {
     /// Its tier, for routing rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
-    /// Its team, for analytics.
+    /// Its team, for the response cache's `team` scope and analytics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
     /// Its allowed jurisdictions, for routing.
@@ -184,6 +184,9 @@ pub struct Charge {
     pub output_tokens: u64,
     /// Cached input tokens.
     pub cached_tokens: u64,
+    /// Of the requests, those the response cache answered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_hits: u64,
     /// What they cost.
     #[serde(with = "money::pico")]
     pub cost: Money,
@@ -272,4 +275,10 @@ pub struct Granted {
 pub fn slice(want: u64, headroom: u64, share: u64, least: u64) -> Option<u64> {
     let g = want.min(headroom / share);
     (g >= least).then_some(g)
+}
+
+/// For `skip_serializing_if`: a counter that has not counted leaves no
+/// field (older rows and batches have none).
+pub(super) fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -92,14 +92,18 @@ pub struct Admission {
 pub struct Routing {
     /// The key's tier.
     pub tier: Option<String>,
+    /// The key's team (the response cache's `team` scope).
+    pub team: Option<String>,
     /// The key's jurisdictions.
     pub regions: Option<Vec<String>>,
 }
 
 impl Routing {
-    fn of(snap: &KeySnapshot) -> Routing {
+    /// What routing needs of a key's snapshot.
+    pub fn of(snap: &KeySnapshot) -> Routing {
         Routing {
             tier: snap.tier.clone(),
+            team: snap.team.clone(),
             regions: snap.regions.clone(),
         }
     }
@@ -513,6 +517,7 @@ impl LocalLimits {
                 input_tokens: 0,
                 output_tokens: 0,
                 cached_tokens: 0,
+                cache_hits: 0,
                 cost: Money::ZERO,
             });
         c.requests += 1;
@@ -520,6 +525,7 @@ impl LocalLimits {
         c.input_tokens += usage.input_tokens;
         c.output_tokens += usage.output_tokens;
         c.cached_tokens += usage.cached_tokens;
+        c.cache_hits += u64::from(usage.cache_hit);
         c.cost = c.cost.plus(cost);
         k.pending_since_ms.get_or_insert(now_ms);
     }

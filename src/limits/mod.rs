@@ -49,7 +49,7 @@ pub use store::Row;
 
 use crate::keys::constant_time_eq;
 use calendar::{next_day_ms, next_month_ms};
-use lease::{LEASE_SHARE, MIN_SLICE_REQUESTS, REPORT_SLACK_MS, SLOT_SHARE, slice};
+use lease::{LEASE_SHARE, MIN_SLICE_REQUESTS, REPORT_SLACK_MS, SLOT_SHARE, is_zero, slice};
 use window::MinuteWindow;
 
 /// Length of the sliding rate windows.
@@ -180,6 +180,8 @@ pub struct UsageEvent {
     pub cached_tokens: u64,
     /// Whether the answer failed.
     pub error: bool,
+    /// Whether the response cache answered it (nothing was sent upstream).
+    pub cache_hit: bool,
 }
 
 /// The object's answer.
@@ -356,6 +358,9 @@ pub struct DayUsage {
     pub output_tokens: u64,
     /// Cached input tokens.
     pub cached_tokens: u64,
+    /// Of the requests, those the response cache answered.
+    #[serde(default)]
+    pub cache_hits: u64,
     /// Cost in USD.
     pub cost_usd: Money,
     /// Cost in exact picodollars (what analytics totals are compared with).
@@ -402,6 +407,9 @@ pub struct Correction {
     pub output_tokens: i64,
     /// Cached input tokens.
     pub cached_tokens: i64,
+    /// Answered from the response cache.
+    #[serde(default)]
+    pub cache_hits: i64,
     /// Cost, picodollars.
     pub cost_pico: i64,
 }
@@ -420,6 +428,7 @@ impl Correction {
             input_tokens: n(c.input_tokens),
             output_tokens: n(c.output_tokens),
             cached_tokens: n(c.cached_tokens),
+            cache_hits: n(c.cache_hits),
             cost_pico: n(c.cost.0),
         }
     }
@@ -513,6 +522,8 @@ struct Rollup {
     input_tokens: u64,
     output_tokens: u64,
     cached_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    cache_hits: u64,
     #[serde(with = "money::pico")]
     cost: Money,
 }
@@ -1179,6 +1190,7 @@ impl KeyState {
                     input_tokens: 0,
                     output_tokens: 0,
                     cached_tokens: 0,
+                    cache_hits: 0,
                     cost: r.amount,
                 };
                 self.record_usage(r.admitted_ms, &c);
@@ -1206,6 +1218,7 @@ impl KeyState {
                     input_tokens: 0,
                     output_tokens: 0,
                     cached_tokens: 0,
+                    cache_hits: 0,
                     cost: l.money,
                 };
                 self.record_usage(l.granted_ms, &c);
@@ -1342,6 +1355,7 @@ impl KeyState {
         r.input_tokens += c.input_tokens;
         r.output_tokens += c.output_tokens;
         r.cached_tokens += c.cached_tokens;
+        r.cache_hits += c.cache_hits;
         r.cost = r.cost.plus(c.cost);
         self.touch(Table::Usage, &key);
         // Keep the newest USAGE_DAYS days; only a new entry can add a day.
@@ -1424,6 +1438,7 @@ impl KeyState {
                     input_tokens: r.input_tokens,
                     output_tokens: r.output_tokens,
                     cached_tokens: r.cached_tokens,
+                    cache_hits: r.cache_hits,
                     cost_usd: r.cost,
                     cost_pico: r.cost.0,
                 }

@@ -62,6 +62,7 @@ fn charge(source: Source, model: &str, cost: Money, input: u64, output: u64) -> 
         input_tokens: input,
         output_tokens: output,
         cached_tokens: 0,
+        cache_hits: 0,
         cost,
     }
 }
@@ -502,6 +503,7 @@ fn usage_is_rolled_up_by_day_and_model_and_bounded() {
             input_tokens: 3,
             output_tokens: 4,
             cached_tokens: 1,
+            cache_hits: day % 2,
             cost: usd(0.5),
         };
         sync(&mut s, now, day + 1, vec![c], vec![]);
@@ -520,6 +522,9 @@ fn usage_is_rolled_up_by_day_and_model_and_bounded() {
         (1, 3, 4, 1)
     );
     assert_eq!(last.cost_usd, usd(0.5));
+    // Cache hits are counted per day (every other day had one here).
+    let hits: Vec<u64> = rep.by_day.iter().map(|d| d.cache_hits).collect();
+    assert!(hits.iter().all(|&h| h <= 1) && hits.contains(&1) && hits.contains(&0));
 }
 
 #[test]

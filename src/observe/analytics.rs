@@ -403,6 +403,7 @@ pub fn correction_batch(holder: &str, seq: u64, c: &crate::limits::Correction) -
         input_tokens: c.input_tokens,
         output_tokens: c.output_tokens,
         cached_tokens: c.cached_tokens,
+        cache_hits: c.cache_hits,
         cost_pico: c.cost_pico,
         ..Counters::default()
     };

@@ -40,9 +40,72 @@ pub enum Availability {
     Until(u64),
 }
 
+/// Upper bounds (ms) of the time-to-first-byte histogram's buckets: each
+/// half again as wide as the last, from 25 ms to a minute; one more bucket
+/// holds the rest.
+const TTFB_BOUNDS_MS: [u64; 20] = [
+    25, 38, 56, 84, 127, 190, 285, 427, 641, 961, 1_441, 2_162, 3_243, 4_865, 7_297, 10_946,
+    16_419, 24_629, 36_943, 60_000,
+];
+/// Samples a histogram needs before its percentiles are used.
+pub const MIN_QUANTILE_SAMPLES: u32 = 8;
+/// Past this many samples the counts are halved, so the histogram follows
+/// the target's recent behaviour.
+const HISTOGRAM_DECAY_AT: u32 = 256;
+
+/// Times to first byte in log-spaced buckets: a percentile is the upper
+/// bound of the bucket it falls in (never earlier than the truth).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtfbHistogram {
+    /// One count per bucket of [`TTFB_BOUNDS_MS`], then the overflow.
+    pub counts: Vec<u32>,
+}
+
+impl TtfbHistogram {
+    fn total(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds one sample.
+    pub fn record(&mut self, ms: u64) {
+        if self.counts.len() != TTFB_BOUNDS_MS.len() + 1 {
+            self.counts = vec![0; TTFB_BOUNDS_MS.len() + 1];
+        }
+        let i = TTFB_BOUNDS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(TTFB_BOUNDS_MS.len());
+        self.counts[i] += 1;
+        if self.total() > HISTOGRAM_DECAY_AT {
+            for c in &mut self.counts {
+                *c /= 2;
+            }
+        }
+    }
+
+    /// The `p`th percentile (0–100), once there are enough samples.
+    pub fn quantile(&self, p: u8) -> Option<u64> {
+        let total = self.total();
+        if total < MIN_QUANTILE_SAMPLES {
+            return None;
+        }
+        let rank = (u64::from(total) * u64::from(p)).div_ceil(100).max(1);
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return Some(TTFB_BOUNDS_MS.get(i).copied().unwrap_or(120_000));
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Default)]
 struct TargetHealth {
     ewma_ms: Option<f64>,
+    /// Times to first byte, for percentiles (hedging).
+    ttfb: TtfbHistogram,
     /// Samples in the EWMA since it was last started afresh.
     samples: u32,
     /// When the last sample was taken.
@@ -102,6 +165,8 @@ pub struct SharedTarget {
     pub samples: u32,
     /// When its last sample was taken (the latest estimate wins).
     pub sampled_at: u64,
+    /// Times to first byte, with the estimate they go with.
+    pub ttfb: TtfbHistogram,
 }
 
 impl SharedTarget {
@@ -119,6 +184,7 @@ impl SharedTarget {
             self.ewma_ms = other.ewma_ms;
             self.samples = other.samples;
             self.sampled_at = other.sampled_at;
+            self.ttfb = other.ttfb.clone();
         }
     }
 
@@ -209,6 +275,7 @@ impl Health {
         };
         t.samples = t.samples.saturating_add(1);
         t.sampled_at = t.sampled_at.max(now_ms);
+        t.ttfb.record(first_byte_ms);
         t.failures.clear();
         if t.open_until.take().is_some() {
             t.breaker_at = t.breaker_at.max(now_ms);
@@ -310,6 +377,7 @@ impl Health {
                     ewma_ms: t.ewma_ms,
                     samples: t.samples,
                     sampled_at: t.sampled_at,
+                    ttfb: t.ttfb.clone(),
                 };
                 (key.clone(), shared)
             })
@@ -342,7 +410,28 @@ impl Health {
                 t.ewma_ms = theirs.ewma_ms;
                 t.samples = theirs.samples;
                 t.sampled_at = theirs.sampled_at;
+                t.ttfb = theirs.ttfb.clone();
             }
+        }
+    }
+
+    /// The `p`th percentile of the target's time to first byte, as this
+    /// isolate and its location have seen it lately; `None` until there are
+    /// [`MIN_QUANTILE_SAMPLES`] samples, or once they are stale.
+    pub fn ttfb_percentile_ms(&self, key: &str, p: u8, now_ms: u64) -> Option<u64> {
+        let targets = self.targets.borrow();
+        let t = targets.get(key)?;
+        if now_ms.saturating_sub(t.sampled_at) >= STALE_AFTER_MS {
+            return None;
+        }
+        t.ttfb.quantile(p)
+    }
+
+    /// An attempt that took the half-open probe was abandoned (it lost a
+    /// hedge): neither a success nor a failure, and the probe is free again.
+    pub fn release(&self, key: &str) {
+        if let Some(t) = self.targets.borrow_mut().get_mut(key) {
+            t.probing = false;
         }
     }
 
@@ -488,6 +577,7 @@ mod tests {
                     ewma_ms: Some(ewma),
                     samples: 5,
                     sampled_at,
+                    ttfb: TtfbHistogram::default(),
                 },
             );
             s

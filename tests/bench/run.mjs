@@ -51,6 +51,14 @@ const INTERVAL_MS = 5;
 const LARGE_BODY = 16 * 1024;
 
 const COMPAT_DATE = '2026-10-01';
+/** Section 12: the primary's and the backup's time to first byte, and the hedge's delay. */
+const HEDGE_PRIMARY_MS = 600;
+const HEDGE_BACKUP_MS = 50;
+const HEDGE_AFTER_MS = 100;
+const HEDGE_TARGETS = [
+  { provider: 'mock', model: `slow-primary;first_byte_delay_ms=${HEDGE_PRIMARY_MS},chunks=3` },
+  { provider: 'mock', model: `quick-backup;first_byte_delay_ms=${HEDGE_BACKUP_MS},chunks=3` },
+];
 /** Section 8: every reply of the far gateway's key objects waits this long. */
 const FAR_DELAY_MS = 150;
 const GATEWAY_KEY = 'sk-bench-gateway-key-0001';
@@ -298,12 +306,13 @@ function note(text) {
  * (latency, CPU per request); else `duration` seconds (throughput). Returns
  * wrk's figures and the CPU the processes `cpuPids()` used meanwhile.
  */
-async function wrk({ url, connections = 1, requests = 0, duration = DURATION, method = 'GET', bodyFile = '', auth = '', cpuPids }) {
+async function wrk({ url, connections = 1, requests = 0, duration = DURATION, method = 'GET', bodyFile = '', auth = '', unique = '', cpuPids }) {
   const env = {
     BENCH_METHOD: method,
     BENCH_BODY_FILE: bodyFile,
     BENCH_AUTH: auth,
     BENCH_REQUESTS: String(requests),
+    BENCH_UNIQUE: unique,
   };
   const args = ['-t1', `-c${connections}`, `-d${requests > 0 ? 60 : duration}s`, '--timeout', '10s', '-s', path.join(HERE, 'wrk.lua'), url];
   const pids = cpuPids();
@@ -340,9 +349,10 @@ async function wrk({ url, connections = 1, requests = 0, duration = DURATION, me
 }
 
 /** The command line a wrk run corresponds to, for the report. */
-function wrkCommand({ target, connections, requests = 0, method = 'GET', body = '', path: p, comment = '' }) {
+function wrkCommand({ target, connections, requests = 0, method = 'GET', body = '', unique = false, path: p, comment = '' }) {
   const env = [`BENCH_METHOD=${method}`];
   if (body) env.push(`BENCH_BODY_FILE=${body}`);
+  if (unique) env.push('BENCH_UNIQUE=$RUN');
   env.push(`BENCH_AUTH='Bearer $KEY'`);
   if (requests) env.push(`BENCH_REQUESTS=${requests}`);
   const d = requests ? '-d60s' : `-d${DURATION}s`;
@@ -430,6 +440,11 @@ function gatewayConfig({ nginx, mock }) {
           { provider: 'mock', model: 'mock-model' },
         ],
       },
+      // Section 11: nginx's answer, cached per key.
+      cached: { targets: [{ provider: 'nginx', model: 'bench-model' }], cache: { ttl_s: 3600, scope: 'key' } },
+      // Section 12: a primary slow to its first token, a quick backup.
+      hedged: { targets: HEDGE_TARGETS, hedge: { after_ms: HEDGE_AFTER_MS, max_extra: 1 } },
+      unhedged: { targets: HEDGE_TARGETS },
     },
     limits: { max_body_bytes: 8 * 1024 * 1024 },
   };
@@ -454,7 +469,7 @@ const capnpStr = (s) => JSON.stringify(s);
 function workerdCapnp(p) {
   // `objects`: the KeyObject namespace to bind, hosted here or by another
   // service (two gateway instances sharing one key's object).
-  const gateway = (kv, { objects = null, extra = [] } = {}) => `(
+  const gateway = (kv, { objects = null, extra = [], cache = false } = {}) => `(
     modules = [
       (name = "index.js", esModule = embed "index.js"),
       (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
@@ -478,7 +493,7 @@ function workerdCapnp(p) {
       (className = "AlertsObject", uniqueKey = "bench-${kv}-alerts", enableSql = true),
     ],
     durableObjectStorage = (localDisk = "do-storage"),`}
-    globalOutbound = "loopback",
+    globalOutbound = "loopback",${cache ? '\n    cacheApiOutbound = "cache",' : ''}
   )`;
   const passthrough = (upstream) => `(
     modules = [(name = "passthrough.js", esModule = embed "passthrough.js")],
@@ -498,7 +513,7 @@ using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
   services = [
-    (name = "gateway", worker = ${gateway('kv')}),
+    (name = "gateway", worker = ${gateway('kv', { cache: true })}),
     (name = "gateway-b", worker = ${gateway('kv', { objects: 'gateway' })}),
     (name = "gateway-far", worker = ${gateway('kv-far', { extra: [['GATEWAY_TEST_KEY_DELAY_MS', String(FAR_DELAY_MS)]] })}),
     (name = "gateway-anthropic", worker = ${gateway('kv-anthropic')}),
@@ -514,6 +529,10 @@ const config :Workerd.Config = (
     (name = "kv", worker = ${kv('config.json')}),
     (name = "kv-far", worker = ${kv('config.json')}),
     (name = "kv-anthropic", worker = ${kv('config-anthropic.json')}),
+    (name = "cache", worker = (
+      modules = [(name = "cache.js", esModule = embed "cache.js")],
+      compatibilityDate = "${COMPAT_DATE}",
+    )),
     (name = "loopback", network = (allow = ["local"])),
     (name = "do-storage", disk = (path = ${capnpStr(p.doDir)}, writable = true)),
   ],
@@ -1075,6 +1094,81 @@ async function failover(env) {
   note(`${reps} rounds, interleaved; medians (min–max); "added" is the median of each round's difference. x-gateway-attempts on the failover answers: ${attempts}.`);
 }
 
+async function responseCache(env) {
+  section(11, 'Response cache: a hit against a miss',
+    'The same small non-stream request to a model with `cache: { ttl_s: 3600, scope: "key" }` (nginx behind it). A hit: the same body every time, answered from the Cache API. A miss: every body different (a counter in the message), so each is looked up, sent to nginx, and its answer stored after the response. Plain workerd has no Cache API of its own: its cache requests go to a small in-memory store in the same process ([`cache.js`](cache.js)), whose CPU is in the figures. Beside them, the pass-through worker to nginx.');
+  const url = `http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`;
+  const pass = `http://127.0.0.1:${env.ports.passNginx}/v1/chat/completions`;
+  const body = (content) => JSON.stringify({ model: 'cached', temperature: 0, max_tokens: 64, messages: [{ role: 'user', content }] });
+  const hitFile = path.join(env.dir, 'cache-hit.json');
+  const missFile = path.join(env.dir, 'cache-miss.json');
+  writeFileSync(hitFile, body('What is the capital of France? Answer in one word.'));
+  writeFileSync(missFile, body('What is the capital of France? Answer in one word. (__N__)'));
+  // The hit's entry, stored before anything is timed.
+  const first = await fetch(url, { method: 'POST', headers: { authorization: AUTH, 'content-type': 'application/json' }, body: readFileSync(hitFile) });
+  if (first.status !== 200) throw new Error(`cached model answered ${first.status}: ${await first.text()}`);
+  await first.text();
+  await sleep(200);
+  const check = await fetch(url, { method: 'POST', headers: { authorization: AUTH, 'content-type': 'application/json' }, body: readFileSync(hitFile) });
+  await check.text();
+  if (check.headers.get('x-gateway-cache') !== 'hit') throw new Error(`no cache hit (x-gateway-cache: ${check.headers.get('x-gateway-cache')}): is cacheApiOutbound set?`);
+  const common = { method: 'POST', auth: AUTH, cpuPids: () => [env.workerd.pid] };
+  let round = 0;
+  const kinds = {
+    hit: { ...common, url, bodyFile: hitFile },
+    miss: { ...common, url, bodyFile: missFile, unique: () => `r${Date.now()}-${round++}` },
+    pass: { ...common, url: pass, bodyFile: hitFile },
+  };
+  const fixed = {};
+  for (const [k, o] of Object.entries(kinds)) fixed[k] = await warmAndSize({ ...o, unique: typeof o.unique === 'function' ? o.unique() : '' }, o.url);
+  const runs = { hit: [], miss: [], pass: [] };
+  for (let r = 0; r < RUNS; r++) {
+    for (const [k, o] of Object.entries(kinds)) {
+      runs[k].push(await wrk({ ...o, unique: typeof o.unique === 'function' ? o.unique() : '', connections: 1, requests: fixed[k] }));
+    }
+  }
+  const st = (k, f) => stat(runs[k].map(f));
+  const cpu = { hit: st('hit', (x) => x.cpuPerReq), miss: st('miss', (x) => x.cpuPerReq), pass: st('pass', (x) => x.cpuPerReq) };
+  const p50 = { hit: st('hit', (x) => x.p50), miss: st('miss', (x) => x.p50), pass: st('pass', (x) => x.p50) };
+  const p99 = { hit: st('hit', (x) => x.p99), miss: st('miss', (x) => x.p99), pass: st('pass', (x) => x.p99) };
+  row('p50 latency, 1 connection: hit', fmt(p50.hit, 'ms', 3), `${fmt(p50.miss, 'ms', 3)} (miss)`, signed(p50.hit.med - p50.miss.med, 'ms', 3));
+  row('p99 latency, 1 connection: hit', fmt(p99.hit, 'ms', 3), `${fmt(p99.miss, 'ms', 3)} (miss)`, signed(p99.hit.med - p99.miss.med, 'ms', 3));
+  row('CPU per request (workerd, 1 conn): hit', fmt(cpu.hit, 'ms', 3), `${fmt(cpu.miss, 'ms', 3)} (miss)`, signed(cpu.hit.med - cpu.miss.med, 'ms', 3));
+  row('CPU per request: miss over the pass-through', fmt(cpu.miss, 'ms', 3), `${fmt(cpu.pass, 'ms', 3)} (pass-through)`, signed(cpu.miss.med - cpu.pass.med, 'ms', 3));
+  row('p50 latency: pass-through to nginx', fmt(p50.pass, 'ms', 3));
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.hit, method: 'POST', body: '$TMP/cache-hit.json', path: '/v1/chat/completions', comment: 'hit: the same body' }));
+  command(wrkCommand({ target: '$GATEWAY', connections: 1, requests: fixed.miss, method: 'POST', body: '$TMP/cache-miss.json', unique: true, path: '/v1/chat/completions', comment: 'miss: __N__ replaced by a counter' }));
+  note(`${RUNS} runs, alternating; medians (min–max). A hit reads one entry from the Cache API and replays it: no upstream request, no nginx. A miss is a lookup that finds nothing, the upstream request, and the entry written after the response (in waitUntil, its CPU counted). In production the Cache API is Cloudflare's cache in the location, not an in-process store: its read time there is not measured here.`);
+}
+
+async function hedging(env) {
+  section(12, 'Hedged requests: first token against a slow primary',
+    `A streamed request to two targets on the mock: the primary sends its first byte after ${HEDGE_PRIMARY_MS} ms, the backup after ${HEDGE_BACKUP_MS} ms. With \`hedge: { after_ms: ${HEDGE_AFTER_MS} }\` the backup starts when the primary has said nothing for ${HEDGE_AFTER_MS} ms; without, the client waits for the primary. Time to the first content chunk at the client.`);
+  const url = `http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`;
+  const body = (model) => JSON.stringify({ model, stream: true, messages: [{ role: 'user', content: 'hello' }] });
+  const headers = { authorization: AUTH };
+  for (let i = 0; i < 2; i++) {
+    await streamOnce(url, body('hedged'), headers);
+    await streamOnce(url, body('unhedged'), headers);
+  }
+  const reps = QUICK ? 3 : 9;
+  const t = { hedged: [], unhedged: [] };
+  let lost = null;
+  for (let r = 0; r < reps; r++) {
+    const h = await streamOnce(url, body('hedged'), headers);
+    if (h.status !== 200) throw new Error(`hedged model answered ${h.status}`);
+    lost = h.headers['x-gateway-hedge'];
+    t.hedged.push(h.ttfd);
+    t.unhedged.push((await streamOnce(url, body('unhedged'), headers)).ttfd);
+  }
+  const h = stat(t.hedged);
+  const u = stat(t.unhedged);
+  const ideal = HEDGE_AFTER_MS + HEDGE_BACKUP_MS;
+  row('first data: line, hedged', fmt(h, 'ms', 1), `${fmt(u, 'ms', 1)} (no hedge)`, signed(h.med - u.med, 'ms', 1), `≈ after_ms + backup = ${ideal} ms`, verdict(h.med < ideal + 50));
+  command(`POST $GATEWAY/v1/chat/completions {"model":"hedged","stream":true,...}   # targets: mock ;first_byte_delay_ms=${HEDGE_PRIMARY_MS}, then ;first_byte_delay_ms=${HEDGE_BACKUP_MS}; hedge.after_ms=${HEDGE_AFTER_MS}`);
+  note(`${reps} rounds, interleaved; medians (min–max). x-gateway-hedge on the hedged answers: ${lost}. The primary's fetch is aborted when the backup's first token arrives; its input is charged.`);
+}
+
 /** Item 7: the gateway and the pass-through each under `wrangler dev`. */
 async function wranglerDev(env, bodyFile) {
   section(7, 'Developer view: under `wrangler dev` (not the runtime\'s cost)', 'The small-body non-stream figures with the same workers under `wrangler dev --local` (which adds a proxy workerd, an inspector and Node logging). CPU is the whole wrangler process group. Labelled as such: do not compare with production.');
@@ -1215,7 +1309,7 @@ async function main() {
 
     // workerd
     for (const f of ['index.js', 'index_bg.wasm']) copyFileSync(path.join(ROOT, 'build', f), path.join(dir, f));
-    for (const f of ['passthrough.js', 'kv.js', 'do-floor.js']) copyFileSync(path.join(HERE, f), path.join(dir, f));
+    for (const f of ['passthrough.js', 'kv.js', 'do-floor.js', 'cache.js']) copyFileSync(path.join(HERE, f), path.join(dir, f));
     writeFileSync(path.join(dir, 'config.json'), JSON.stringify(gatewayConfig(env.ports)));
     writeFileSync(path.join(dir, 'config-anthropic.json'), JSON.stringify(anthropicConfig(env.ports)));
     // Durable Object storage on tmpfs where there is one: workerd commits
@@ -1251,6 +1345,8 @@ async function main() {
     if (wanted(9)) await hotKey(env);
     if (wanted(10)) await decisionCost(env);
     if (wanted(3)) await failover(env);
+    if (wanted(11)) await responseCache(env);
+    if (wanted(12)) await hedging(env);
     await stop(env.workerd);
     if (wanted(7)) await wranglerDev(env, small);
   } finally {

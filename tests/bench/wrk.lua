@@ -6,6 +6,9 @@
 --                    run.mjs sends SIGINT (wrk's own way to stop early and
 --                    report: thread:stop() would still wait out -d);
 --                    0 or unset: run for the -d duration
+--   BENCH_UNIQUE     when set, each request's body has every `__N__` replaced
+--                    by this value and a request counter: no two requests of
+--                    the run (nor of runs with other values) are the same
 -- At the end it prints one line, `BENCH_JSON {...}`: requests, duration,
 -- latency percentiles in µs, and error counts, which run.mjs parses.
 
@@ -23,6 +26,17 @@ if body_file and body_file ~= "" then
 end
 if auth and auth ~= "" then
   wrk.headers["Authorization"] = auth
+end
+
+local unique = os.getenv("BENCH_UNIQUE")
+if unique and unique ~= "" then
+  local n = 0
+  local template = wrk.body
+  function request()
+    n = n + 1
+    local body = string.gsub(template, "__N__", unique .. "-" .. n)
+    return wrk.format(nil, nil, nil, body)
+  end
 end
 
 -- Only defined for fixed-count runs: a response() hook makes wrk parse every

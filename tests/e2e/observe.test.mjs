@@ -46,7 +46,8 @@ function todayOf(report) {
   const sum = (f) => rows.reduce((a, d) => a + d[f], 0);
   return {
     requests: sum('requests'), errors: sum('errors'), input_tokens: sum('input_tokens'),
-    output_tokens: sum('output_tokens'), cached_tokens: sum('cached_tokens'), cost_pico: sum('cost_pico'),
+    output_tokens: sum('output_tokens'), cached_tokens: sum('cached_tokens'), cache_hits: sum('cache_hits'),
+    cost_pico: sum('cost_pico'),
   };
 }
 
@@ -60,7 +61,7 @@ async function staticReport(key) {
   return res.json();
 }
 
-const FIELDS = ['requests', 'errors', 'input_tokens', 'output_tokens', 'cached_tokens', 'cost_pico'];
+const FIELDS = ['requests', 'errors', 'input_tokens', 'output_tokens', 'cached_tokens', 'cache_hits', 'cost_pico'];
 const pick = (o) => Object.fromEntries(FIELDS.map((f) => [f, o[f]]));
 
 test('analytics totals for the day equal the sum of every key usage report, to the picodollar', async () => {
@@ -78,6 +79,7 @@ test('analytics totals for the day equal the sum of every key usage report, to t
     assert.deepEqual(pick(a.totals), sum);
     assert.ok(sum.requests >= load.sent.ok + load.sent.failed, JSON.stringify(sum));
     assert.ok(sum.cost_pico > 0);
+    assert.equal(sum.cache_hits, 1);
     // And key by key.
     const byKey = await adminJson(gw, `/admin/analytics?from=${today()}&to=${today()}&group_by=key`);
     for (const [id, r] of Object.entries(reports)) {
@@ -96,7 +98,9 @@ test('analytics group by team, model, provider and location, with failovers and 
   ]);
   const names = (a) => a.groups.map((g) => g.group).sort();
   assert.deepEqual(names(teams), ['', 'ads', 'search', 'support'], 'static keys have no team');
-  assert.deepEqual(names(models), ['chatty', 'cheap', 'dead', 'demo', 'failover', 'streamy']);
+  assert.deepEqual(names(models), ['cached', 'chatty', 'cheap', 'dead', 'demo', 'failover', 'streamy']);
+  const cached = models.groups.find((g) => g.group === 'cached');
+  assert.deepEqual([cached.requests, cached.cache_hits], [2, 1]);
   assert.deepEqual(names(providers), ['', 'claude', 'demo', 'mock'], "'' is the request no target answered");
   assert.deepEqual(names(locations), ['DFW', 'FRA']);
   const failover = models.groups.find((g) => g.group === 'failover');

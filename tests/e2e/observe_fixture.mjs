@@ -1,8 +1,9 @@
 // A mixed load for the analytics, logs, alerts and dashboard tests: several
 // keys (three teams), models, providers (OpenAI-compatible, Anthropic, the
-// built-in demo), streams, a failover that opens a breaker, a model whose
-// only target is down, a key that spends its daily budget to the cent, two
-// locations; and a webhook receiver that checks signatures.
+// built-in demo), streams, a response-cache hit, a failover that opens a
+// breaker, a model whose only target is down, a key that spends its daily
+// budget to the cent, two locations; and a webhook receiver that checks
+// signatures.
 
 import http from 'node:http';
 import { createHmac, timingSafeEqual } from 'node:crypto';
@@ -27,7 +28,7 @@ export function observeConfig(mockUrl, webhookUrl, extra = {}) {
     version: 1,
     revision: extra.revision ?? 'observe-1',
     providers: {
-      mock: { ...mock, models: { 'cheap;chunks=1': PRICED, chatty: ODD, 'down;status=503': ODD, 'dead;status=503': ODD, streamy: ODD } },
+      mock: { ...mock, models: { 'cheap;chunks=1': PRICED, chatty: ODD, 'down;status=503': ODD, 'dead;status=503': ODD, streamy: ODD, cached: ODD } },
       claude: { kind: 'anthropic', base_url: mockUrl, api_key_secret: 'MOCK_PROVIDER_KEY', models: { 'claude-mock': ODD } },
       demo: { kind: 'mock' },
     },
@@ -39,6 +40,8 @@ export function observeConfig(mockUrl, webhookUrl, extra = {}) {
       // until the first target's breaker opens.
       failover: { targets: [{ provider: 'mock', model: 'down;status=503' }, { provider: 'claude', model: 'claude-mock' }] },
       dead: { targets: [{ provider: 'mock', model: 'dead;status=503' }] },
+      // The response cache: the same question twice, the second a free hit.
+      cached: { targets: [{ provider: 'mock', model: 'cached' }], cache: { ttl_s: 300, scope: 'key' } },
       // Nearest-first reads the caller's location (the geo override).
       streamy: { targets: [{ provider: 'mock', model: 'streamy' }], strategy: { type: 'nearest' } },
     },
@@ -117,6 +120,14 @@ export async function mixedLoad(gw, { beforeLogged } = {}) {
   await send(keys.search.secret, ask('streamy', 'stream from frankfurt', { stream: true }), { headers: { 'x-gateway-test-geo': FRANKFURT } });
   await send(keys.ads.secret, ask('streamy', 'stream from dallas', { stream: true, stream_options: { include_usage: true } }));
   await send(keys.ads.secret, ask('demo', 'ads demo'));
+  // A miss, stored off the request path, then a hit.
+  for (const expect of ['miss', 'hit']) {
+    const res = await chat(gw, ask('cached', 'what is the capital of France?', { temperature: 0 }), { key: keys.ads.secret });
+    await expectStatus(res, 200, 'cached');
+    assert.equal(res.headers.get('x-gateway-cache'), expect);
+    sent.ok++;
+    await sleep(300);
+  }
   // Three failovers open the first target's breaker (failures: 3); the
   // fourth request goes straight to Anthropic.
   for (let i = 0; i < 4; i++) await send(keys.ads.secret, ask('failover', `fail over ${i}`));

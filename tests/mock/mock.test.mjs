@@ -251,6 +251,28 @@ describe('OpenAI chat completions', () => {
   });
 });
 
+describe('continuations (resume=1)', () => {
+  test('the rest of the text from the start of the word the assistant turn ended in', async () => {
+    const url = `${mock.url}/v1/chat/completions`;
+    const turns = (said, extra = []) => [{ role: 'user', content: 'Go' }, { role: 'assistant', content: said }, ...extra];
+    let { json } = await postJson(url, { model: 'm;resume=1', messages: turns('Hello from th') });
+    assert.equal(json.choices[0].message.content, 'the mock provider.');
+    // A prompt after the assistant turn (OpenAI-compatible continuation).
+    ({ json } = await postJson(url, { model: 'm;resume=1', messages: turns('Hello from ', [{ role: 'user', content: 'Continue' }]) }));
+    assert.equal(json.choices[0].message.content, 'from the mock provider.');
+    // Not a start of the text: the whole text.
+    ({ json } = await postJson(url, { model: 'm;resume=1', messages: turns('Goodbye') }));
+    assert.equal(json.choices[0].message.content, DEFAULT_TEXT);
+    // Anthropic's prefill, and Gemini's model turn.
+    ({ json } = await postJson(`${mock.url}/v1/messages`, { model: 'm;resume=1', max_tokens: 10, messages: turns('Hello fr') }));
+    assert.equal(json.content[0].text, 'from the mock provider.');
+    ({ json } = await postJson(`${mock.url}/v1beta/models/m;resume=1:generateContent`, {
+      contents: [{ role: 'user', parts: [{ text: 'Go' }] }, { role: 'model', parts: [{ text: 'Hello from the mock' }] }],
+    }));
+    assert.equal(json.candidates[0].content.parts[0].text, 'mock provider.');
+  });
+});
+
 describe('OpenAI embeddings and models', () => {
   test('embeddings: string and array input, deterministic vectors', async () => {
     const url = `${mock.url}/v1/embeddings`;

@@ -250,6 +250,26 @@ function splitEven(s, n) {
 }
 
 /** `n` non-empty pieces; text too short for that is replaced by "tok0 tok1 ...". */
+/** The last assistant (Gemini: model) turn's text, or ''. */
+function lastAssistantText(format, body) {
+  const list = format === 'gemini' ? body.contents : body.messages;
+  if (!Array.isArray(list)) return '';
+  for (let i = list.length - 1; i >= 0; i--) {
+    const m = list[i];
+    if (m?.role === (format === 'gemini' ? 'model' : 'assistant')) return textOf(format === 'gemini' ? m.parts : m.content, '');
+  }
+  return '';
+}
+
+/** The rest of `full` after `said`, from the start of the word `said` ended in. */
+function resumeText(full, said) {
+  const p = said.trimEnd();
+  if (!full.startsWith(p)) return undefined;
+  let start = p.length;
+  while (start > 0 && !/\s/.test(full[start - 1])) start--;
+  return full.slice(start);
+}
+
 function splitText(text, n) {
   if (Array.from(text).length >= n) return splitEven(text, n);
   return Array.from({ length: n }, (_, i) => (i === 0 ? 'tok0' : ` tok${i}`));
@@ -277,6 +297,13 @@ function planReply(format, body, d, { seq, model, drip, headers }) {
   if (text === undefined && flag(d.echo)) text = lastUserText(format, body) || undefined;
   if (text === undefined && flag(d.echo_headers)) {
     text = `anthropic-version=${headers['anthropic-version'] ?? ''} anthropic-beta=${headers['anthropic-beta'] ?? ''}`;
+  }
+  // resume: a continuation (a trailing assistant turn, a user prompt maybe
+  // after it) gets the rest of the text, from the start of the word the
+  // assistant turn ended in (so the seam repeats a little, as models do).
+  if (flag(d.resume)) {
+    const said = lastAssistantText(format, body);
+    if (said) text = resumeText(text ?? DEFAULT_TEXT, said) ?? text;
   }
   // With tools the reply is tool calls only, unless text was asked for explicitly.
   const withText = nTools === 0 || text !== undefined;

@@ -54,6 +54,7 @@ fn usage(cost_tokens: u64) -> UsageEvent {
         output_tokens: 0,
         cached_tokens: 0,
         error: false,
+        cache_hit: false,
     }
 }
 
