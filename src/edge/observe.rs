@@ -290,10 +290,17 @@ pub(super) async fn flush(env: &Env, force: bool) {
         let name = objects::day_object(&day);
         let reply: Result<DayReply, _> =
             objects::call(env, ANALYTICS, &name, &DayCommand::Ingest(batch)).await;
-        STATE.with_borrow_mut(|s| match reply {
-            Ok(DayReply::Ingested { .. }) => s.rollups.on_ack(&day, seq),
-            other => {
-                console_error!("analytics batch for {day} not sent (resent later): {other:?}");
+        // Errors are shown by their message: a `Debug` of the replies would
+        // cost the wasm their whole formatting code.
+        let failed = match reply {
+            Ok(DayReply::Ingested { .. }) => None,
+            Ok(DayReply::Partial(_)) => Some("an unexpected reply".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        STATE.with_borrow_mut(|s| match failed {
+            None => s.rollups.on_ack(&day, seq),
+            Some(why) => {
+                console_error!("analytics batch for {day} not sent (resent later): {why}");
                 s.rollups.on_failure(&day, flush_ms, now_ms());
             }
         });
