@@ -1,8 +1,9 @@
 // Analytics, request logs and alerts end to end: after a mixed load, the
 // gateway-wide totals equal the sum of the keys' own usage reports to the
 // picodollar; logged keys' bodies are in local R2 (redacted when asked,
-// nothing when off); a webhook gets exactly one signed breaker_open,
-// budget_80 and budget_100; a failing webhook never slows a request.
+// nothing when off; days past the retention deleted); a webhook gets
+// exactly one signed breaker_open, budget_80 and budget_100; a failing
+// webhook never slows a request.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,14 +21,20 @@ let load;
 let config;
 
 const today = () => new Date().toISOString().slice(0, 10);
+const daysAgo = (n) => new Date(Date.now() - n * 86_400_000).toISOString().slice(0, 10);
+/** The test config's R2 bucket. */
+const BUCKET = 'test-request-logs';
 
 before(async () => {
   mock = await startMock();
   receiver = await startReceiver();
   gw = await startGateway({ vars: { ALERT_SECRET } });
   config = observeConfig(mock.url, `${receiver.url}/ok`);
-  // Filled in once the keys exist.
   await setConfig(gw, config);
+  // Log objects of an old day and of a recent one: the first write of the
+  // isolate deletes the days past the retention (30 days by default).
+  await gw.r2Put(BUCKET, `requests/${daysAgo(40)}/00/1-old-000001.jsonl`, '{"old":true}\n');
+  await gw.r2Put(BUCKET, `requests/${daysAgo(2)}/00/2-recent-000001.jsonl`, '{"recent":true}\n');
   load = await mixedLoad(gw, { beforeLogged: async (keys) => {
     config.request_logs = { keys: [keys.logged.key.id] };
     await setConfig(gw, config);
@@ -137,6 +144,9 @@ test('a logged key has its bodies in R2 after the flush; redaction leaves no mes
   assert.equal(chatRec.redacted, false);
   const streamRec = full.find((r) => r.stream);
   assert.ok(Array.isArray(streamRec.response) && streamRec.response.length > 2, 'a stream is kept as its events');
+  // Retention: the old day is gone, the recent one kept.
+  assert.deepEqual((await adminJson(gw, `/admin/logs?date=${daysAgo(40)}`)).objects, []);
+  assert.equal((await adminJson(gw, `/admin/logs?date=${daysAgo(2)}`)).objects.length, 1);
   // Nobody else was logged.
   const all = await records('limit=1000');
   assert.ok(all.every((r) => r.key === logged.key.id), 'only the logged key');
