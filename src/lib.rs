@@ -58,13 +58,20 @@
 //!   shape limits, parameter types and ranges, PII detection, redaction and
 //!   restoration, the provider-request header allow-list, request ids, CORS
 //!   (data-class routing is in [`routing::classes`]).
+//! - [`observe`]   — what the gateway did: usage rolled up per hour and
+//!   dimension with mergeable latency sketches, stored per UTC day and
+//!   queried across days; opt-in request logs with redaction; breaker,
+//!   model and budget alerts with cooldowns and signed webhooks.
 //! - [`keys`]      — gateway keys: static and virtual key formats, constant-time
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
 //!   path, admission and batched accounting, the admin API, the KV config
 //!   cache, the per-key Durable Object, outbound fetch with abort, the
 //!   runtime-side pipe of committed streams, health and the response cache
-//!   in the Cache API, WebCrypto signatures, the Workers AI binding.
+//!   in the Cache API, WebCrypto signatures, the Workers AI binding, the
+//!   analytics and alerts objects, request logs in R2, the dashboard's
+//!   admin API; `edge/entry.mjs`, the entry module, answers a panic with a
+//!   JSON 500.
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 
@@ -80,6 +87,7 @@ pub mod http;
 pub mod ingress;
 pub mod keys;
 pub mod limits;
+pub mod observe;
 pub mod providers;
 pub mod routing;
 pub mod sse;

@@ -70,10 +70,135 @@ pub struct Config {
     /// Cross-origin requests from browsers (off by default).
     #[serde(default, skip_serializing_if = "is_default")]
     pub cors: Cors,
+    /// Gateway-wide usage analytics.
+    #[serde(default)]
+    pub analytics: Analytics,
+    /// Opt-in request logs to R2.
+    #[serde(default)]
+    pub request_logs: RequestLogs,
+    /// Failover and budget alerts.
+    #[serde(default)]
+    pub alerts: Alerts,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+/// Gateway-wide usage analytics (`GET /admin/analytics`, the dashboard).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Analytics {
+    /// How long an isolate gathers its rollups (and request-log lines)
+    /// before it sends them: one call per day object and one R2 write per
+    /// interval, however many requests. Analytics lag by about this.
+    pub flush_ms: u64,
+}
+
+impl Default for Analytics {
+    fn default() -> Self {
+        Analytics { flush_ms: 5_000 }
+    }
+}
+
+/// Which requests are logged to the `REQUEST_LOGS` R2 bucket, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLogs {
+    /// Key ids whose requests are logged (`static` for the static keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// Public model names whose requests are logged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// `full`: request and response bodies; `metadata`: the facts only.
+    pub bodies: LogBodies,
+    /// Replace all message content (every string but structural fields
+    /// such as `role`, `model`, `type`) by `"[redacted]"`.
+    pub redact: bool,
+    /// Days a log object is kept; older days are deleted by the isolates
+    /// that write logs (about once an hour each).
+    pub retention_days: u32,
+    /// Largest body kept per request and direction; a larger one is cut
+    /// (left out when redacting).
+    pub max_body_bytes: u64,
+}
+
+impl Default for RequestLogs {
+    fn default() -> Self {
+        RequestLogs {
+            keys: vec![],
+            models: vec![],
+            bodies: LogBodies::Full,
+            redact: false,
+            retention_days: 30,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl RequestLogs {
+    /// Whether a request of this key and model is logged: two short lists
+    /// looked at, nothing copied.
+    pub fn wants(&self, key: &str, model: &str) -> bool {
+        (!self.keys.is_empty() && self.keys.iter().any(|k| k == key))
+            || (!self.models.is_empty() && self.models.iter().any(|m| m == model))
+    }
+}
+
+/// What a request log keeps of the bodies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LogBodies {
+    /// Request and response bodies (redacted if `redact`).
+    #[default]
+    Full,
+    /// Only the facts: key, model, provider, status, tokens, cost, timings.
+    Metadata,
+}
+
+/// Alerts: where they go, and how often.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    /// The webhook; none: alerts are only listed at `GET /admin/alerts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+    /// At most one alert per event and target within this long.
+    pub cooldown_ms: u64,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            webhook: None,
+            cooldown_ms: 600_000,
+        }
+    }
+}
+
+/// A JSON webhook for alerts, signed with HMAC-SHA256.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where alerts are POSTed.
+    pub url: String,
+    /// Name of the Worker secret holding the signing key; unset: alerts go
+    /// unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The events sent (default: all).
+    #[serde(default = "all_alerts")]
+    pub events: Vec<crate::observe::alerts::AlertKind>,
+}
+
+fn all_alerts() -> Vec<crate::observe::alerts::AlertKind> {
+    crate::observe::alerts::AlertKind::ALL.to_vec()
 }
 
 /// What the worker writes to its log (Workers Logs, `wrangler tail`).
@@ -617,6 +742,37 @@ impl Config {
         ] {
             if value == 0 {
                 err(format!("limits.{name}"), "must be greater than 0".into());
+            }
+        }
+        if !(100..=60_000).contains(&self.analytics.flush_ms) {
+            err(
+                "analytics.flush_ms".into(),
+                "must be between 100 and 60000".into(),
+            );
+        }
+        if !(1..=3_650).contains(&self.request_logs.retention_days) {
+            err(
+                "request_logs.retention_days".into(),
+                "must be between 1 and 3650".into(),
+            );
+        }
+        if let Some(w) = &self.alerts.webhook {
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                err(
+                    "alerts.webhook.url".into(),
+                    format!("must start with https:// or http://, got {:?}", w.url),
+                );
+            }
+            if let Some(secret) = &w.secret
+                && (secret.is_empty()
+                    || !secret
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            {
+                err(
+                    "alerts.webhook.secret".into(),
+                    format!("must be a secret name of letters, digits and _, got {secret:?}"),
+                );
             }
         }
         for (name, p) in &self.providers {

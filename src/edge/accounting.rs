@@ -63,6 +63,16 @@ fn holder_id() -> String {
     format!("iso-{}", keys::hex(&bytes))
 }
 
+/// This isolate's id (its leases' holder; its analytics batches' too).
+pub(super) fn holder() -> String {
+    LOCAL.with(|l| l.borrow().holder().to_owned())
+}
+
+/// Runs `f` with the key's team as its object last said (for analytics).
+pub(super) fn with_team<R>(object: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
+    LOCAL.with(|l| f(l.borrow().team(object)))
+}
+
 /// Applies the routing config's settings (cheap: a few integers).
 pub(super) fn configure(config: &Config) {
     let local = LocalConfig {
@@ -279,10 +289,14 @@ fn ensure_flusher(env: &Env, ctx: Option<&Context>) {
     }
 }
 
-/// When a flusher has work: a batch, a lease, the log.
+/// When a flusher has work: a batch, a lease, the log, analytics.
 fn next_work() -> Option<u64> {
     let batches = LOCAL.with(|l| l.borrow().next_wakeup(now_ms()));
-    batches.into_iter().chain(log_due()).min()
+    batches
+        .into_iter()
+        .chain(log_due())
+        .chain(super::observe::next_work())
+        .min()
 }
 
 /// The time a new flusher should wake, if none wakes by then; claims it.
@@ -311,6 +325,7 @@ async fn flusher(env: Env, mut at: u64) {
             write_log();
         }
         flush_due(&env, false).await;
+        super::observe::flush(&env, false).await;
         let next = next_work();
         let mine = FLUSHER_AT.get() == Some(at);
         match next {

@@ -49,6 +49,13 @@ pub(super) async fn handle(
             Ok(Reply::json_value(200, &view))
         }
         (AdminRoute::RotateKey(id), _) => rotate_key(env, &id).await,
+        (AdminRoute::ValidateConfig, _) => {
+            super::observe_admin::validate_config(&read_body(req.inner()).await?)
+        }
+        (AdminRoute::Analytics, _) => super::observe_admin::analytics(req, env).await,
+        (AdminRoute::Logs, _) => super::observe_admin::logs(req, env).await,
+        (AdminRoute::Health, _) => super::observe_admin::health(req, env).await,
+        (AdminRoute::Alerts, _) => super::observe_admin::alerts(env).await,
         (AdminRoute::Usage, _) => {
             let url = req.url().map_err(|e| GatewayError::Internal {
                 message: e.to_string(),

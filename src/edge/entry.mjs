@@ -18,7 +18,7 @@
 import { WorkerEntrypoint } from 'cloudflare:workers';
 import Gateway from '../../build/index.js';
 
-export { KeyObject } from '../../build/index.js';
+export { KeyObject, AnalyticsObject, AlertsObject } from '../../build/index.js';
 
 /** Rejecters of the requests in flight in this isolate. */
 const inFlight = new Set();

@@ -6,7 +6,10 @@
 //! is synchronous, so no other request can interleave between the read, the
 //! decision and the write: admissions are exact under any concurrency. An
 //! alarm charges reservations that were never settled and leases that were
-//! never returned (a crashed isolate).
+//! never returned (a crashed isolate), and sends the object's outbox: budget
+//! crossings to the alerts object and analytics corrections to their day
+//! object, each recorded in the step that caused it and deleted only once
+//! acknowledged, in order ([`crate::limits::Outgoing`]).
 //!
 //! Storage is one table of `(kind, k, v)` rows ([`crate::limits::Row`]): a
 //! decision writes the handful of rows it changed, so it costs the same for
@@ -20,7 +23,10 @@ use worker::{
     durable_object,
 };
 
-use crate::limits::{Command, KeyState, Reply, Row};
+use super::objects::{self, ALERTS, ALERTS_OBJECT, ANALYTICS};
+use crate::limits::{Command, KeyState, Outgoing, Reply, Row};
+use crate::observe::alerts::{AlertCommand, AlertReply};
+use crate::observe::analytics::{DayCommand, DayReply, correction_batch};
 
 /// Test hook: every reply of the object waits this many ms, as an object far
 /// away would (honoured only with `GATEWAY_TEST_HOOKS=1`).
@@ -34,6 +40,9 @@ const ROWS_PER_STATEMENT: usize = 30;
 #[durable_object]
 pub struct KeyObject {
     state: State,
+    env: Env,
+    /// Failed outbox sends in a row (the next waits 2^n seconds).
+    outbox_failures: Cell<u32>,
     /// The state as last saved; loaded on first use.
     cache: RefCell<Option<KeyState>>,
     /// The alarm this instance has set, if any.
@@ -56,6 +65,8 @@ impl DurableObject for KeyObject {
         };
         KeyObject {
             state,
+            env,
+            outbox_failures: Cell::new(0),
             cache: RefCell::new(None),
             alarm_at: Cell::new(None),
             test_hooks,
@@ -73,7 +84,7 @@ impl DurableObject for KeyObject {
             return Response::error("test hooks are off", 403);
         }
         let (reply, next_alarm) = self.apply(command)?;
-        self.ensure_alarm(next_alarm).await?;
+        self.ensure_alarm(self.with_outbox(next_alarm)).await?;
         if self.delay_ms > 0 {
             Delay::from(Duration::from_millis(self.delay_ms)).await;
         }
@@ -85,7 +96,8 @@ impl DurableObject for KeyObject {
     async fn alarm(&self) -> Result<Response> {
         self.alarm_at.set(None);
         let (_, next_alarm) = self.apply(Command::Expire)?;
-        self.ensure_alarm(next_alarm).await?;
+        self.send_outbox().await?;
+        self.ensure_alarm(self.with_outbox(next_alarm)).await?;
         Response::ok("")
     }
 }
@@ -104,6 +116,71 @@ impl KeyObject {
             save(&sql, state.take_changes())?;
         }
         Ok((reply, state.next_alarm_ms()))
+    }
+
+    /// The next alarm, brought forward for a waiting outbox (after the
+    /// back-off of failed sends).
+    fn with_outbox(&self, next: Option<u64>) -> Option<u64> {
+        let waiting = self
+            .cache
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| !s.outbox().is_empty());
+        if !waiting {
+            return next;
+        }
+        let backoff = match self.outbox_failures.get() {
+            0 => 0,
+            n => (1_000u64 << n.min(8)).min(300_000),
+        };
+        let at = Date::now().as_millis() + backoff;
+        Some(next.map_or(at, |n| n.min(at)))
+    }
+
+    /// Sends the outbox oldest first, forgetting each item once its
+    /// receiver acknowledged it; stops at the first failure (analytics
+    /// applies one holder's batches in order only).
+    async fn send_outbox(&self) -> Result<()> {
+        let items = match self.cache.borrow().as_ref() {
+            Some(s) => s.outbox(),
+            None => return Ok(()),
+        };
+        let holder = format!("key:{}", self.state.id());
+        for (id, item) in items {
+            let sent = match item {
+                Outgoing::Alert(alert) if objects::bound(&self.env, ALERTS) => {
+                    let command = AlertCommand::Raise {
+                        alerts: vec![alert],
+                    };
+                    objects::call::<_, AlertReply>(&self.env, ALERTS, ALERTS_OBJECT, &command)
+                        .await
+                        .map(|_| ())
+                }
+                Outgoing::Correction(c) if objects::bound(&self.env, ANALYTICS) => {
+                    let batch = correction_batch(&holder, id, &c);
+                    let name = objects::day_object(&batch.day);
+                    objects::call::<_, DayReply>(
+                        &self.env,
+                        ANALYTICS,
+                        &name,
+                        &DayCommand::Ingest(batch),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+                // Nowhere to send it (a deploy without that binding).
+                Outgoing::Alert(_) | Outgoing::Correction(_) => Ok(()),
+            };
+            if let Err(e) = sent {
+                worker::console_error!("key object: outbox item {id} not sent (retried): {e}");
+                self.outbox_failures
+                    .set(self.outbox_failures.get().saturating_add(1));
+                return Ok(());
+            }
+            self.outbox_failures.set(0);
+            self.apply(Command::OutboxSent { ids: vec![id] })?;
+        }
+        Ok(())
     }
 
     /// Sets the alarm for the earliest expiry, unless an earlier one is set.
@@ -166,7 +243,7 @@ fn load(sql: &SqlStorage) -> Result<KeyState> {
 }
 
 /// Writes changed rows: upserts and deletes, a few rows per statement.
-fn save(sql: &SqlStorage, rows: Vec<Row>) -> Result<()> {
+pub(super) fn save(sql: &SqlStorage, rows: Vec<Row>) -> Result<()> {
     let (upserts, deletes): (Vec<Row>, Vec<Row>) =
         rows.into_iter().partition(|r| r.value.is_some());
     for chunk in upserts.chunks(ROWS_PER_STATEMENT) {

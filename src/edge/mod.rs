@@ -4,9 +4,19 @@
 //! - `accounting`     — admission (leases, the key's object) and batched
 //!   settlement: the I/O for [`crate::limits::local`]
 //! - `admin`          — `/admin/*`: config and virtual keys
+//! - `alerts_object`  — the alerts Durable Object: cooldown, signed webhook
+//!   deliveries and their retries
+//! - `analytics_object` — one Durable Object per UTC day of analytics
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
 //! - `key_client`     — calls to the per-key Durable Objects
-//! - `key_object`     — the per-key Durable Object (a shell over `limits`)
+//! - `key_object`     — the per-key Durable Object (a shell over `limits`),
+//!   which also sends its budget alerts and analytics corrections
+//! - `objects`        — calls to the analytics and alerts objects
+//! - `observe`        — the isolate's analytics rollups, Analytics Engine
+//!   points, request-log capture and batches, alerts raised: all sent by
+//!   the accounting flusher
+//! - `observe_admin`  — `/admin/analytics`, `/admin/logs`, `/admin/health`,
+//!   `/admin/alerts`, `/admin/config/validate`
 //! - `pipe`           — the rest of a committed pass-through stream, piped by
 //!   a small JavaScript reader (no chunk crosses into wasm)
 //! - `response_cache` — response cache entries in the location's Cache API
@@ -18,9 +28,14 @@
 
 mod accounting;
 mod admin;
+mod alerts_object;
+mod analytics_object;
 mod config_cache;
 mod key_client;
 mod key_object;
+mod objects;
+mod observe;
+mod observe_admin;
 mod pipe;
 mod response_cache;
 mod shared_health;
@@ -54,6 +69,8 @@ use crate::ingress::Ingress;
 use crate::keys::{self, KeyRef};
 use crate::limits::local::{Routing, Ticket};
 use crate::limits::{Command, Money, Reply as KeyReply};
+use crate::observe::analytics::RequestEvent;
+use crate::observe::logs::LogMeta;
 use crate::routing::{self, Health, Origin};
 use crate::trust;
 
@@ -122,7 +139,12 @@ thread_local! {
 ///    to the key's object about once a second with the others
 ///    ([`settle`], [`accounting::settle`]). Breakers and cool-downs this
 ///    request changed reach the location's other isolates the same way
-///    ([`shared_health::sync`]).
+///    ([`shared_health::sync`]). The same settlement joins the isolate's
+///    analytics rollups, in memory ([`observe::record`]); breakers opened
+///    and models found down raise alerts ([`observe::note_health`],
+///    [`observe::model_failed`]); a request the config logs has its answer
+///    copied as it passes ([`observe::capture`]). All of it is sent by the
+///    same flusher, in batches.
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     // Trust: a client's request id in a safe format is kept; the Origin is
@@ -300,6 +322,7 @@ async fn chat(
         });
     }
     accounting::configure(&config);
+    observe::configure(&config, env);
     let secret = |name: &str| secret(env, name);
     let gctx = Ctx {
         now_ms: started,
@@ -349,6 +372,14 @@ async fn chat(
         &header,
         key_trust,
     );
+    // Request logs: `None` (nothing copied) unless the config logs this
+    // key or model. They keep what leaves the gateway: the redacted body,
+    // and no body for a request refused for the personal data it carries.
+    let logged: &[u8] = match &screened {
+        Err(_) if !prepared.trust.pii_found.is_empty() => &[],
+        _ => prepared.body(),
+    };
+    let log = observe::draft(&config, key.id(), prepared.model(), logged);
     // route (`request.cf` read only when routing needs it)
     let origin = if config.needs_origin(prepared.model()) {
         origin(req, env)
@@ -400,15 +431,32 @@ async fn chat(
                     None => response_cache::lookup(url).await,
                 };
                 if let Some(entry) = hit {
-                    // Cached with placeholders: restored for this request.
-                    let mut reply = prepared.restore(prepared.cached_reply(&entry));
+                    let mut reply = prepared.cached_reply(&entry);
                     let a = admitted.take();
                     if let Some(a) = &a {
                         reply.headers.extend(gateway::rate_headers(&a.rate));
                     }
-                    settle_hit(a.map(|a| a.ticket), &prepared, key, request_id, started);
+                    let observed = Observed {
+                        config: config.clone(),
+                        location: observe::location(req, &origin),
+                        log: log.clone(),
+                    };
+                    settle_hit(
+                        a.map(|a| a.ticket),
+                        &prepared,
+                        key,
+                        request_id,
+                        started,
+                        observed,
+                    );
                     accounting::kick(env, ctx);
-                    return reply;
+                    let reply = match &log {
+                        Some(draft) => observe::capture(reply, draft),
+                        None => reply,
+                    };
+                    // Cached (and logged) with placeholders: restored for
+                    // this request.
+                    return prepared.restore(reply);
                 }
             }
             // A miss's stream stays in Rust, to be kept as it passes.
@@ -480,6 +528,11 @@ async fn chat(
         request_id,
         started,
         cache_state,
+        Observed {
+            config: config.clone(),
+            location: observe::location(req, &origin),
+            log: log.clone(),
+        },
     );
     let reply = match result {
         Ok(mut reply) => {
@@ -560,13 +613,21 @@ async fn chat(
                 }
                 accounting::kick(env, ctx);
             }
-            reply
+            match &log {
+                Some(draft) => observe::capture(reply, draft),
+                None => reply,
+            }
         }
         Err(e) => {
+            observe::model_failed(&e, prepared.model());
             pending.status = e.status();
             settle(pending, None, 0, true);
             accounting::kick(env, ctx);
-            Reply::error(&e)
+            let reply = Reply::error(&e);
+            match &log {
+                Some(draft) => observe::capture(reply, draft),
+                None => reply,
+            }
         }
     };
     // (trust) a `restore` request's answer gets its originals back, after
@@ -629,6 +690,18 @@ struct Settlement {
     data_class: Option<String>,
     /// Personal data redacted or refused, by kind (counts, never values).
     pii: BTreeMap<String, u32>,
+    /// What analytics and request logs need of it.
+    observed: Observed,
+}
+
+/// What analytics and request logs need of a request beyond its charge.
+struct Observed {
+    /// The config it was served under (jurisdictions for analytics).
+    config: Rc<Config>,
+    /// Where it was served.
+    location: Option<Rc<str>>,
+    /// Its request-log draft, when the config logs it.
+    log: Option<observe::Draft>,
 }
 
 impl Settlement {
@@ -641,6 +714,7 @@ impl Settlement {
         request_id: &str,
         started: u64,
         cache: Option<&'static str>,
+        observed: Observed,
     ) -> Settlement {
         Settlement {
             ticket,
@@ -656,6 +730,7 @@ impl Settlement {
             continued: None,
             data_class: prepared.trust.class_label().map(str::to_owned),
             pii: prepared.trust.pii_found.clone(),
+            observed,
         }
     }
 }
@@ -696,7 +771,9 @@ struct UsageLog<'a> {
     pii: &'a BTreeMap<String, u32>,
 }
 
-/// Logs the request and adds its actual cost to its key's batch.
+/// Logs the request, adds its actual cost to its key's batch and the same
+/// figures to the isolate's analytics: one settlement feeds both, so
+/// analytics totals equal the keys' usage by construction.
 fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: bool) {
     let (cost, event) = if s.cache == Some("hit") {
         (Money::ZERO, gateway::cache_hit_event(&s.accounting))
@@ -707,6 +784,7 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
     if let Some(leg) = &s.continued {
         gateway::add_continued(&s.accounting, leg, &mut cost, &mut event);
     }
+    let latency_ms = now_ms().saturating_sub(s.started_ms);
     let log = UsageLog {
         event: "request",
         request_id: &s.request_id,
@@ -729,7 +807,7 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
         output_tokens: event.output_tokens,
         cached_tokens: event.cached_tokens,
         cost_usd: cost,
-        latency_ms: now_ms() - s.started_ms,
+        latency_ms,
         first_byte_ms: s.first_byte_ms,
         cache: s.cache,
         continued_by: s
@@ -742,9 +820,61 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
     if let Ok(line) = serde_json::to_string(&log) {
         accounting::log_request(&line);
     }
+    let served = s.served.as_ref();
+    let attempts = served.map_or(0, |x| u32::try_from(x.attempts).unwrap_or(u32::MAX));
     if let Some(ticket) = &s.ticket {
         accounting::settle(ticket, cost, &event);
+        let jurisdiction = served
+            .and_then(|x| s.observed.config.providers.get(&x.provider))
+            .and_then(|p| p.jurisdiction.as_deref());
+        accounting::with_team(ticket.object(), |team| {
+            observe::record(&RequestEvent {
+                at_ms: ticket.admitted_ms(),
+                key: &s.key_id,
+                team,
+                model: &s.accounting.model,
+                provider: served.map(|x| x.provider.as_str()),
+                target_model: served.map(|x| x.model.as_str()),
+                location: s.observed.location.as_deref(),
+                jurisdiction,
+                status: s.status,
+                error,
+                attempts,
+                cache_hit: event.cache_hit,
+                hedged: served.is_some_and(|x| x.hedged),
+                stream: s.stream,
+                input_tokens: event.input_tokens,
+                output_tokens: event.output_tokens,
+                cached_tokens: event.cached_tokens,
+                cost,
+                latency_ms,
+                ttft_ms: s.first_byte_ms,
+            });
+            if let Some(draft) = &s.observed.log {
+                let meta = LogMeta {
+                    request_id: s.request_id.clone(),
+                    at_ms: ticket.admitted_ms(),
+                    key: s.key_id.clone(),
+                    team: team.map(str::to_owned),
+                    model: s.accounting.model.clone(),
+                    provider: served.map(|x| x.provider.clone()),
+                    target_model: served.map(|x| x.model.clone()),
+                    status: s.status,
+                    error,
+                    stream: s.stream,
+                    attempts,
+                    latency_ms,
+                    ttft_ms: s.first_byte_ms,
+                    input_tokens: event.input_tokens,
+                    output_tokens: event.output_tokens,
+                    cached_tokens: event.cached_tokens,
+                    cost_pico: cost.0,
+                };
+                observe::settled(draft, meta);
+            }
+        });
     }
+    observe::note_health(HEALTH.with(|h| *h));
 }
 
 /// Who asked, owned: what routing a second leg needs.
@@ -830,8 +960,17 @@ fn settle_hit(
     key: &KeyRef,
     request_id: &str,
     started: u64,
+    observed: Observed,
 ) {
-    let s = Settlement::new(ticket, prepared, key, request_id, started, Some("hit"));
+    let s = Settlement::new(
+        ticket,
+        prepared,
+        key,
+        request_id,
+        started,
+        Some("hit"),
+        observed,
+    );
     settle(s, None, 0, false);
 }
 
@@ -846,6 +985,7 @@ async fn test_hook(
         TestHook::Panic => panic!("panic requested by the test hook"),
         TestHook::Flush => {
             accounting::flush_due(env, true).await;
+            observe::flush(env, true).await;
             Ok(Reply::json(200, br#"{"flushed":true}"#.to_vec()))
         }
         TestHook::Stats => Ok(Reply::json_value(200, &accounting::stats())),

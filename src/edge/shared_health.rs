@@ -160,6 +160,14 @@ async fn exchange_once(
         .await
 }
 
+/// What the location's entry holds now (for `GET /admin/health`); `None`
+/// where the Cache API is unavailable or nothing was shared.
+pub(super) async fn location_view(host: &str) -> Option<Snapshot> {
+    let key = format!("https://{host}{ENTRY_PATH}");
+    let mut entry = Cache::default().get(&key, true).await.ok()??;
+    serde_json::from_str(&entry.text().await.ok()?).ok()
+}
+
 fn warn_once(e: &worker::Error) {
     let first = EXCHANGE.with_borrow_mut(|x| !std::mem::replace(&mut x.warned, true));
     if first {

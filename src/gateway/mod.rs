@@ -113,6 +113,16 @@ pub enum AdminRoute {
     RevokeKey(String),
     /// `GET /admin/usage?key={id}`.
     Usage,
+    /// `POST /admin/config/validate`: check a config, store nothing.
+    ValidateConfig,
+    /// `GET /admin/analytics?from=&to=&group_by=&interval=`.
+    Analytics,
+    /// `GET /admin/logs?date=&key=&model=&object=`.
+    Logs,
+    /// `GET /admin/health`: breakers and cooling targets.
+    Health,
+    /// `GET /admin/alerts`: recent alert deliveries.
+    Alerts,
 }
 
 /// Maps a method and path to an endpoint.
@@ -134,6 +144,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
         "/admin/config" => (Route::Admin(AdminRoute::Config), "GET, PUT"),
         "/admin/keys" => (Route::Admin(AdminRoute::Keys), "GET, POST"),
         "/admin/usage" => (Route::Admin(AdminRoute::Usage), "GET"),
+        "/admin/config/validate" => (Route::Admin(AdminRoute::ValidateConfig), "POST"),
+        "/admin/analytics" => (Route::Admin(AdminRoute::Analytics), "GET"),
+        "/admin/logs" => (Route::Admin(AdminRoute::Logs), "GET"),
+        "/admin/health" => (Route::Admin(AdminRoute::Health), "GET"),
+        "/admin/alerts" => (Route::Admin(AdminRoute::Alerts), "GET"),
         "/__test/panic" => (Route::Test(TestHook::Panic), "GET"),
         "/__test/flush" => (Route::Test(TestHook::Flush), "POST"),
         "/__test/forget" => (Route::Test(TestHook::Forget), "POST"),

@@ -41,6 +41,25 @@ pub fn date_string(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Unix ms of the start of a `YYYY-MM-DD` day (UTC); `None` unless it is a
+/// real date from 1970 on.
+pub fn day_start_ms(date: &str) -> Option<u64> {
+    let b = date.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .and_then(|_| date[r].parse::<u32>().ok())
+    };
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let days = days_from_civil(i64::from(y), m, d);
+    // Round-trips only for a real date (no 2026-02-30).
+    (days >= 0 && (1..=12).contains(&m) && civil_from_days(days) == (i64::from(y), m, d))
+        .then(|| days as u64 * DAY_MS)
+}
+
 /// Unix ms of the next UTC midnight.
 pub(super) fn next_day_ms(ms: u64) -> u64 {
     (ms / DAY_MS + 1) * DAY_MS

@@ -116,7 +116,7 @@ pub struct KeySnapshot {
     /// Its tier, for routing rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
-    /// Its team, for the response cache's `team` scope.
+    /// Its team, for the response cache's `team` scope and analytics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
     /// Its allowed jurisdictions, for routing.

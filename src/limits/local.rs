@@ -150,6 +150,15 @@ pub enum Ticket {
 }
 
 impl Ticket {
+    /// When it was admitted: the day and hour its usage counts in.
+    pub fn admitted_ms(&self) -> u64 {
+        match self {
+            Ticket::Lease { admitted_ms, .. }
+            | Ticket::Reservation { admitted_ms, .. }
+            | Ticket::Record { admitted_ms, .. } => *admitted_ms,
+        }
+    }
+
     /// The key's object.
     pub fn object(&self) -> &str {
         match self {
@@ -308,6 +317,12 @@ impl LocalLimits {
     /// This isolate's id.
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// The key's team as its object last said (for analytics; `None` for
+    /// static keys and keys not yet heard of).
+    pub fn team(&self, object: &str) -> Option<&str> {
+        self.keys.get(object)?.snapshot.as_ref()?.team.as_deref()
     }
 
     /// Admits a virtual key's request from a lease, or says how to ask the

@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use calendar::{date_string, month_index};
+pub use calendar::{date_string, day_start_ms, month_index};
 pub use lease::{
     Charge, Grant, Headroom, KeySnapshot, LeaseAsk, LeaseDone, MAX_LEASE_TTL_MS, Source, Sync,
 };
@@ -131,6 +131,12 @@ pub enum Command {
     },
     /// Registry object: list every key.
     RegistryList,
+    /// The key's object sent these outgoing messages ([`KeyState::outbox`]):
+    /// they are forgotten.
+    OutboxSent {
+        /// Their ids.
+        ids: Vec<u64>,
+    },
     /// Test and benchmark support (the object refuses it unless test hooks
     /// are on): fills the key with `days` × `models` of usage history and a
     /// minute window of `rpm` admissions.
@@ -229,6 +235,8 @@ pub enum Reply {
     Usage(Box<UsageReport>),
     /// Test data was written.
     Seeded,
+    /// Done; nothing to report.
+    Done,
     /// The command does not apply (no such key, key exists, ...).
     Rejected {
         /// HTTP-like status: 404 or 409.
@@ -355,6 +363,75 @@ pub struct DayUsage {
     pub cache_hits: u64,
     /// Cost in USD.
     pub cost_usd: Money,
+    /// Cost in exact picodollars (what analytics totals are compared with).
+    #[serde(default)]
+    pub cost_pico: u64,
+}
+
+/// What a key's object sends out by itself, from its alarm, until it is
+/// acknowledged: recorded in the same step as the charge that caused it,
+/// so neither a lost reply nor a crashed isolate loses one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outgoing {
+    /// A budget threshold crossed (`budget_80`, `budget_100`), for the
+    /// alerts object.
+    Alert(crate::observe::alerts::Alert),
+    /// A change to the key's usage that no isolate reported to analytics:
+    /// a reservation or lease charged at its expiry (positive), or a
+    /// settlement that arrived after its reservation or lease had been
+    /// charged (negative, as it was not charged again). With these,
+    /// analytics totals equal the key's usage exactly.
+    Correction(Correction),
+}
+
+/// A signed change to a day's usage of one model (see [`Outgoing`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    /// The admission time it counts at (its day and hour).
+    pub at_ms: u64,
+    /// The key id (`static` for static keys).
+    pub key: String,
+    /// The key's team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The public model name (or [`UNREPORTED_MODEL`]).
+    pub model: String,
+    /// Requests.
+    pub requests: i64,
+    /// Failed requests.
+    pub errors: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cached input tokens.
+    pub cached_tokens: i64,
+    /// Answered from the response cache.
+    #[serde(default)]
+    pub cache_hits: i64,
+    /// Cost, picodollars.
+    pub cost_pico: i64,
+}
+
+impl Correction {
+    /// The correction for a charge, positive (`sign` 1) or negative (-1).
+    fn of(key: &str, team: Option<String>, c: &Charge, sign: i64) -> Correction {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX) * sign;
+        Correction {
+            at_ms: c.admitted_ms,
+            key: key.to_owned(),
+            team,
+            model: c.model.clone(),
+            requests: n(c.requests),
+            errors: n(c.errors),
+            input_tokens: n(c.input_tokens),
+            output_tokens: n(c.output_tokens),
+            cached_tokens: n(c.cached_tokens),
+            cache_hits: n(c.cache_hits),
+            cost_pico: n(c.cost.0),
+        }
+    }
 }
 
 /// Counters and calendar windows: one small row, rewritten by most commands.
@@ -462,6 +539,7 @@ enum Table {
     Holder,
     Usage,
     Registry,
+    Outbox,
 }
 
 /// Everything a key's Durable Object stores, and which rows changed.
@@ -478,6 +556,8 @@ pub struct KeyState {
     usage: BTreeMap<String, Rollup>,
     /// On the registry object only: every key, by id.
     registry: BTreeMap<String, KeyView>,
+    /// What the object must send out ([`Outgoing`]), by id.
+    outbox: BTreeMap<u64, Outgoing>,
     /// Rows changed since the last [`KeyState::take_changes`].
     dirty: BTreeSet<(Table, String)>,
 }
@@ -538,6 +618,14 @@ impl KeyState {
             Command::RegistryList => Reply::Keys {
                 keys: self.registry.values().cloned().collect(),
             },
+            Command::OutboxSent { ids } => {
+                for id in ids {
+                    if self.outbox.remove(&id).is_some() {
+                        self.touch(Table::Outbox, &id.to_string());
+                    }
+                }
+                Reply::Done
+            }
             Command::Seed { days, models, rpm } => {
                 self.seed_history(now_ms, days, models, rpm);
                 Reply::Seeded
@@ -1016,6 +1104,8 @@ impl KeyState {
         match c.source {
             Source::Reservation { id } => {
                 let Some(r) = self.reservations.remove(&id) else {
+                    // Charged at its expiry already: not charged again.
+                    self.correct(c, -1);
                     return;
                 };
                 self.touch(Table::Reservation, &id.to_string());
@@ -1033,6 +1123,7 @@ impl KeyState {
             }
             Source::Lease { id } => {
                 let Some(lease) = self.leases.get_mut(&id) else {
+                    self.correct(c, -1);
                     return;
                 };
                 lease.money = lease.money.minus(c.cost);
@@ -1105,6 +1196,7 @@ impl KeyState {
                     cost: r.amount,
                 };
                 self.record_usage(r.admitted_ms, &c);
+                self.correct(&c, 1);
             }
         }
         let due: Vec<u64> = self
@@ -1132,6 +1224,7 @@ impl KeyState {
                     cost: l.money,
                 };
                 self.record_usage(l.granted_ms, &c);
+                self.correct(&c, 1);
             }
         }
     }
@@ -1156,6 +1249,16 @@ impl KeyState {
     fn charge(&mut self, amount: Money, admitted_ms: u64) {
         let day = admitted_ms / DAY_MS;
         let month = month_index(admitted_ms);
+        let before = [
+            spent_in(&self.meta.spent_day, day),
+            spent_in(&self.meta.spent_month, month),
+            self.meta.spent_total,
+        ];
+        let current = [
+            self.meta.spent_day.window <= day,
+            self.meta.spent_month.window <= month,
+            true,
+        ];
         let m = &mut self.meta;
         for (spend, window) in [(&mut m.spent_day, day), (&mut m.spent_month, month)] {
             if spend.window < window {
@@ -1170,6 +1273,79 @@ impl KeyState {
         }
         m.spent_total = m.spent_total.plus(amount);
         self.touch(Table::Meta, "");
+        self.raise_crossings(before, current, amount, admitted_ms);
+    }
+
+    /// Budget thresholds the spend just crossed, into the outbox. Only a
+    /// charge to the current window can cross its budget.
+    fn raise_crossings(
+        &mut self,
+        before: [Money; 3],
+        current: [bool; 3],
+        amount: Money,
+        at_ms: u64,
+    ) {
+        use crate::observe::alerts::{Alert, budget_crossings};
+        let Some(record) = &self.record else { return };
+        let b = &record.settings.budgets;
+        let windows = [
+            ("daily", b.daily_usd, date_string(at_ms)),
+            ("monthly", b.monthly_usd, date_string(at_ms)[..7].to_owned()),
+            ("total", b.total_usd, String::new()),
+        ];
+        let mut alerts = vec![];
+        for (i, (name, budget, window)) in windows.into_iter().enumerate() {
+            let Some(budget) = budget.filter(|_| current[i]) else {
+                continue;
+            };
+            let after = before[i].plus(amount);
+            for event in budget_crossings(before[i], after, budget) {
+                let mut details = serde_json::Map::new();
+                let mut put = |k: &str, v: serde_json::Value| {
+                    details.insert(k.to_owned(), v);
+                };
+                put("key", record.id.clone().into());
+                put("name", record.settings.name.clone().into());
+                if let Some(team) = &record.settings.team {
+                    put("team", team.clone().into());
+                }
+                put("budget", name.into());
+                put("window", window.clone().into());
+                put("budget_usd", budget.usd().into());
+                put("spent_usd", after.usd().into());
+                alerts.push(Alert {
+                    event,
+                    target: format!("key:{}:{name}", record.id),
+                    at_ms,
+                    details,
+                });
+            }
+        }
+        for alert in alerts {
+            self.send(Outgoing::Alert(alert));
+        }
+    }
+
+    /// Queues an outgoing message.
+    fn send(&mut self, item: Outgoing) {
+        let id = self.next_id();
+        self.outbox.insert(id, item);
+        self.touch(Table::Outbox, &id.to_string());
+    }
+
+    /// A change to the key's usage analytics did not see from an isolate.
+    fn correct(&mut self, c: &Charge, sign: i64) {
+        let (key, team) = match &self.record {
+            Some(r) => (r.id.clone(), r.settings.team.clone()),
+            None => ("static".to_owned(), None),
+        };
+        self.send(Outgoing::Correction(Correction::of(&key, team, c, sign)));
+    }
+
+    /// What the object must send, oldest first (in order: analytics
+    /// applies a holder's batches only in increasing order).
+    pub fn outbox(&self) -> Vec<(u64, Outgoing)> {
+        self.outbox.iter().map(|(id, o)| (*id, o.clone())).collect()
     }
 
     fn record_usage(&mut self, admitted_ms: u64, c: &Charge) {
@@ -1266,6 +1442,7 @@ impl KeyState {
                     cached_tokens: r.cached_tokens,
                     cache_hits: r.cache_hits,
                     cost_usd: r.cost,
+                    cost_pico: r.cost.0,
                 }
             })
             .collect();

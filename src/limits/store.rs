@@ -39,6 +39,7 @@ impl Table {
             Table::Holder => "holder",
             Table::Usage => "usage",
             Table::Registry => "registry",
+            Table::Outbox => "outbox",
         }
     }
 }
@@ -87,6 +88,11 @@ impl KeyState {
                     Table::Holder => self.holders.get(&key).map(json),
                     Table::Usage => self.usage.get(&key).map(json),
                     Table::Registry => self.registry.get(&key).map(json),
+                    Table::Outbox => key
+                        .parse()
+                        .ok()
+                        .and_then(|id| self.outbox.get(&id))
+                        .map(json),
                 };
                 Row {
                     kind: table.name(),
@@ -129,6 +135,10 @@ impl KeyState {
                 }
                 "registry" => {
                     s.registry.insert(key.clone(), parse(&kind, &key, &value)?);
+                }
+                "outbox" => {
+                    s.outbox
+                        .insert(number(&kind, &key)?, parse(&kind, &key, &value)?);
                 }
                 // A row of a later version's kind: leave it alone.
                 _ => {}

@@ -1024,3 +1024,95 @@ fn a_denial_while_leases_hold_headroom_says_when_it_comes_back() {
     assert_eq!(d.reason, DenialReason::BudgetExceeded);
     assert_eq!(d.retry_after_ms, Some(12_000));
 }
+
+fn outbox_alerts(s: &KeyState) -> Vec<(crate::observe::alerts::AlertKind, String)> {
+    s.outbox()
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Outgoing::Alert(a) => Some((a.event, a.target)),
+            Outgoing::Correction(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn budget_crossings_are_queued_once_each_in_the_charging_step() {
+    use crate::observe::alerts::AlertKind;
+    let mut s = virtual_key(KeySettings {
+        name: "t".into(),
+        budgets: Budgets {
+            daily_usd: Some(usd(1.0)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    });
+    for (cost, expect) in [
+        (0.5, vec![]),
+        (0.3, vec![AlertKind::Budget80]),
+        (0.1, vec![AlertKind::Budget80]),
+        (0.1, vec![AlertKind::Budget80, AlertKind::Budget100]),
+    ] {
+        let id = admit_with(&mut s, NOON, usd(cost), 0).unwrap();
+        assert!(settle(&mut s, id, usd(cost), 1, 1));
+        let got: Vec<AlertKind> = outbox_alerts(&s).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, expect, "after {cost}");
+    }
+    assert_eq!(outbox_alerts(&s)[1].1, "key:k1:daily");
+    // The rows survive a reload; once sent they are gone for good.
+    let ids: Vec<u64> = s.outbox().iter().map(|(id, _)| *id).collect();
+    let rows = s.take_changes();
+    let mut loaded = KeyState::load(
+        rows.into_iter()
+            .filter_map(|r| Some((r.kind.to_owned(), r.key, r.value?))),
+    )
+    .unwrap();
+    assert_eq!(loaded.outbox().len(), 2);
+    loaded.apply(Command::OutboxSent { ids }, NOON);
+    assert!(loaded.outbox().is_empty());
+    assert!(loaded.has_changes());
+}
+
+/// Analytics sees every settlement an isolate reports; the key's object
+/// adds what only it knows. Their sum is the key's usage, to the
+/// picodollar: here a request settled normally, a reservation that
+/// expired unsettled, and a settlement that came after its expiry.
+#[test]
+fn corrections_make_reported_settlements_sum_to_the_usage_report() {
+    let mut s = virtual_key(limits(RateLimits::default()));
+    let mut seen = (0i64, 0i64, 0i64); // requests, tokens, cost as isolates reported
+    let settled = admit_with(&mut s, NOON, usd(0.2), 0).unwrap();
+    assert!(settle(&mut s, settled, usd(0.1), 10, 5));
+    seen = (seen.0 + 1, seen.1 + 15, seen.2 + usd(0.1).0 as i64);
+    let _lost = admit_with(&mut s, NOON, usd(0.3), 0).unwrap();
+    let late = admit_with(&mut s, NOON, usd(0.4), 0).unwrap();
+    s.apply(Command::Expire, NOON + RESERVATION_TTL_MS);
+    // The late one's isolate reports after all (and analytics counts it).
+    let c = charge(Source::Reservation { id: late }, "gpt", usd(0.05), 7, 3);
+    sync(
+        &mut s,
+        NOON + RESERVATION_TTL_MS,
+        next_seq(),
+        vec![c],
+        vec![],
+    );
+    seen = (seen.0 + 1, seen.1 + 10, seen.2 + usd(0.05).0 as i64);
+    let mut total = seen;
+    for (_, o) in s.outbox() {
+        if let Outgoing::Correction(c) = o {
+            total.0 += c.requests;
+            total.1 += c.input_tokens + c.output_tokens;
+            total.2 += c.cost_pico;
+        }
+    }
+    let r = report(&mut s, NOON + RESERVATION_TTL_MS);
+    let by_day = r.by_day.iter().fold((0i64, 0i64, 0i64), |a, d| {
+        (
+            a.0 + d.requests as i64,
+            a.1 + (d.input_tokens + d.output_tokens) as i64,
+            a.2 + d.cost_pico as i64,
+        )
+    });
+    assert_eq!(total, by_day);
+    assert_eq!(by_day.2 as u64, r.spent_total_usd.0);
+    assert_eq!(r.spent_total_usd, usd(0.1).plus(usd(0.3)).plus(usd(0.4)));
+}

@@ -129,6 +129,11 @@ pub struct Health {
     /// A breaker opened or closed, or a cooling started, since
     /// [`Health::take_changed`] last looked: worth telling the location.
     changed: Cell<bool>,
+    /// Breakers this isolate opened (target, when) since
+    /// [`Health::take_opened`] last looked: for `breaker_open` alerts. Only
+    /// its own verdicts: one heard from the location is another isolate's
+    /// to report.
+    opened: RefCell<Vec<(String, u64)>>,
 }
 
 /// What the isolates of one location know of their targets, keyed like
@@ -308,6 +313,7 @@ impl Health {
             t.open_until = Some(now_ms + breaker.cooldown_ms);
             t.breaker_at = t.breaker_at.max(now_ms);
             self.changed.set(true);
+            self.opened.borrow_mut().push((key.to_owned(), now_ms));
             return;
         }
         t.failures.push_back(now_ms);
@@ -323,6 +329,7 @@ impl Health {
             t.open_until = Some(now_ms + breaker.cooldown_ms);
             t.breaker_at = t.breaker_at.max(now_ms);
             self.changed.set(true);
+            self.opened.borrow_mut().push((key.to_owned(), now_ms));
         }
     }
 
@@ -344,6 +351,18 @@ impl Health {
     /// farther one for being slower (its hysteresis state).
     pub fn is_slow(&self, key: &str) -> bool {
         self.targets.borrow().get(key).is_some_and(|t| t.slow)
+    }
+
+    /// Whether this isolate opened a breaker since [`Health::take_opened`]
+    /// last looked (one borrow: cheap enough for every request).
+    pub fn has_opened(&self) -> bool {
+        !self.opened.borrow().is_empty()
+    }
+
+    /// The breakers this isolate opened since the last call: target key
+    /// and when.
+    pub fn take_opened(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.opened.borrow_mut())
     }
 
     /// Whether a breaker opened or closed, or a cooling started, since the
@@ -651,5 +670,30 @@ mod tests {
         h.record_success("t", later, 900);
         assert_eq!(h.ewma_ms("t"), Some(900.0));
         assert_eq!(h.settled_ewma_ms("t", later), None, "one sample again");
+    }
+
+    #[test]
+    fn only_breakers_this_isolate_opens_are_reported_for_alerts() {
+        let b = Breaker {
+            failures: 2,
+            window_ms: 10_000,
+            cooldown_ms: 1_000,
+        };
+        let h = Health::new();
+        h.record_failure("p/m", 100, None, &b);
+        assert!(!h.has_opened());
+        h.record_failure("p/m", 200, None, &b);
+        assert!(h.has_opened());
+        assert_eq!(h.take_opened(), [("p/m".to_owned(), 200)]);
+        assert!(!h.has_opened());
+        // The probe fails: it opens again, reported again (the alert's
+        // cooldown decides whether anyone is told).
+        assert!(h.acquire("p/m", 1_300));
+        h.record_failure("p/m", 1_300, None, &b);
+        assert_eq!(h.take_opened(), [("p/m".to_owned(), 1_300)]);
+        // A breaker heard of from the location is not this isolate's.
+        let other = Health::new();
+        other.absorb(&h.snapshot(1_400), 1_400);
+        assert!(!other.has_opened());
     }
 }

@@ -1,8 +1,9 @@
 // The measuring half of scripts/bench (which installs tools and builds first).
 //
-// Runs the built gateway (build/index.js + build/index_bg.wasm) on plain
-// `workerd serve`, beside a minimal pass-through worker (passthrough.js) in
-// the same workerd process, in front of the same loopback upstreams: nginx
+// Runs the built gateway as deployed (src/edge/entry.mjs over build/index.js
+// and build/index_bg.wasm) on plain `workerd serve`, beside a minimal
+// pass-through worker (passthrough.js) in the same workerd process, in
+// front of the same loopback upstreams: nginx
 // answering a fixed chat.completion for plain JSON, the mock provider
 // (tests/mock/server.mjs, in this process) for streams and failover. Prints
 // each figure next to its baseline and the command that produced it, then
@@ -471,6 +472,7 @@ function workerdCapnp(p) {
   // service (two gateway instances sharing one key's object).
   const gateway = (kv, { objects = null, extra = [], cache = false } = {}) => `(
     modules = [
+      (name = "entry.mjs", esModule = embed "entry.mjs"),
       (name = "index.js", esModule = embed "index.js"),
       (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
     ],
@@ -478,6 +480,8 @@ function workerdCapnp(p) {
     bindings = [
       (name = "GATEWAY_CONFIG", kvNamespace = (name = "${kv}")),
       (name = "KEY_OBJECTS", durableObjectNamespace = (className = "KeyObject"${objects ? `, serviceName = "${objects}"` : ''})),
+      (name = "ANALYTICS", durableObjectNamespace = (className = "AnalyticsObject"${objects ? `, serviceName = "${objects}"` : ''})),
+      (name = "ALERTS", durableObjectNamespace = (className = "AlertsObject"${objects ? `, serviceName = "${objects}"` : ''})),
       (name = "GATEWAY_KEYS", text = ${capnpStr(GATEWAY_KEY)}),
       (name = "ADMIN_TOKEN", text = ${capnpStr(ADMIN_TOKEN)}),
       (name = "CONFIG_CACHE_TTL_MS", text = "3600000"),
@@ -487,6 +491,8 @@ function workerdCapnp(p) {
     ],
     ${objects ? '' : `durableObjectNamespaces = [
       (className = "KeyObject", uniqueKey = "bench-${kv}-key-objects", enableSql = true),
+      (className = "AnalyticsObject", uniqueKey = "bench-${kv}-analytics", enableSql = true),
+      (className = "AlertsObject", uniqueKey = "bench-${kv}-alerts", enableSql = true),
     ],
     durableObjectStorage = (localDisk = "do-storage"),`}
     globalOutbound = "loopback",${cache ? '\n    cacheApiOutbound = "cache",' : ''}
@@ -1305,6 +1311,8 @@ async function main() {
 
     // workerd
     for (const f of ['index.js', 'index_bg.wasm']) copyFileSync(path.join(ROOT, 'build', f), path.join(dir, f));
+    // The deployed entry module (the panic wrapper), importing its neighbour.
+    writeFileSync(path.join(dir, 'entry.mjs'), readFileSync(path.join(ROOT, 'src/edge/entry.mjs'), 'utf8').replaceAll('../../build/index.js', './index.js'));
     for (const f of ['passthrough.js', 'kv.js', 'do-floor.js', 'cache.js']) copyFileSync(path.join(HERE, f), path.join(dir, f));
     writeFileSync(path.join(dir, 'config.json'), JSON.stringify(gatewayConfig(env.ports)));
     writeFileSync(path.join(dir, 'config-anthropic.json'), JSON.stringify(anthropicConfig(env.ports)));

@@ -107,6 +107,14 @@ export async function startGateway({ persistDir, vars = {}, configs = [CONFIG] }
         '--binding', 'GATEWAY_CONFIG', '--local', '--persist-to', persistDir]);
       await rm(file, { force: true });
     },
+    /** Writes an R2 object with `wrangler r2 object put --local` (the real R2 path). */
+    async r2Put(bucket, key, value) {
+      const file = path.join(persistDir, `r2-${Date.now()}-${Math.random()}`);
+      await writeFile(file, value);
+      await run(WRANGLER, ['r2', 'object', 'put', `${bucket}/${key}`, '--file', file, '-c', CONFIG,
+        '--local', '--persist-to', persistDir]);
+      await rm(file, { force: true });
+    },
   };
 
   const deadline = Date.now() + 90_000;

@@ -21,7 +21,9 @@ let dir;
 async function isolateConfigs() {
   dir = await mkdtemp(path.join(os.tmpdir(), 'gateway-isolates-'));
   const base = (await readFile(CONFIG, 'utf8'))
-    .replace(/^main = .*$/m, `main = ${JSON.stringify(path.join(ROOT, 'build/worker/shim.mjs'))}`);
+    .replace(/^main = .*$/m, `main = ${JSON.stringify(path.join(ROOT, 'build/worker/shim.mjs'))}`)
+    // The dashboard's static files are not what these workers are about.
+    .replace(/^\[assets\]\ndirectory = .*$/m, '');
   const configs = [];
   await writeFile(path.join(dir, 'router.js'), `export default {
   fetch(request, env) {
