@@ -128,7 +128,7 @@ test('analytics group by team, model, provider and location, with failovers and 
   assert.equal((await bad.json()).error.param, 'group_by');
 });
 
-test('a logged key has its bodies in R2 after the flush; redaction leaves no message text; off writes nothing', async () => {
+test('a logged key has its bodies in R2 after the flush; redaction leaves no message text; PII policies leave only placeholders; off writes nothing', async () => {
   const logged = load.keys.logged;
   const records = async (q) => (await adminJson(gw, `/admin/logs?date=${today()}&${q}`)).data;
   // Logged in full during the load.
@@ -171,6 +171,32 @@ test('a logged key has its bodies in R2 after the flush; redaction leaves no mes
     assert.ok(!text.includes(leak), `${leak} leaked: ${text.slice(0, 400)}`);
   }
   assert.equal(redacted.find((r) => !r.stream).request.messages[0].role, 'user', 'structure is kept');
+
+  // Under a PII policy a log keeps what left the gateway: the placeholders,
+  // and no body at all for a request refused for the personal data in it.
+  const byId = (id) => eventually(async () => {
+    const r = await records(`request_id=${id}`);
+    assert.equal(r.length, 1);
+    return r[0];
+  });
+  const address = 'alice.personal@example.com';
+  config.request_logs = { keys: [logged.key.id] };
+  config.models.chatty.pii = { mode: 'restore' };
+  await setConfig(gw, config);
+  let res = await chat(gw, ask('chatty', `write to ${address}`), { key: logged.secret });
+  assert.equal(res.status, 200);
+  await res.text();
+  const restored = await byId(res.headers.get('x-request-id'));
+  assert.equal(restored.request.messages[0].content, 'write to [EMAIL_1]');
+  config.models.chatty.pii = { mode: 'block' };
+  await setConfig(gw, config);
+  res = await chat(gw, ask('chatty', `write to ${address}`), { key: logged.secret });
+  assert.equal(res.status, 400);
+  await res.text();
+  const refused = await byId(res.headers.get('x-request-id'));
+  assert.equal(refused.status, 400);
+  assert.ok(!JSON.stringify(refused).includes(address), JSON.stringify(refused).slice(0, 400));
+  delete config.models.chatty.pii;
 
   // Off: nothing more is written.
   const before = (await adminJson(gw, `/admin/logs?date=${today()}`)).objects.length;
