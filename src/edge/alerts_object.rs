@@ -127,13 +127,7 @@ impl AlertsObject {
         let Some(at) = self.with_book(|b| b.next_wakeup())? else {
             return Ok(());
         };
-        if self.alarm_at.get().is_some_and(|set| set <= at) {
-            return Ok(());
-        }
-        let offset = at.saturating_sub(Date::now().as_millis());
-        self.state.storage().set_alarm(offset as i64).await?;
-        self.alarm_at.set(Some(at));
-        Ok(())
+        super::key_object::alarm_by(&self.state, &self.alarm_at, at).await
     }
 }
 

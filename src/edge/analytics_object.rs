@@ -86,16 +86,5 @@ impl AnalyticsObject {
 }
 
 fn load(sql: &SqlStorage) -> Result<DayStore> {
-    sql.exec(
-        "CREATE TABLE IF NOT EXISTS rows (kind TEXT NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL, PRIMARY KEY (kind, k)) WITHOUT ROWID",
-        None,
-    )?;
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        kind: String,
-        k: String,
-        v: String,
-    }
-    let rows: Vec<Stored> = sql.exec("SELECT kind, k, v FROM rows", None)?.to_array()?;
-    DayStore::load(rows.into_iter().map(|r| (r.kind, r.k, r.v))).map_err(worker::Error::RustError)
+    DayStore::load(super::key_object::read_rows(sql)?.into_iter()).map_err(worker::Error::RustError)
 }

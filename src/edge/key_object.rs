@@ -186,13 +186,7 @@ impl KeyObject {
     /// Sets the alarm for the earliest expiry, unless an earlier one is set.
     async fn ensure_alarm(&self, next: Option<u64>) -> Result<()> {
         let Some(at) = next else { return Ok(()) };
-        if self.alarm_at.get().is_some_and(|set| set <= at) {
-            return Ok(());
-        }
-        let offset = at.saturating_sub(Date::now().as_millis());
-        self.state.storage().set_alarm(offset as i64).await?;
-        self.alarm_at.set(Some(at));
-        Ok(())
+        alarm_by(&self.state, &self.alarm_at, at).await
     }
 }
 
@@ -203,19 +197,9 @@ fn storage_error(e: String) -> worker::Error {
 /// Reads every row; converts the first version's single JSON document the
 /// first time an object that has one is loaded.
 fn load(sql: &SqlStorage) -> Result<KeyState> {
-    sql.exec(
-        "CREATE TABLE IF NOT EXISTS rows (kind TEXT NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL, PRIMARY KEY (kind, k)) WITHOUT ROWID",
-        None,
-    )?;
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        kind: String,
-        k: String,
-        v: String,
-    }
-    let rows: Vec<Stored> = sql.exec("SELECT kind, k, v FROM rows", None)?.to_array()?;
+    let rows = read_rows(sql)?;
     if !rows.is_empty() {
-        return KeyState::load(rows.into_iter().map(|r| (r.kind, r.k, r.v))).map_err(storage_error);
+        return KeyState::load(rows).map_err(storage_error);
     }
     #[derive(serde::Deserialize)]
     struct Legacy {
@@ -240,6 +224,35 @@ fn load(sql: &SqlStorage) -> Result<KeyState> {
     save(sql, state.take_changes())?;
     sql.exec("DROP TABLE key_state", None)?;
     Ok(state)
+}
+
+/// Every row of an object's `rows` table (created if missing), as
+/// `(kind, k, v)`: the storage of the key and analytics objects.
+pub(super) fn read_rows(sql: &SqlStorage) -> Result<Vec<(String, String, String)>> {
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS rows (kind TEXT NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL, PRIMARY KEY (kind, k)) WITHOUT ROWID",
+        None,
+    )?;
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        kind: String,
+        k: String,
+        v: String,
+    }
+    let rows: Vec<Stored> = sql.exec("SELECT kind, k, v FROM rows", None)?.to_array()?;
+    Ok(rows.into_iter().map(|r| (r.kind, r.k, r.v)).collect())
+}
+
+/// Sets an object's alarm for `at` (Unix ms), unless one it set is due
+/// sooner (`alarm_at`, cleared by the alarm).
+pub(super) async fn alarm_by(state: &State, alarm_at: &Cell<Option<u64>>, at: u64) -> Result<()> {
+    if alarm_at.get().is_some_and(|set| set <= at) {
+        return Ok(());
+    }
+    let offset = at.saturating_sub(Date::now().as_millis());
+    state.storage().set_alarm(offset as i64).await?;
+    alarm_at.set(Some(at));
+    Ok(())
 }
 
 /// Writes changed rows: upserts and deletes, a few rows per statement.
