@@ -73,7 +73,10 @@ fn key_of(raw: &str, list: Option<&str>) -> Key {
     let decoded: Cow<'_, str> = if raw.contains('\\') {
         serde_json::from_str::<String>(raw).map_or(Cow::Borrowed(""), Cow::Owned)
     } else {
-        Cow::Borrowed(&raw[1..raw.len() - 1])
+        // An unterminated key (the body ends inside it) has no closing
+        // quote: the last character may be any UTF-8 sequence.
+        let inner = raw.strip_prefix('"').unwrap_or(raw);
+        Cow::Borrowed(inner.strip_suffix('"').unwrap_or(inner))
     };
     match decoded.as_ref() {
         k if Some(k) == list => Key::Messages,
@@ -361,6 +364,21 @@ mod tests {
         let responses = br#"{"input":[{"type":"message","content":[{"type":"input_text","text":"x"}]},{"type":"function_call_output"}]}"#;
         let s = shape(responses, 64, Some("input")).unwrap();
         assert_eq!((s.messages, s.parts), (2, 1));
+    }
+
+    #[test]
+    fn a_body_that_ends_inside_a_key_is_measured_not_a_panic() {
+        // Found by the `ingress` fuzz target: the key's last character was
+        // cut as if it were the closing quote.
+        for (body, messages) in [
+            ("{\"ab\u{53e}", 0),
+            ("{\"\u{53e}", 0),
+            ("{\"messages\":[{\"r\u{1f600}", 1),
+            ("{\"", 0),
+        ] {
+            let s = shape(body.as_bytes(), 64, Some("messages")).unwrap();
+            assert_eq!(s.messages, messages, "{body:?}");
+        }
     }
 
     #[test]
