@@ -707,13 +707,15 @@ impl Mask {
             if min > max || max == 0 {
                 return Err(format!("bad repeat {{{min},{max}}}"));
             }
-            for k in 0..max {
-                steps.push((class, k >= min));
-            }
-            if steps.len() > MAX_MASK_LEN {
+            // Checked before expanding: `#{1000000000000}` must not be
+            // written out first.
+            if max > MAX_MASK_LEN - steps.len().min(MAX_MASK_LEN) {
                 return Err(format!(
                     "longer than {MAX_MASK_LEN} characters once repeats are expanded"
                 ));
+            }
+            for k in 0..max {
+                steps.push((class, k >= min));
             }
         }
         let mandatory = steps.iter().filter(|(_, optional)| !optional).count();
@@ -1167,6 +1169,11 @@ mod tests {
         assert!(Mask::compile("#{2").is_err());
         assert!(Mask::compile("ab").is_err());
         assert!(Mask::compile("#{300}").is_err());
+        // Refused before anything is expanded (found by the `config` fuzz
+        // target: this one took gigabytes and never ended).
+        assert!(Mask::compile("EMP-#{1111111111117}").is_err());
+        assert!(Mask::compile(&format!("{}#{{2}}", "a".repeat(255))).is_err());
+        assert!(Mask::compile(&format!("{}#{{2}}", "a".repeat(254))).is_ok());
         assert!(Mask::compile("@@#{6,9}").is_ok());
         let m = Mask::compile("A#{2,4}").unwrap();
         let mut work = MaskWork::default();
