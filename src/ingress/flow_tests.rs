@@ -502,7 +502,10 @@ fn errors_before_any_answer_take_anthropics_shape_and_statuses() {
     );
     // The request's own mistakes, in Anthropic's words.
     let up = Scripted::new(vec![]);
-    let reply = messages(&up, r#"{"model":"claude","messages":[]}"#);
+    let reply = messages(
+        &up,
+        r#"{"model":"claude","messages":[{"role":"user","content":"x"}]}"#,
+    );
     assert_eq!(reply.status, 400);
     let b = json(&body_of(reply));
     assert_eq!(b["error"]["message"], "max_tokens: Field required");

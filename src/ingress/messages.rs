@@ -163,6 +163,13 @@ impl<'a> MessagesRequest<'a> {
                     "messages",
                 ));
             }
+            // As Anthropic answers it; a translation would have nothing to send.
+            Some(raw) if raw.get()[1..].trim_start().starts_with(']') => {
+                return Err(invalid(
+                    "messages: at least one message is required".into(),
+                    "messages",
+                ));
+            }
             Some(raw) => raw.get(),
         };
         let max_tokens = match field(&fields, "max_tokens") {
@@ -1925,11 +1932,11 @@ mod tests {
             other => panic!("expected a 400, got {other:?}"),
         };
         assert_eq!(
-            err(r#"{"model":"c","messages":[]}"#),
+            err(r#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#),
             ("max_tokens".into(), "max_tokens: Field required".into())
         );
         assert_eq!(
-            err(r#"{"max_tokens":1,"messages":[]}"#).1,
+            err(r#"{"max_tokens":1,"messages":[{"role":"user","content":"x"}]}"#).1,
             "model: Field required"
         );
         assert_eq!(
@@ -1941,27 +1948,40 @@ mod tests {
             "messages"
         );
         assert_eq!(
-            err(r#"{"model":"c","max_tokens":0,"messages":[]}"#).0,
+            err(r#"{"model":"c","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#).0,
             "max_tokens"
         );
         assert_eq!(
-            err(r#"{"model":"c","max_tokens":"9","messages":[]}"#).0,
+            err(r#"{"model":"c","max_tokens":"9","messages":[{"role":"user","content":"x"}]}"#).0,
             "max_tokens"
         );
         assert_eq!(
-            err(r#"{"model":"","max_tokens":9,"messages":[]}"#).0,
+            err(r#"{"model":"","max_tokens":9,"messages":[{"role":"user","content":"x"}]}"#).0,
             "model"
         );
         assert_eq!(
-            err(r#"{"model":"c","max_tokens":9,"messages":[],"stream":"yes"}"#).0,
+            err(r#"{"model":"c","max_tokens":9,"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).0,
             "stream"
         );
         assert!(matches!(
             MessagesRequest::parse(b"{\"model\":"),
             Err(GatewayError::InvalidJson { .. })
         ));
+        // An empty list is refused as Anthropic refuses it (found by the
+        // `ingress` fuzz target: its translation had nothing to send).
+        assert_eq!(
+            err(r#"{"model":"c","max_tokens":9,"messages":[ ]}"#),
+            (
+                "messages".into(),
+                "messages: at least one message is required".into()
+            )
+        );
+        assert!(MessagesRequest::parse_count_tokens(br#"{"model":"c","messages":[]}"#).is_err());
         // count_tokens takes no max_tokens.
-        let req = MessagesRequest::parse_count_tokens(br#"{"model":"c","messages":[]}"#).unwrap();
+        let req = MessagesRequest::parse_count_tokens(
+            br#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
         assert_eq!(req.max_tokens, 0);
     }
 

@@ -439,6 +439,14 @@ pub fn responses_request_to_chat_body(
             }
         }
     }
+    // Nothing to send (found by the `ingress` fuzz target, where it was a
+    // 500): refused as OpenAI refuses an empty list.
+    if messages.is_empty() {
+        return Err(invalid(
+            "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.".into(),
+            "input",
+        ));
+    }
 
     let mut tools = tools_to_chat(req.parse_field("tools")?)?;
     let tool_choice = match req.nonnull("tool_choice") {
@@ -1921,6 +1929,13 @@ mod tests {
         );
         // Parsing allows no input (a stored prompt may supply it); translating needs it.
         assert_eq!(rejection(r#"{"model":"m"}"#).0, "input");
+        // Nothing to translate is a 400, not a translation that fails later.
+        assert_eq!(rejection(r#"{"model":"m","input":[]}"#).0, "input");
+        assert_eq!(
+            rejection(r#"{"model":"m","input":[],"instructions":""}"#).0,
+            "input"
+        );
+        assert!(chat_body(r#"{"model":"m","input":[],"instructions":"x"}"#).is_ok());
     }
 
     #[test]
