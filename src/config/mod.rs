@@ -947,7 +947,10 @@ impl Config {
                 if !info.pricing().is_valid() {
                     err(
                         format!("{path}.models.{model}"),
-                        "prices must be finite and not negative".into(),
+                        format!(
+                            "prices must be between 0 and {} USD per million tokens",
+                            crate::limits::MAX_PRICE_PER_MTOK
+                        ),
                     );
                 }
             }
@@ -1120,6 +1123,24 @@ mod tests {
             e,
             [r#"models.gpt-4o.targets[1].provider: unknown provider "opnai""#]
         );
+    }
+
+    #[test]
+    fn prices_are_bounded_so_none_counts_as_free() {
+        // Found by the `config` fuzz target: 5.5e260 USD per million tokens
+        // passed validation and priced every token at 0.
+        let doc = |price: &str| {
+            format!(
+                r#"{{"version":1,"providers":{{"o":{{"kind":"openai","models":{{"m":{{"input_per_mtok":{price},"output_per_mtok":2}}}}}}}},"models":{{"m":{{"targets":[{{"provider":"o","model":"m"}}]}}}}}}"#
+            )
+        };
+        assert_eq!(
+            errors(&doc("5.5e260")),
+            ["providers.o.models.m: prices must be between 0 and 1000000 USD per million tokens"]
+        );
+        assert_eq!(errors(&doc("-1")).len(), 1);
+        assert!(Config::from_json(&doc("1000000")).is_ok());
+        assert!(Config::from_json(&doc("150")).is_ok());
     }
 
     #[test]

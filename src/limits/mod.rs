@@ -43,7 +43,7 @@ pub use calendar::{date_string, day_start_ms, month_index};
 pub use lease::{
     Charge, Grant, Headroom, KeySnapshot, LeaseAsk, LeaseDone, MAX_LEASE_TTL_MS, Source, Sync,
 };
-pub use money::{CACHE_WRITE_MARKUP, Money, Pricing, Tokens};
+pub use money::{CACHE_WRITE_MARKUP, MAX_PRICE_PER_MTOK, Money, Pricing, Tokens};
 pub use record::{Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits, check_trust};
 pub use store::Row;
 

@@ -125,6 +125,10 @@ pub struct Tokens {
     pub cache_write: u64,
 }
 
+/// The highest price the config accepts, USD per million tokens (a
+/// thousand times the dearest model listed today).
+pub const MAX_PRICE_PER_MTOK: f64 = 1_000_000.0;
+
 /// Picodollars per token for a price in USD per million tokens: $p per 1M
 /// tokens is p × 10⁶ picodollars per token, one rounding.
 fn per_token(usd_per_mtok: f64) -> u64 {
@@ -191,7 +195,9 @@ impl Pricing {
 
     /// Whether the prices are usable (finite, not negative).
     pub fn is_valid(&self) -> bool {
-        let ok = |p: f64| p.is_finite() && p >= 0.0;
+        // Bounded, so every price has an exact per-token figure (a price
+        // past u64 picodollars per token would otherwise count as free).
+        let ok = |p: f64| p.is_finite() && (0.0..=MAX_PRICE_PER_MTOK).contains(&p);
         ok(self.input_per_mtok)
             && ok(self.output_per_mtok)
             && self.cached_input_per_mtok.is_none_or(ok)
