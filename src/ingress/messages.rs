@@ -547,6 +547,14 @@ pub fn messages_request_to_chat_body(
             }
         }
     }
+    // Turns whose content is empty leave nothing to send (found by the
+    // `ingress` fuzz target, where it was a 500).
+    if messages.is_empty() {
+        return Err(invalid(
+            "messages: all messages must have non-empty content".into(),
+            "messages",
+        ));
+    }
 
     let tools = tools_to_chat(req.parse_field("tools")?)?;
     let choice: Option<ToolChoiceIn> = req.parse_field("tool_choice")?;
@@ -1977,6 +1985,14 @@ mod tests {
             )
         );
         assert!(MessagesRequest::parse_count_tokens(br#"{"model":"c","messages":[]}"#).is_err());
+        let empty_turn = MessagesRequest::parse(
+            br#"{"model":"c","max_tokens":9,"messages":[{"role":"user","content":[]}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            messages_request_to_chat_body(&empty_turn, "m"),
+            Err(GatewayError::InvalidRequest { .. })
+        ));
         // count_tokens takes no max_tokens.
         let req = MessagesRequest::parse_count_tokens(
             br#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#,
