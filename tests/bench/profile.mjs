@@ -5,122 +5,42 @@
 //
 //   node tests/bench/profile.mjs [--kind=static|virtual|stream] [--seconds=6] [--top=40]
 //
+// PROFILE_OUT=FILE also writes the raw profile (and the request count) as
+// JSON, for summaries of one's own.
+//
 // Needs what scripts/bench needs (built worker, wrk, nginx); prints, writes
 // nothing but a temp dir it removes. Loopback only; every process it starts
 // is stopped when it ends. Build with `GATEWAY_KEEP_NAMES=1 scripts/build`
 // first to see Rust function names (scripts/build strips them by default).
 
-import { spawn, execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import { startMock } from '../mock/server.mjs';
+import {
+  ADMIN, HERE, KEY, ROOT, WORKERD, arg, cpuMs, gatewayService, sleep, start, prepareRun, stopAll, supportServices, virtualKey, waitFor } from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const HERE = path.join(ROOT, 'tests/bench');
-const WORKERD = path.join(ROOT, 'node_modules/@cloudflare/workerd-linux-64/bin/workerd');
-const arg = (name, def) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? def;
 const KIND = arg('kind', 'static');
 const SECONDS = Number(arg('seconds', '6'));
 const TOP = Number(arg('top', '40'));
-const KEY = 'sk-bench-gateway-key-0001';
-const ADMIN = 'bench-admin-token';
-
-const children = [];
-function start(cmd, args, opts = {}) {
-  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...opts });
-  child.output = '';
-  child.stdout.on('data', (d) => { child.output += d; });
-  child.stderr.on('data', (d) => { child.output += d; });
-  child.exited = new Promise((r) => child.on('exit', (code, signal) => r({ code, signal })));
-  children.push(child);
-  return child;
-}
-function stopAll() {
-  for (const c of children) {
-    try { process.kill(-c.pid, 'SIGKILL'); } catch { /* gone */ }
-  }
-}
-process.on('exit', stopAll);
-for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => process.exit(1));
-
-const freePort = () => new Promise((resolve, reject) => {
-  const srv = net.createServer();
-  srv.on('error', reject);
-  srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
-});
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function waitFor(url) {
-  for (let i = 0; i < 300; i++) {
-    try { if ((await fetch(url)).status < 500) return; } catch { /* not yet */ }
-    await sleep(100);
-  }
-  throw new Error(`${url} never answered`);
-}
-
-const COMPLETION = JSON.stringify({
-  id: 'chatcmpl-bench', object: 'chat.completion', created: 1763700000, model: 'bench-model',
-  choices: [{ index: 0, message: { role: 'assistant', content: 'Hello from nginx.' }, finish_reason: 'stop' }],
-  usage: { prompt_tokens: 12, completion_tokens: 4, total_tokens: 16 },
-});
 
 async function main() {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gateway-profile-'));
-  const mock = await startMock({ maxRequests: 100 });
+  const { dir, mock, ports } = await prepareRun('gateway-profile-', ['gateway', 'pass', 'inspector']);
   try {
-    const ports = { nginx: await freePort(), gateway: await freePort(), pass: await freePort(), inspector: await freePort() };
-    writeFileSync(path.join(dir, 'nginx.conf'), `daemon off; master_process off; worker_processes 1; pid ${dir}/nginx.pid;
-error_log ${dir}/nginx-error.log warn; events { worker_connections 1024; }
-http { access_log off; client_body_temp_path ${dir}/b; proxy_temp_path ${dir}/p; fastcgi_temp_path ${dir}/f;
-  uwsgi_temp_path ${dir}/u; scgi_temp_path ${dir}/s; keepalive_requests 10000000;
-  server { listen 127.0.0.1:${ports.nginx}; location / { default_type application/json; return 200 '${COMPLETION}'; } } }`);
-    const nginxBin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p)) ?? 'nginx';
-    start(nginxBin, ['-p', dir, '-c', path.join(dir, 'nginx.conf')]);
-    const provider = (base_url) => ({ kind: 'openai-compatible', base_url, api_key_secret: 'UPSTREAM_KEY' });
-    writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
-      version: 1,
-      providers: { nginx: provider(`http://127.0.0.1:${ports.nginx}/v1`), mock: provider(`http://127.0.0.1:${mock.port}/v1`) },
-      models: {
-        bench: { targets: [{ provider: 'nginx', model: 'bench-model' }] },
-        stream: { targets: [{ provider: 'mock', model: 'mock-model;chunks=20,interval_ms=0' }] },
-      },
-    }));
-    mkdirSync(path.join(dir, 'do'));
     for (const f of ['index.js', 'index_bg.wasm']) copyFileSync(path.join(ROOT, 'build', f), path.join(dir, f));
-    copyFileSync(path.join(HERE, 'kv.js'), path.join(dir, 'kv.js'));
-    copyFileSync(path.join(HERE, 'passthrough.js'), path.join(dir, 'passthrough.js'));
     writeFileSync(path.join(dir, 'workerd.capnp'), `using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
-    (name = "gateway", worker = (
-      modules = [(name = "index.js", esModule = embed "index.js"), (name = "index_bg.wasm", wasm = embed "index_bg.wasm")],
-      compatibilityDate = "2026-10-01",
-      bindings = [
-        (name = "GATEWAY_CONFIG", kvNamespace = (name = "kv")),
-        (name = "KEY_OBJECTS", durableObjectNamespace = (className = "KeyObject")),
-        (name = "ANALYTICS", durableObjectNamespace = (className = "AnalyticsObject")),
-        (name = "ALERTS", durableObjectNamespace = (className = "AlertsObject")),
-        (name = "GATEWAY_KEYS", text = "${KEY}"),
-        (name = "ADMIN_TOKEN", text = "${ADMIN}"),
-        (name = "CONFIG_CACHE_TTL_MS", text = "3600000"),
-        (name = "UPSTREAM_KEY", text = "sk-upstream"),
-        (name = "GATEWAY_TEST_HOOKS", text = "1"),
-      ],
-      durableObjectNamespaces = [(className = "KeyObject", uniqueKey = "profile-key-objects", enableSql = true),
-        (className = "AnalyticsObject", uniqueKey = "profile-analytics", enableSql = true),
-        (className = "AlertsObject", uniqueKey = "profile-alerts", enableSql = true)],
-      durableObjectStorage = (localDisk = "do-storage"),
-      globalOutbound = "loopback",
-    )),
-    (name = "kv", worker = (modules = [(name = "kv.js", esModule = embed "kv.js")], compatibilityDate = "2026-10-01",
-      bindings = [(name = "CONFIG", text = embed "config.json")])),
-    (name = "pass", worker = (modules = [(name = "passthrough.js", esModule = embed "passthrough.js")], compatibilityDate = "2026-10-01",
-      bindings = [(name = "UPSTREAM", text = "${KIND === 'stream' ? `http://127.0.0.1:${mock.port}` : `http://127.0.0.1:${ports.nginx}`}")], globalOutbound = "loopback")),
-    (name = "loopback", network = (allow = ["local"])),
-    (name = "do-storage", disk = (path = "${dir}/do", writable = true)),
+    ${gatewayService({
+    name: 'gateway',
+    modules: ['(name = "index.js", esModule = embed "index.js")', '(name = "index_bg.wasm", wasm = embed "index_bg.wasm")'],
+    key: KEY,
+    admin: ADMIN,
+    unique: 'profile',
+    bindings: ['(name = "GATEWAY_TEST_HOOKS", text = "1")'],
+  })},
+    ${supportServices(dir, KIND === 'stream' ? `http://127.0.0.1:${mock.port}` : `http://127.0.0.1:${ports.nginx}`)}
   ],
   sockets = [
     (name = "gateway", address = "127.0.0.1:${ports.gateway}", http = (), service = "gateway"),
@@ -135,13 +55,7 @@ const config :Workerd.Config = (
     await waitFor(`http://127.0.0.1:${ports.nginx}/`);
 
     let auth = `Bearer ${KEY}`;
-    if (KIND === 'virtual') {
-      const res = await fetch(`${gw}/admin/keys`, {
-        method: 'POST', headers: { authorization: `Bearer ${ADMIN}` },
-        body: JSON.stringify({ name: 'profile', limits: { rpm: 1000000, tpm: 1000000000 }, budgets: { total_usd: 1000000 } }),
-      });
-      auth = `Bearer ${(await res.json()).secret}`;
-    }
+    if (KIND === 'virtual') auth = `Bearer ${await virtualKey(gw, 'profile')}`;
     const body = path.join(dir, 'body.json');
     writeFileSync(body, JSON.stringify({
       model: KIND === 'stream' ? 'stream' : 'bench', stream: KIND === 'stream',
@@ -208,6 +122,7 @@ const config :Workerd.Config = (
     const { result: { profile } } = await send('Profiler.stop');
     const cpu1 = cpuMs(workerd.pid);
     ws.close();
+    if (process.env.PROFILE_OUT) writeFileSync(process.env.PROFILE_OUT, JSON.stringify({ profile, requests: result.requests }));
     report(profile, result, (cpu1 - cpu0) / result.requests);
     console.log(`\nisolate stats (GATEWAY_TEST_HOOKS): ${await (await fetch(`${gw}/__test/stats`)).text()}`);
     const problems = workerd.output.split("\n").filter((l) => !l.startsWith("{\"event\"") && /error|not sent|panick/i.test(l));
@@ -233,11 +148,6 @@ function procStats(pid) {
   return { user, sys, ctx };
 }
 
-function cpuMs(pid) {
-  const tck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return ((Number(f[11]) + Number(f[12])) * 1000) / tck;
-}
 
 /** Self and inclusive time per function, and the share of sampled time. */
 function report(profile, result, cpuPerReq) {
