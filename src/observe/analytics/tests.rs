@@ -80,6 +80,58 @@ fn nothing_is_sent_before_the_flush_interval_unless_forced() {
 }
 
 #[test]
+fn each_request_lands_in_its_own_cell_whatever_came_before() {
+    // The last cell's key is reused while the dimensions repeat; a request
+    // with another key, status, hour or day, and one back on an earlier
+    // cell after them, still lands in its own.
+    let mut r = Rollups::new("iso".into());
+    let h = HOUR_MS;
+    let mut refused = event(DAY1, "k1", "m", 1, 1);
+    refused.status = 429;
+    for e in [
+        event(DAY1, "k1", "m", 1, 1),
+        event(DAY1 + 1, "k1", "m", 1, 1),
+        event(DAY1 + 2, "k2", "m", 1, 1),
+        refused,
+        event(DAY1 + 3, "k1", "m", 1, 1),
+        event(DAY1 + h, "k1", "m", 1, 1),
+        event(DAY1 + DAY_MS, "k1", "m", 1, 1),
+        event(DAY1 + 4, "k1", "m", 1, 1),
+    ] {
+        r.add(&e, DAY1);
+    }
+    let mut cells: Vec<(String, u64, String, String, i64)> = r
+        .take(1_000, DAY1, true)
+        .into_iter()
+        .flat_map(|b| {
+            b.cells.into_iter().map(move |c| {
+                (
+                    b.day.clone(),
+                    c.hour_ms,
+                    c.dims.key,
+                    c.dims.status,
+                    c.counters.requests,
+                )
+            })
+        })
+        .collect();
+    cells.sort();
+    let row = |day: &str, hour: u64, key: &str, status: &str, n: i64| {
+        (day.to_owned(), hour, key.to_owned(), status.to_owned(), n)
+    };
+    assert_eq!(
+        cells,
+        [
+            row("2025-11-27", DAY1, "k1", "2xx", 4),
+            row("2025-11-27", DAY1, "k1", "429", 1),
+            row("2025-11-27", DAY1, "k2", "2xx", 1),
+            row("2025-11-27", DAY1 + h, "k1", "2xx", 1),
+            row("2025-11-28", DAY1 + DAY_MS, "k1", "2xx", 1),
+        ]
+    );
+}
+
+#[test]
 fn requests_on_two_days_go_to_two_day_objects() {
     let mut r = Rollups::new("iso".into());
     r.add(&event(DAY1 + DAY_MS - 1, "k", "m", 1, 1), DAY1);
