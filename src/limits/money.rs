@@ -193,11 +193,11 @@ impl Pricing {
         per_token(self.cache_write_per_mtok.unwrap_or(self.input_per_mtok))
     }
 
-    /// Whether the prices are usable (finite, not negative).
+    /// Whether the prices are usable: each from 0 to
+    /// [`MAX_PRICE_PER_MTOK`], so that every price has an exact per-token
+    /// figure (one past u64 picodollars per token would count as free).
     pub fn is_valid(&self) -> bool {
-        // Bounded, so every price has an exact per-token figure (a price
-        // past u64 picodollars per token would otherwise count as free).
-        let ok = |p: f64| p.is_finite() && (0.0..=MAX_PRICE_PER_MTOK).contains(&p);
+        let ok = |p: f64| (0.0..=MAX_PRICE_PER_MTOK).contains(&p);
         ok(self.input_per_mtok)
             && ok(self.output_per_mtok)
             && self.cached_input_per_mtok.is_none_or(ok)
