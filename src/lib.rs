@@ -71,7 +71,8 @@
 //!   in the Cache API, WebCrypto signatures, the Workers AI binding, the
 //!   analytics and alerts objects, request logs in R2, the dashboard's
 //!   admin API; `edge/entry.mjs`, the entry module, answers a panic with a
-//!   JSON 500.
+//!   JSON 500 and makes a plain request's provider calls itself, polling the
+//!   Rust request path between them (`edge::driven`).
 //! - `bench`       — (tests only, ignored) the pure core timed natively, run
 //!   by `scripts/bench`.
 

@@ -8,6 +8,8 @@
 //!   deliveries and their retries
 //! - `analytics_object` — one Durable Object per UTC day of analytics
 //! - `config_cache`   — routing config: isolate cache -> KV -> bundled default
+//! - `driven`         — requests whose provider calls the entry module's
+//!   JavaScript makes, the Rust future polled from JavaScript
 //! - `key_client`     — calls to the per-key Durable Objects
 //! - `key_object`     — the per-key Durable Object (a shell over `limits`),
 //!   which also sends its budget alerts and analytics corrections
@@ -31,6 +33,7 @@ mod admin;
 mod alerts_object;
 mod analytics_object;
 mod config_cache;
+mod driven;
 mod key_client;
 mod key_object;
 mod objects;
@@ -129,7 +132,9 @@ thread_local! {
 /// 8. **translate, send, fail over** — each candidate until one answers,
 ///    within the timeouts, a slow one hedged by the next when the model
 ///    says so ([`gateway::dispatch`]), raced with an overlapped admission
-///    ([`dispatch_admitted`]).
+///    ([`dispatch_admitted`]). A whole answer that nothing abandons early
+///    is fetched by the entry module's JavaScript, which polls this path
+///    between calls ([`driven`]); the rest, from Rust ([`upstream`]).
 /// 9. **stream** — the answer passed to the client chunk by chunk (PII
 ///    originals restored on the way, [`gateway::Prepared::restore`]), with
 ///    the `x-ratelimit-*` headers and, for a configured origin, CORS
@@ -145,8 +150,25 @@ thread_local! {
 ///    [`observe::model_failed`]); a request the config logs has its answer
 ///    copied as it passes ([`observe::capture`]). All of it is sent by the
 ///    same flusher, in batches.
+///
+/// The entry module (`entry.mjs`) drives this path through
+/// [`driven::drive`]; this export is worker-build's own entry, which serves
+/// the same path with wasm-bindgen's executor.
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
+    let (reply, request_id) = serve(req, env, ctx, None).await;
+    into_response(reply, &request_id)
+}
+
+/// The request path above, to the reply and its request id. `body`: the
+/// request's body when the entry module read it (a driven request,
+/// [`driven`]); `None` reads it here.
+async fn serve(
+    req: web_sys::Request,
+    env: Env,
+    ctx: Context,
+    body: Option<Vec<u8>>,
+) -> (Reply, String) {
     // Trust: a client's request id in a safe format is kept; the Origin is
     // read only while CORS may be on (trust::headers).
     let (request_id, origin) = request_id_and_origin(&req);
@@ -154,7 +176,7 @@ async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<
     let path = path_of(&url);
     // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
     let ingress = Ingress::of_path(path);
-    let reply = match handle(req, path, &env, &ctx, &request_id).await {
+    let reply = match handle(req, path, &env, &ctx, &request_id, body).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(&e),
     };
@@ -162,7 +184,7 @@ async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<
     if let Some(origin) = origin.filter(|o| config_cache::cors_allows(o)) {
         reply.headers.extend(trust::headers::cors_headers(&origin));
     }
-    into_response(reply, &request_id)
+    (reply, request_id)
 }
 
 /// The request id (the client's `x-request-id` when it is in a safe
@@ -220,6 +242,7 @@ async fn handle(
     env: &Env,
     ctx: &Context,
     request_id: &str,
+    body: Option<Vec<u8>>,
 ) -> Result<Reply, GatewayError> {
     // 1. route
     let method = req.method();
@@ -255,34 +278,22 @@ async fn handle(
     }
     // 2. auth
     let key = authenticate(&req, env)?;
+    let prepare: Option<gateway::Prepare> = match route {
+        Route::ChatCompletions => Some(gateway::prepare),
+        Route::Messages => Some(gateway::prepare_messages),
+        Route::CountTokens => Some(gateway::prepare_count_tokens),
+        Route::Responses => Some(gateway::prepare_responses),
+        Route::Embeddings => Some(gateway::prepare_embeddings),
+        _ => None,
+    };
+    if let Some(prepare) = prepare {
+        let body = Body {
+            req: &req,
+            read: body,
+        };
+        return Ok(chat(&req, env, ctx, &key, request_id, body, prepare).await);
+    }
     match route {
-        Route::ChatCompletions => {
-            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare).await)
-        }
-        Route::Messages => {
-            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare_messages).await)
-        }
-        Route::CountTokens => Ok(chat(
-            &req,
-            env,
-            ctx,
-            &key,
-            request_id,
-            gateway::prepare_count_tokens,
-        )
-        .await),
-        Route::Responses => {
-            Ok(chat(&req, env, ctx, &key, request_id, gateway::prepare_responses).await)
-        }
-        Route::Embeddings => Ok(chat(
-            &req,
-            env,
-            ctx,
-            &key,
-            request_id,
-            gateway::prepare_embeddings,
-        )
-        .await),
         Route::Models | Route::Model(_) => models(env, &key, &route).await,
         Route::Usage => {
             let object = key.object_name();
@@ -293,7 +304,14 @@ async fn handle(
                 other => Err(key_client::unexpected(other)),
             }
         }
-        Route::Health | Route::Admin(_) | Route::Test(_) => Err(GatewayError::Internal {
+        Route::Health
+        | Route::Admin(_)
+        | Route::Test(_)
+        | Route::ChatCompletions
+        | Route::Messages
+        | Route::CountTokens
+        | Route::Responses
+        | Route::Embeddings => Err(GatewayError::Internal {
             message: "route handled earlier".into(),
         }),
     }
@@ -307,11 +325,12 @@ async fn chat(
     ctx: &Context,
     key: &KeyRef,
     request_id: &str,
+    body: Body<'_>,
     prepare: gateway::Prepare,
 ) -> Reply {
     let started = now_ms();
     // 3. config and body, concurrently
-    let (config, body) = futures::join!(config_cache::current(env), read_body(req));
+    let (config, body) = futures::join!(config_cache::current(env), body.read());
     let body = match body {
         Ok(b) => b,
         Err(e) => return Reply::error(&e),
@@ -988,7 +1007,21 @@ async fn test_hook(
             observe::flush(env, true).await;
             Ok(Reply::json(200, br#"{"flushed":true}"#.to_vec()))
         }
-        TestHook::Stats => Ok(Reply::json_value(200, &accounting::stats())),
+        TestHook::Stats => {
+            /// What this isolate asked of key objects, and how many
+            /// provider calls the entry module made.
+            #[derive(Serialize)]
+            struct IsolateStats {
+                #[serde(flatten)]
+                keys: accounting::Stats,
+                driven_calls: u64,
+            }
+            let stats = IsolateStats {
+                keys: accounting::stats(),
+                driven_calls: driven::calls(),
+            };
+            Ok(Reply::json_value(200, &stats))
+        }
         TestHook::Forget => {
             accounting::forget();
             Ok(Reply::json(200, br#"{"forgotten":true}"#.to_vec()))
@@ -1086,6 +1119,22 @@ fn js_error(e: JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
+/// A request's body: already read by the entry module (a declared length
+/// within the cap below), or to read.
+struct Body<'r> {
+    req: &'r RawRequest,
+    read: Option<Vec<u8>>,
+}
+
+impl Body<'_> {
+    async fn read(self) -> Result<Vec<u8>, GatewayError> {
+        match self.read {
+            Some(body) => Ok(body),
+            None => read_body(self.req).await,
+        }
+    }
+}
+
 /// Reads the whole body. The config's limit is checked by the caller; this
 /// cap bounds memory before the config is known.
 async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
@@ -1130,6 +1179,21 @@ async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
         body.extend_from_slice(&chunk.to_vec());
     }
     Ok(body)
+}
+
+/// The JSON 500 of a response the runtime could not build.
+fn failed_response(message: &str) -> web_sys::Response {
+    worker::console_error!("response: {message}");
+    let body = br#"{"error":{"message":"Internal gateway error: the response could not be built.","type":"server_error","code":"internal_error","param":null}}"#;
+    let init = web_sys::ResponseInit::new();
+    init.set_status(500);
+    if let Ok(headers) = web_sys::Headers::new() {
+        let _ = headers.set("content-type", "application/json");
+        init.set_headers(&headers);
+    }
+    let mut body = body.to_vec();
+    web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut body), &init)
+        .unwrap_or_else(|_| web_sys::Response::error())
 }
 
 /// Turns a [`Reply`] into a runtime response, streams passed through.

@@ -111,6 +111,11 @@ impl Upstream for FetchUpstream<'_> {
                 futures::future::Either::Right(((), _)) => Err(DEADLINE_PASSED.to_owned()),
             };
         }
+        // A whole answer that nothing abandons early, while the entry
+        // module drives the request: JavaScript makes the call.
+        if super::driven::may_drive(&req, self.abortable) {
+            return super::driven::call(req, ms).await;
+        }
         fetch(req, Some(ms), self.abortable).await
     }
 

@@ -40,6 +40,7 @@ before(async () => {
       s502: mockProvider('status=502'),
       s504: mockProvider('status=504'),
       s400: mockProvider('status=400'),
+      sdriven: mockProvider('status=503'),
       s429: mockProvider('status=429,retry_after=2'),
       anth529: { kind: 'anthropic', base_url: `${mock.url}/_mock/status=529`, api_key_secret: 'MOCK_PROVIDER_KEY' },
       refused: { kind: 'openai-compatible', base_url: `http://127.0.0.1:${closedPort}/v1` },
@@ -61,6 +62,7 @@ before(async () => {
       f502: pair('s502'),
       f504: pair('s504'),
       f400: pair('s400'),
+      fdriven: pair('sdriven'),
       f429: pair('s429'),
       f529: pair('anth529'),
       fconnect: pair('refused'),
@@ -127,6 +129,21 @@ for (const [model, why] of [
     assert.ok(ms < 1500, `took ${ms.toFixed(0)} ms`);
   });
 }
+
+test("a whole answer's provider calls are made by the entry module, failover included; a stream's are not", async () => {
+  const calls = async () => (await (await fetch(`${gw.url}/__test/stats`)).json()).driven_calls;
+  const before = await calls();
+  const { res, body } = await answered('fdriven');
+  assert.equal(res.status, 200, JSON.stringify(body));
+  assert.equal(res.headers.get('x-gateway-attempts'), '2');
+  assert.equal(body.object, 'chat.completion');
+  // The 503, then the answer: both driven from JavaScript (src/edge/driven.rs).
+  assert.equal(await calls(), before + 2);
+  const streamed = await answered('ok', { stream: true });
+  assert.equal(streamed.res.status, 200);
+  assert.ok(streamed.body.length > 0);
+  assert.equal(await calls(), before + 2, 'a stream is read chunk by chunk from Rust');
+});
 
 test('fails over when response headers do not arrive in time', async () => {
   const { res, ms } = await answered('fheaders');

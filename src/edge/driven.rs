@@ -1,0 +1,252 @@
+//! Requests whose I/O the entry module's JavaScript does (`entry.mjs`).
+//!
+//! The request path is one Rust future ([`super::serve`]). Run the usual
+//! way, wasm-bindgen's executor polls it, and its I/O goes through objects
+//! built from Rust (the upstream `Request` and its headers, the fetch's
+//! promise and the closures that wake the future, the answer's body read
+//! through them); `tests/bench/README.md` ("What the async request path
+//! costs") measured all of that together at about 0.1 ms per request. Here
+//! the entry module drives the future instead:
+//!
+//! 1. [`drive`] polls it once, synchronously, with the request's body
+//!    already read by JavaScript. Most requests reach their upstream call
+//!    in that one poll with nothing else to wait for (config cached, key
+//!    static or admitted from its lease).
+//! 2. If the future is waiting on one whole-answer provider call and
+//!    nothing else, that call is in the outbox: `drive` returns it as a
+//!    plain array, `[task, url, method, headers, body, deadline ms]`, and
+//!    JavaScript runs the `fetch` and reads the answer itself.
+//! 3. [`drive_on`] hands the answer (status, the headers the core reads,
+//!    body; or the transport's error) to the waiting call and polls again:
+//!    a failover's next call comes back the same way, the finished
+//!    request as its `Response`.
+//! 4. Anything else the future waits on (KV, a key's object, a stream, a
+//!    hedge's timer, the cache): the future goes to wasm-bindgen's executor
+//!    as it always did, and `drive` returns its promise. From then on its
+//!    calls are made from Rust as before.
+//!
+//! Only a call that nothing can abandon early (no abort controller: no
+//! overlapped admission, no hedge) and whose answer is read whole is
+//! driven; its deadline is JavaScript's `AbortSignal.timeout`, as it is
+//! Rust's on the other path, so a hung provider still fails over on time.
+//! The future is polled with a waker that does nothing: every poll after
+//! the first is one of `drive_on`'s, or the executor's once handed over,
+//! and a future handed over is polled at once, so no wake is lost.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
+
+use worker::js_sys::{Array, Uint8Array};
+use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen::prelude::wasm_bindgen;
+use worker::web_sys;
+use worker::{Context, Env};
+
+use crate::gateway::ReplyBody;
+use crate::http::{UPSTREAM_HEADERS, UpstreamRequest, UpstreamResponse};
+
+/// A request's future.
+type Task = Pin<Box<dyn Future<Output = JsValue>>>;
+
+/// Where a driven call's answer lands.
+type Slot = Rc<RefCell<Option<Result<Answer, String>>>>;
+
+/// A whole answer, as JavaScript read it.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A call waiting for JavaScript to make it.
+struct Outgoing {
+    req: UpstreamRequest,
+    deadline_ms: u64,
+    slot: Slot,
+}
+
+thread_local! {
+    /// Requests waiting for a driven call's answer, by task number.
+    static WAITING: RefCell<HashMap<u32, (Task, Slot)>> = RefCell::new(HashMap::new());
+    static NEXT_TASK: Cell<u32> = const { Cell::new(0) };
+    /// A driver's poll is on the stack: calls may be driven.
+    static DRIVING: Cell<bool> = const { Cell::new(false) };
+    /// The call the last poll asked for.
+    static OUTBOX: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
+    /// Calls made by JavaScript so far (a test hook's figure).
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many provider calls JavaScript made for this isolate (test hook).
+pub(super) fn calls() -> u64 {
+    CALLS.get()
+}
+
+/// Whether a call can be driven from JavaScript: a driver is polling, no
+/// other call is outstanding, nothing may abandon it early, and its answer
+/// is read whole.
+pub(super) fn may_drive(req: &UpstreamRequest, abortable: bool) -> bool {
+    DRIVING.get() && !abortable && !req.wants_stream() && OUTBOX.with_borrow(Option::is_none)
+}
+
+/// A call for JavaScript to make; resolves when [`drive_on`] brings its
+/// answer. The whole answer, body included, is bounded by `deadline_ms`.
+pub(super) fn call(
+    req: UpstreamRequest,
+    deadline_ms: u64,
+) -> impl Future<Output = Result<UpstreamResponse, String>> {
+    let slot: Slot = Rc::new(RefCell::new(None));
+    CALLS.set(CALLS.get() + 1);
+    OUTBOX.set(Some(Outgoing {
+        req,
+        deadline_ms,
+        slot: slot.clone(),
+    }));
+    std::future::poll_fn(move |_| match slot.borrow_mut().take() {
+        None => Poll::Pending,
+        Some(Err(e)) => Poll::Ready(Err(e)),
+        Some(Ok(answer)) => Poll::Ready(Ok(UpstreamResponse {
+            status: answer.status,
+            headers: answer.headers,
+            body: Box::pin(futures::stream::once(std::future::ready(Ok(answer.body)))),
+            native: None,
+        })),
+    })
+}
+
+/// Starts a request: its first poll (step 1 above). `body`: the request's
+/// body, when JavaScript read it.
+#[allow(unreachable_pub)] // exported to JavaScript
+#[wasm_bindgen]
+pub fn drive(
+    req: web_sys::Request,
+    env: Env,
+    ctx: worker::worker_sys::Context,
+    body: Option<Vec<u8>>,
+) -> JsValue {
+    let ctx = Context::new(ctx);
+    let task: Task = Box::pin(async move {
+        let (reply, request_id) = super::serve(req, env, ctx, body).await;
+        match reply.body {
+            ReplyBody::Full(bytes) => reply_array(reply.status, &reply.headers, &request_id, bytes),
+            _ => match super::into_response(reply, &request_id) {
+                Ok(response) => response.into(),
+                Err(e) => super::failed_response(&e.to_string()).into(),
+            },
+        }
+    });
+    step(task)
+}
+
+/// A driven call's answer (step 3 above): `status` and `headers` (the
+/// [`UPSTREAM_HEADERS`] in their order, `undefined` where absent; none for
+/// a 2xx) and `body`, or the transport's `error`.
+#[allow(unreachable_pub)] // exported to JavaScript
+#[wasm_bindgen]
+pub fn drive_on(
+    task: u32,
+    status: u16,
+    headers: Option<Array>,
+    body: Option<Vec<u8>>,
+    error: Option<String>,
+) -> JsValue {
+    let Some((task, slot)) = WAITING.with_borrow_mut(|w| w.remove(&task)) else {
+        return super::failed_response("a driven request was lost").into();
+    };
+    let answer = match error {
+        Some(e) => Err(e),
+        None => Ok(Answer {
+            status,
+            headers: headers.map(|h| named_headers(&h)).unwrap_or_default(),
+            body: body.unwrap_or_default(),
+        }),
+    };
+    *slot.borrow_mut() = Some(answer);
+    step(task)
+}
+
+/// The headers the core reads, by name, from their values in order.
+fn named_headers(values: &Array) -> Vec<(String, String)> {
+    UPSTREAM_HEADERS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| {
+            let value = values.get(i as u32).as_string()?;
+            Some(((*name).to_owned(), value))
+        })
+        .collect()
+}
+
+/// Polls a request once: its `Response`, the call it waits for, or the
+/// executor's promise of its `Response`.
+fn step(mut task: Task) -> JsValue {
+    DRIVING.set(true);
+    let polled = task
+        .as_mut()
+        .poll(&mut TaskContext::from_waker(futures::task::noop_waker_ref()));
+    DRIVING.set(false);
+    let outgoing = OUTBOX.take();
+    match (polled, outgoing) {
+        (Poll::Ready(response), _) => response,
+        (Poll::Pending, Some(out)) => {
+            let id = NEXT_TASK.get().wrapping_add(1);
+            NEXT_TASK.set(id);
+            WAITING.with_borrow_mut(|w| w.insert(id, (task, out.slot)));
+            outgoing_array(id, out.req, out.deadline_ms).into()
+        }
+        (Poll::Pending, None) => {
+            let promise =
+                worker::wasm_bindgen_futures::future_to_promise(async move { Ok(task.await) });
+            promise.into()
+        }
+    }
+}
+
+/// A whole reply for JavaScript to answer with: `[status, headers, body]`,
+/// `headers` a flat array of names and values, `x-request-id` last.
+fn reply_array(
+    status: u16,
+    headers: &[(&str, String)],
+    request_id: &str,
+    body: Vec<u8>,
+) -> JsValue {
+    let flat = Array::new_with_length(2 * headers.len() as u32 + 2);
+    for (i, (name, value)) in headers.iter().enumerate() {
+        flat.set(2 * i as u32, JsValue::from_str(name));
+        flat.set(2 * i as u32 + 1, JsValue::from_str(value));
+    }
+    flat.set(2 * headers.len() as u32, JsValue::from_str("x-request-id"));
+    flat.set(2 * headers.len() as u32 + 1, JsValue::from_str(request_id));
+    let out = Array::new_with_length(3);
+    out.set(0, status.into());
+    out.set(1, flat.into());
+    out.set(2, Uint8Array::from(body.as_slice()).into());
+    out.into()
+}
+
+/// `[task, url, method, headers, body, deadline ms]`, `headers` a flat
+/// array of names and values.
+fn outgoing_array(task: u32, req: UpstreamRequest, deadline_ms: u64) -> Array {
+    let headers = Array::new_with_length(2 * req.headers.len() as u32);
+    for (i, (name, value)) in req.headers.iter().enumerate() {
+        headers.set(2 * i as u32, JsValue::from_str(name));
+        headers.set(2 * i as u32 + 1, JsValue::from_str(value));
+    }
+    let body: JsValue = if req.body.is_empty() {
+        JsValue::UNDEFINED
+    } else {
+        Uint8Array::from(req.body.as_slice()).into()
+    };
+    let out = Array::new_with_length(6);
+    out.set(0, task.into());
+    out.set(1, JsValue::from_str(&req.url));
+    out.set(2, JsValue::from_str(req.method));
+    out.set(3, headers.into());
+    out.set(4, body);
+    out.set(5, (deadline_ms as f64).into());
+    out
+}
