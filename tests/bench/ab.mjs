@@ -14,6 +14,8 @@
 // reads); `--log=TEXT` prints the last lines of workerd's output holding
 // TEXT. With AB_PERF=a|b|pass (and AB_PERF_OUT=FILE), it records one side
 // with `perf record -g` instead of comparing (AB_STRACE=1: `strace -c -f`).
+// AB_WARM=SECONDS warms each side that long first (default 2; 30 puts the
+// gateway's hot wasm past V8's baseline compiler, as in production).
 // Prints per round and the medians; writes nothing but a temp dir it
 // removes. Loopback only; every process it starts is stopped when it ends.
 
@@ -96,7 +98,7 @@ const config :Workerd.Config = (
       });
       return c.exited.then(() => JSON.parse(c.output.split('\n').find((l) => l.startsWith('BENCH_JSON ')).slice(11)));
     };
-    for (const side of ['pass', 'a', 'b']) await wrk(side, 2); // warm up: JIT, wasm tier-up, leases
+    for (const side of ['pass', 'a', 'b']) await wrk(side, Number(process.env.AB_WARM ?? 2)); // warm up: JIT, wasm tier-up, leases
     if (process.env.AB_PERF) {
       // perf record of workerd while one side runs (AB_PERF=a|b|pass).
       const perf = process.env.AB_STRACE
