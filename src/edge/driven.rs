@@ -4,9 +4,9 @@
 //! way, wasm-bindgen's executor polls it, and its I/O goes through objects
 //! built from Rust (the upstream `Request` and its headers, the fetch's
 //! promise and the closures that wake the future, the answer's body read
-//! through them); `tests/bench/README.md` ("What the async request path
-//! costs") measured all of that together at about 0.1 ms per request. Here
-//! the entry module drives the future instead:
+//! through them). A probe estimated all of that at about 0.1 ms per
+//! request; done here, it measured 0.03 ms (`tests/bench/README.md`, "Past
+//! the floor"). Here the entry module drives the future instead:
 //!
 //! 1. [`drive`] polls it once, synchronously, with the request's body
 //!    already read by JavaScript. Most requests reach their upstream call
@@ -32,6 +32,12 @@
 //! The future is polled with a waker that does nothing: every poll after
 //! the first is one of `drive_on`'s, or the executor's once handed over,
 //! and a future handed over is polled at once, so no wake is lost.
+//!
+//! A request the runtime cancels while JavaScript waits on its call (its
+//! client went away) never comes back to `drive_on`; its future is dropped
+//! once its call is a minute past its deadline ([`ABANDONED_AFTER_MS`]), as
+//! the executor's would be, so waiting futures cannot pile up. Dropped
+//! unsettled, a lease's reservation stays charged (never undercharged).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -69,9 +75,24 @@ struct Outgoing {
     slot: Slot,
 }
 
+/// How long past its call's deadline a waiting request is taken for
+/// abandoned: the call's `AbortSignal.timeout` has ended it by then, so
+/// only a request the runtime cancelled is still waiting.
+const ABANDONED_AFTER_MS: u64 = 60_000;
+
+/// A request waiting for its call's answer.
+struct Waiting {
+    task: Task,
+    slot: Slot,
+    /// When its call's deadline passes (Unix ms).
+    due_ms: u64,
+}
+
 thread_local! {
     /// Requests waiting for a driven call's answer, by task number.
-    static WAITING: RefCell<HashMap<u32, (Task, Slot)>> = RefCell::new(HashMap::new());
+    static WAITING: RefCell<HashMap<u32, Waiting>> = RefCell::new(HashMap::new());
+    /// When to look for abandoned requests next (Unix ms).
+    static NEXT_SWEEP_MS: Cell<u64> = const { Cell::new(0) };
     static NEXT_TASK: Cell<u32> = const { Cell::new(0) };
     /// A driver's poll is on the stack: calls may be driven.
     static DRIVING: Cell<bool> = const { Cell::new(false) };
@@ -143,8 +164,8 @@ pub fn drive(
 }
 
 /// A driven call's answer (step 3 above): `status` and `headers` (the
-/// [`UPSTREAM_HEADERS`] in their order, `undefined` where absent; none for
-/// a 2xx) and `body`, or the transport's `error`.
+/// [`UPSTREAM_HEADERS`] in their order, `null` where absent; none for a
+/// 2xx) and `body`, or the transport's `error`.
 #[allow(unreachable_pub)] // exported to JavaScript
 #[wasm_bindgen]
 pub fn drive_on(
@@ -154,7 +175,7 @@ pub fn drive_on(
     body: Option<Vec<u8>>,
     error: Option<String>,
 ) -> JsValue {
-    let Some((task, slot)) = WAITING.with_borrow_mut(|w| w.remove(&task)) else {
+    let Some(Waiting { task, slot, .. }) = WAITING.with_borrow_mut(|w| w.remove(&task)) else {
         return super::failed_response("a driven request was lost").into();
     };
     let answer = match error {
@@ -181,8 +202,8 @@ fn named_headers(values: &Array) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls a request once: its `Response`, the call it waits for, or the
-/// executor's promise of its `Response`.
+/// Polls a request once: its `Response` or whole reply, the call it waits
+/// for, or the executor's promise of one of the first two.
 fn step(mut task: Task) -> JsValue {
     DRIVING.set(true);
     let polled = task
@@ -195,7 +216,18 @@ fn step(mut task: Task) -> JsValue {
         (Poll::Pending, Some(out)) => {
             let id = NEXT_TASK.get().wrapping_add(1);
             NEXT_TASK.set(id);
-            WAITING.with_borrow_mut(|w| w.insert(id, (task, out.slot)));
+            let now = super::now_ms();
+            let waiting = Waiting {
+                task,
+                slot: out.slot,
+                due_ms: now.saturating_add(out.deadline_ms),
+            };
+            let abandoned = WAITING.with_borrow_mut(|w| {
+                w.insert(id, waiting);
+                sweep(w, now)
+            });
+            // Dropped outside the borrow: a future's drop may run any code.
+            drop(abandoned);
             outgoing_array(id, out.req, out.deadline_ms).into()
         }
         (Poll::Pending, None) => {
@@ -204,6 +236,21 @@ fn step(mut task: Task) -> JsValue {
             promise.into()
         }
     }
+}
+
+/// Takes out the requests abandoned a minute past their call's deadline;
+/// looks at most every ten seconds.
+fn sweep(waiting: &mut HashMap<u32, Waiting>, now: u64) -> Vec<Waiting> {
+    if now < NEXT_SWEEP_MS.get() {
+        return Vec::new();
+    }
+    NEXT_SWEEP_MS.set(now + 10_000);
+    let gone: Vec<u32> = waiting
+        .iter()
+        .filter(|(_, w)| now >= w.due_ms.saturating_add(ABANDONED_AFTER_MS))
+        .map(|(id, _)| *id)
+        .collect();
+    gone.iter().filter_map(|id| waiting.remove(id)).collect()
 }
 
 /// A whole reply for JavaScript to answer with: `[status, headers, body]`,
