@@ -175,8 +175,10 @@ pub fn drive_on(
     body: Option<Vec<u8>>,
     error: Option<String>,
 ) -> JsValue {
+    // `null`: not waiting here (its instance was rebuilt after a trap, or it
+    // was swept as abandoned); the entry module answers it as a trap's.
     let Some(Waiting { task, slot, .. }) = WAITING.with_borrow_mut(|w| w.remove(&task)) else {
-        return super::failed_response("a driven request was lost").into();
+        return JsValue::NULL;
     };
     let answer = match error {
         Some(e) => Err(e),

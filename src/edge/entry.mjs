@@ -9,13 +9,16 @@
 // settles: the runtime waits, decides the request "hung", and answers a
 // plain-text 500. worker-build's shim already rebuilds the instance for the
 // next request; what it cannot do is answer this one. The wrapper can:
-// every request races its promise against the isolate's next trap (the
-// global `error` event a `WebAssembly.RuntimeError` raises), and a trap
-// answers every request still waiting with an OpenAI-shaped JSON 500 (an
-// Anthropic-shaped one on /v1/messages), since none of them can finish on
-// the dead instance. Per request the cost is one promise and a Set entry.
-// A trap in a poll this module drives (below) is thrown to it instead of
-// raising the event; it answers the requests in flight the same way.
+// a request whose future the executor runs races its promise against the
+// isolate's next trap (the global `error` event a `WebAssembly.RuntimeError`
+// raises), and a trap answers every such request still waiting with an
+// OpenAI-shaped JSON 500 (an Anthropic-shaped one on /v1/messages), since
+// none of them can finish on the dead instance: one promise and a Set entry
+// each. A trap in a poll this module drives (below) is thrown to it
+// instead: it answers that request the same way and fails the executor's.
+// A driven request waiting on its provider call needs no race: its answer
+// comes back to the rebuilt instance, which no longer knows it, and it is
+// answered the same way then.
 //
 // It drives the request: the Rust request path is one future, polled here
 // (`drive`, then `drive_on` with each provider answer) instead of by
@@ -142,8 +145,11 @@ async function driven(gateway, request, env, ctx) {
   }
   let step = synchronously(() => gateway.drive(request, env, ctx, body));
   for (;;) {
-    // Handed to the executor: its promise of a response or a whole reply.
-    if (step instanceof Promise) step = await step;
+    // Handed to the executor: its promise of a response or a whole reply,
+    // which a trap would leave unsettled.
+    if (step instanceof Promise) step = await untilTrap(step);
+    // Its instance rebuilt after a trap while its call was out: lost.
+    if (step === null) throw new Error('the request was lost with its wasm instance');
     if (!Array.isArray(step)) return step;
     if (step.length === 3) return wholeReply(step);
     const [task, url, method, flat, payload, ms] = step;
@@ -170,6 +176,16 @@ function wholeReply([status, flat, body]) {
   const headers = new Headers();
   for (let i = 0; i < flat.length; i += 2) headers.set(flat[i], flat[i + 1]);
   return new Response(body, { status, headers });
+}
+
+/** `promise`, or the isolate's next trap, whichever comes first. */
+function untilTrap(promise) {
+  let fail;
+  const trap = new Promise((_, reject) => {
+    fail = reject;
+  });
+  inFlight.add(fail);
+  return Promise.race([promise, trap]).finally(() => inFlight.delete(fail));
 }
 
 /**
@@ -208,14 +224,8 @@ function gatewayOf(ctx, env) {
 
 export default class extends WorkerEntrypoint {
   fetch(request) {
-    let fail;
-    const trapped = new Promise((_, reject) => {
-      fail = reject;
-    });
-    inFlight.add(fail);
-    const served = driven(gatewayOf(this.ctx, this.env), request, this.env, this.ctx);
-    return Promise.race([served, trapped])
-      .catch((error) => panicReply(request, error))
-      .finally(() => inFlight.delete(fail));
+    return driven(gatewayOf(this.ctx, this.env), request, this.env, this.ctx).catch((error) =>
+      panicReply(request, error),
+    );
   }
 }

@@ -57,6 +57,7 @@ before(async () => {
       'restore-messages': { targets: [{ provider: 'anth', model: 'claude;echo=1,chunks=17' }], pii: { mode: 'restore' } },
       'restore-responses': { targets: [{ provider: 'oai', model: 'gpt;echo=1,chunks=13' }], pii: { mode: 'restore' } },
       echo: { targets: [{ provider: 'plain', model: 'echo;echo=1' }] },
+      slow: { targets: [{ provider: 'plain', model: 'slow;headers_delay_ms=1500' }] },
       'restore-cached': {
         targets: [{ provider: 'plain', model: 'echo;echo=1,chunks=9' }],
         pii: { mode: 'restore' },
@@ -294,6 +295,24 @@ test('a panic answers an OpenAI-shaped JSON 500 and the next request succeeds', 
   const next = await chat(gw, ask('echo', 'still alive?'));
   assert.equal(next.status, 200);
   assert.equal((await next.json()).choices[0].message.content, 'still alive?');
+});
+
+test('a panic while another request waits on its provider answers that one with a JSON 500 as well', async () => {
+  // Waiting on its provider call, made by the entry module (src/edge/driven.rs).
+  const waiting = chat(gw, ask('slow', 'hi'));
+  await sleep(400);
+  const res = await fetch(`${gw.url}/__test/panic`);
+  assert.equal(res.status, 500);
+  await res.text();
+  // Its answer comes back to a rebuilt instance that no longer knows it.
+  const lost = await waiting;
+  assert.equal(lost.status, 500);
+  assert.match(lost.headers.get('content-type'), /application\/json/);
+  const body = await lost.json();
+  assert.equal(body.error.code, 'internal_error');
+  assert.match(body.error.message, /retrying it is safe/);
+  const next = await chat(gw, ask('echo', 'still alive?'));
+  assert.equal(next.status, 200);
 });
 
 test("a client's Cookie and Authorization never reach the provider", async () => {
