@@ -52,8 +52,9 @@ use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::web_sys;
 use worker::{Context, Env};
 
+use super::upstream;
 use crate::gateway::ReplyBody;
-use crate::http::{UPSTREAM_HEADERS, UpstreamRequest, UpstreamResponse};
+use crate::http::{UpstreamRequest, UpstreamResponse};
 
 /// A request's future.
 type Task = Pin<Box<dyn Future<Output = JsValue>>>;
@@ -163,45 +164,54 @@ pub fn drive(
     step(task)
 }
 
-/// A driven call's answer (step 3 above): `status` and `headers` (the
-/// [`UPSTREAM_HEADERS`] in their order, `null` where absent; none for a
-/// 2xx) and `body`, or the transport's `error`.
+/// A driven call's answer (step 3 above): `status`, the response's
+/// `headers` (only for a failure: a success's are not read) and `body`; or
+/// the transport's `error` (`undefined` when there is none).
 #[allow(unreachable_pub)] // exported to JavaScript
 #[wasm_bindgen]
 pub fn drive_on(
     task: u32,
     status: u16,
-    headers: Option<Array>,
+    headers: Option<web_sys::Headers>,
     body: Option<Vec<u8>>,
-    error: Option<String>,
+    error: JsValue,
 ) -> JsValue {
     // `null`: not waiting here (its instance was rebuilt after a trap, or it
     // was swept as abandoned); the entry module answers it as a trap's.
     let Some(Waiting { task, slot, .. }) = WAITING.with_borrow_mut(|w| w.remove(&task)) else {
         return JsValue::NULL;
     };
-    let answer = match error {
-        Some(e) => Err(e),
-        None => Ok(Answer {
+    let answer = if error.is_undefined() {
+        Ok(Answer {
             status,
-            headers: headers.map(|h| named_headers(&h)).unwrap_or_default(),
+            headers: headers
+                .map(|h| upstream::read_headers(&h))
+                .unwrap_or_default(),
             body: body.unwrap_or_default(),
-        }),
+        })
+    } else {
+        Err(upstream::transport_error(error))
     };
     *slot.borrow_mut() = Some(answer);
     step(task)
 }
 
-/// The headers the core reads, by name, from their values in order.
-fn named_headers(values: &Array) -> Vec<(String, String)> {
-    UPSTREAM_HEADERS
+/// The paths whose POST body the entry module reads itself
+/// ([`crate::gateway::BODY_PATHS`]); asked once per isolate.
+#[allow(unreachable_pub)] // exported to JavaScript
+#[wasm_bindgen]
+pub fn body_paths() -> Vec<String> {
+    crate::gateway::BODY_PATHS
         .iter()
-        .enumerate()
-        .filter_map(|(i, name)| {
-            let value = values.get(i as u32).as_string()?;
-            Some(((*name).to_owned(), value))
-        })
+        .map(|p| (*p).to_owned())
         .collect()
+}
+
+/// The most a body the entry module reads may declare ([`super::BODY_CAP`]).
+#[allow(unreachable_pub)] // exported to JavaScript
+#[wasm_bindgen]
+pub fn body_cap() -> f64 {
+    super::BODY_CAP as f64
 }
 
 /// Polls a request once: its `Response` or whole reply, the call it waits
@@ -263,28 +273,15 @@ fn reply_array(
     request_id: &str,
     body: Vec<u8>,
 ) -> JsValue {
-    let flat = Array::new_with_length(2 * headers.len() as u32 + 2);
-    for (i, (name, value)) in headers.iter().enumerate() {
-        flat.set(2 * i as u32, JsValue::from_str(name));
-        flat.set(2 * i as u32 + 1, JsValue::from_str(value));
-    }
-    flat.set(2 * headers.len() as u32, JsValue::from_str("x-request-id"));
-    flat.set(2 * headers.len() as u32 + 1, JsValue::from_str(request_id));
-    let out = Array::new_with_length(3);
-    out.set(0, status.into());
-    out.set(1, flat.into());
-    out.set(2, Uint8Array::from(body.as_slice()).into());
-    out.into()
+    let pairs = headers.iter().map(|(n, v)| (*n, v.as_str()));
+    let flat = flat_headers(pairs.chain([("x-request-id", request_id)]));
+    Array::of3(&status.into(), &flat, &Uint8Array::from(body.as_slice())).into()
 }
 
 /// `[task, url, method, headers, body, deadline ms]`, `headers` a flat
 /// array of names and values.
 fn outgoing_array(task: u32, req: UpstreamRequest, deadline_ms: u64) -> Array {
-    let headers = Array::new_with_length(2 * req.headers.len() as u32);
-    for (i, (name, value)) in req.headers.iter().enumerate() {
-        headers.set(2 * i as u32, JsValue::from_str(name));
-        headers.set(2 * i as u32 + 1, JsValue::from_str(value));
-    }
+    let headers = flat_headers(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let body: JsValue = if req.body.is_empty() {
         JsValue::UNDEFINED
     } else {
@@ -298,4 +295,14 @@ fn outgoing_array(task: u32, req: UpstreamRequest, deadline_ms: u64) -> Array {
     out.set(4, body);
     out.set(5, (deadline_ms as f64).into());
     out
+}
+
+/// Names and values, in one flat array: `[name, value, name, value, ...]`.
+fn flat_headers<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Array {
+    let flat = Array::new();
+    for (name, value) in pairs {
+        flat.push(&JsValue::from_str(name));
+        flat.push(&JsValue::from_str(value));
+    }
+    flat
 }

@@ -99,33 +99,32 @@ function panicReply(request, error) {
   });
 }
 
-/** Paths whose POST body the gateway reads whole (gateway::route). */
-const BODY_PATHS = new Set([
-  '/v1/chat/completions',
-  '/v1/embeddings',
-  '/v1/messages',
-  '/v1/messages/count_tokens',
-  '/v1/responses',
-]);
-/** The most a request body read here may declare (src/edge/mod.rs's read_body). */
-const BODY_CAP = 64 * 1024 * 1024;
-/** The provider headers the core reads, in http::UPSTREAM_HEADERS's order. */
-const UPSTREAM_HEADERS = ['content-type', 'retry-after', 'retry-after-ms', 'x-amzn-errortype'];
+/**
+ * The paths whose POST body is read here, and the most such a body may
+ * declare: asked of the Rust side once per isolate (gateway::BODY_PATHS,
+ * edge::BODY_CAP).
+ */
+let bodyPaths = null;
+let bodyCap = 0;
 
 /** Whether to read the body here: a POST to a gateway path with a declared length within the cap. */
-function readsBody(request) {
+function readsBody(gateway, request) {
   if (request.method !== 'POST') return false;
   const length = request.headers.get('content-length');
   if (length === null) return false;
+  if (bodyPaths === null) {
+    bodyPaths = new Set(gateway.body_paths());
+    bodyCap = gateway.body_cap();
+  }
   const declared = Number(length);
-  if (!Number.isSafeInteger(declared) || declared < 0 || declared > BODY_CAP) return false;
+  if (!Number.isSafeInteger(declared) || declared < 0 || declared > bodyCap) return false;
   const url = request.url;
   const start = url.indexOf('/', url.indexOf('://') + 3);
   if (start < 0) return false;
   let end = url.indexOf('?', start);
   if (end < 0) end = url.length;
   while (end - start > 1 && url.charCodeAt(end - 1) === 47) end--;
-  return BODY_PATHS.has(url.slice(start, end));
+  return bodyPaths.has(url.slice(start, end));
 }
 
 /**
@@ -136,7 +135,7 @@ function readsBody(request) {
  */
 async function driven(gateway, request, env, ctx) {
   let body;
-  if (readsBody(request)) {
+  if (readsBody(gateway, request)) {
     try {
       body = new Uint8Array(await request.arrayBuffer());
     } catch {
@@ -154,28 +153,32 @@ async function driven(gateway, request, env, ctx) {
     if (step.length === 3) return wholeReply(step);
     const [task, url, method, flat, payload, ms] = step;
     let status = 0;
-    let named;
+    let failed; // a failure's headers (the Rust side reads the few it needs)
     let answer;
-    let error;
+    let error; // the transport's, worded by the Rust side
     try {
-      const headers = new Headers();
-      for (let i = 0; i < flat.length; i += 2) headers.set(flat[i], flat[i + 1]);
-      const res = await fetch(url, { method, headers, body: payload, signal: AbortSignal.timeout(ms) });
+      const init = { method, headers: headersOf(flat), body: payload, signal: AbortSignal.timeout(ms) };
+      const res = await fetch(url, init);
       status = res.status;
-      if (status < 200 || status > 299) named = UPSTREAM_HEADERS.map((name) => res.headers.get(name));
+      if (status < 200 || status > 299) failed = res.headers;
       answer = new Uint8Array(await res.arrayBuffer());
     } catch (e) {
-      error = transportError(e);
+      error = e ?? new Error('fetch failed');
     }
-    step = synchronously(() => gateway.drive_on(task, status, named, answer, error));
+    step = synchronously(() => gateway.drive_on(task, status, failed, answer, error));
   }
 }
 
 /** The client's response of a whole reply: `[status, [name, value, ...], body]`. */
 function wholeReply([status, flat, body]) {
+  return new Response(body, { status, headers: headersOf(flat) });
+}
+
+/** `Headers` from `[name, value, name, value, ...]`. */
+function headersOf(flat) {
   const headers = new Headers();
   for (let i = 0; i < flat.length; i += 2) headers.set(flat[i], flat[i + 1]);
-  return new Response(body, { status, headers });
+  return headers;
 }
 
 /** `promise`, or the isolate's next trap, whichever comes first. */
@@ -199,14 +202,6 @@ function synchronously(call) {
     if (error instanceof WebAssembly.RuntimeError) trapped(error);
     throw error;
   }
-}
-
-/** The transport's message, as src/edge/upstream.rs words it. */
-function transportError(e) {
-  if (e && e.name === 'TimeoutError') return 'deadline passed';
-  if (typeof e === 'string') return e;
-  if (e && typeof e.message === 'string') return e.message;
-  return String(e);
 }
 
 /**

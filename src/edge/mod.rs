@@ -1119,8 +1119,12 @@ fn js_error(e: JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
+/// The most a request body may hold before the config is known (its own
+/// limit is checked after): bounds memory.
+const BODY_CAP: u64 = 64 * 1024 * 1024;
+
 /// A request's body: already read by the entry module (a declared length
-/// within the cap below), or to read.
+/// within [`BODY_CAP`]), or to read.
 struct Body<'r> {
     req: &'r RawRequest,
     read: Option<Vec<u8>>,
@@ -1138,7 +1142,7 @@ impl Body<'_> {
 /// Reads the whole body. The config's limit is checked by the caller; this
 /// cap bounds memory before the config is known.
 async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
-    const HARD_CAP: u64 = 64 * 1024 * 1024;
+    const HARD_CAP: u64 = BODY_CAP;
     let declared = req
         .headers()
         .get("content-length")

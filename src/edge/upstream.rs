@@ -128,8 +128,19 @@ impl Upstream for FetchUpstream<'_> {
     }
 }
 
+/// The [`UPSTREAM_HEADERS`] a provider's response has.
+pub(super) fn read_headers(headers: &web_sys::Headers) -> Vec<(String, String)> {
+    UPSTREAM_HEADERS
+        .iter()
+        .filter_map(|&name| {
+            let value = headers.get(name).ok().flatten()?;
+            Some((name.to_owned(), value))
+        })
+        .collect()
+}
+
 /// The runtime's error, or [`DEADLINE_PASSED`] when it is the timeout's.
-fn transport_error(e: worker::wasm_bindgen::JsValue) -> String {
+pub(super) fn transport_error(e: worker::wasm_bindgen::JsValue) -> String {
     let name = js_sys::Reflect::get(&e, &"name".into())
         .ok()
         .and_then(|n| n.as_string());
@@ -230,14 +241,7 @@ async fn fetch(
     let headers = if (200..300).contains(&status) {
         Vec::new()
     } else {
-        let resp_headers = resp.headers();
-        UPSTREAM_HEADERS
-            .iter()
-            .filter_map(|&name| {
-                let value = resp_headers.get(name).ok().flatten()?;
-                Some((name.to_owned(), value))
-            })
-            .collect()
+        read_headers(&resp.headers())
     };
     // The body owns the guard: dropping it early aborts the fetch.
     let streamed = if wants_stream { resp.body() } else { None };

@@ -125,6 +125,16 @@ pub enum AdminRoute {
     Alerts,
 }
 
+/// The paths whose POST body the gateway reads whole: the client
+/// protocols' endpoints. The edge's entry module reads these bodies itself.
+pub const BODY_PATHS: [&str; 5] = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+];
+
 /// Maps a method and path to an endpoint.
 pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
     let path = if path.len() > 1 {

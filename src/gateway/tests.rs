@@ -778,6 +778,24 @@ fn unknown_model_is_404_before_any_upstream_call() {
 }
 
 #[test]
+fn body_paths_are_the_client_protocols_endpoints() {
+    for path in BODY_PATHS {
+        let r = route("POST", path).unwrap();
+        assert!(
+            matches!(
+                r,
+                Route::ChatCompletions
+                    | Route::Embeddings
+                    | Route::Messages
+                    | Route::CountTokens
+                    | Route::Responses
+            ),
+            "{path}: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn routes_map_methods_and_paths() {
     assert_eq!(
         route("POST", "/v1/chat/completions"),
