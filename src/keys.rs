@@ -73,19 +73,47 @@ pub fn virtual_object_name(id: &str) -> String {
 /// The object that lists every virtual key for the admin API.
 pub const REGISTRY_OBJECT: &str = "registry";
 
-/// Classifies a presented key: a static key if it is one of `static_keys`,
-/// else a virtual key if it has the virtual form; `None` otherwise.
-pub fn resolve(key: &str, static_keys: &str) -> Option<KeyRef> {
-    if is_allowed(key, static_keys) {
-        return Some(KeyRef::Static {
-            object: format!("sk:{}", fingerprint(key)),
-        });
+/// The static keys (`GATEWAY_KEYS`, comma-separated), parsed once, each
+/// with its object's name: the secret is fixed for an isolate's life, so
+/// a request pays neither the parsing nor a SHA-256.
+#[derive(Debug, Clone, Default)]
+pub struct StaticKeys {
+    keys: Vec<(String, String)>,
+}
+
+impl StaticKeys {
+    /// The keys of a comma-separated list (blanks around them ignored).
+    pub fn parse(list: &str) -> StaticKeys {
+        let keys = list
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| (k.to_owned(), format!("sk:{}", fingerprint(k))))
+            .collect();
+        StaticKeys { keys }
     }
-    let id = parse_virtual_id(key)?;
-    Some(KeyRef::Virtual {
-        id: id.to_owned(),
-        secret_hash: hash_key(key),
-    })
+
+    /// Classifies a presented key: a static key if it is one of these
+    /// (compared in constant time with every one of them), else a virtual
+    /// key if it has the virtual form; `None` otherwise.
+    pub fn resolve(&self, key: &str) -> Option<KeyRef> {
+        let mut found = None;
+        for (candidate, object) in &self.keys {
+            if constant_time_eq(key.as_bytes(), candidate.as_bytes()) {
+                found = Some(object);
+            }
+        }
+        if let Some(object) = found {
+            return Some(KeyRef::Static {
+                object: object.clone(),
+            });
+        }
+        let id = parse_virtual_id(key)?;
+        Some(KeyRef::Virtual {
+            id: id.to_owned(),
+            secret_hash: hash_key(key),
+        })
+    }
 }
 
 /// The id of a well-formed virtual key.
@@ -138,16 +166,6 @@ pub fn presented_key<'a>(
         .filter(|k| !k.is_empty())
 }
 
-/// Whether `key` is one of the comma-separated `allowed` keys. Compares in
-/// constant time per candidate, so timing does not reveal a prefix.
-pub fn is_allowed(key: &str, allowed: &str) -> bool {
-    let mut found = false;
-    for candidate in allowed.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-        found |= constant_time_eq(key.as_bytes(), candidate.as_bytes());
-    }
-    found
-}
-
 /// Equality whose time depends only on the lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -193,11 +211,22 @@ mod tests {
 
     #[test]
     fn allowed_keys_match_exactly() {
-        assert!(is_allowed("sk-a", "sk-a, sk-b"));
-        assert!(is_allowed("sk-b", "sk-a,sk-b"));
-        assert!(!is_allowed("sk-", "sk-a,sk-b"));
-        assert!(!is_allowed("sk-ab", "sk-a,sk-b"));
-        assert!(!is_allowed("", ",,"));
+        let is_static = |key: &str, list: &str| {
+            matches!(
+                StaticKeys::parse(list).resolve(key),
+                Some(KeyRef::Static { .. })
+            )
+        };
+        assert!(is_static("sk-a", "sk-a, sk-b"));
+        assert!(is_static("sk-b", "sk-a,sk-b"));
+        assert!(!is_static("sk-", "sk-a,sk-b"));
+        assert!(!is_static("sk-ab", "sk-a,sk-b"));
+        assert!(!is_static("", ",,"));
+        // Each key's object is its own, named once at parsing.
+        let keys = StaticKeys::parse("sk-a, sk-b");
+        let object = |key| keys.resolve(key).unwrap().object_name();
+        assert_eq!(object("sk-a"), format!("sk:{}", fingerprint("sk-a")));
+        assert_eq!(object("sk-b"), format!("sk:{}", fingerprint("sk-b")));
     }
 
     #[test]
@@ -206,7 +235,7 @@ mod tests {
         assert_eq!(id, "0707070707070707");
         assert_eq!(key.len(), VIRTUAL_PREFIX.len() + 16 + 1 + 48);
         assert_eq!(parse_virtual_id(&key), Some(id.as_str()));
-        match resolve(&key, "sk-static") {
+        match StaticKeys::parse("sk-static").resolve(&key) {
             Some(KeyRef::Virtual {
                 id: got,
                 secret_hash,
@@ -226,10 +255,10 @@ mod tests {
     #[test]
     fn malformed_and_static_keys_resolve_as_such() {
         assert!(matches!(
-            resolve("sk-static", "sk-static"),
+            StaticKeys::parse("sk-static").resolve("sk-static"),
             Some(KeyRef::Static { .. })
         ));
-        assert_eq!(resolve("sk-other", "sk-static"), None);
+        assert_eq!(StaticKeys::parse("sk-static").resolve("sk-other"), None);
         for bad in [
             "sk-gw-",
             "sk-gw-abc_def",
@@ -237,7 +266,7 @@ mod tests {
         ] {
             assert_eq!(parse_virtual_id(bad), None, "{bad}");
         }
-        let static_ref = resolve("sk-static", "sk-static").unwrap();
+        let static_ref = StaticKeys::parse("sk-static").resolve("sk-static").unwrap();
         assert!(static_ref.object_name().starts_with("sk:key_"));
     }
 

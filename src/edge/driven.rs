@@ -218,9 +218,10 @@ pub fn body_cap() -> f64 {
 /// for, or the executor's promise of one of the first two.
 fn step(mut task: Task) -> JsValue {
     DRIVING.set(true);
-    let polled = task
-        .as_mut()
-        .poll(&mut TaskContext::from_waker(futures::task::noop_waker_ref()));
+    let polled = super::with_poll_clock(|| {
+        task.as_mut()
+            .poll(&mut TaskContext::from_waker(futures::task::noop_waker_ref()))
+    });
     DRIVING.set(false);
     let outgoing = OUTBOX.take();
     match (polled, outgoing) {

@@ -1093,10 +1093,24 @@ fn authenticate(req: &RawRequest, env: &Env) -> Result<KeyRef, GatewayError> {
                 .into(),
         });
     };
-    keys::resolve(key, &secret(env, GATEWAY_KEYS).unwrap_or_default()).ok_or_else(|| {
-        GatewayError::Unauthorized {
+    static_keys(env)
+        .resolve(key)
+        .ok_or_else(|| GatewayError::Unauthorized {
             message: "Incorrect API key provided.".into(),
-        }
+        })
+}
+
+/// `GATEWAY_KEYS`, parsed once per isolate (secrets are fixed for its life).
+fn static_keys(env: &Env) -> &'static keys::StaticKeys {
+    thread_local! {
+        static KEYS: std::cell::OnceCell<&'static keys::StaticKeys> =
+            const { std::cell::OnceCell::new() };
+    }
+    KEYS.with(|k| {
+        *k.get_or_init(|| {
+            let list = secret(env, GATEWAY_KEYS).unwrap_or_default();
+            Box::leak(Box::new(keys::StaticKeys::parse(&list)))
+        })
     })
 }
 
@@ -1348,9 +1362,33 @@ fn var(env: &Env, name: &str) -> Option<String> {
         .ok()
 }
 
-/// Unix ms: one static call, no `Date` object.
+thread_local! {
+    /// While a driven poll runs ([`driven`]): the clock, once read. The
+    /// runtime's clock stands still while JavaScript runs (it moves between
+    /// I/O events), so one read serves every `now_ms` of one synchronous
+    /// poll instead of a dozen calls into the runtime.
+    static POLL_CLOCK: std::cell::Cell<Option<Option<u64>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Unix ms: one static call, no `Date` object (one per driven poll).
 fn now_ms() -> u64 {
-    js_sys::Date::now() as u64
+    match POLL_CLOCK.get() {
+        None => js_sys::Date::now() as u64,
+        Some(Some(now)) => now,
+        Some(None) => {
+            let now = js_sys::Date::now() as u64;
+            POLL_CLOCK.set(Some(Some(now)));
+            now
+        }
+    }
+}
+
+/// Runs one synchronous poll with the clock read at most once.
+fn with_poll_clock<T>(poll: impl FnOnce() -> T) -> T {
+    POLL_CLOCK.set(Some(None));
+    let out = poll();
+    POLL_CLOCK.set(None);
+    out
 }
 
 /// `req_` + 24 hex digits from the runtime's CSPRNG.
