@@ -19,8 +19,9 @@
 //!   the accounting flusher
 //! - `observe_admin`  — `/admin/analytics`, `/admin/logs`, `/admin/health`,
 //!   `/admin/alerts`, `/admin/config/validate`
-//! - `pipe`           — the rest of a committed pass-through stream, piped by
-//!   a small JavaScript reader (no chunk crosses into wasm)
+//! - `pipe`           — streamed bodies as native byte streams: the rest of a
+//!   committed pass-through stream, piped by a small JavaScript reader (no
+//!   chunk crosses into wasm), and the chunks of a stream Rust produces
 //! - `response_cache` — response cache entries in the location's Cache API
 //! - `shared_health`  — target health shared by a location's isolates (Cache API)
 //! - `upstream`       — [`crate::http::Upstream`] over the runtime's `fetch`
@@ -1229,15 +1230,8 @@ fn into_response(reply: Reply, request_id: &str) -> worker::Result<web_sys::Resp
             web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut bytes), &init)?
         }
         ReplyBody::Stream(stream) => {
-            let stream = stream.map(|item| {
-                item.map(|bytes| JsValue::from(Uint8Array::from(bytes.as_slice())))
-                    .map_err(|e| JsValue::from(js_sys::Error::new(&e)))
-            });
-            let raw = wasm_streams::ReadableStream::from_stream(stream).into_raw();
-            web_sys::Response::new_with_opt_readable_stream_and_init(
-                Some(raw.unchecked_ref()),
-                &init,
-            )?
+            let raw = pipe::write(stream);
+            web_sys::Response::new_with_opt_readable_stream_and_init(Some(&raw), &init)?
         }
         ReplyBody::Native(native) => {
             let raw = pipe::pipe(native).ok_or_else(|| {

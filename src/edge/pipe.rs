@@ -1,4 +1,6 @@
-//! The rest of a committed OpenAI-to-OpenAI stream, piped by the runtime.
+//! Streamed bodies to the client as native byte streams: the rest of a
+//! committed OpenAI-to-OpenAI stream, piped by a small JavaScript reader
+//! ([`pipe`]), and a stream Rust produces chunk by chunk ([`write`]).
 //!
 //! Until its first token a stream goes through Rust chunk by chunk (the
 //! commit point, failover, translation). After it, an OpenAI chunk stream
@@ -15,8 +17,9 @@
 //! pumps to the client: a body built in JavaScript (`new ReadableStream`)
 //! costs a `pull` call, its promise and the runtime's draining of a
 //! JavaScript queue per chunk (`tests/bench/ab.mjs --kind=stream`: −0.083 ms
-//! per 20-chunk stream). A client that goes away errors that stream, which
-//! stops the provider's fetch at once.
+//! per 20-chunk stream). A client that goes away errors that stream (the
+//! runtime notices at the next chunk written), which stops the provider's
+//! fetch.
 //!
 //! The JavaScript is deliberately dumb: it splits events on blank lines, and
 //! parses only the event that carries `"usage":{`. The last events are
@@ -25,13 +28,17 @@
 
 use std::any::Any;
 
-use worker::js_sys::Uint8Array;
-use worker::wasm_bindgen::JsValue;
+use futures::StreamExt;
+use futures::future::{Either, select};
+use worker::js_sys::{self, Uint8Array};
 use worker::wasm_bindgen::prelude::*;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::{self, JsFuture};
 use worker::web_sys;
 
 use super::upstream::NativeParts;
 use crate::gateway::NativeStream;
+use crate::http::ByteStream;
 
 #[wasm_bindgen(inline_js = r#"
 const enc = new TextEncoder();
@@ -220,4 +227,81 @@ pub(super) fn pipe(mut native: Box<NativeStream>) -> Option<web_sys::ReadableStr
         &reader, head, partial, strip, finished, events, total_ms, cut, timeout, &abort, &on_end,
     );
     Some(readable)
+}
+
+#[wasm_bindgen(inline_js = r#"
+const ignore = () => {};
+
+/**
+ * A native byte stream for a response body, and the writer that feeds it:
+ * up to `highWater` bytes may wait for the client.
+ */
+export function byte_pipe(highWater) {
+  const { readable, writable } = new IdentityTransformStream({ highWaterMark: highWater });
+  return [readable, writable.getWriter()];
+}
+
+/**
+ * Writes a copy of `bytes` (a view of wasm memory) without waiting for it
+ * (a failed write means the client is gone, which `writer.closed` tells);
+ * answers whether there is room for more.
+ */
+export function put(writer, bytes) {
+  writer.write(bytes.slice()).catch(ignore);
+  return writer.desiredSize > 0;
+}
+
+/** Ends the body: closed after what was written, or cut with `error`. */
+export function finish(writer, error) {
+  (error === undefined ? writer.close() : writer.abort(new Error(error))).catch(ignore);
+}
+"#)]
+extern "C" {
+    fn byte_pipe(high_water: f64) -> js_sys::Array;
+    fn put(writer: &web_sys::WritableStreamDefaultWriter, bytes: &[u8]) -> bool;
+    fn finish(writer: &web_sys::WritableStreamDefaultWriter, error: Option<String>);
+}
+
+/// Bytes of a Rust-produced stream that may wait for a slow client before
+/// the task stops reading its provider.
+const HIGH_WATER: f64 = 65_536.0;
+
+/// The client's body for a stream Rust produces (a translated stream, a
+/// continued one, one the cache keeps): a native byte stream the runtime
+/// pumps to the client, fed chunk by chunk by a task that waits for the
+/// client only when [`HIGH_WATER`] bytes wait for it (as for the pipe
+/// above: a body built in JavaScript costs a `pull`, its promise and the
+/// runtime's draining of a JavaScript queue per chunk). A client that goes
+/// away errors the writer (the runtime notices at the next chunk written);
+/// the task then drops the stream, which aborts its provider call and
+/// reports it incomplete. A failed stream aborts the body, which the
+/// client sees cut.
+pub(super) fn write(mut stream: ByteStream) -> web_sys::ReadableStream {
+    let pair = byte_pipe(HIGH_WATER);
+    let readable: web_sys::ReadableStream = pair.get(0).unchecked_into();
+    let writer: web_sys::WritableStreamDefaultWriter = pair.get(1).unchecked_into();
+    wasm_bindgen_futures::spawn_local(async move {
+        let mut gone = JsFuture::from(writer.closed());
+        loop {
+            let item = match select(stream.next(), &mut gone).await {
+                Either::Left((item, _)) => item,
+                // The client went away (or the body was closed): stop.
+                Either::Right(_) => return,
+            };
+            match item {
+                // Past the high-water mark: wait for the client to take some.
+                Some(Ok(bytes)) => {
+                    if !put(&writer, &bytes) {
+                        let room = JsFuture::from(writer.ready());
+                        if select(room, &mut gone).await.factor_first().0.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => return finish(&writer, Some(e)),
+                None => return finish(&writer, None),
+            }
+        }
+    });
+    readable
 }

@@ -1190,10 +1190,16 @@ pub fn settlement(
     events: u64,
     error: bool,
 ) -> (Money, UsageEvent) {
-    let tokens = match served {
+    let mut tokens = match served {
         None => Tokens::default(),
         Some(_) => continuation::leg_tokens(usage.as_ref(), acc.input_estimate, events),
     };
+    // An unfinished stream's usage can be partial (Anthropic reports output
+    // at the end; what its first event says is a placeholder): it is
+    // charged at least an output token an event sent, as with no usage.
+    if error && usage.is_some() {
+        tokens.output = tokens.output.max(events);
+    }
     let mut cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
     // A hedged attempt that lost read the request before it was aborted:
     // its input is charged, at its own target's prices (the same input as

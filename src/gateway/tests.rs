@@ -931,6 +931,18 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         (acc.input_estimate, 12, true)
     );
     assert_eq!(settlement(&acc, None, None, 0, true).0, Money::ZERO);
+    // An unfinished stream's usage can be partial (Anthropic's comes at its
+    // start with a placeholder output, its total at the end): it is charged
+    // at least an output token an event sent, never less than reported.
+    let partial = Some(Usage::new(2, 1, None));
+    let (cost, ev) = settlement(&acc, Some(&served), partial, 12, true);
+    assert_eq!((ev.input_tokens, ev.output_tokens), (2, 12));
+    assert_eq!(cost, served.pricing.cost(2, 12, 0));
+    let (_, ev) = settlement(&acc, Some(&served), Some(Usage::new(2, 30, None)), 12, true);
+    assert_eq!(ev.output_tokens, 30);
+    // A finished stream's usage is the provider's, as it says.
+    let (_, ev) = settlement(&acc, Some(&served), partial, 12, false);
+    assert_eq!(ev.output_tokens, 1);
 }
 
 #[test]

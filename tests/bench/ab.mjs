@@ -3,7 +3,7 @@
 // rounds, so that a change worth a few hundredths of a millisecond shows
 // above this machine's run-to-run drift (which moves all three together).
 //
-//   node tests/bench/ab.mjs --a=DIR --b=DIR [--kind=static|virtual|stream] [--rounds=7] [--seconds=4] [--conns=1]
+//   node tests/bench/ab.mjs --a=DIR --b=DIR [--kind=static|virtual|stream|translated] [--rounds=7] [--seconds=4] [--conns=1]
 //        [--v8flags=--flag,--flag] [--log=TEXT]
 //
 // Each DIR holds a build (index.js, index_bg.wasm: copy build/ aside before
@@ -27,6 +27,8 @@ import {
   ADMIN, HERE, KEY, ROOT, WORKERD, arg, cpuMs, gatewayService, sleep, start, prepareRun, stopAll, supportServices, virtualKey, waitFor } from './harness.mjs';
 
 const KIND = arg('kind', 'static');
+/** A 20-chunk stream: passed through (`stream`) or translated from Anthropic's events (`translated`). */
+const STREAM = KIND === 'stream' || KIND === 'translated';
 const ROUNDS = Number(arg('rounds', '7'));
 const SECONDS = Number(arg('seconds', '4'));
 const CONNS = Number(arg('conns', '1'));
@@ -61,7 +63,7 @@ const config :Workerd.Config = (
   services = [
     ${gatewayOf('gateway-a', 'side-a', ports.nginx)},
     ${gatewayOf('gateway-b', 'side-b', ports.nginx)},
-    ${supportServices(dir, KIND === 'stream' ? `http://127.0.0.1:${mock.port}` : `http://127.0.0.1:${ports.nginx}`)}
+    ${supportServices(dir, STREAM ? `http://127.0.0.1:${mock.port}` : `http://127.0.0.1:${ports.nginx}`)}
   ],
   v8Flags = [${(arg('v8flags', '') || '').split(',').filter(Boolean).map((f) => JSON.stringify(f)).join(', ')}],
   sockets = [
@@ -83,9 +85,10 @@ const config :Workerd.Config = (
     auth.pass = '';
     const bodyFile = (side) => {
       const file = path.join(dir, `body-${side}.json`);
-      const model = KIND === 'stream' ? (side === 'pass' ? 'mock-model;chunks=20,interval_ms=0' : 'stream') : (side === 'pass' ? 'bench-model' : 'bench');
+      const gateway = { stream: 'stream', translated: 'stream-translated' }[KIND] ?? 'bench';
+      const model = STREAM ? (side === 'pass' ? 'mock-model;chunks=20,interval_ms=0' : gateway) : (side === 'pass' ? 'bench-model' : gateway);
       writeFileSync(file, JSON.stringify({
-        model, stream: KIND === 'stream',
+        model, stream: STREAM,
         messages: [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: 'Hello there, how are you?' }],
         temperature: 0.2, max_tokens: 256,
       }));

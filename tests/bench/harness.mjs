@@ -113,16 +113,23 @@ export function gatewayService({ name, modules, key, admin, unique, bindings = [
 
 /**
  * The routing document both scripts serve from their KV: `bench` on nginx,
- * `stream` (20 chunks) on the mock provider. Written to `dir/config.json`.
+ * `stream` (20 chunks) on the mock provider, `stream-translated` the same
+ * from the mock's Anthropic Messages endpoint (translated chunk by chunk in
+ * Rust). Written to `dir/config.json`.
  */
 export function writeConfig(dir, nginxPort, mockPort) {
   const provider = (base_url) => ({ kind: 'openai-compatible', base_url, api_key_secret: 'UPSTREAM_KEY' });
   writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
     version: 1,
-    providers: { nginx: provider(`http://127.0.0.1:${nginxPort}/v1`), mock: provider(`http://127.0.0.1:${mockPort}/v1`) },
+    providers: {
+      nginx: provider(`http://127.0.0.1:${nginxPort}/v1`),
+      mock: provider(`http://127.0.0.1:${mockPort}/v1`),
+      anthropic: { kind: 'anthropic', base_url: `http://127.0.0.1:${mockPort}`, api_key_secret: 'UPSTREAM_KEY' },
+    },
     models: {
       bench: { targets: [{ provider: 'nginx', model: 'bench-model' }] },
       stream: { targets: [{ provider: 'mock', model: 'mock-model;chunks=20,interval_ms=0' }] },
+      'stream-translated': { targets: [{ provider: 'anthropic', model: 'mock-model;chunks=20,interval_ms=0' }] },
     },
   }));
 }

@@ -1,7 +1,11 @@
-// The rest of a committed pass-through stream, piped by the runtime
-// (src/edge/pipe.rs): with no Rust on each chunk, the pipe must still stop
-// the provider when the client goes away (and settle what was sent), and
-// end a stream that outlives the total timeout with an error event.
+// Streamed bodies as native byte streams (src/edge/pipe.rs): the rest of a
+// committed pass-through stream, piped by a small JavaScript reader with no
+// Rust on each chunk, and a stream Rust translates chunk by chunk (from
+// Anthropic's events), written to the client's body by a Rust task. Both
+// must stop the provider when the client goes away (the runtime notices at
+// the next chunk it writes) and charge what was sent: at least an output
+// token a chunk, even when the provider's usage so far says less. The pipe
+// also ends a stream past the total timeout with an error event.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -21,8 +25,14 @@ const TOTAL_TIMEOUT_MS = 1500;
 before(async () => {
   mock = await startMock();
   gw = await startGateway();
-  const config = mockConfig(mock.url, { drip: { targets: [{ provider: 'mock', model: DRIP }] } });
+  const config = mockConfig(mock.url, {
+    drip: { targets: [{ provider: 'mock', model: DRIP }] },
+    drip_translated: { targets: [{ provider: 'anth', model: DRIP }] },
+  }, {
+    providers: { anth: { kind: 'anthropic', base_url: mock.url, api_key_secret: 'MOCK_PROVIDER_KEY' } },
+  });
   config.providers.mock.models = { [DRIP]: PRICED };
+  config.providers.anth.models = { [DRIP]: PRICED };
   config.failover = { total_timeout_ms: TOTAL_TIMEOUT_MS };
   const res = await putConfig(gw, config);
   assert.equal(res.status, 200, await res.text());
@@ -43,32 +53,37 @@ async function createKey() {
   return (await res.json()).secret;
 }
 
-/** The provider call of the drip model, once the mock has seen it end. */
+/** The provider call of a drip model, once the mock has seen it end. */
 async function abortedCall(since) {
+  const find = () => mock.requests.find((r) => r.seq > since && r.body?.model === DRIP);
   for (let i = 0; i < 60; i++) {
-    const call = mock.requests.find((r) => r.seq > since && r.body?.model === DRIP);
-    if (call?.aborted) return call;
+    if (find()?.aborted) break;
     await sleep(50);
   }
-  return mock.requests.find((r) => r.seq > since && r.body?.model === DRIP);
+  return find();
 }
 
-const lastSeq = () => mock.requests.at(-1)?.seq ?? 0;
-
-test('a client that goes away mid-stream stops the provider, and what was sent is charged', async () => {
-  const secret = await createKey();
-  const since = lastSeq();
-  const res = await chat(gw, ask('drip', 'hi', { stream: true }), { key: secret });
-  assert.equal(res.status, 200);
-  const reader = res.body.getReader();
-  let text = '';
+/** Reads a stream until `n` content deltas have come. */
+async function readDeltas(reader, n) {
   const decoder = new TextDecoder();
-  // Past the first token (the commit), into the piped part.
-  while ((text.match(/"content"/g) ?? []).length < 6) {
+  let text = '';
+  while ((text.match(/"content"/g) ?? []).length < n) {
     const { value, done } = await reader.read();
     assert.ok(!done, 'the drip stream does not end on its own');
     text += decoder.decode(value, { stream: true });
   }
+}
+
+const lastSeq = () => mock.requests.at(-1)?.seq ?? 0;
+
+for (const [model, how] of [['drip', 'piped'], ['drip_translated', 'translated']]) test(`a client that goes away mid-stream (${how}) stops the provider, and what was sent is charged`, async () => {
+  const secret = await createKey();
+  const since = lastSeq();
+  const res = await chat(gw, ask(model, 'hi', { stream: true }), { key: secret });
+  assert.equal(res.status, 200);
+  const reader = res.body.getReader();
+  // Past the first token (the commit), into the piped or written part.
+  await readDeltas(reader, 6);
   const gone = Date.now();
   await reader.cancel();
   const call = await abortedCall(since);
@@ -78,7 +93,7 @@ test('a client that goes away mid-stream stops the provider, and what was sent i
   let usage;
   for (let i = 0; i < 100; i++) {
     const u = await (await fetch(`${gw.url}/v1/usage`, { headers: { authorization: `Bearer ${secret}` } })).json();
-    usage = u.by_day.find((d) => d.model === 'drip');
+    usage = u.by_day.find((d) => d.model === model);
     if (usage?.requests === 1) break;
     await sleep(100);
   }
