@@ -12,14 +12,16 @@
 //! per chunk; `scripts/bench` measured it at most of the gateway's CPU per
 //! streamed answer (tests/bench/README.md). So the rest is read by the small
 //! JavaScript function below, which passes chunks on as they come, keeps the
-//! little it must know, and calls back into Rust once, at the end. It writes
-//! them to a native byte stream (`IdentityTransformStream`) that the runtime
-//! pumps to the client: a body built in JavaScript (`new ReadableStream`)
-//! costs a `pull` call, its promise and the runtime's draining of a
-//! JavaScript queue per chunk (`tests/bench/ab.mjs --kind=stream`: −0.083 ms
-//! per 20-chunk stream). A client that goes away errors that stream (the
-//! runtime notices at the next chunk written), which stops the provider's
-//! fetch.
+//! little it must know, and calls back into Rust once, at the end.
+//!
+//! Both bodies are native byte streams (`IdentityTransformStream`) that the
+//! runtime pumps to the client itself, written without waiting for each
+//! chunk to be taken until 64 KiB wait for a slow client: a body built in
+//! JavaScript (`new ReadableStream`) costs a `pull` call, its promise and
+//! the runtime's draining of a JavaScript queue per chunk
+//! (`tests/bench/ab.mjs`: −0.083 ms per 20-chunk piped stream, −0.066 per
+//! translated one). A client that goes away errors the body (the runtime
+//! notices at the next chunk written), which stops the provider's fetch.
 //!
 //! The JavaScript is deliberately dumb: it splits events on blank lines, and
 //! parses only the event that carries `"usage":{`. The last events are
@@ -44,6 +46,39 @@ use crate::http::ByteStream;
 const enc = new TextEncoder();
 const DONE = enc.encode('data: [DONE]\n\n');
 
+/** Bytes of a body that may wait for a slow client before its writer waits. */
+const HIGH_WATER = 65536;
+const ignore = () => {};
+
+/**
+ * A native byte stream for a response body (the runtime pumps it to the
+ * client itself), and the writer that feeds it.
+ */
+export function byte_pipe() {
+  const { readable, writable } = new IdentityTransformStream({ highWaterMark: HIGH_WATER });
+  return [readable, writable.getWriter()];
+}
+
+/**
+ * Writes `bytes` without waiting for the client to take them (a failed
+ * write means the client is gone, which `writer.closed` tells); answers
+ * whether there is room for more.
+ */
+function write(writer, bytes) {
+  writer.write(bytes).catch(ignore);
+  return writer.desiredSize > 0;
+}
+
+/** `write` of a copy of `bytes`, a view of wasm memory. */
+export function put(writer, bytes) {
+  return write(writer, bytes.slice());
+}
+
+/** Ends the body: closed after what was written, or cut with `error`. */
+export function finish(writer, error) {
+  (error === undefined ? writer.close() : writer.abort(new Error(error))).catch(ignore);
+}
+
 /** The `data:` lines of one event joined, or null for an event without data. */
 function dataOf(ev) {
   let data = null;
@@ -57,17 +92,8 @@ function dataOf(ev) {
 }
 
 export function pipe_openai_sse(reader, head, partial, strip, finished, events, totalMs, cut, timeout, abort, onEnd) {
-  // The client's body is a native byte stream the runtime pumps to the
-  // socket; this function writes to it. (A stream built in JavaScript costs
-  // a pull, a promise and the runtime's own draining of it per chunk.)
-  const { readable, writable } = new IdentityTransformStream();
-  const writer = writable.getWriter();
-  // One write in flight at most: the next waits for the client to take it.
-  let pending = null;
-  const put = (bytes) => {
-    pending = writer.write(bytes);
-    pending.catch(() => {}); // the client gone: `writer.closed` says so
-  };
+  const [readable, writer] = byte_pipe();
+  const put = (bytes) => write(writer, bytes);
   const dec = new TextDecoder();
   let text = dec.decode(partial, { stream: true });
   let usage = null, done = false, failed = null, over = false;
@@ -163,13 +189,14 @@ export function pipe_openai_sse(reader, head, partial, strip, finished, events, 
       // Only part of an event: nothing to write yet.
       const chunk = strip ? (out ? enc.encode(out) : null) : r.value;
       if (chunk === null) continue;
-      try {
-        await pending;
-      } catch (_) {
-        return; // the client gone: ended by `writer.closed`
+      // Past the high-water mark: wait for the client to take some.
+      if (!put(chunk)) {
+        try {
+          await writer.ready;
+        } catch (_) {
+          return; // the client gone: ended by `writer.closed`
+        }
       }
-      if (over) return;
-      put(chunk);
     }
   };
   pass().catch(() => {
@@ -194,6 +221,9 @@ extern "C" {
         abort: &web_sys::AbortController,
         on_end: &JsValue,
     ) -> web_sys::ReadableStream;
+    fn byte_pipe() -> js_sys::Array;
+    fn put(writer: &web_sys::WritableStreamDefaultWriter, bytes: &[u8]) -> bool;
+    fn finish(writer: &web_sys::WritableStreamDefaultWriter, error: Option<String>);
 }
 
 /// The client's body for a stream handed over to the runtime, or `None`
@@ -229,55 +259,13 @@ pub(super) fn pipe(mut native: Box<NativeStream>) -> Option<web_sys::ReadableStr
     Some(readable)
 }
 
-#[wasm_bindgen(inline_js = r#"
-const ignore = () => {};
-
-/**
- * A native byte stream for a response body, and the writer that feeds it:
- * up to `highWater` bytes may wait for the client.
- */
-export function byte_pipe(highWater) {
-  const { readable, writable } = new IdentityTransformStream({ highWaterMark: highWater });
-  return [readable, writable.getWriter()];
-}
-
-/**
- * Writes a copy of `bytes` (a view of wasm memory) without waiting for it
- * (a failed write means the client is gone, which `writer.closed` tells);
- * answers whether there is room for more.
- */
-export function put(writer, bytes) {
-  writer.write(bytes.slice()).catch(ignore);
-  return writer.desiredSize > 0;
-}
-
-/** Ends the body: closed after what was written, or cut with `error`. */
-export function finish(writer, error) {
-  (error === undefined ? writer.close() : writer.abort(new Error(error))).catch(ignore);
-}
-"#)]
-extern "C" {
-    fn byte_pipe(high_water: f64) -> js_sys::Array;
-    fn put(writer: &web_sys::WritableStreamDefaultWriter, bytes: &[u8]) -> bool;
-    fn finish(writer: &web_sys::WritableStreamDefaultWriter, error: Option<String>);
-}
-
-/// Bytes of a Rust-produced stream that may wait for a slow client before
-/// the task stops reading its provider.
-const HIGH_WATER: f64 = 65_536.0;
-
 /// The client's body for a stream Rust produces (a translated stream, a
-/// continued one, one the cache keeps): a native byte stream the runtime
-/// pumps to the client, fed chunk by chunk by a task that waits for the
-/// client only when [`HIGH_WATER`] bytes wait for it (as for the pipe
-/// above: a body built in JavaScript costs a `pull`, its promise and the
-/// runtime's draining of a JavaScript queue per chunk). A client that goes
-/// away errors the writer (the runtime notices at the next chunk written);
-/// the task then drops the stream, which aborts its provider call and
-/// reports it incomplete. A failed stream aborts the body, which the
-/// client sees cut.
+/// continued one, one the cache keeps), fed chunk by chunk by a task. A
+/// client that goes away errors the writer; the task then drops the
+/// stream, which aborts its provider call and reports it incomplete. A
+/// failed stream aborts the body, which the client sees cut.
 pub(super) fn write(mut stream: ByteStream) -> web_sys::ReadableStream {
-    let pair = byte_pipe(HIGH_WATER);
+    let pair = byte_pipe();
     let readable: web_sys::ReadableStream = pair.get(0).unchecked_into();
     let writer: web_sys::WritableStreamDefaultWriter = pair.get(1).unchecked_into();
     wasm_bindgen_futures::spawn_local(async move {
