@@ -66,8 +66,9 @@
 //!   checks, hashes.
 //! - `edge`        — (wasm32 only) the fetch handler and its numbered request
 //!   path, admission and batched accounting, the admin API, the KV config
-//!   cache, the per-key Durable Object, outbound fetch with abort, the
-//!   runtime-side pipe of committed streams, health and the response cache
+//!   cache, the per-key Durable Object, outbound fetch with abort, streamed
+//!   bodies as native byte streams (the runtime-side pipe of committed
+//!   streams, the chunks Rust produces), health and the response cache
 //!   in the Cache API, WebCrypto signatures, the Workers AI binding, the
 //!   analytics and alerts objects, request logs in R2, the dashboard's
 //!   admin API; `edge/entry.mjs`, the entry module, answers a panic with a
