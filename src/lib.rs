@@ -2,7 +2,7 @@
 //!
 //! # Module map
 //!
-//! Everything except [`edge`] is sans-IO: bytes and values in, bytes and
+//! Everything except `edge` is sans-IO: bytes and values in, bytes and
 //! values out, unit-tested on the native target. `edge` is compiled only for
 //! `wasm32` and is the one module that touches the Workers runtime.
 //!

@@ -10,7 +10,7 @@
 //! assistant turn ([`continuation_body`]), which Anthropic, Gemini and
 //! Bedrock continue as a prefill, and to which OpenAI-compatible targets
 //! get [`CONTINUATION_PROMPT`] as one more user turn. The second leg's
-//! chunks are rewritten on their way ([`Splice`]): the first leg's id,
+//! chunks are rewritten on their way (`Splice`): the first leg's id,
 //! `created` and model; no second role; any words it repeats from the end
 //! of the first leg cut (the overlap); its usage chunk the sum of both
 //! legs. The client sees one stream, one `finish_reason`, one `[DONE]`.

@@ -5,7 +5,7 @@
 //! (`request_logs.keys`, `request_logs.models`); a request that is not
 //! logged costs one look at two short lists and copies nothing. A logged
 //! one keeps its request body and a copy of its answer (streams are copied
-//! as they pass, up to `max_body_bytes`), and becomes one line ([`line`])
+//! as they pass, up to `max_body_bytes`), and becomes one line ([`line()`])
 //! in the isolate's batch ([`LogBatch`]), written as one R2 object per
 //! flush interval under `requests/YYYY-MM-DD/HH/` ([`object_key`]), so a
 //! day's or an hour's logs are one prefix to list, and retention deletes

@@ -57,7 +57,7 @@ const HISTOGRAM_DECAY_AT: u32 = 256;
 /// bound of the bucket it falls in (never earlier than the truth).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TtfbHistogram {
-    /// One count per bucket of [`TTFB_BOUNDS_MS`], then the overflow.
+    /// One count per bucket of `TTFB_BOUNDS_MS`, then the overflow.
     pub counts: Vec<u32>,
 }
 

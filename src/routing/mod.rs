@@ -4,14 +4,14 @@
 //! loop in [`crate::gateway`] walks them. In order:
 //!
 //! 1. the first conditional rule whose conditions hold replaces the model's
-//!    targets and strategy ([`rule_for`]);
+//!    targets and strategy (`rule_for`);
 //! 2. providers whose secret is not set are left out ([`candidates`]);
 //! 3. **hard constraints**: data residency (the origin's rules and the key's
 //!    allowed regions, intersected) and capabilities (context window, tools,
 //!    vision, JSON mode, embeddings) remove targets; a constrained request
 //!    is never sent outside its allowed set, failover included ([`geo`]);
 //! 4. the strategy orders what is left (priority, nearest, weighted,
-//!    latency, cost) ([`order`]; `nearest` in [`nearest`]);
+//!    latency, cost) (`order`; `nearest` in [`nearest`]);
 //! 5. targets skipped by their circuit breaker or cooling after a 429 are
 //!    dropped ([`health`]).
 //!

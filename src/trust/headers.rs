@@ -63,7 +63,7 @@ pub fn configurable_upstream_header(name: &str) -> bool {
 }
 
 /// The request with only allowed headers: the adapters' own
-/// ([`UPSTREAM_ALLOWED`]) and the provider's configured ones. Anything
+/// (`UPSTREAM_ALLOWED`) and the provider's configured ones. Anything
 /// else is dropped, however it got there.
 pub fn allow_listed(mut req: UpstreamRequest, provider: &Provider) -> UpstreamRequest {
     req.headers.retain(|(name, _)| {
