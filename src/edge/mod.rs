@@ -798,11 +798,20 @@ fn settle(s: Settlement, usage: Option<crate::api::Usage>, events: u64, error: b
     let (cost, event) = if s.cache == Some("hit") {
         (Money::ZERO, gateway::cache_hit_event(&s.accounting))
     } else {
-        gateway::settlement(&s.accounting, s.served.as_ref(), usage, events, error)
+        // A continued answer's first leg was cut: its usage is partial.
+        let first_whole = !error && s.continued.is_none();
+        gateway::settlement(
+            &s.accounting,
+            s.served.as_ref(),
+            usage,
+            events,
+            first_whole,
+            error,
+        )
     };
     let (mut cost, mut event) = (cost, event);
     if let Some(leg) = &s.continued {
-        gateway::add_continued(&s.accounting, leg, &mut cost, &mut event);
+        gateway::add_continued(&s.accounting, leg, !error, &mut cost, &mut event);
     }
     let latency_ms = now_ms().saturating_sub(s.started_ms);
     let log = UsageLog {
@@ -1157,15 +1166,14 @@ impl Body<'_> {
 /// Reads the whole body. The config's limit is checked by the caller; this
 /// cap bounds memory before the config is known.
 async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
-    const HARD_CAP: u64 = BODY_CAP;
     let declared = req
         .headers()
         .get("content-length")
         .ok()
         .flatten()
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > HARD_CAP) {
-        return Err(GatewayError::BodyTooLarge { limit: HARD_CAP });
+    if declared.is_some_and(|n| n > BODY_CAP) {
+        return Err(GatewayError::BodyTooLarge { limit: BODY_CAP });
     }
     let failed = |e: JsValue| GatewayError::InvalidRequest {
         message: format!("Reading the request body failed: {}", js_error(e)),
@@ -1178,8 +1186,8 @@ async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
             .await
             .map_err(failed)?;
         let body = Uint8Array::new(&buf).to_vec();
-        if body.len() as u64 > HARD_CAP {
-            return Err(GatewayError::BodyTooLarge { limit: HARD_CAP });
+        if body.len() as u64 > BODY_CAP {
+            return Err(GatewayError::BodyTooLarge { limit: BODY_CAP });
         }
         return Ok(body);
     }
@@ -1192,8 +1200,8 @@ async fn read_body(req: &RawRequest) -> Result<Vec<u8>, GatewayError> {
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = Uint8Array::new(&chunk.map_err(failed)?);
-        if body.len() as u64 + u64::from(chunk.length()) > HARD_CAP {
-            return Err(GatewayError::BodyTooLarge { limit: HARD_CAP });
+        if body.len() as u64 + u64::from(chunk.length()) > BODY_CAP {
+            return Err(GatewayError::BodyTooLarge { limit: BODY_CAP });
         }
         body.extend_from_slice(&chunk.to_vec());
     }

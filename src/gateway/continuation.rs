@@ -187,13 +187,25 @@ pub struct Continued {
 }
 
 /// The tokens of one leg: what its provider reported, else an estimate
-/// (the input estimate, and an output token an event). Settlement and the
-/// client's summed usage use the same.
-pub fn leg_tokens(usage: Option<&Usage>, input_estimate: u64, events: u64) -> Tokens {
+/// (the input estimate, and an output token an event). A leg that did not
+/// end whole (`finished` false) is charged at least that estimate's output
+/// even with usage: what a provider reports before its end can be partial
+/// (Anthropic's first event carries a placeholder output, the total comes
+/// at the end). Settlement and the client's summed usage use the same.
+pub fn leg_tokens(
+    usage: Option<&Usage>,
+    input_estimate: u64,
+    events: u64,
+    finished: bool,
+) -> Tokens {
     match usage {
         Some(u) => Tokens {
             input: u.prompt_tokens,
-            output: u.completion_tokens,
+            output: if finished {
+                u.completion_tokens
+            } else {
+                u.completion_tokens.max(events)
+            },
             cache_read: u.cache_read_tokens(),
             cache_write: u.cache_write_tokens,
         },
@@ -430,8 +442,10 @@ impl Continuable {
     /// The first leg's tokens as the client's usage counts them.
     fn first_usage(&self) -> Tokens {
         let first = self.first_outcome.borrow();
-        let (usage, events) = first.as_ref().map_or((None, 0), |o| (o.usage, o.events));
-        leg_tokens(usage.as_ref(), self.input_estimate, events)
+        let (usage, events, complete) = first
+            .as_ref()
+            .map_or((None, 0, false), |o| (o.usage, o.events, o.complete));
+        leg_tokens(usage.as_ref(), self.input_estimate, events, complete)
     }
 }
 

@@ -1181,25 +1181,23 @@ pub struct HedgeLoser {
 
 /// What to charge for an answer, and its usage record: the provider's
 /// reported usage at the serving target's prices; when usage never arrived
-/// (a cut stream, a client that went away), an estimate of what was sent.
-/// Nothing is charged when no target answered.
+/// (a cut stream, a client that went away), an estimate of what was sent;
+/// for a leg that did not end whole (`finished` false: cut, failed, gone,
+/// or continued by another target), never less than that estimate's output
+/// ([`continuation::leg_tokens`]). Nothing is charged when no target
+/// answered.
 pub fn settlement(
     acc: &Accounting,
     served: Option<&Served>,
     usage: Option<Usage>,
     events: u64,
+    finished: bool,
     error: bool,
 ) -> (Money, UsageEvent) {
-    let mut tokens = match served {
+    let tokens = match served {
         None => Tokens::default(),
-        Some(_) => continuation::leg_tokens(usage.as_ref(), acc.input_estimate, events),
+        Some(_) => continuation::leg_tokens(usage.as_ref(), acc.input_estimate, events, finished),
     };
-    // An unfinished stream's usage can be partial (Anthropic reports output
-    // at the end; what its first event says is a placeholder): it is
-    // charged at least an output token an event sent, as with no usage.
-    if error && usage.is_some() {
-        tokens.output = tokens.output.max(events);
-    }
     let mut cost = served.map_or(Money::ZERO, |s| s.pricing.cost_of(tokens));
     // A hedged attempt that lost read the request before it was aborted:
     // its input is charged, at its own target's prices (the same input as
@@ -1232,14 +1230,16 @@ pub fn settlement(
 /// Adds a continued stream's second leg to its settlement: its tokens at
 /// its own target's prices (an estimate when it reported no usage: the
 /// input estimate plus the text it was given, an output token an event).
+/// `finished`: the leg, and so the answer, ended whole.
 pub fn add_continued(
     acc: &Accounting,
     leg: &continuation::Continued,
+    finished: bool,
     cost: &mut Money,
     event: &mut UsageEvent,
 ) {
     let input = acc.input_estimate + leg.prefix_bytes.div_ceil(4);
-    let t = continuation::leg_tokens(leg.usage.as_ref(), input, leg.events);
+    let t = continuation::leg_tokens(leg.usage.as_ref(), input, leg.events, finished);
     *cost = cost.plus(leg.served.pricing.cost_of(t));
     event.input_tokens += t.input;
     event.output_tokens += t.output;

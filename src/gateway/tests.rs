@@ -508,7 +508,7 @@ fn a_whole_answer_is_hedged_too_and_the_loser_is_charged_its_input() {
         model: "m".into(),
         input_estimate: 99,
     };
-    let (cost, event) = settlement(&acc, Some(&served), reply.usage, 0, false);
+    let (cost, event) = settlement(&acc, Some(&served), reply.usage, 0, true, false);
     assert_eq!(cost, Money(3 * 3_000_000 + 4 * 4_000_000 + 3 * 1_000_000));
     // The loser's input is counted with the tokens used, as it is charged.
     assert_eq!((event.input_tokens, event.output_tokens), (6, 4));
@@ -913,6 +913,7 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         Some(&served),
         Some(Usage::new(1_000, 10, Some(400))),
         99,
+        true,
         false,
     );
     assert_eq!(cost, served.pricing.cost(1_000, 10, 400));
@@ -925,24 +926,35 @@ fn settlement_charges_reported_usage_or_an_estimate() {
         ),
         ("m", 1_000, 10, 400)
     );
-    let (_, ev) = settlement(&acc, Some(&served), None, 12, true);
+    let (_, ev) = settlement(&acc, Some(&served), None, 12, false, true);
     assert_eq!(
         (ev.input_tokens, ev.output_tokens, ev.error),
         (acc.input_estimate, 12, true)
     );
-    assert_eq!(settlement(&acc, None, None, 0, true).0, Money::ZERO);
+    assert_eq!(settlement(&acc, None, None, 0, false, true).0, Money::ZERO);
     // An unfinished stream's usage can be partial (Anthropic's comes at its
     // start with a placeholder output, its total at the end): it is charged
     // at least an output token an event sent, never less than reported.
     let partial = Some(Usage::new(2, 1, None));
-    let (cost, ev) = settlement(&acc, Some(&served), partial, 12, true);
+    let (cost, ev) = settlement(&acc, Some(&served), partial, 12, false, true);
     assert_eq!((ev.input_tokens, ev.output_tokens), (2, 12));
     assert_eq!(cost, served.pricing.cost(2, 12, 0));
-    let (_, ev) = settlement(&acc, Some(&served), Some(Usage::new(2, 30, None)), 12, true);
+    let (_, ev) = settlement(
+        &acc,
+        Some(&served),
+        Some(Usage::new(2, 30, None)),
+        12,
+        false,
+        true,
+    );
     assert_eq!(ev.output_tokens, 30);
     // A finished stream's usage is the provider's, as it says.
-    let (_, ev) = settlement(&acc, Some(&served), partial, 12, false);
+    let (_, ev) = settlement(&acc, Some(&served), partial, 12, true, false);
     assert_eq!(ev.output_tokens, 1);
+    // A continued answer's first leg was cut, the answer not an error: its
+    // partial usage is raised the same way, and the record is no error.
+    let (_, ev) = settlement(&acc, Some(&served), partial, 12, false, false);
+    assert_eq!((ev.output_tokens, ev.error), (12, false));
 }
 
 #[test]
@@ -974,7 +986,7 @@ fn settlement_charges_cache_reads_and_writes_at_their_prices() {
     };
     // Anthropic's usage: 1,000 fresh, 6,000 read, 3,000 written; 500 out.
     let usage = Usage::new(10_000, 500, Some(6_000)).with_cache_writes(3_000);
-    let (cost, ev) = settlement(&acc, Some(&served), Some(usage), 0, false);
+    let (cost, ev) = settlement(&acc, Some(&served), Some(usage), 0, true, false);
     // 1,000 × 3,000,000 + 6,000 × 300,000 + 3,000 × 3,750,000 + 500 × 15,000,000.
     assert_eq!(cost, Money(23_550_000_000));
     assert_eq!((ev.input_tokens, ev.cached_tokens), (10_000, 6_000));

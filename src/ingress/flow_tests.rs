@@ -397,7 +397,7 @@ fn a_streams_cache_tokens_are_charged_at_their_prices() {
         model: "claude".into(),
         input_estimate: 0,
     };
-    let (cost, _) = settlement(&acc, Some(&served), usage, 0, false);
+    let (cost, _) = settlement(&acc, Some(&served), usage, 0, true, false);
     // 12 fresh × $3/M + 5 read × $0.30/M + 3 written × $3.75/M + 6 out × $15/M.
     assert_eq!(
         cost,
