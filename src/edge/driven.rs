@@ -241,7 +241,7 @@ fn step(mut task: Task) -> JsValue {
             });
             // Dropped outside the borrow: a future's drop may run any code.
             drop(abandoned);
-            outgoing_array(id, out.req, out.deadline_ms).into()
+            outgoing_array(id, out.req, out.deadline_ms)
         }
         (Poll::Pending, None) => {
             let promise =
@@ -266,6 +266,29 @@ fn sweep(waiting: &mut HashMap<u32, Waiting>, now: u64) -> Vec<Waiting> {
     gone.iter().filter_map(|id| waiting.remove(id)).collect()
 }
 
+#[wasm_bindgen(inline_js = r#"
+export function reply(status, headers, body) {
+  return [status, headers, body];
+}
+export function outgoing(task, url, method, headers, body, ms) {
+  return [task, url, method, headers, body, ms];
+}
+"#)]
+extern "C" {
+    /// `[status, headers, body]`: an array literal (`Array.of` takes V8's
+    /// generic path, about 6 µs a call).
+    fn reply(status: u16, headers: Array, body: Uint8Array) -> JsValue;
+    /// `[task, url, method, headers, body, deadline ms]`.
+    fn outgoing(
+        task: u32,
+        url: &str,
+        method: &str,
+        headers: Array,
+        body: JsValue,
+        deadline_ms: f64,
+    ) -> JsValue;
+}
+
 /// A whole reply for JavaScript to answer with: `[status, headers, body]`,
 /// `headers` a flat array of names and values, `x-request-id` last.
 fn reply_array(
@@ -276,26 +299,26 @@ fn reply_array(
 ) -> JsValue {
     let pairs = headers.iter().map(|(n, v)| (*n, v.as_str()));
     let flat = flat_headers(pairs.chain([("x-request-id", request_id)]));
-    Array::of3(&status.into(), &flat, &Uint8Array::from(body.as_slice())).into()
+    reply(status, flat, Uint8Array::from(body.as_slice()))
 }
 
 /// `[task, url, method, headers, body, deadline ms]`, `headers` a flat
 /// array of names and values.
-fn outgoing_array(task: u32, req: UpstreamRequest, deadline_ms: u64) -> Array {
+fn outgoing_array(task: u32, req: UpstreamRequest, deadline_ms: u64) -> JsValue {
     let headers = flat_headers(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let body: JsValue = if req.body.is_empty() {
         JsValue::UNDEFINED
     } else {
         Uint8Array::from(req.body.as_slice()).into()
     };
-    let out = Array::new_with_length(6);
-    out.set(0, task.into());
-    out.set(1, JsValue::from_str(&req.url));
-    out.set(2, JsValue::from_str(req.method));
-    out.set(3, headers.into());
-    out.set(4, body);
-    out.set(5, (deadline_ms as f64).into());
-    out
+    outgoing(
+        task,
+        &req.url,
+        req.method,
+        headers,
+        body,
+        deadline_ms as f64,
+    )
 }
 
 /// Names and values, in one flat array: `[name, value, name, value, ...]`.

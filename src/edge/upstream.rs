@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::stream;
 use worker::js_sys::{self, Uint8Array};
+use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController};
@@ -150,47 +151,36 @@ pub(super) fn transport_error(e: worker::wasm_bindgen::JsValue) -> String {
     js_error(e)
 }
 
-/// `AbortSignal.timeout` and `AbortSignal.any`, looked up once per isolate.
-fn signal_statics() -> Result<(js_sys::Function, js_sys::Function, JsValue), String> {
-    thread_local! {
-        static STATICS: std::cell::OnceCell<Option<(js_sys::Function, js_sys::Function, JsValue)>> =
-            const { std::cell::OnceCell::new() };
-    }
-    STATICS
-        .with(|s| {
-            s.get_or_init(|| {
-                let class = js_sys::Reflect::get(&js_sys::global(), &"AbortSignal".into()).ok()?;
-                let f = |name: &str| -> Option<js_sys::Function> {
-                    js_sys::Reflect::get(&class, &name.into())
-                        .ok()?
-                        .dyn_into()
-                        .ok()
-                };
-                Some((f("timeout")?, f("any")?, class))
-            })
-            .clone()
-        })
-        .ok_or_else(|| "AbortSignal.timeout is not available".to_owned())
+#[wasm_bindgen(inline_js = r#"
+export function timeout_signal(ms) {
+  return AbortSignal.timeout(ms);
+}
+export function signal_or_timeout(signal, ms) {
+  return AbortSignal.any([signal, AbortSignal.timeout(ms)]);
+}
+"#)]
+extern "C" {
+    /// A signal that fires after `ms`: the runtime's own timer, with no
+    /// task or closure of ours behind it.
+    #[wasm_bindgen(catch, js_name = timeout_signal)]
+    fn timeout_signal_js(ms: f64) -> Result<web_sys::AbortSignal, JsValue>;
+    /// `signal`, or the runtime's timer after `ms`, whichever fires first
+    /// (an array literal: `Array.of` takes V8's generic path).
+    #[wasm_bindgen(catch, js_name = signal_or_timeout)]
+    fn signal_or_timeout_js(
+        signal: &web_sys::AbortSignal,
+        ms: f64,
+    ) -> Result<web_sys::AbortSignal, JsValue>;
 }
 
-/// A signal that fires after `ms`: the runtime's own timer, with no task or
-/// closure of ours behind it.
+/// A signal that fires after `ms`.
 fn timeout_signal(ms: u64) -> Result<web_sys::AbortSignal, String> {
-    let (timeout, _, class) = signal_statics()?;
-    Ok(timeout
-        .call1(&class, &(ms as f64).into())
-        .map_err(js_error)?
-        .unchecked_into())
+    timeout_signal_js(ms as f64).map_err(js_error)
 }
 
 /// `signal`, or the runtime's timer after `ms`, whichever fires first.
 fn with_timeout(signal: &web_sys::AbortSignal, ms: u64) -> Result<web_sys::AbortSignal, String> {
-    let (_, any, class) = signal_statics()?;
-    let timer = timeout_signal(ms)?;
-    let both = any
-        .call1(&class, &js_sys::Array::of2(signal, &timer))
-        .map_err(js_error)?;
-    Ok(both.unchecked_into())
+    signal_or_timeout_js(signal, ms as f64).map_err(js_error)
 }
 
 /// One fetch; `deadline`: the whole answer must arrive within it (ms);
