@@ -18,8 +18,11 @@
 // gateway's hot wasm past V8's baseline compiler, as in production).
 // Each side's window ends `--settle` ms (default 1500) after its run, so
 // the work it leaves behind (a usage batch, log lines, a collection) is
-// counted for it and not for the side after it: without that pause, an A/B
-// of one build against itself read B 0.019 ms cheaper than A (9 rounds).
+// counted for it and not for the side after it, and the order rotates so
+// that each side is first, middle and last equally often. Even so, one
+// build against itself reads B about 0.02 ms cheaper than A (the cause is
+// not known): for a difference below about 0.03 ms, run it twice with the
+// sides swapped and take half the difference of the two B − A medians.
 // Prints per round and the medians; writes nothing but a temp dir it
 // removes. Loopback only; every process it starts is stopped when it ends.
 
