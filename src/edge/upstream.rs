@@ -10,15 +10,14 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
 
 use futures::stream;
+use worker::Env;
 use worker::js_sys::{self, Uint8Array};
 use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController};
-use worker::{Delay, Env};
 
 use crate::http::{
     ByteStream, DEADLINE_PASSED, NativeBody, Sleep, UPSTREAM_HEADERS, Upstream, UpstreamRequest,
@@ -106,7 +105,7 @@ impl Upstream for FetchUpstream<'_> {
         if let Some((binding, model)) = workers_ai::parse_binding_url(&req.url) {
             // The binding has no abort signal: race it with a timer.
             let run = std::pin::pin!(super::workers_ai::run(self.env, binding, model, &req.body));
-            let timer = Delay::from(Duration::from_millis(ms));
+            let timer = Timer::new(ms);
             return match futures::future::select(run, timer).await {
                 futures::future::Either::Left((answer, _)) => answer,
                 futures::future::Either::Right(((), _)) => Err(DEADLINE_PASSED.to_owned()),
@@ -121,7 +120,7 @@ impl Upstream for FetchUpstream<'_> {
     }
 
     fn sleep(&self, ms: u64) -> Sleep {
-        Box::pin(Delay::from(Duration::from_millis(ms)))
+        Box::pin(Timer::new(ms))
     }
 
     async fn sign_rs256(&self, pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>, String> {
@@ -158,6 +157,16 @@ export function timeout_signal(ms) {
 export function signal_or_timeout(signal, ms) {
   return AbortSignal.any([signal, AbortSignal.timeout(ms)]);
 }
+export function timer(ms) {
+  let id;
+  const done = new Promise((resolve) => {
+    id = setTimeout(resolve, ms);
+  });
+  return [done, id];
+}
+export function clear_timer(id) {
+  clearTimeout(id);
+}
 "#)]
 extern "C" {
     /// A signal that fires after `ms`: the runtime's own timer, with no
@@ -171,6 +180,56 @@ extern "C" {
         signal: &web_sys::AbortSignal,
         ms: f64,
     ) -> Result<web_sys::AbortSignal, JsValue>;
+    /// `[promise, id]`: a promise resolved after `ms` by `setTimeout`.
+    fn timer(ms: f64) -> js_sys::Array;
+    /// `clearTimeout(id)`.
+    fn clear_timer(id: &JsValue);
+}
+
+/// A timer whose wake reaches the task's waker as of its latest poll.
+/// (`worker::Delay` keeps the waker of its first poll: a timer first polled
+/// in a driven poll, whose waker does nothing, never woke its request once
+/// the executor took it over: a stream's hedge and its connect and
+/// first-token timeouts did not fire.) Dropped early, it clears its timeout.
+pub(super) struct Timer {
+    done: JsFuture,
+    id: JsValue,
+    fired: bool,
+}
+
+impl Timer {
+    /// Starts a timer of `ms`.
+    pub(super) fn new(ms: u64) -> Self {
+        let pair = timer(ms as f64);
+        Timer {
+            done: JsFuture::from(js_sys::Promise::from(pair.get(0))),
+            id: pair.get(1),
+            fired: false,
+        }
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let polled = std::pin::Pin::new(&mut self.done).poll(cx);
+        if polled.is_ready() {
+            self.fired = true;
+        }
+        polled.map(|_| ())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if !self.fired {
+            clear_timer(&self.id);
+        }
+    }
 }
 
 /// A signal that fires after `ms`.

@@ -7,7 +7,7 @@
 // stopped by `stop()` (and when the test process exits).
 
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -26,10 +26,17 @@ process.on('exit', () => {
 });
 
 /** Starts the two isolates with `config` as the routing document. */
-export async function startTwoIsolates({ config, vars = {} }) {
+export async function startTwoIsolates({ config, vars = {}, entry = false }) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gateway-e2e-workerd-'));
   mkdirSync(path.join(dir, 'do'));
   for (const f of ['index.js', 'index_bg.wasm']) copyFileSync(path.join(ROOT, 'build', f), path.join(dir, f));
+  // `entry`: the deployed entry module (src/edge/entry.mjs, which drives a
+  // request whose body it reads), not the Rust module's own export.
+  if (entry) {
+    const source = readFileSync(path.join(ROOT, 'src/edge/entry.mjs'), 'utf8');
+    writeFileSync(path.join(dir, 'entry.mjs'), source.replaceAll('../../build/index.js', './index.js'));
+  }
+  const main = entry ? '(name = "entry.mjs", esModule = embed "entry.mjs"), ' : '';
   copyFileSync(path.join(ROOT, 'tests/bench/kv.js'), path.join(dir, 'kv.js'));
   writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
   const ports = { a: await freePort(), b: await freePort() };
@@ -43,7 +50,7 @@ export async function startTwoIsolates({ config, vars = {} }) {
   };
   const bindings = Object.entries(all).map(([k, v]) => `(name = "${k}", text = ${JSON.stringify(v)}),`).join('\n        ');
   const gateway = (objects) => `(
-      modules = [(name = "index.js", esModule = embed "index.js"), (name = "index_bg.wasm", wasm = embed "index_bg.wasm")],
+      modules = [${main}(name = "index.js", esModule = embed "index.js"), (name = "index_bg.wasm", wasm = embed "index_bg.wasm")],
       compatibilityDate = "2026-10-01",
       bindings = [
         (name = "GATEWAY_CONFIG", kvNamespace = (name = "kv")),
