@@ -189,9 +189,10 @@ extern "C" {
 /// A timer whose wake reaches the task's waker as of its latest poll.
 /// (`worker::Delay` keeps the waker of its first poll: a timer first polled
 /// in a driven poll, whose waker does nothing, never woke its request once
-/// the executor took it over: a stream's hedge and its connect and
-/// first-token timeouts did not fire.) Dropped early, it clears its timeout.
-pub(super) struct Timer {
+/// the executor took it over: a stream's hedge and its connect timeout did
+/// not fire on their own; `tests/e2e/timers.test.mjs`.) Dropped early, it
+/// clears its timeout.
+struct Timer {
     done: JsFuture,
     id: JsValue,
     fired: bool,
@@ -199,7 +200,7 @@ pub(super) struct Timer {
 
 impl Timer {
     /// Starts a timer of `ms`.
-    pub(super) fn new(ms: u64) -> Self {
+    fn new(ms: u64) -> Self {
         let pair = timer(ms as f64);
         Timer {
             done: JsFuture::from(js_sys::Promise::from(pair.get(0))),
