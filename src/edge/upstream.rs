@@ -190,12 +190,11 @@ extern "C" {
 /// (`worker::Delay` keeps the waker of its first poll: a timer first polled
 /// in a driven poll, whose waker does nothing, never woke its request once
 /// the executor took it over: a stream's hedge and its connect timeout did
-/// not fire on their own; `tests/e2e/timers.test.mjs`.) Dropped early, it
-/// clears its timeout.
+/// not fire on their own; `tests/e2e/timers.test.mjs`.) Dropped, it clears
+/// its timeout (a no-op once it has fired).
 struct Timer {
     done: JsFuture,
     id: JsValue,
-    fired: bool,
 }
 
 impl Timer {
@@ -205,7 +204,6 @@ impl Timer {
         Timer {
             done: JsFuture::from(js_sys::Promise::from(pair.get(0))),
             id: pair.get(1),
-            fired: false,
         }
     }
 }
@@ -217,19 +215,13 @@ impl Future for Timer {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        let polled = std::pin::Pin::new(&mut self.done).poll(cx);
-        if polled.is_ready() {
-            self.fired = true;
-        }
-        polled.map(|_| ())
+        std::pin::Pin::new(&mut self.done).poll(cx).map(|_| ())
     }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if !self.fired {
-            clear_timer(&self.id);
-        }
+        clear_timer(&self.id);
     }
 }
 
