@@ -5,6 +5,8 @@
 //! Workers `fetch`; tests implement it with scripted fakes, so failover,
 //! translation and streaming run natively.
 
+pub mod url;
+
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};

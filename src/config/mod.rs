@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::Pricing;
 
 mod classes;
+pub(crate) mod json_path;
 mod policy;
 
 pub use classes::{Cors, CustomPattern, DataClass, PiiConfig, PiiMode, PiiPolicy, is_name};
@@ -647,12 +648,10 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Parses and validates a document. Every problem found is returned.
     pub fn from_json(text: &str) -> Result<Config, Vec<ConfigError>> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+        let mut config: Config = serde_json::from_str(text).map_err(|e| {
             vec![ConfigError {
-                path: if path == "." { String::new() } else { path },
-                message: e.into_inner().to_string(),
+                path: json_path::of_error(text.as_bytes(), &e),
+                message: e.to_string(),
             }]
         })?;
         config.apply_region_presets();

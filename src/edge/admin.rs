@@ -57,17 +57,12 @@ pub(super) async fn handle(
         (AdminRoute::Health, _) => super::observe_admin::health(req, env).await,
         (AdminRoute::Alerts, _) => super::observe_admin::alerts(env).await,
         (AdminRoute::Usage, _) => {
-            let url = req.url().map_err(|e| GatewayError::Internal {
-                message: e.to_string(),
-            })?;
-            let id = url
-                .query_pairs()
-                .find(|(k, _)| k == "key")
-                .map(|(_, v)| v.into_owned())
-                .ok_or_else(|| GatewayError::InvalidRequest {
+            let id = crate::http::url::query_param(&req.inner().url(), "key").ok_or_else(|| {
+                GatewayError::InvalidRequest {
                     message: "Give the key's id: /admin/usage?key=<id>.".into(),
                     param: Some("key".into()),
-                })?;
+                }
+            })?;
             let command = Command::Usage { auth: Auth::Admin };
             let object = object(&id)?;
             super::accounting::before_report(env, &object).await;
@@ -234,11 +229,11 @@ fn expect_key(reply: KeyReply) -> Result<KeyView, GatewayError> {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+    serde_json::from_slice(body).map_err(|e| {
+        let path = crate::config::json_path::of_error(body, &e);
+        let path = if path.is_empty() { ".".into() } else { path };
         GatewayError::InvalidRequest {
-            message: format!("{path}: {}", e.inner()),
+            message: format!("{path}: {e}"),
             param: Some(path),
         }
     })

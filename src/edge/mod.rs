@@ -174,7 +174,7 @@ async fn serve(
     // read only while CORS may be on (trust::headers).
     let (request_id, origin) = request_id_and_origin(&req);
     let url = req.url();
-    let path = path_of(&url);
+    let path = crate::http::url::path(&url);
     // Errors speak the client's protocol (Anthropic's shape on /v1/messages).
     let ingress = Ingress::of_path(path);
     let reply = match handle(req, path, &env, &ctx, &request_id, body).await {
@@ -1037,14 +1037,8 @@ async fn test_hook(
             Ok(Reply::json(200, br#"{"forgotten":true}"#.to_vec()))
         }
         TestHook::Seed => {
-            let url = req.url().map_err(|e| GatewayError::Internal {
-                message: e.to_string(),
-            })?;
-            let q = |name: &str| {
-                url.query_pairs()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned())
-            };
+            let url = req.inner().url();
+            let q = |name: &str| crate::http::url::query_param(&url, name);
             let n = |name: &str| q(name).and_then(|v| v.parse().ok()).unwrap_or(0);
             let id = q("key").unwrap_or_default();
             let command = Command::Seed {
@@ -1126,13 +1120,6 @@ fn static_keys(env: &Env) -> &'static keys::StaticKeys {
 
 /// The path of an absolute URL as the runtime serializes it: after the
 /// host, up to the query.
-fn path_of(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[after_scheme..];
-    let path = rest.find('/').map_or("/", |i| &rest[i..]);
-    path.split(['?', '#']).next().unwrap_or("/")
-}
-
 fn js_error(e: JsValue) -> String {
     e.as_string()
         .or_else(|| {

@@ -21,14 +21,8 @@ use crate::routing::target_key;
 /// Most log objects one `GET /admin/logs` reads.
 const MAX_OBJECTS_READ: usize = 200;
 
-fn query_pairs(req: &Request) -> Result<Vec<(String, String)>, GatewayError> {
-    let url = req.url().map_err(|e| GatewayError::Internal {
-        message: e.to_string(),
-    })?;
-    Ok(url
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect())
+fn query_pairs(req: &Request) -> Vec<(String, String)> {
+    crate::http::url::query_pairs(&req.inner().url())
 }
 
 fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -90,7 +84,7 @@ pub(super) async fn analytics(req: &Request, env: &Env) -> Result<Reply, Gateway
     if !observe::analytics_bound(env) {
         return Err(not_bound("Analytics", ANALYTICS));
     }
-    let pairs = query_pairs(req)?;
+    let pairs = query_pairs(req);
     let q = Query::parse(
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         now_ms(),
@@ -145,7 +139,7 @@ pub(super) async fn logs(req: &Request, env: &Env) -> Result<Reply, GatewayError
     let bucket = env
         .bucket(REQUEST_LOGS)
         .map_err(|_| not_bound("Request logs", REQUEST_LOGS))?;
-    let pairs = query_pairs(req)?;
+    let pairs = query_pairs(req);
     let failed = |e: worker::Error| GatewayError::Internal {
         message: format!("request logs: {e}"),
     };
@@ -253,7 +247,8 @@ pub(super) async fn health(req: &Request, env: &Env) -> Result<Reply, GatewayErr
     let now = now_ms();
     let config = config_cache::current(env).await;
     let mut view = HEALTH.with(|h| h.snapshot(now));
-    let host = req.url().ok().and_then(|u| u.host_str().map(str::to_owned));
+    let url = req.inner().url();
+    let host = crate::http::url::host(&url).map(str::to_owned);
     let location = match host {
         Some(h) => shared_health::location_view(&h).await,
         None => None,

@@ -26,8 +26,11 @@ thread_local! {
 
 /// The entry's URL for a key, on the request's host.
 pub(super) fn url(req: &RawRequest, key: &str) -> Option<String> {
-    let url = worker::Url::parse(&req.url()).ok()?;
-    Some(format!("https://{}{ENTRY_PATH}{key}", url.host_str()?))
+    let url = req.url();
+    Some(format!(
+        "https://{}{ENTRY_PATH}{key}",
+        crate::http::url::host(&url)?
+    ))
 }
 
 /// The stored entry, if there is one (an unreadable entry or a Cache API

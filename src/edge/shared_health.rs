@@ -94,8 +94,11 @@ pub(super) fn sync(req: &RawRequest, ctx: &Context, now_ms: u64) {
         }
         if x.key.is_none() {
             // Read once per isolate: the URL is a crossing of the boundary.
-            let url = worker::Url::parse(&req.url()).ok()?;
-            x.key = Some(format!("https://{}{ENTRY_PATH}", url.host_str()?));
+            let url = req.url();
+            x.key = Some(format!(
+                "https://{}{ENTRY_PATH}",
+                crate::http::url::host(&url)?
+            ));
         }
         x.busy_since = Some(now_ms);
         x.last_refresh_ms = now_ms;
