@@ -67,6 +67,12 @@ const wanted = (id) => !ONLY || ONLY.includes(String(id));
 const DURATION = QUICK ? 1 : 2;
 /** The streams: 100 content chunks, this far apart. */
 const CHUNKS = 100;
+// Section 2's first tokens are timed on short streams, many of them: a
+// 100-chunk stream takes half a second, and three of them a path moved the
+// figure by more than a millisecond between runs of one build.
+const FIRST_MODEL = 'mock-model;chunks=30,interval_ms=0'; // 30: the mock's numbered tokens
+const FIRST_ROUNDS = QUICK ? 15 : 40;
+const FIRST_WARM = 20;
 const INTERVAL_MS = 5;
 const LARGE_BODY = 16 * 1024;
 
@@ -449,6 +455,8 @@ function gatewayConfig({ nginx, mock }) {
     models: {
       bench: { targets: [{ provider: 'nginx', model: 'bench-model' }] },
       stream: { targets: [{ provider: 'mock', model: `mock-model;chunks=${CHUNKS},interval_ms=${INTERVAL_MS}` }] },
+      // Section 2's first tokens: many short streams.
+      first: { targets: [{ provider: 'mock', model: FIRST_MODEL }] },
       // A 20-chunk stream as fast as the mock writes it: the cost per chunk.
       stream20: { targets: [{ provider: 'mock', model: 'mock-model;chunks=20,interval_ms=0' }] },
       // Answered inside the worker: admission without an upstream's cost.
@@ -480,6 +488,7 @@ function anthropicConfig({ mock }) {
     },
     models: {
       'stream-anthropic': { targets: [{ provider: 'anthropic', model: `mock-model;chunks=${CHUNKS},interval_ms=${INTERVAL_MS}` }] },
+      'first-anthropic': { targets: [{ provider: 'anthropic', model: FIRST_MODEL }] },
     },
   };
 }
@@ -1020,6 +1029,8 @@ async function streaming(env) {
   const anthropicBody = JSON.stringify({ model, max_tokens: 256, stream: true, messages: user });
   const anthropicHeaders = { 'x-api-key': UPSTREAM_KEY, 'anthropic-version': '2023-06-01' };
   const gwHeaders = { authorization: AUTH };
+  const firstOpenai = JSON.stringify({ model: FIRST_MODEL, stream: true, messages: user });
+  const firstAnthropic = JSON.stringify({ model: FIRST_MODEL, max_tokens: 256, stream: true, messages: user });
 
   // Is the anthropic kind in this build? Its config document is rejected if not.
   const probe = await streamOnce(`http://127.0.0.1:${env.ports.gatewayAnthropic}/v1/chat/completions`,
@@ -1040,6 +1051,11 @@ async function streaming(env) {
         pass: () => streamOnce(`http://127.0.0.1:${env.ports.passMock}/v1/chat/completions`, openaiBody),
         gw: () => streamOnce(`http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`, JSON.stringify({ model: 'stream', stream: true, messages: user }), gwHeaders),
       },
+      first: {
+        direct: () => streamOnce(`${mockUrl}/v1/chat/completions`, firstOpenai),
+        pass: () => streamOnce(`http://127.0.0.1:${env.ports.passMock}/v1/chat/completions`, firstOpenai),
+        gw: () => streamOnce(`http://127.0.0.1:${env.ports.gateway}/v1/chat/completions`, JSON.stringify({ model: 'first', stream: true, messages: user }), gwHeaders),
+      },
     },
     {
       name: 'Anthropic format, translated',
@@ -1048,6 +1064,11 @@ async function streaming(env) {
         direct: () => streamOnce(`${mockUrl}/v1/messages`, anthropicBody, anthropicHeaders),
         pass: () => streamOnce(`http://127.0.0.1:${env.ports.passMock}/v1/messages`, anthropicBody, anthropicHeaders),
         gw: () => streamOnce(`http://127.0.0.1:${env.ports.gatewayAnthropic}/v1/chat/completions`, JSON.stringify({ model: 'stream-anthropic', max_tokens: 256, stream: true, messages: user }), gwHeaders),
+      },
+      first: {
+        direct: () => streamOnce(`${mockUrl}/v1/messages`, firstAnthropic, anthropicHeaders),
+        pass: () => streamOnce(`http://127.0.0.1:${env.ports.passMock}/v1/messages`, firstAnthropic, anthropicHeaders),
+        gw: () => streamOnce(`http://127.0.0.1:${env.ports.gatewayAnthropic}/v1/chat/completions`, JSON.stringify({ model: 'first-anthropic', max_tokens: 256, stream: true, messages: user }), gwHeaders),
       },
     },
   ];
@@ -1064,20 +1085,34 @@ async function streaming(env) {
         runs[k].push(fig);
       }
     }
+    // First tokens: short streams, FIRST_WARM of each path first, then
+    // FIRST_ROUNDS rounds of one stream a path, the order rotating.
+    const first = { direct: [], pass: [], gw: [] };
+    for (let i = 0; i < FIRST_WARM; i++) for (const k of order) await f.first[k]();
+    for (let r = 0; r < FIRST_ROUNDS; r++) {
+      for (const k of [...order.slice(r % order.length), ...order.slice(0, r % order.length)]) {
+        const res = await f.first[k]();
+        if (res.status !== 200 || !Number.isFinite(res.ttft)) throw new Error(`${f.name} via ${k}: status ${res.status}, no first token`);
+        first[k].push(res);
+      }
+    }
     const s = (k, field) => stat(runs[k].map((x) => x[field]));
+    const fs = (k, field) => stat(first[k].map((x) => x[field]));
     const label = f.name.split(',')[0];
     if (f.available === false) {
-      row(`${label}: first data: line`, NA_ANTHROPIC, `${fmt(s('pass', 'ttfd'), 'ms', 2)} (direct ${fmt(s('direct', 'ttfd'), 'ms', 2)})`, '', '≤ +1 ms', 'n/a');
+      row(`${label}: first data: line`, NA_ANTHROPIC, `${fmt(fs('pass', 'ttfd'), 'ms', 2)} (direct ${fmt(fs('direct', 'ttfd'), 'ms', 2)})`, '', '≤ +1 ms', 'n/a');
       row(`${label}: largest added gap`, NA_ANTHROPIC, fmt(s('pass', 'maxAddedGap'), 'ms', 2), '', '≤ +1 ms', 'n/a');
       continue;
     }
-    const ttfd = { gw: s('gw', 'ttfd'), pass: s('pass', 'ttfd'), direct: s('direct', 'ttfd') };
-    const ttft = { gw: s('gw', 'ttft'), pass: s('pass', 'ttft'), direct: s('direct', 'ttft') };
+    const ttfd = { gw: fs('gw', 'ttfd'), pass: fs('pass', 'ttfd'), direct: fs('direct', 'ttfd') };
+    const ttft = { gw: fs('gw', 'ttft'), pass: fs('pass', 'ttft'), direct: fs('direct', 'ttft') };
+    const paired = stat(first.gw.map((g, i) => g.ttft - first.pass[i].ttft));
     const gap = { gw: s('gw', 'maxAddedGap'), pass: s('pass', 'maxAddedGap'), direct: s('direct', 'maxAddedGap') };
     const transit = { gw: s('gw', 'medianTransit'), pass: s('pass', 'medianTransit') };
     const maxTransit = { gw: s('gw', 'maxTransit'), pass: s('pass', 'maxTransit') };
     const before = { gw: s('gw', 'beforeNextPct'), pass: s('pass', 'beforeNextPct') };
     row(`${f.name}: first token`, fmt(ttft.gw, 'ms', 2), `${fmt(ttft.pass, 'ms', 2)} (direct ${fmt(ttft.direct, 'ms', 2)})`, signed(ttft.gw.med - ttft.pass.med, 'ms', 2), '≤ +1 ms', verdict(ttft.gw.med - ttft.pass.med <= 1));
+    row(`${label}: first token, median of the rounds' differences`, '', '', `${signed(paired.med, 'ms', 2)} (${signed(paired.min, 'ms', 2)} to ${signed(paired.max, 'ms', 2)})`);
     row(`${label}: first data: line`, fmt(ttfd.gw, 'ms', 2), `${fmt(ttfd.pass, 'ms', 2)} (direct ${fmt(ttfd.direct, 'ms', 2)})`, signed(ttfd.gw.med - ttfd.pass.med, 'ms', 2));
     row(`${label}: largest added gap`, fmt(gap.gw, 'ms', 2), `${fmt(gap.pass, 'ms', 2)} (direct ${fmt(gap.direct, 'ms', 2)})`, signed(gap.gw.med - gap.pass.med, 'ms', 2), '≤ +1 ms', verdict(gap.gw.med - gap.pass.med <= 1));
     row(`${label}: median chunk transit`, fmt(transit.gw, 'ms', 2), fmt(transit.pass, 'ms', 2), signed(transit.gw.med - transit.pass.med, 'ms', 2));
@@ -1089,7 +1124,8 @@ async function streaming(env) {
   command(`POST $GATEWAY/v1/chat/completions {"model":"stream","stream":true,...}   # gateway model "stream" → mock "${model}"`);
   command(`POST $PASSTHROUGH_MOCK/v1/chat/completions {"model":"${model}","stream":true,...}; direct: the same to $MOCK`);
   command(`POST $GATEWAY_ANTHROPIC/v1/chat/completions {"model":"stream-anthropic",...}; baseline: POST $PASSTHROUGH_MOCK/v1/messages (Anthropic events, untranslated)`);
-  note(`${streamRuns} streams per path (median, min–max), client: node:http in tests/bench/run.mjs. A buffering path would show chunks leaving only after later ones were written (the last row far below 100 %) and transit times of many intervals; "never buffered" is met at ≥ 95 % (the rest is scheduling noise, visible on the baseline too).`);
+  command(`first tokens and first data: lines: the same with model "first" / "first-anthropic" → mock "${FIRST_MODEL}" (baselines: that model)`);
+  note(`First token and first data: line: ${FIRST_ROUNDS} rounds of one ${FIRST_MODEL.split(';')[1]} stream per path after ${FIRST_WARM} of each, the order rotating each round; median (min–max), and the median of each round's gateway − pass-through. The other rows: ${streamRuns} streams of ${CHUNKS} chunks per path (median, min–max), client: node:http in tests/bench/run.mjs. A buffering path would show chunks leaving only after later ones were written (the last row far below 100 %) and transit times of many intervals; "never buffered" is met at ≥ 95 % (the rest is scheduling noise, visible on the baseline too).`);
 }
 
 async function failover(env) {
