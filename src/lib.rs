@@ -21,7 +21,8 @@
 //!   Vertex locations with their hosts, jurisdictions and coordinates.
 //! - [`config`]    — the routing config: serde types (providers, models,
 //!   strategies, rules, residency, failover policy), the bundled default,
-//!   validation with path-named errors; its JSON Schema is generated from them.
+//!   validation with path-named errors (a parse error's path found from its
+//!   position: `config::json_path`); its JSON Schema is generated from them.
 //! - [`providers`] — one adapter per wire format (OpenAI-compatible presets,
 //!   Workers AI's REST endpoint among them; Anthropic Messages, Google
 //!   Gemini, Amazon Bedrock Converse, Google Vertex AI over the Gemini and
@@ -53,7 +54,7 @@
 //!   (`gateway::continuation`), settlement.
 //! - [`http`]      — the [`http::Upstream`] seam: neutral request/response
 //!   types, timers and deadlines, RS256 signing, the runtime's handle on a
-//!   body.
+//!   body; the parts of a request's URL the gateway reads (`http::url`).
 //! - [`trust`]     — what a request may carry and where it may go: body
 //!   shape limits, parameter types and ranges, PII detection, redaction and
 //!   restoration, the provider-request header allow-list, request ids, CORS

@@ -278,8 +278,17 @@ impl Reply {
         if let Some(secs) = e.retry_after() {
             reply.headers.push(("retry-after", secs.to_string()));
         }
-        if let GatewayError::MethodNotAllowed { allowed, .. } = e {
-            reply.headers.push(("allow", (*allowed).to_owned()));
+        match e {
+            GatewayError::MethodNotAllowed { allowed, .. } => {
+                reply.headers.push(("allow", (*allowed).to_owned()));
+            }
+            // As on an answer: how many targets were tried.
+            GatewayError::AllTargetsFailed { attempts } => {
+                reply
+                    .headers
+                    .push(("x-gateway-attempts", attempts.len().to_string()));
+            }
+            _ => {}
         }
         reply.error = Some(e.clone());
         reply

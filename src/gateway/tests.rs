@@ -238,6 +238,8 @@ fn fails_over_on_connect_error_and_invalid_json() {
         other => panic!("{other:?}"),
     }
     assert_eq!(err.status(), 503);
+    // The error reply says how many targets were tried, as an answer does.
+    assert_eq!(header(&Reply::error(&err), "x-gateway-attempts"), Some("2"));
 }
 
 #[test]

@@ -1,0 +1,233 @@
+// Failover, timeouts and bad input on the deployed entry module's path
+// (src/edge/entry.mjs on plain workerd, as `wrangler deploy` runs it). A
+// request with a declared length, as every SDK sends it, has its body read
+// by the entry module, which polls the Rust request path itself and makes a
+// whole answer's provider calls with its own `fetch`: a different path
+// from the one the `wrangler dev` suites see (there the body comes without
+// a length and Rust reads it). Each scenario here has a twin in those
+// suites; these prove the deployed path behaves the same.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { startMock } from '../mock/server.mjs';
+import { ask, mockConfig, readSSE, streamText, KEY, MOCK_PROVIDER_KEY } from './harness.mjs';
+import { startTwoIsolates } from './workerd.mjs';
+
+let mock;
+let env;
+
+const ok = 'ok-model';
+const m = (name, directives) => `${name};${directives}`;
+
+before(async () => {
+  mock = await startMock();
+  const two = (first) => ({ targets: [{ provider: 'mock', model: first }, { provider: 'mock', model: ok }] });
+  const config = mockConfig(mock.url, {
+    'fail-503': two(m('down', 'status=503')),
+    'fail-429': two(m('busy', 'status=429,retry_after=30')),
+    'fail-hung': two(m('hung', 'headers_delay_ms=3000')),
+    'fail-stalled': two(m('stalled', 'first_byte_delay_ms=3000')),
+    'fail-cut': two(m('cut', 'cut_after=0')),
+    'fail-garbled': two(m('garbled', 'invalid_json=1')),
+    'client-400': two(m('picky', 'status=400')),
+    'all-down': { targets: [{ provider: 'mock', model: m('down1', 'status=503') }, { provider: 'mock', model: m('down2', 'status=500') }] },
+    plain: { targets: [{ provider: 'mock', model: ok }] },
+    'only-429': { targets: [{ provider: 'mock', model: m('alone', 'status=429,retry_after=7') }] },
+  }, { limits: { max_body_bytes: 4096 } });
+  config.failover = { connect_timeout_ms: 400, first_byte_timeout_ms: 400 };
+  // The config stays cached, as in a warm isolate: a request reaches its
+  // provider call in the entry module's first poll.
+  env = await startTwoIsolates({ config, entry: true, vars: { CONFIG_CACHE_TTL_MS: '600000' } });
+  const warm = await fetch(`${env.a.url}/v1/models`, { headers: { authorization: `Bearer ${KEY}` } });
+  assert.equal(warm.status, 200);
+});
+
+after(async () => {
+  await env?.stop();
+  await mock?.close();
+});
+
+/** A POST with a declared length (fetch declares it for a string body). */
+function post(path, body, { key = KEY, headers = {} } = {}) {
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  return fetch(`${env.a.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(key ? { authorization: `Bearer ${key}` } : {}), ...headers },
+    body: text,
+  });
+}
+
+/** Timed: the response, its parsed body and the time to the whole of it. */
+async function timed(path, body, opts) {
+  const t0 = performance.now();
+  const res = await post(path, body, opts);
+  const text = await res.text();
+  const ms = performance.now() - t0;
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON: the assertion on it says so
+  }
+  return { res, text, json, ms };
+}
+
+/** An OpenAI-shaped error with this status and type, and no provider key in it. */
+function assertError({ res, json, text }, status, type) {
+  assert.equal(res.status, status, text);
+  assert.equal(typeof json?.error?.message, 'string', text);
+  if (type) assert.equal(json.error.type, type, text);
+  assert.ok(!text.includes(MOCK_PROVIDER_KEY), 'no provider key in the error');
+  assert.match(res.headers.get('content-type') ?? '', /application\/json/);
+}
+
+for (const [model, why, bound] of [
+  ['fail-503', 'a 503', 1_500],
+  ['fail-429', 'a 429 with Retry-After', 1_500],
+  ['fail-hung', 'a provider that sends nothing (first_byte_timeout_ms 400)', 1_500],
+  ['fail-stalled', 'headers then no body (first_byte_timeout_ms 400)', 1_500],
+  ['fail-cut', 'half a body, then a dropped connection', 1_500],
+  ['fail-garbled', 'a 200 whose body is not JSON', 1_500],
+]) {
+  test(`whole answer: ${why} is failed over to the next target`, async () => {
+    const r = await timed('/v1/chat/completions', ask(model, 'hello'));
+    assert.equal(r.res.status, 200, r.text);
+    assert.equal(r.json.object, 'chat.completion');
+    assert.equal(typeof r.json.choices[0].message.content, 'string');
+    assert.ok(r.json.usage.total_tokens > 0, 'usage');
+    assert.equal(r.res.headers.get('x-gateway-model'), ok);
+    assert.equal(r.res.headers.get('x-gateway-attempts'), '2');
+    assert.ok(r.ms < bound, `${r.ms.toFixed(0)} ms`);
+  });
+}
+
+test('whole answer: after a 429 the target cools, and the next request goes straight to the backup', async () => {
+  await post('/v1/chat/completions', ask('fail-429')).then((r) => r.text());
+  const before = mock.requests.filter((q) => q.body?.model?.startsWith('busy')).length;
+  const r = await timed('/v1/chat/completions', ask('fail-429'));
+  assert.equal(r.res.status, 200, r.text);
+  assert.equal(r.res.headers.get('x-gateway-attempts'), '1');
+  assert.equal(mock.requests.filter((q) => q.body?.model?.startsWith('busy')).length, before, 'the cooled target was not called');
+});
+
+test('whole answer: a lone target\'s 429 reaches the client as a 429 with its Retry-After', async () => {
+  const r = await timed('/v1/chat/completions', ask('only-429'));
+  assertError(r, 429);
+  assert.equal(r.res.headers.get('retry-after'), '7');
+});
+
+test("whole answer: the provider gets the provider's key and the client's request id, never the gateway key", async () => {
+  const id = 'req-deployed-1';
+  const r = await timed('/v1/chat/completions', ask('plain'), { headers: { 'x-request-id': id } });
+  assert.equal(r.res.status, 200, r.text);
+  assert.equal(r.res.headers.get('x-request-id'), id);
+  const seen = mock.requests.at(-1);
+  assert.equal(seen.headers.authorization, `Bearer ${MOCK_PROVIDER_KEY}`);
+  assert.ok(!JSON.stringify(seen.headers).includes(KEY), 'no gateway key upstream');
+});
+
+test("whole answer: a provider's 400 is the client's error, passed on, not failed over", async () => {
+  const calls = mock.requests.length;
+  const r = await timed('/v1/chat/completions', ask('client-400'));
+  assertError(r, 400, 'invalid_request_error');
+  assert.equal(mock.requests.length, calls + 1, 'one call, no failover');
+});
+
+test('whole answer: every target down is a 5xx in OpenAI shape, never a provider key', async () => {
+  const r = await timed('/v1/chat/completions', ask('all-down'));
+  assert.ok(r.res.status === 502 || r.res.status === 503, `status ${r.res.status}: ${r.text}`);
+  assertError(r, r.res.status);
+  assert.equal(r.res.headers.get('x-gateway-attempts'), '2');
+});
+
+test('stream: a 503 before the first token is failed over unseen; the stream ends with [DONE]', async () => {
+  const t0 = performance.now();
+  const res = await post('/v1/chat/completions', ask('fail-503', 'hello', { stream: true }));
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('x-gateway-model'), ok);
+  const events = await readSSE(res, t0);
+  assert.equal(events.at(-1).data, '[DONE]');
+  assert.ok(streamText(events).length > 0);
+});
+
+test('stream: a provider that sends nothing is failed over at the connect timeout', async () => {
+  const t0 = performance.now();
+  const res = await post('/v1/chat/completions', ask('fail-hung', 'hello', { stream: true }));
+  assert.equal(res.status, 200);
+  const events = await readSSE(res, t0);
+  assert.equal(events.at(-1).data, '[DONE]');
+  assert.ok(events[0].t < 1_500, `first event at ${events[0].t.toFixed(0)} ms`);
+});
+
+test('many concurrent whole answers with a failover each all succeed', async () => {
+  const results = await Promise.all(Array.from({ length: 40 }, (_, i) => timed('/v1/chat/completions', ask(i % 2 ? 'fail-503' : 'fail-cut', `n${i}`))));
+  for (const r of results) assert.equal(r.res.status, 200, r.text);
+});
+
+// Bad input: the status and error a client gets, in OpenAI's shape.
+for (const [why, body, status, param] of [
+  ['a body that is not JSON', '{"model": "plain", "messages": [', 400, null],
+  ['JSON that is not an object', '[1, 2]', 400, null],
+  ['no messages', { model: 'plain' }, 400, 'messages'],
+  ['messages not an array', { model: 'plain', messages: 'hi' }, 400, 'messages'],
+  ['no model', { messages: [{ role: 'user', content: 'hi' }] }, 400, 'model'],
+  ['a temperature that is a string', ask('plain', 'hi', { temperature: 'hot' }), 400, 'temperature'],
+  ['an empty body', '', 400, null],
+]) {
+  test(`bad input: ${why} is a 400`, async () => {
+    const calls = mock.requests.length;
+    const r = await timed('/v1/chat/completions', body);
+    assertError(r, status, 'invalid_request_error');
+    if (param) assert.equal(r.json.error.param, param, r.text);
+    assert.equal(mock.requests.length, calls, 'no provider call');
+  });
+}
+
+test('bad input: an unknown model is a 404 naming it', async () => {
+  const r = await timed('/v1/chat/completions', ask('no-such-model'));
+  assertError(r, 404);
+  assert.match(r.json.error.message, /no-such-model/);
+});
+
+test('bad input: no key or a wrong key is a 401', async () => {
+  assertError(await timed('/v1/chat/completions', ask('plain'), { key: null }), 401);
+  assertError(await timed('/v1/chat/completions', ask('plain'), { key: 'sk-wrong' }), 401);
+});
+
+test('bad input: a body over the configured limit is a 413, declared or not', async () => {
+  const big = ask('plain', 'x'.repeat(5000));
+  assertError(await timed('/v1/chat/completions', big), 413);
+  // A declared length over the entry module's own cap: the Rust side reads
+  // and refuses it.
+  const huge = ask('plain', 'x'.repeat(300_000));
+  assertError(await timed('/v1/chat/completions', huge), 413);
+});
+
+test('Anthropic Messages on the deployed path: an answer, a stream and an error in its shape', async () => {
+  const body = { model: 'fail-503', max_tokens: 64, messages: [{ role: 'user', content: 'hello' }] };
+  const r = await timed('/v1/messages', body, { headers: { 'anthropic-version': '2023-06-01' } });
+  assert.equal(r.res.status, 200, r.text);
+  assert.equal(r.json.type, 'message');
+  assert.equal(r.json.content[0].type, 'text');
+  assert.ok(r.json.usage.output_tokens > 0);
+
+  const res = await post('/v1/messages', { ...body, stream: true }, { headers: { 'anthropic-version': '2023-06-01' } });
+  assert.equal(res.status, 200);
+  const text = await res.text();
+  assert.match(text, /event: message_start/);
+  assert.match(text, /event: message_stop/);
+
+  const bad = await timed('/v1/messages', { model: 'plain', messages: 'hi', max_tokens: 1 }, { headers: { 'anthropic-version': '2023-06-01' } });
+  assert.equal(bad.res.status, 400, bad.text);
+  assert.equal(bad.json.type, 'error');
+  assert.equal(bad.json.error.type, 'invalid_request_error');
+});
+
+test('OpenAI Responses on the deployed path: an answer after a failover', async () => {
+  const r = await timed('/v1/responses', { model: 'fail-503', input: 'hello' });
+  assert.equal(r.res.status, 200, r.text);
+  assert.equal(r.json.object, 'response');
+  assert.equal(r.json.status, 'completed');
+  assert.ok(r.json.output.some((o) => o.type === 'message'));
+});
