@@ -66,6 +66,9 @@ impl<'a> ChatRequest<'a> {
             }
             Some(_) => {}
         }
+        // Types and ranges first, so that a bad value is refused in
+        // OpenAI's words before the typed reads below meet it.
+        crate::trust::params::check(crate::trust::params::Params::Chat, &req.fields)?;
         req.stream = req.parse_field::<Option<bool>>("stream")?.unwrap_or(false);
         if let Some(opts) = req.parse_field::<Option<StreamOptions>>("stream_options")? {
             req.include_usage = opts.include_usage.unwrap_or(false);
@@ -75,7 +78,6 @@ impl<'a> ChatRequest<'a> {
             Some(n) => Some(n),
             None => cap("max_tokens")?,
         };
-        crate::trust::params::check(crate::trust::params::Params::Chat, &req.fields)?;
         Ok(req)
     }
 
@@ -586,6 +588,16 @@ mod tests {
         assert_eq!(
             param(r#"{"model":"m","messages":[{}],"max_tokens":-1}"#),
             "max_tokens"
+        );
+        // In OpenAI's words, not serde's.
+        let message = |body: &str| parse(body).unwrap_err().to_string();
+        assert_eq!(
+            message(r#"{"model":"m","messages":[{}],"stream":"yes"}"#),
+            "Invalid type for 'stream': expected a boolean, but got a string instead."
+        );
+        assert!(
+            message(r#"{"model":"m","messages":[{}],"max_tokens":-1}"#)
+                .starts_with("Invalid 'max_tokens': integer below minimum value."),
         );
     }
 

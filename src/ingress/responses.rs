@@ -132,13 +132,15 @@ impl<'a> ResponsesRequest<'a> {
                 }
             },
         };
+        // Types and ranges first, in OpenAI's words (the typed reads below
+        // would word a bad value as serde does).
+        crate::trust::params::check(crate::trust::params::Params::Responses, &fields)?;
         let stream = parse_field::<Option<bool>>(&fields, "stream")?.unwrap_or(false);
         let max_output_tokens = parse_field::<Option<u64>>(&fields, "max_output_tokens")?;
         let images =
             field(&fields, "input").map_or(0, |raw| count_type_values(raw.get(), "input_image"));
         let has_tools = field(&fields, "tools")
             .is_some_and(|raw| raw.get().starts_with('[') && raw.get()[1..].trim_start() != "]");
-        crate::trust::params::check(crate::trust::params::Params::Responses, &fields)?;
         Ok(ResponsesRequest {
             fields,
             model,

@@ -23,9 +23,9 @@ pub struct Shape {
     /// parts and blocks, tool results' blocks included).
     pub parts: u32,
     /// The first message of the wrong shape, if any: not an object, or a
-    /// `role` that is not a string, or a `content` that is not a string, an
-    /// array or null. What every provider refuses on sight, found here
-    /// without parsing a message.
+    /// `role` that is not a string (or not one of the roles asked for), or
+    /// a `content` that is not a string, an array or null. What every
+    /// provider refuses on sight, found here without parsing a message.
     pub bad_message: Option<BadMessage>,
 }
 
@@ -36,8 +36,11 @@ pub struct BadMessage {
     pub index: u32,
     /// What is wrong: `message` (not an object), `role` or `content`.
     pub field: &'static str,
-    /// The JSON type found instead (`number`, `object`, ...).
+    /// The JSON type found instead (`number`, `object`, ...); `string` for
+    /// a role that is a string but not one of the roles asked for.
     pub found: &'static str,
+    /// That role's bytes in the body (between its quotes), when it is one.
+    pub value: Option<(usize, usize)>,
 }
 
 /// The JSON type of a value by its first byte.
@@ -101,9 +104,15 @@ struct Frame {
 
 /// The shape of a JSON text, or where it nests deeper than `max_depth`;
 /// `list` names the top-level array of messages (`messages`, Responses'
-/// `input`), if the body has one. Linear and non-recursive; it does not
+/// `input`), if the body has one, and `roles` the values a message's `role`
+/// may take (none: any string). Linear and non-recursive; it does not
 /// validate (the parser that runs next does), and no input makes it panic.
-pub fn shape(json: &[u8], max_depth: u32, list: Option<&str>) -> Result<Shape, TooDeep> {
+pub fn shape(
+    json: &[u8],
+    max_depth: u32,
+    list: Option<&str>,
+    roles: &[&str],
+) -> Result<Shape, TooDeep> {
     let mut stack: Vec<Frame> = Vec::with_capacity(16);
     let mut out = Shape::default();
     let mut i = 0;
@@ -126,6 +135,9 @@ pub fn shape(json: &[u8], max_depth: u32, list: Option<&str>) -> Result<Shape, T
                     }
                 } else {
                     count_value(&stack, &mut out, b);
+                    if !roles.is_empty() && out.bad_message.is_none() && in_message(&stack) {
+                        check_role(&mut out, json, (i + 1, end - 1), roles, &stack);
+                    }
                 }
                 i = end;
                 continue;
@@ -188,12 +200,12 @@ fn count_value(stack: &[Frame], out: &mut Shape, first: u8) {
                 index: out.messages.saturating_sub(1),
                 field,
                 found: type_of(first),
+                value: None,
             });
         }
     };
     if !f.array {
-        // A field of a message: `messages[i].role`, `messages[i].content`.
-        let in_message = stack.len() == 3 && stack[1].array && stack[1].key == Key::Messages;
+        let in_message = in_message(stack);
         match f.current {
             Key::Role if in_message && first != b'"' => bad(out, "role"),
             Key::Content if in_message && !matches!(first, b'"' | b'[' | b'n') => {
@@ -214,6 +226,30 @@ fn count_value(stack: &[Frame], out: &mut Shape, first: u8) {
         (Key::Content, n) if n > 2 => out.parts = out.parts.saturating_add(1),
         _ => {}
     }
+}
+
+/// Whether the innermost container is a message: `messages[i]`, whose
+/// fields are `messages[i].role`, `messages[i].content`.
+fn in_message(stack: &[Frame]) -> bool {
+    stack.len() == 3 && stack[1].array && stack[1].key == Key::Messages
+}
+
+/// A message's string value at `span`: if it is its `role`, one of `roles`
+/// (a role written with escapes is left to the parser).
+fn check_role(out: &mut Shape, json: &[u8], span: (usize, usize), roles: &[&str], stack: &[Frame]) {
+    if stack.last().is_none_or(|f| f.current != Key::Role) || span.1 < span.0 {
+        return;
+    }
+    let value = &json[span.0..span.1];
+    if value.contains(&b'\\') || roles.iter().any(|r| r.as_bytes() == value) {
+        return;
+    }
+    out.bad_message = Some(BadMessage {
+        index: out.messages.saturating_sub(1),
+        field: "role",
+        found: "string",
+        value: Some(span),
+    });
 }
 
 /// The offset just past the string that starts at `start` (a `"`), or the
@@ -358,11 +394,11 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]},
             {"role":"assistant","content":"hi"},{"role":"tool","content":[{"type":"text","text":"]}[{"}]}],
             "tools":[{"type":"function"},{"type":"function"},{"type":"function"}],"x":{"messages":[1,2,3,4]}}"#;
-        let s = shape(body, 64, Some("messages")).unwrap();
+        let s = shape(body, 64, Some("messages"), &[]).unwrap();
         assert_eq!((s.messages, s.tools, s.parts), (3, 3, 3));
         assert_eq!(s.depth, 6);
         let responses = br#"{"input":[{"type":"message","content":[{"type":"input_text","text":"x"}]},{"type":"function_call_output"}]}"#;
-        let s = shape(responses, 64, Some("input")).unwrap();
+        let s = shape(responses, 64, Some("input"), &[]).unwrap();
         assert_eq!((s.messages, s.parts), (2, 1));
     }
 
@@ -376,14 +412,18 @@ mod tests {
             ("{\"messages\":[{\"r\u{1f600}", 1),
             ("{\"", 0),
         ] {
-            let s = shape(body.as_bytes(), 64, Some("messages")).unwrap();
+            let s = shape(body.as_bytes(), 64, Some("messages"), &[]).unwrap();
             assert_eq!(s.messages, messages, "{body:?}");
         }
     }
 
     #[test]
     fn shape_finds_the_first_message_of_the_wrong_shape() {
-        let bad = |body: &str, list| shape(body.as_bytes(), 16, Some(list)).unwrap().bad_message;
+        let bad = |body: &str, list| {
+            shape(body.as_bytes(), 16, Some(list), &[])
+                .unwrap()
+                .bad_message
+        };
         assert_eq!(
             bad(
                 r#"{"messages":[{"role":"user","content":"x"},{"role":"a","content":[]},{"content":null}]}"#,
@@ -396,7 +436,8 @@ mod tests {
             Some(BadMessage {
                 index: 1,
                 field: "message",
-                found: "number"
+                found: "number",
+                value: None,
             })
         );
         assert_eq!(
@@ -404,7 +445,8 @@ mod tests {
             Some(BadMessage {
                 index: 0,
                 field: "role",
-                found: "object"
+                found: "object",
+                value: None,
             })
         );
         assert_eq!(
@@ -412,7 +454,8 @@ mod tests {
             Some(BadMessage {
                 index: 0,
                 field: "content",
-                found: "boolean"
+                found: "boolean",
+                value: None,
             })
         );
         // Only messages are held to it.
@@ -424,7 +467,7 @@ mod tests {
             None
         );
         // Embeddings' `input` is no list of messages.
-        let embeddings = shape(br#"{"input":["a","b"]}"#, 8, None).unwrap();
+        let embeddings = shape(br#"{"input":["a","b"]}"#, 8, None, &[]).unwrap();
         assert_eq!(embeddings.bad_message, None);
     }
 
@@ -434,6 +477,7 @@ mod tests {
             br#"{"m\u0065ssages":[1,2],"tools":[]}"#,
             8,
             Some("messages"),
+            &[],
         )
         .unwrap();
         assert_eq!((s.messages, s.tools), (2, 0));
@@ -445,11 +489,11 @@ mod tests {
         body.extend(std::iter::repeat_n(b'[', 200_000));
         body.extend(std::iter::repeat_n(b']', 200_000));
         body.push(b'}');
-        assert_eq!(shape(&body, 64, None), Err(TooDeep { at: 12 + 63 }));
-        assert!(shape(b"[[[]]]", 3, None).is_ok());
-        assert!(shape(b"[[[[]]]]", 3, None).is_err());
+        assert_eq!(shape(&body, 64, None, &[]), Err(TooDeep { at: 12 + 63 }));
+        assert!(shape(b"[[[]]]", 3, None, &[]).is_ok());
+        assert!(shape(b"[[[[]]]]", 3, None, &[]).is_err());
         // Brackets in strings do not count.
-        assert_eq!(shape(br#"["[[[[[["]"#, 2, None).unwrap().depth, 1);
+        assert_eq!(shape(br#"["[[[[[["]"#, 2, None, &[]).unwrap().depth, 1);
     }
 
     #[test]
@@ -477,7 +521,7 @@ mod tests {
             b"{\"a\":",
             b"[1,",
         ] {
-            let _ = shape(junk, 4, Some("messages"));
+            let _ = shape(junk, 4, Some("messages"), &["user"]);
         }
     }
 

@@ -38,11 +38,24 @@ use pii::{Detector, Vault};
 /// nesting depth (any field, known or not), messages, tools and content
 /// parts. Each refusal is a 400 saying which limit.
 pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(), GatewayError> {
-    let messages = match ingress {
-        Ingress::Responses => "input",
-        Ingress::Chat | Ingress::Messages => "messages",
+    // The roles each API documents for its messages (Responses: its
+    // input's message items; other items carry no role).
+    let (messages, roles): (&str, &[&str]) = match ingress {
+        Ingress::Responses => ("input", &["user", "assistant", "system", "developer"]),
+        Ingress::Messages => ("messages", &["user", "assistant"]),
+        Ingress::Chat => (
+            "messages",
+            &[
+                "system",
+                "developer",
+                "user",
+                "assistant",
+                "tool",
+                "function",
+            ],
+        ),
     };
-    let shape = json::shape(body, limits.max_json_depth, Some(messages))
+    let shape = json::shape(body, limits.max_json_depth, Some(messages), roles)
         .map_err(|at| too_deep(limits, at))?;
     let over = |what: &str, n: u32, max: u32, param: &str| GatewayError::InvalidRequest {
         message: format!("The request has {n} {what}; this gateway takes at most {max}."),
@@ -50,6 +63,9 @@ pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(),
     };
     if let Some(bad) = shape.bad_message {
         let at = format!("{messages}[{}]", bad.index);
+        if let Some((start, end)) = bad.value {
+            return Err(bad_role(ingress, &at, bad.index, &body[start..end], roles));
+        }
         let message = match (ingress, bad.field) {
             (Ingress::Messages, "message") => format!(
                 "{messages}.{}: Input should be a valid dictionary",
@@ -103,9 +119,29 @@ pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(),
     Ok(())
 }
 
+/// A message's role that its API does not have, in that API's words.
+fn bad_role(ingress: Ingress, at: &str, index: u32, role: &[u8], roles: &[&str]) -> GatewayError {
+    let role = String::from_utf8_lossy(role);
+    if ingress == Ingress::Messages {
+        return GatewayError::InvalidRequest {
+            message: format!("messages.{index}.role: Input should be 'user' or 'assistant'"),
+            param: Some("messages".to_owned()),
+        };
+    }
+    let quoted: Vec<String> = roles.iter().map(|r| format!("'{r}'")).collect();
+    let supported = match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{}, and {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    };
+    GatewayError::InvalidRequest {
+        message: format!("Invalid value: '{role}'. Supported values are: {supported}."),
+        param: Some(format!("{at}.role")),
+    }
+}
+
 /// Checks only the nesting depth of a body with no messages (embeddings).
 pub fn check_depth(limits: &Limits, body: &[u8]) -> Result<(), GatewayError> {
-    json::shape(body, limits.max_json_depth, None).map_err(|at| too_deep(limits, at))?;
+    json::shape(body, limits.max_json_depth, None, &[]).map_err(|at| too_deep(limits, at))?;
     Ok(())
 }
 
@@ -375,5 +411,59 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_role_the_api_does_not_have_is_refused_in_its_words() {
+        let limits = Limits::default();
+        let check = |body: &str, ingress| check_shape(&limits, body.as_bytes(), ingress);
+        let refused = |body: &str, ingress| match check(body, ingress) {
+            Err(GatewayError::InvalidRequest { message, param }) => {
+                (message, param.unwrap_or_default())
+            }
+            other => panic!("{other:?}"),
+        };
+        let chat =
+            r#"{"messages":[{"role":"system","content":"s"},{"content":"x","role":"wizard"}]}"#;
+        assert_eq!(
+            refused(chat, Ingress::Chat),
+            (
+                "Invalid value: 'wizard'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool', and 'function'.".to_owned(),
+                "messages[1].role".to_owned()
+            )
+        );
+        // Anthropic's messages take no system turn (it is a field of its own).
+        assert_eq!(
+            refused(chat, Ingress::Messages).0,
+            "messages.0.role: Input should be 'user' or 'assistant'"
+        );
+        assert_eq!(
+            refused(
+                r#"{"input":[{"type":"message","role":"tool","content":"x"}]}"#,
+                Ingress::Responses
+            )
+            .1,
+            "input[0].role"
+        );
+        // Every documented role passes; so do a role written with escapes
+        // (left to the parser), items without one, and `role` keys that are
+        // not a message's own.
+        for (body, ingress) in [
+            (
+                r#"{"messages":[{"role":"system"},{"role":"developer"},{"role":"user"},{"role":"assistant"},{"role":"tool"},{"role":"function"}]}"#,
+                Ingress::Chat,
+            ),
+            (r#"{"messages":[{"role":"us\u0065r"}]}"#, Ingress::Chat),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"text","role":"x"}]}],"role":"y"}"#,
+                Ingress::Messages,
+            ),
+            (
+                r#"{"input":[{"type":"function_call_output","call_id":"c","output":"o"},{"role":"developer","content":"d"}]}"#,
+                Ingress::Responses,
+            ),
+        ] {
+            assert!(check(body, ingress).is_ok(), "{body}");
+        }
     }
 }

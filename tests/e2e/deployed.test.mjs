@@ -174,6 +174,9 @@ for (const [why, body, status, param] of [
   ['no model', { messages: [{ role: 'user', content: 'hi' }] }, 400, 'model'],
   ['a temperature that is a string', ask('plain', 'hi', { temperature: 'hot' }), 400, 'temperature'],
   ['an empty body', '', 400, null],
+  ['a role chat completions do not have', { model: 'plain', messages: [{ role: 'wizard', content: 'hi' }] }, 400, 'messages[0].role'],
+  ['a stream flag that is a string', ask('plain', 'hi', { stream: 'yes' }), 400, 'stream'],
+  ['a negative max_tokens', ask('plain', 'hi', { max_tokens: -1 }), 400, 'max_tokens'],
 ]) {
   test(`bad input: ${why} is a 400`, async () => {
     const calls = mock.requests.length;
