@@ -46,7 +46,7 @@ fuzz_target!(|input: &[u8]| {
         Ingress::Responses => "input",
         Ingress::Chat | Ingress::Messages => "messages",
     };
-    let shape = json::shape(body, 64, Some(list));
+    let shape = json::shape(body, 64, Some(list), None);
     let checked = if selector % 5 == 4 {
         trust::check_depth(&Limits::default(), body)
     } else {

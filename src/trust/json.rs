@@ -102,19 +102,45 @@ struct Frame {
     expect_key: bool,
 }
 
+/// What a message's `role` may be, and which roles may leave `content` out
+/// (or null); a message with no `role` is a bad message when one is
+/// required.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles<'a> {
+    /// The roles the API documents.
+    pub allowed: &'a [&'a str],
+    /// Those whose message may have no `content` (an assistant's tool calls).
+    pub content_optional: &'a [&'a str],
+    /// Every message must have a `role` (Responses' other items have none).
+    pub role_required: bool,
+}
+
+/// What the scan has seen of the message it is in.
+#[derive(Debug, Clone, Copy, Default)]
+struct Message {
+    /// Its `role`, once read: whether that role must have `content`.
+    content_required: Option<bool>,
+    /// A `content` other than null was read.
+    has_content: bool,
+    /// A `content` of null was read.
+    null_content: bool,
+}
+
 /// The shape of a JSON text, or where it nests deeper than `max_depth`;
 /// `list` names the top-level array of messages (`messages`, Responses'
-/// `input`), if the body has one, and `roles` the values a message's `role`
-/// may take (none: any string). Linear and non-recursive; it does not
-/// validate (the parser that runs next does), and no input makes it panic.
+/// `input`), if the body has one, and `roles` what its messages' roles may
+/// be (none: any string, `content` never required). Linear and
+/// non-recursive; it does not validate (the parser that runs next does),
+/// and no input makes it panic.
 pub fn shape(
     json: &[u8],
     max_depth: u32,
     list: Option<&str>,
-    roles: &[&str],
+    roles: Option<&Roles<'_>>,
 ) -> Result<Shape, TooDeep> {
     let mut stack: Vec<Frame> = Vec::with_capacity(16);
     let mut out = Shape::default();
+    let mut message = Message::default();
     let mut i = 0;
     while i < json.len() {
         let b = json[i];
@@ -134,16 +160,26 @@ pub fn shape(
                         f.expect_key = false;
                     }
                 } else {
-                    count_value(&stack, &mut out, b);
-                    if !roles.is_empty() && out.bad_message.is_none() && in_message(&stack) {
-                        check_role(&mut out, json, (i + 1, end - 1), roles, &stack);
+                    count_value(&stack, &mut out, b, &mut message);
+                    if let Some(roles) = roles
+                        && out.bad_message.is_none()
+                        && in_message(&stack)
+                    {
+                        check_role(
+                            &mut out,
+                            json,
+                            (i + 1, end - 1),
+                            roles,
+                            &stack,
+                            &mut message,
+                        );
                     }
                 }
                 i = end;
                 continue;
             }
             b'{' | b'[' => {
-                count_value(&stack, &mut out, b);
+                count_value(&stack, &mut out, b, &mut message);
                 let key = match stack.last() {
                     Some(f) if !f.array => f.current,
                     Some(f) => f.key,
@@ -162,6 +198,11 @@ pub fn shape(
                 out.depth = out.depth.max(depth);
             }
             b'}' | b']' => {
+                if let Some(roles) = roles
+                    && in_message(&stack)
+                {
+                    end_message(&mut out, roles, message);
+                }
                 stack.pop();
             }
             b',' => {
@@ -174,7 +215,7 @@ pub fn shape(
             b':' | b' ' | b'\t' | b'\n' | b'\r' => {}
             _ => {
                 // A number or literal: one value, read to its end.
-                count_value(&stack, &mut out, b);
+                count_value(&stack, &mut out, b, &mut message);
                 while i + 1 < json.len()
                     && !matches!(
                         json[i + 1],
@@ -192,7 +233,7 @@ pub fn shape(
 
 /// A value starting with `first` in the innermost container: count it
 /// where it counts, and check a message's shape.
-fn count_value(stack: &[Frame], out: &mut Shape, first: u8) {
+fn count_value(stack: &[Frame], out: &mut Shape, first: u8, message: &mut Message) {
     let Some(f) = stack.last() else { return };
     let bad = |out: &mut Shape, field: &'static str| {
         if out.bad_message.is_none() {
@@ -211,6 +252,8 @@ fn count_value(stack: &[Frame], out: &mut Shape, first: u8) {
             Key::Content if in_message && !matches!(first, b'"' | b'[' | b'n') => {
                 bad(out, "content")
             }
+            Key::Content if in_message && first == b'n' => message.null_content = true,
+            Key::Content if in_message => message.has_content = true,
             _ => {}
         }
         return;
@@ -218,6 +261,7 @@ fn count_value(stack: &[Frame], out: &mut Shape, first: u8) {
     match (f.key, stack.len()) {
         (Key::Messages, 2) => {
             out.messages = out.messages.saturating_add(1);
+            *message = Message::default();
             if first != b'{' {
                 bad(out, "message");
             }
@@ -234,14 +278,27 @@ fn in_message(stack: &[Frame]) -> bool {
     stack.len() == 3 && stack[1].array && stack[1].key == Key::Messages
 }
 
-/// A message's string value at `span`: if it is its `role`, one of `roles`
-/// (a role written with escapes is left to the parser).
-fn check_role(out: &mut Shape, json: &[u8], span: (usize, usize), roles: &[&str], stack: &[Frame]) {
+/// A message's string value at `span`: if it is its `role`, one of the
+/// allowed roles (a role written with escapes is left to the parser).
+fn check_role(
+    out: &mut Shape,
+    json: &[u8],
+    span: (usize, usize),
+    roles: &Roles<'_>,
+    stack: &[Frame],
+    message: &mut Message,
+) {
     if stack.last().is_none_or(|f| f.current != Key::Role) || span.1 < span.0 {
         return;
     }
     let value = &json[span.0..span.1];
-    if value.contains(&b'\\') || roles.iter().any(|r| r.as_bytes() == value) {
+    let is = |r: &&str| r.as_bytes() == value;
+    if value.contains(&b'\\') {
+        message.content_required = Some(false);
+        return;
+    }
+    if roles.allowed.iter().any(is) {
+        message.content_required = Some(!roles.content_optional.iter().any(is));
         return;
     }
     out.bad_message = Some(BadMessage {
@@ -249,6 +306,26 @@ fn check_role(out: &mut Shape, json: &[u8], span: (usize, usize), roles: &[&str]
         field: "role",
         found: "string",
         value: Some(span),
+    });
+}
+
+/// The end of a message: one without a `role` where one is required, or
+/// without `content` where its role needs one, is a bad message.
+fn end_message(out: &mut Shape, roles: &Roles<'_>, message: Message) {
+    if out.bad_message.is_some() {
+        return;
+    }
+    let (field, found) = match message.content_required {
+        None if roles.role_required => ("role", "missing"),
+        Some(true) if message.null_content => ("content", "null"),
+        Some(true) if !message.has_content => ("content", "missing"),
+        _ => return,
+    };
+    out.bad_message = Some(BadMessage {
+        index: out.messages.saturating_sub(1),
+        field,
+        found,
+        value: None,
     });
 }
 
@@ -389,16 +466,22 @@ fn decode(raw: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
+    const CHATLIKE: Roles<'static> = Roles {
+        allowed: &["user"],
+        content_optional: &[],
+        role_required: true,
+    };
+
     #[test]
     fn shape_counts_messages_tools_and_content_parts() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]},
             {"role":"assistant","content":"hi"},{"role":"tool","content":[{"type":"text","text":"]}[{"}]}],
             "tools":[{"type":"function"},{"type":"function"},{"type":"function"}],"x":{"messages":[1,2,3,4]}}"#;
-        let s = shape(body, 64, Some("messages"), &[]).unwrap();
+        let s = shape(body, 64, Some("messages"), None).unwrap();
         assert_eq!((s.messages, s.tools, s.parts), (3, 3, 3));
         assert_eq!(s.depth, 6);
         let responses = br#"{"input":[{"type":"message","content":[{"type":"input_text","text":"x"}]},{"type":"function_call_output"}]}"#;
-        let s = shape(responses, 64, Some("input"), &[]).unwrap();
+        let s = shape(responses, 64, Some("input"), None).unwrap();
         assert_eq!((s.messages, s.parts), (2, 1));
     }
 
@@ -412,7 +495,7 @@ mod tests {
             ("{\"messages\":[{\"r\u{1f600}", 1),
             ("{\"", 0),
         ] {
-            let s = shape(body.as_bytes(), 64, Some("messages"), &[]).unwrap();
+            let s = shape(body.as_bytes(), 64, Some("messages"), None).unwrap();
             assert_eq!(s.messages, messages, "{body:?}");
         }
     }
@@ -420,7 +503,7 @@ mod tests {
     #[test]
     fn shape_finds_the_first_message_of_the_wrong_shape() {
         let bad = |body: &str, list| {
-            shape(body.as_bytes(), 16, Some(list), &[])
+            shape(body.as_bytes(), 16, Some(list), None)
                 .unwrap()
                 .bad_message
         };
@@ -467,7 +550,7 @@ mod tests {
             None
         );
         // Embeddings' `input` is no list of messages.
-        let embeddings = shape(br#"{"input":["a","b"]}"#, 8, None, &[]).unwrap();
+        let embeddings = shape(br#"{"input":["a","b"]}"#, 8, None, None).unwrap();
         assert_eq!(embeddings.bad_message, None);
     }
 
@@ -477,7 +560,7 @@ mod tests {
             br#"{"m\u0065ssages":[1,2],"tools":[]}"#,
             8,
             Some("messages"),
-            &[],
+            None,
         )
         .unwrap();
         assert_eq!((s.messages, s.tools), (2, 0));
@@ -489,11 +572,11 @@ mod tests {
         body.extend(std::iter::repeat_n(b'[', 200_000));
         body.extend(std::iter::repeat_n(b']', 200_000));
         body.push(b'}');
-        assert_eq!(shape(&body, 64, None, &[]), Err(TooDeep { at: 12 + 63 }));
-        assert!(shape(b"[[[]]]", 3, None, &[]).is_ok());
-        assert!(shape(b"[[[[]]]]", 3, None, &[]).is_err());
+        assert_eq!(shape(&body, 64, None, None), Err(TooDeep { at: 12 + 63 }));
+        assert!(shape(b"[[[]]]", 3, None, None).is_ok());
+        assert!(shape(b"[[[[]]]]", 3, None, None).is_err());
         // Brackets in strings do not count.
-        assert_eq!(shape(br#"["[[[[[["]"#, 2, None, &[]).unwrap().depth, 1);
+        assert_eq!(shape(br#"["[[[[[["]"#, 2, None, None).unwrap().depth, 1);
     }
 
     #[test]
@@ -521,7 +604,7 @@ mod tests {
             b"{\"a\":",
             b"[1,",
         ] {
-            let _ = shape(junk, 4, Some("messages"), &["user"]);
+            let _ = shape(junk, 4, Some("messages"), Some(&CHATLIKE));
         }
     }
 

@@ -38,24 +38,43 @@ use pii::{Detector, Vault};
 /// nesting depth (any field, known or not), messages, tools and content
 /// parts. Each refusal is a 400 saying which limit.
 pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(), GatewayError> {
-    // The roles each API documents for its messages (Responses: its
-    // input's message items; other items carry no role).
-    let (messages, roles): (&str, &[&str]) = match ingress {
-        Ingress::Responses => ("input", &["user", "assistant", "system", "developer"]),
-        Ingress::Messages => ("messages", &["user", "assistant"]),
+    // The roles each API documents for its messages, and which may leave
+    // `content` out: an assistant's turn of tool calls (Responses: its
+    // input's message items; its other items carry no role).
+    let (messages, roles) = match ingress {
+        Ingress::Responses => (
+            "input",
+            json::Roles {
+                allowed: &["user", "assistant", "system", "developer"],
+                content_optional: &[],
+                role_required: false,
+            },
+        ),
+        Ingress::Messages => (
+            "messages",
+            json::Roles {
+                allowed: &["user", "assistant"],
+                content_optional: &[],
+                role_required: true,
+            },
+        ),
         Ingress::Chat => (
             "messages",
-            &[
-                "system",
-                "developer",
-                "user",
-                "assistant",
-                "tool",
-                "function",
-            ],
+            json::Roles {
+                allowed: &[
+                    "system",
+                    "developer",
+                    "user",
+                    "assistant",
+                    "tool",
+                    "function",
+                ],
+                content_optional: &["assistant"],
+                role_required: true,
+            },
         ),
     };
-    let shape = json::shape(body, limits.max_json_depth, Some(messages), roles)
+    let shape = json::shape(body, limits.max_json_depth, Some(messages), Some(&roles))
         .map_err(|at| too_deep(limits, at))?;
     let over = |what: &str, n: u32, max: u32, param: &str| GatewayError::InvalidRequest {
         message: format!("The request has {n} {what}; this gateway takes at most {max}."),
@@ -64,30 +83,40 @@ pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(),
     if let Some(bad) = shape.bad_message {
         let at = format!("{messages}[{}]", bad.index);
         if let Some((start, end)) = bad.value {
-            return Err(bad_role(ingress, &at, bad.index, &body[start..end], roles));
+            return Err(bad_role(
+                ingress,
+                &at,
+                bad.index,
+                &body[start..end],
+                roles.allowed,
+            ));
         }
-        let message = match (ingress, bad.field) {
-            (Ingress::Messages, "message") => format!(
+        let message = match (ingress, bad.field, bad.found) {
+            (Ingress::Messages, field, "missing") => {
+                format!("{messages}.{}.{field}: Field required", bad.index)
+            }
+            (_, field, "missing") => format!("Missing required parameter: '{at}.{field}'."),
+            (Ingress::Messages, "message", _) => format!(
                 "{messages}.{}: Input should be a valid dictionary",
                 bad.index
             ),
-            (Ingress::Messages, "role") => format!(
+            (Ingress::Messages, "role", _) => format!(
                 "{messages}.{}.role: Input should be a valid string",
                 bad.index
             ),
-            (Ingress::Messages, _) => format!(
+            (Ingress::Messages, _, _) => format!(
                 "{messages}.{}.content: Input should be a valid string or list",
                 bad.index
             ),
-            (_, "message") => format!(
+            (_, "message", _) => format!(
                 "Invalid type for '{at}': expected an object, but got {} instead.",
                 article(bad.found)
             ),
-            (_, "role") => format!(
+            (_, "role", _) => format!(
                 "Invalid type for '{at}.role': expected a string, but got {} instead.",
                 article(bad.found)
             ),
-            (_, _) => format!(
+            (_, _, _) => format!(
                 "Invalid type for '{at}.content': expected one of a string or array of objects, but got {} instead.",
                 article(bad.found)
             ),
@@ -141,7 +170,7 @@ fn bad_role(ingress: Ingress, at: &str, index: u32, role: &[u8], roles: &[&str])
 
 /// Checks only the nesting depth of a body with no messages (embeddings).
 pub fn check_depth(limits: &Limits, body: &[u8]) -> Result<(), GatewayError> {
-    json::shape(body, limits.max_json_depth, None, &[]).map_err(|at| too_deep(limits, at))?;
+    json::shape(body, limits.max_json_depth, None, None).map_err(|at| too_deep(limits, at))?;
     Ok(())
 }
 
@@ -157,8 +186,11 @@ fn too_deep(limits: &Limits, at: json::TooDeep) -> GatewayError {
 
 /// `a number`, `an object`.
 fn article(t: &str) -> String {
-    let a = if t.starts_with(['a', 'o']) { "an" } else { "a" };
-    format!("{a} {t}")
+    match t {
+        "null" => t.to_owned(),
+        _ if t.starts_with(['a', 'o']) => format!("an {t}"),
+        _ => format!("a {t}"),
+    }
 }
 
 /// The policy of several that apply (the key's, the model's, the data
@@ -363,8 +395,13 @@ mod tests {
             Err(GatewayError::InvalidRequest { param, .. }) => param,
             other => panic!("{other:?}"),
         };
+        let user = r#"{"role":"user","content":"x"}"#;
         assert_eq!(
-            param(r#"{"messages":[{},{},{}]}"#, Ingress::Chat).as_deref(),
+            param(
+                &format!(r#"{{"messages":[{user},{user},{user}]}}"#),
+                Ingress::Chat
+            )
+            .as_deref(),
             Some("messages")
         );
         assert_eq!(
@@ -377,7 +414,7 @@ mod tests {
         );
         assert_eq!(
             param(
-                r#"{"messages":[{"content":[1,2]},{"content":[3,4]}]}"#,
+                r#"{"messages":[{"role":"user","content":[1,2]},{"role":"assistant","content":[3,4]}]}"#,
                 Ingress::Messages
             )
             .as_deref(),
@@ -406,7 +443,7 @@ mod tests {
         assert!(
             check_shape(
                 &limits,
-                br#"{"messages":[{"content":[1]}],"tools":[{}]}"#,
+                br#"{"messages":[{"role":"user","content":[1]}],"tools":[{}]}"#,
                 Ingress::Chat
             )
             .is_ok()
@@ -445,17 +482,58 @@ mod tests {
             .1,
             "input[0].role"
         );
+        // A message needs a role, and content unless it is an assistant's
+        // (tool calls); Responses' items without a role are other items.
+        let message = |body: &str, ingress| refused(body, ingress).0;
+        assert_eq!(
+            message(r#"{"messages":[{"role":"user"}]}"#, Ingress::Chat),
+            "Missing required parameter: 'messages[0].content'."
+        );
+        assert_eq!(
+            message(
+                r#"{"messages":[{"role":"user","content":"a"},{"content":null,"role":"tool"}]}"#,
+                Ingress::Chat
+            ),
+            "Invalid type for 'messages[1].content': expected one of a string or array of objects, but got null instead."
+        );
+        assert_eq!(
+            message(r#"{"messages":[{"content":"a"}]}"#, Ingress::Chat),
+            "Missing required parameter: 'messages[0].role'."
+        );
+        // A `content` below a message's own fields is not its content.
+        assert_eq!(
+            message(
+                r#"{"messages":[{"role":"user","metadata":{"content":"x"},"x":[{"content":1}]}]}"#,
+                Ingress::Chat
+            ),
+            "Missing required parameter: 'messages[0].content'."
+        );
+        assert_eq!(
+            message(r#"{"messages":[{"role":"assistant"}]}"#, Ingress::Messages),
+            "messages.0.content: Field required"
+        );
+        assert_eq!(
+            message(r#"{"messages":[{"content":"a"}]}"#, Ingress::Messages),
+            "messages.0.role: Field required"
+        );
+        assert_eq!(
+            message(
+                r#"{"input":[{"type":"message","role":"user"}]}"#,
+                Ingress::Responses
+            ),
+            "Missing required parameter: 'input[0].content'."
+        );
         // Every documented role passes; so do a role written with escapes
-        // (left to the parser), items without one, and `role` keys that are
-        // not a message's own.
+        // (left to the parser), items without one, an assistant's turn of
+        // tool calls, and `role` keys that are not a message's own.
         for (body, ingress) in [
             (
-                r#"{"messages":[{"role":"system"},{"role":"developer"},{"role":"user"},{"role":"assistant"},{"role":"tool"},{"role":"function"}]}"#,
+                r#"{"messages":[{"role":"system","content":"s"},{"role":"developer","content":"d"},{"role":"user","content":[]},{"role":"assistant","tool_calls":[]},{"role":"tool","content":"t"},{"role":"function","content":"f"},{"role":"assistant","content":null}]}"#,
                 Ingress::Chat,
             ),
             (r#"{"messages":[{"role":"us\u0065r"}]}"#, Ingress::Chat),
             (
-                r#"{"messages":[{"role":"user","content":[{"type":"text","role":"x"}]}],"role":"y"}"#,
+                r#"{"messages":[{"role":"user","content":[{"type":"text","role":"x"}]},{"content":"a","role":"assistant"}],"role":"y"}"#,
                 Ingress::Messages,
             ),
             (

@@ -175,6 +175,8 @@ for (const [why, body, status, param] of [
   ['a temperature that is a string', ask('plain', 'hi', { temperature: 'hot' }), 400, 'temperature'],
   ['an empty body', '', 400, null],
   ['a role chat completions do not have', { model: 'plain', messages: [{ role: 'wizard', content: 'hi' }] }, 400, 'messages[0].role'],
+  ['a user message without content', { model: 'plain', messages: [{ role: 'user' }] }, 400, 'messages'],
+  ['a message without a role', { model: 'plain', messages: [{ content: 'hi' }] }, 400, 'messages'],
   ['a stream flag that is a string', ask('plain', 'hi', { stream: 'yes' }), 400, 'stream'],
   ['a negative max_tokens', ask('plain', 'hi', { max_tokens: -1 }), 400, 'max_tokens'],
 ]) {
