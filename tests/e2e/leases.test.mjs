@@ -2,7 +2,9 @@
 // tests/e2e/workerd.mjs): budgets never overspent, rpm never exceeded in any
 // 60-second window, revocation within the lease's life, and a lease whose
 // isolate vanished charged in full when it expires. Each isolate admits from
-// its own leases, so these hold only if the object's slices are right.
+// its own leases, so these hold only if the object's slices are right. The
+// isolates run the deployed entry module (src/edge/entry.mjs), which drives
+// a request with a declared length itself, as in production.
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -34,7 +36,7 @@ before(async () => {
   }, { limits: { lease_ttl_ms: LEASE_TTL_MS, flush_ms: 200 } });
   config.providers.mock.models = { priced: PRICED, 'slow;headers_delay_ms=1000': PRICED };
   config.failover = { total_timeout_ms: TOTAL_TIMEOUT_MS };
-  env = await startTwoIsolates({ config });
+  env = await startTwoIsolates({ config, entry: true });
 });
 
 after(async () => {

@@ -2,7 +2,8 @@
 // leases off (every request of a virtual key is decided by its object): an
 // isolate that last saw ample headroom sends the upstream request while the
 // object decides; on a refusal the client gets the 429 at once and the
-// upstream fetch is aborted, never answered to the client.
+// upstream fetch is aborted, never answered to the client. The isolates run
+// the deployed entry module (src/edge/entry.mjs), as in production.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,7 +25,7 @@ before(async () => {
     slow: { targets: [{ provider: 'mock', model: 'slow;headers_delay_ms=1500' }] },
   }, { limits: { lease_ttl_ms: 0 } });
   config.providers.mock.models = { 'slow;headers_delay_ms=1500': PRICED };
-  env = await startTwoIsolates({ config });
+  env = await startTwoIsolates({ config, entry: true });
 });
 
 after(async () => {
