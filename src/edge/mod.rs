@@ -1093,7 +1093,8 @@ fn authenticate(req: &RawRequest, env: &Env) -> Result<KeyRef, GatewayError> {
     };
     let Some(key) = keys::presented_key(authorization.as_deref(), x_api_key.as_deref()) else {
         return Err(GatewayError::Unauthorized {
-            message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+            message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>` \
+                      (or `x-api-key: <key>`, as Anthropic's SDKs do)."
                 .into(),
         });
     };
