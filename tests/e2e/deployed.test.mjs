@@ -34,6 +34,14 @@ before(async () => {
     'all-down': { targets: [{ provider: 'mock', model: m('down1', 'status=503') }, { provider: 'mock', model: m('down2', 'status=500') }] },
     plain: { targets: [{ provider: 'mock', model: ok }] },
     'only-429': { targets: [{ provider: 'mock', model: m('alone', 'status=429,retry_after=7') }] },
+    hedged: {
+      targets: [{ provider: 'mock', model: m('slowpoke', 'headers_delay_ms=2000') }, { provider: 'mock', model: ok }],
+      hedge: { after_ms: 200, max_extra: 1 },
+    },
+    continued: {
+      targets: [{ provider: 'mock', model: m('first', 'cut_after=5,chunks=12') }, { provider: 'mock', model: m('second', 'resume=1,chunks=12') }],
+      continuation: true,
+    },
   }, { limits: { max_body_bytes: 4096 } });
   config.failover = { connect_timeout_ms: 400, first_byte_timeout_ms: 400 };
   // The config stays cached, as in a warm isolate: a request reaches its
@@ -158,6 +166,23 @@ test('stream: a provider that sends nothing is failed over at the connect timeou
   const events = await readSSE(res, t0);
   assert.equal(events.at(-1).data, '[DONE]');
   assert.ok(events[0].t < 1_500, `first event at ${events[0].t.toFixed(0)} ms`);
+});
+
+test('whole answer: a hedge answers from the backup while the primary is silent', async () => {
+  const r = await timed('/v1/chat/completions', ask('hedged'));
+  assert.equal(r.res.status, 200, r.text);
+  assert.equal(r.res.headers.get('x-gateway-model'), ok);
+  assert.match(r.res.headers.get('x-gateway-hedge') ?? '', /slowpoke/);
+  assert.ok(r.ms < 380, `${r.ms.toFixed(0)} ms: hedged at 200, before the 400 ms timeout`);
+});
+
+test('stream: a stream cut mid-answer is finished by the next target as one stream', async () => {
+  const res = await post('/v1/chat/completions', ask('continued', 'Say hello', { stream: true }));
+  assert.equal(res.status, 200);
+  const events = await readSSE(res);
+  assert.equal(streamText(events), 'Hello from the mock provider.', 'all the text, no word twice at the seam');
+  assert.equal(events.filter((e) => e.data === '[DONE]').length, 1);
+  assert.ok(!events.some((e) => e.json?.error), 'no error event');
 });
 
 test('many concurrent whole answers with a failover each all succeed', async () => {
