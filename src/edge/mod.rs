@@ -1119,8 +1119,6 @@ fn static_keys(env: &Env) -> &'static keys::StaticKeys {
     })
 }
 
-/// The path of an absolute URL as the runtime serializes it: after the
-/// host, up to the query.
 fn js_error(e: JsValue) -> String {
     e.as_string()
         .or_else(|| {
