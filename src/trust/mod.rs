@@ -484,45 +484,46 @@ mod tests {
         );
         // A message needs a role, and content unless it is an assistant's
         // (tool calls); Responses' items without a role are other items.
-        let message = |body: &str, ingress| refused(body, ingress).0;
-        assert_eq!(
-            message(r#"{"messages":[{"role":"user"}]}"#, Ingress::Chat),
-            "Missing required parameter: 'messages[0].content'."
-        );
-        assert_eq!(
-            message(
+        for (body, ingress, expected) in [
+            (
+                r#"{"messages":[{"role":"user"}]}"#,
+                Ingress::Chat,
+                "Missing required parameter: 'messages[0].content'.",
+            ),
+            (
                 r#"{"messages":[{"role":"user","content":"a"},{"content":null,"role":"tool"}]}"#,
-                Ingress::Chat
+                Ingress::Chat,
+                "Invalid type for 'messages[1].content': expected one of a string or array of objects, but got null instead.",
             ),
-            "Invalid type for 'messages[1].content': expected one of a string or array of objects, but got null instead."
-        );
-        assert_eq!(
-            message(r#"{"messages":[{"content":"a"}]}"#, Ingress::Chat),
-            "Missing required parameter: 'messages[0].role'."
-        );
-        // A `content` below a message's own fields is not its content.
-        assert_eq!(
-            message(
+            (
+                r#"{"messages":[{"content":"a"}]}"#,
+                Ingress::Chat,
+                "Missing required parameter: 'messages[0].role'.",
+            ),
+            // A `content` below a message's own fields is not its content.
+            (
                 r#"{"messages":[{"role":"user","metadata":{"content":"x"},"x":[{"content":1}]}]}"#,
-                Ingress::Chat
+                Ingress::Chat,
+                "Missing required parameter: 'messages[0].content'.",
             ),
-            "Missing required parameter: 'messages[0].content'."
-        );
-        assert_eq!(
-            message(r#"{"messages":[{"role":"assistant"}]}"#, Ingress::Messages),
-            "messages.0.content: Field required"
-        );
-        assert_eq!(
-            message(r#"{"messages":[{"content":"a"}]}"#, Ingress::Messages),
-            "messages.0.role: Field required"
-        );
-        assert_eq!(
-            message(
+            (
+                r#"{"messages":[{"role":"assistant"}]}"#,
+                Ingress::Messages,
+                "messages.0.content: Field required",
+            ),
+            (
+                r#"{"messages":[{"content":"a"}]}"#,
+                Ingress::Messages,
+                "messages.0.role: Field required",
+            ),
+            (
                 r#"{"input":[{"type":"message","role":"user"}]}"#,
-                Ingress::Responses
+                Ingress::Responses,
+                "Missing required parameter: 'input[0].content'.",
             ),
-            "Missing required parameter: 'input[0].content'."
-        );
+        ] {
+            assert_eq!(refused(body, ingress).0, expected, "{body}");
+        }
         // Every documented role passes; so do a role written with escapes
         // (left to the parser), items without one, an assistant's turn of
         // tool calls, and `role` keys that are not a message's own.

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 
 import { startMock } from '../mock/server.mjs';
 import { ask, mockConfig, readSSE, streamText, KEY, MOCK_PROVIDER_KEY } from './harness.mjs';
-import { startTwoIsolates } from './workerd.mjs';
+import { startDeployed } from './workerd.mjs';
 
 let mock;
 let env;
@@ -44,11 +44,7 @@ before(async () => {
     },
   }, { limits: { max_body_bytes: 4096 } });
   config.failover = { connect_timeout_ms: 400, first_byte_timeout_ms: 400 };
-  // The config stays cached, as in a warm isolate: a request reaches its
-  // provider call in the entry module's first poll.
-  env = await startTwoIsolates({ config, entry: true, vars: { CONFIG_CACHE_TTL_MS: '600000' } });
-  const warm = await fetch(`${env.a.url}/v1/models`, { headers: { authorization: `Bearer ${KEY}` } });
-  assert.equal(warm.status, 200);
+  env = await startDeployed(config);
 });
 
 after(async () => {

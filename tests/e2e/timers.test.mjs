@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 
 import { startMock } from '../mock/server.mjs';
 import { ask, mockConfig, readSSE, KEY } from './harness.mjs';
-import { startTwoIsolates } from './workerd.mjs';
+import { startDeployed } from './workerd.mjs';
 
 const M = {
   primary: 'primary;first_byte_delay_ms=2000,chunks=3',
@@ -33,11 +33,7 @@ before(async () => {
     silent: { targets: [{ provider: 'mock', model: M.silent }, { provider: 'mock', model: M.backup }] },
   });
   config.failover = { connect_timeout_ms: 400 };
-  // The config stays cached: a request then reaches its provider call in
-  // its first poll, as a warm isolate's do.
-  env = await startTwoIsolates({ config, entry: true, vars: { CONFIG_CACHE_TTL_MS: '600000' } });
-  const warm = await fetch(`${env.a.url}/v1/models`, { headers: { authorization: `Bearer ${KEY}` } });
-  assert.equal(warm.status, 200);
+  env = await startDeployed(config);
 });
 
 after(async () => {

@@ -25,6 +25,21 @@ process.on('exit', () => {
   }
 });
 
+/**
+ * The two isolates running the deployed entry module with `config` kept
+ * cached, as in a warm isolate (a request then reaches its provider call in
+ * the entry module's first poll), after one request has loaded it.
+ */
+export async function startDeployed(config) {
+  const env = await startTwoIsolates({ config, entry: true, vars: { CONFIG_CACHE_TTL_MS: '600000' } });
+  const warm = await fetch(`${env.a.url}/v1/models`, { headers: { authorization: `Bearer ${KEY}` } });
+  if (warm.status !== 200) {
+    await env.stop();
+    throw new Error(`the warm-up request answered ${warm.status}`);
+  }
+  return env;
+}
+
 /** Starts the two isolates with `config` as the routing document. */
 export async function startTwoIsolates({ config, vars = {}, entry = false }) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gateway-e2e-workerd-'));
