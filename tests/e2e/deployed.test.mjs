@@ -38,6 +38,7 @@ before(async () => {
       targets: [{ provider: 'mock', model: m('slowpoke', 'headers_delay_ms=2000') }, { provider: 'mock', model: ok }],
       hedge: { after_ms: 200, max_extra: 1 },
     },
+    cached: { targets: [{ provider: 'mock', model: m('cached', 'chunks=3') }], cache: { ttl_s: 300, scope: 'key' } },
     continued: {
       targets: [{ provider: 'mock', model: m('first', 'cut_after=5,chunks=12') }, { provider: 'mock', model: m('second', 'resume=1,chunks=12') }],
       continuation: true,
@@ -179,6 +180,30 @@ test('stream: a stream cut mid-answer is finished by the next target as one stre
   assert.equal(streamText(events), 'Hello from the mock provider.', 'all the text, no word twice at the seam');
   assert.equal(events.filter((e) => e.data === '[DONE]').length, 1);
   assert.ok(!events.some((e) => e.json?.error), 'no error event');
+});
+
+test('cache: a repeated request is answered from the cache, whole and streamed, with one provider call', async () => {
+  const body = ask('cached', 'cache me', { temperature: 0 }); // sampling answers are not cached
+  const first = await timed('/v1/chat/completions', body);
+  assert.equal(first.res.status, 200, first.text);
+  const calls = () => mock.requests.filter((q) => q.body?.model?.startsWith('cached')).length;
+  assert.equal(calls(), 1);
+  // The entry is stored after the answer (in the background): wait for it.
+  let hit;
+  for (let i = 0; i < 20; i++) {
+    hit = await timed('/v1/chat/completions', body);
+    if (hit.res.headers.get('x-gateway-cache') === 'hit') break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(hit.res.headers.get('x-gateway-cache'), 'hit');
+  assert.equal(hit.json.choices[0].message.content, first.json.choices[0].message.content);
+  const res = await post('/v1/chat/completions', { ...body, stream: true });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('x-gateway-cache'), 'hit');
+  const events = await readSSE(res);
+  assert.equal(streamText(events), first.json.choices[0].message.content);
+  assert.equal(events.at(-1).data, '[DONE]');
+  assert.equal(calls(), 1, 'one provider call in all');
 });
 
 test('many concurrent whole answers with a failover each all succeed', async () => {

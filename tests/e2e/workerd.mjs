@@ -2,8 +2,9 @@
 // `workerd serve` (the binary wrangler uses): `a` hosts the KeyObject class,
 // `b` binds a's class, so a virtual key's one object serves both, as in
 // production where many isolates in many locations share it. KV is served
-// by tests/bench/kv.js (plain workerd has none of its own); Durable Objects
-// are SQLite-backed in a temp dir. Everything listens on 127.0.0.1 and is
+// by tests/bench/kv.js and the Cache API by tests/bench/cache.js (plain
+// workerd has neither of its own); Durable Objects are SQLite-backed in a
+// temp dir. Everything listens on 127.0.0.1 and is
 // stopped by `stop()` (and when the test process exits).
 
 import { spawn } from 'node:child_process';
@@ -53,6 +54,7 @@ export async function startTwoIsolates({ config, vars = {}, entry = false }) {
   }
   const main = entry ? '(name = "entry.mjs", esModule = embed "entry.mjs"), ' : '';
   copyFileSync(path.join(ROOT, 'tests/bench/kv.js'), path.join(dir, 'kv.js'));
+  copyFileSync(path.join(ROOT, 'tests/bench/cache.js'), path.join(dir, 'cache.js'));
   writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
   const ports = { a: await freePort(), b: await freePort() };
   const all = {
@@ -75,6 +77,7 @@ export async function startTwoIsolates({ config, vars = {}, entry = false }) {
       ${objects ? '' : `durableObjectNamespaces = [(className = "KeyObject", uniqueKey = "e2e-key-objects", enableSql = true)],
       durableObjectStorage = (localDisk = "do-storage"),`}
       globalOutbound = "loopback",
+      cacheApiOutbound = "cache",
     )`;
   writeFileSync(path.join(dir, 'workerd.capnp'), `using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
@@ -83,6 +86,7 @@ const config :Workerd.Config = (
     (name = "b", worker = ${gateway('a')}),
     (name = "kv", worker = (modules = [(name = "kv.js", esModule = embed "kv.js")], compatibilityDate = "2026-10-01",
       bindings = [(name = "CONFIG", text = embed "config.json")])),
+    (name = "cache", worker = (modules = [(name = "cache.js", esModule = embed "cache.js")], compatibilityDate = "2026-10-01")),
     (name = "loopback", network = (allow = ["local"])),
     (name = "do-storage", disk = (path = ${JSON.stringify(path.join(dir, 'do'))}, writable = true)),
   ],
