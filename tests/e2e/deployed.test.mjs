@@ -169,8 +169,10 @@ test('whole answer: a hedge answers from the backup while the primary is silent'
   const r = await timed('/v1/chat/completions', ask('hedged'));
   assert.equal(r.res.status, 200, r.text);
   assert.equal(r.res.headers.get('x-gateway-model'), ok);
+  // The header says the hedge won (a failover at the 400 ms timeout would
+  // carry none); the bound leaves a loaded machine room.
   assert.match(r.res.headers.get('x-gateway-hedge') ?? '', /slowpoke/);
-  assert.ok(r.ms < 380, `${r.ms.toFixed(0)} ms: hedged at 200, before the 400 ms timeout`);
+  assert.ok(r.ms < 1_500, `${r.ms.toFixed(0)} ms (hedged at 200)`);
 });
 
 test('stream: a stream cut mid-answer is finished by the next target as one stream', async () => {
