@@ -1,10 +1,11 @@
 //! The parts of a request's URL the gateway reads: its path, its host and
 //! its query's pairs.
 //!
-//! The runtime hands the worker a URL it has already parsed and serialized
-//! (`scheme://host[:port]/path[?query][#fragment]`, percent-encoded), so
-//! splitting that string is exact; a general URL parser (the `url` crate,
-//! through `worker::Url`) would add about 55 KB of wasm for nothing.
+//! The runtime hands the gateway a URL it has already parsed and
+//! serialized (`scheme://host[:port]/path[?query][#fragment]`,
+//! percent-encoded), so splitting that string is exact; a general URL
+//! parser (the `url` crate, with its IDNA tables) would add tens of KB of
+//! wasm for nothing.
 
 /// The path, `/` when there is none (never the query or fragment).
 pub fn path(url: &str) -> &str {
