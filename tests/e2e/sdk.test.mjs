@@ -1,7 +1,7 @@
 // The official SDKs against the gateway (tests/sdk/): the OpenAI Python SDK
-// and the `openai` npm package over chat completions and embeddings, and
-// once the other protocols are wired, the `anthropic` Python SDK over
-// `/v1/messages` and the npm package's Responses API — the mock provider in
+// and the `openai` npm package over chat completions and embeddings, the
+// `anthropic` Python SDK over `/v1/messages`, and the npm package's
+// Responses API — the mock provider in
 // every wire format and behind every regional provider kind (Bedrock, Vertex
 // AI for Gemini and Claude, Workers AI), and the built-in demo model, through
 // the built worker on workerd. The Python SDKs live in .venv and the npm
@@ -15,9 +15,6 @@ import path from 'node:path';
 
 import { googleServiceAccount, startMock } from '../mock/server.mjs';
 import { startGateway, mockConfig, putConfig, ROOT, KEY } from './harness.mjs';
-
-// `/v1/messages` and `/v1/responses` answer once src/edge/mod.rs routes them
-// (see "What the edge still has to do" in src/ingress/mod.rs). Until then
 
 const PYTHON = path.join(ROOT, '.venv/bin/python');
 /** Must match SDK_TEXT in tests/sdk/. */
