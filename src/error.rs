@@ -36,6 +36,9 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// A short reason (the provider's error message, a timeout, a connect error).
     pub reason: String,
+    /// Seconds from the provider's `Retry-After`, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 /// Every error the gateway can return.
@@ -152,6 +155,9 @@ pub enum GatewayError {
         message: String,
         /// Seconds until a target is expected back.
         retry_after: Option<u64>,
+        /// Every target skipped is cooling after its provider's 429: the
+        /// client is rate limited (429), as it was when they answered it.
+        rate_limited: bool,
     },
     /// Every candidate target failed in a retryable way.
     AllTargetsFailed {
@@ -192,7 +198,13 @@ impl GatewayError {
             },
             Self::UpstreamUnreachable { .. } | Self::UpstreamInvalidResponse { .. } => 502,
             Self::Timeout { .. } => 504,
-            Self::Unavailable { .. } => 503,
+            Self::Unavailable { rate_limited, .. } => {
+                if *rate_limited {
+                    429
+                } else {
+                    503
+                }
+            }
             Self::AllTargetsFailed { attempts } => {
                 // When every attempt was rate limited, say so: SDKs back off on 429.
                 let all_429 =
@@ -263,15 +275,18 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. } => "invalid_request_error",
             Self::DataClassDenied { .. } => "permission_error",
-            Self::Unauthorized { .. } => "authentication_error",
+            // OpenAI's own type for a wrong key (its code says which).
+            Self::Unauthorized { .. } => "invalid_request_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::BudgetExceeded { .. } => "insufficient_quota",
             Self::Upstream { status, .. } => match status {
                 429 => "rate_limit_error",
+                // The gateway's own provider key refused: a 502, not the caller's request.
+                401 | 403 => "server_error",
                 400..=499 => "invalid_request_error",
                 _ => "server_error",
             },
-            Self::AllTargetsFailed { .. } => {
+            Self::AllTargetsFailed { .. } | Self::Unavailable { .. } => {
                 if self.status() == 429 {
                     "rate_limit_error"
                 } else {
@@ -281,7 +296,6 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamInvalidResponse { .. }
             | Self::Timeout { .. }
-            | Self::Unavailable { .. }
             | Self::Internal { .. } => "server_error",
         }
     }
@@ -309,7 +323,13 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
             Self::Timeout { .. } => "upstream_timeout",
-            Self::Unavailable { .. } => "no_target_available",
+            Self::Unavailable { rate_limited, .. } => {
+                if *rate_limited {
+                    "rate_limit_exceeded"
+                } else {
+                    "no_target_available"
+                }
+            }
             Self::AllTargetsFailed { .. } => "all_targets_failed",
             Self::Internal { .. } => "internal_error",
         }
@@ -346,7 +366,29 @@ impl GatewayError {
             | Self::Unavailable { retry_after, .. }
             | Self::RateLimited { retry_after, .. }
             | Self::BudgetExceeded { retry_after, .. } => *retry_after,
-            Self::AllTargetsFailed { .. } if self.status() == 429 => Some(1),
+            // The soonest a rate-limited target said it takes requests again.
+            Self::AllTargetsFailed { attempts } if self.status() == 429 => Some(
+                attempts
+                    .iter()
+                    .filter_map(|a| a.retry_after)
+                    .min()
+                    .unwrap_or(1)
+                    .max(1),
+            ),
+            _ => None,
+        }
+    }
+
+    /// `x-should-retry: false` for what no retry of the same request can
+    /// fix (the official SDKs honour it; without it they retry every 5xx
+    /// and 429): the gateway's provider key refused, a budget that never
+    /// resets exhausted. `None`: the SDK's own rules decide.
+    pub fn should_retry(&self) -> Option<bool> {
+        match self {
+            Self::Upstream {
+                status: 401 | 403, ..
+            } => Some(false),
+            Self::BudgetExceeded { retry_after, .. } if retry_after.is_none() => Some(false),
             _ => None,
         }
     }
@@ -387,9 +429,13 @@ impl GatewayError {
 
     /// A short reason for an attempt list or a log line.
     pub fn to_attempt(&self, provider: &str, model: &str) -> Attempt {
-        let status = match self {
-            Self::Upstream { status, .. } => Some(*status),
-            _ => None,
+        let (status, retry_after) = match self {
+            Self::Upstream {
+                status,
+                retry_after,
+                ..
+            } => (Some(*status), *retry_after),
+            _ => (None, None),
         };
         let reason = match self {
             Self::Upstream { message, .. }
@@ -402,6 +448,7 @@ impl GatewayError {
             model: model.to_owned(),
             status,
             reason,
+            retry_after,
         }
     }
 }
@@ -528,6 +575,10 @@ mod tests {
         // The provider refusing the gateway's key is not the caller's 401.
         assert_eq!(up(401).status(), 502);
         assert_eq!(body(&up(403))["error"]["code"], "upstream_auth_failed");
+        assert_eq!(body(&up(401))["error"]["type"], "server_error");
+        // ... and no retry of the same request can fix it.
+        assert_eq!(up(401).should_retry(), Some(false));
+        assert_eq!(up(503).should_retry(), None);
         assert_eq!(up(500).status(), 502);
         assert_eq!(up(529).status(), 502);
         assert_eq!(up(503).status(), 503);
@@ -540,6 +591,7 @@ mod tests {
             model: "m".into(),
             status,
             reason: "r".into(),
+            retry_after: None,
         };
         let mixed = GatewayError::AllTargetsFailed {
             attempts: vec![a(Some(429)), a(None)],
@@ -554,7 +606,56 @@ mod tests {
         };
         assert_eq!(limited.status(), 429);
         assert_eq!(body(&limited)["error"]["type"], "rate_limit_error");
-        assert_eq!(limited.retry_after(), Some(1));
+        assert_eq!(limited.retry_after(), Some(1), "no provider said when");
+        // The soonest any of them said it takes requests again.
+        let said = |secs| Attempt {
+            retry_after: Some(secs),
+            ..a(Some(429))
+        };
+        let limited = GatewayError::AllTargetsFailed {
+            attempts: vec![said(9), said(7)],
+        };
+        assert_eq!(limited.retry_after(), Some(7));
+        assert_eq!(body(&limited)["error"]["attempts"][1]["retry_after"], 7);
+    }
+
+    #[test]
+    fn targets_cooling_after_a_rate_limit_are_a_429_and_open_breakers_a_503() {
+        let skipped = |rate_limited| GatewayError::Unavailable {
+            message: "m".into(),
+            retry_after: Some(7),
+            rate_limited,
+        };
+        assert_eq!(skipped(true).status(), 429);
+        assert_eq!(body(&skipped(true))["error"]["type"], "rate_limit_error");
+        assert_eq!(body(&skipped(true))["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(skipped(true).retry_after(), Some(7));
+        assert_eq!(skipped(false).status(), 503);
+        assert_eq!(body(&skipped(false))["error"]["type"], "server_error");
+        assert_eq!(
+            body(&skipped(false))["error"]["code"],
+            "no_target_available"
+        );
+    }
+
+    #[test]
+    fn a_wrong_key_has_openais_type_and_code() {
+        let e = GatewayError::Unauthorized {
+            message: "m".into(),
+        };
+        assert_eq!(e.status(), 401);
+        assert_eq!(body(&e)["error"]["type"], "invalid_request_error");
+        assert_eq!(body(&e)["error"]["code"], "invalid_api_key");
+    }
+
+    #[test]
+    fn a_budget_that_never_resets_is_not_worth_a_retry() {
+        let over = |retry_after| GatewayError::BudgetExceeded {
+            message: "m".into(),
+            retry_after,
+        };
+        assert_eq!(over(None).should_retry(), Some(false));
+        assert_eq!(over(Some(1)).should_retry(), None);
     }
 
     #[test]

@@ -222,6 +222,12 @@ pub(super) async fn admit(
 /// Asks the key's object to admit one request (and perhaps to grant a
 /// lease); a denial becomes the client's error reply.
 pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admitted, Reply> {
+    // A request this isolate settled and has not sent yet still holds its
+    // reservation at the object: send it first, or this one could be
+    // refused for the other's worst case.
+    if LOCAL.with(|l| l.borrow().reservation_unsent(object)) {
+        flush_key(env, object, false).await;
+    }
     let model = admit.model.clone();
     let asked = admit.lease.is_some();
     let result = key_client::call(env, object, &Command::Admit(admit)).await;

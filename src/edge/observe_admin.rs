@@ -75,6 +75,7 @@ fn not_bound(what: &str, binding: &str) -> GatewayError {
     GatewayError::Unavailable {
         message: format!("{what} needs the `{binding}` binding (see wrangler.toml)."),
         retry_after: None,
+        rate_limited: false,
     }
 }
 

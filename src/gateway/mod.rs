@@ -272,11 +272,15 @@ impl Reply {
         }
     }
 
-    /// The OpenAI-shaped error reply, with `Retry-After` and `Allow` where due.
+    /// The OpenAI-shaped error reply, with `Retry-After`, `x-should-retry`
+    /// and `Allow` where due.
     pub fn error(e: &GatewayError) -> Reply {
         let mut reply = Reply::json(e.status(), e.to_body());
         if let Some(secs) = e.retry_after() {
             reply.headers.push(("retry-after", secs.to_string()));
+        }
+        if let Some(retry) = e.should_retry() {
+            reply.headers.push(("x-should-retry", retry.to_string()));
         }
         match e {
             GatewayError::MethodNotAllowed { allowed, .. } => {
@@ -1103,6 +1107,7 @@ where
                 "Every target of `{model}` is being probed after failures; retry shortly."
             ),
             retry_after: Some(1),
+            rate_limited: false,
         }),
         1 => Err(failed.remove(0).1),
         _ => Err(GatewayError::AllTargetsFailed {

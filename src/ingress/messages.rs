@@ -2452,12 +2452,14 @@ mod tests {
                     model: "m".into(),
                     status: Some(529),
                     reason: "Overloaded".into(),
+                    retry_after: None,
                 },
                 Attempt {
                     provider: "b".into(),
                     model: "m".into(),
                     status: Some(503),
                     reason: "busy".into(),
+                    retry_after: None,
                 },
             ],
         };
@@ -2512,6 +2514,7 @@ mod tests {
             model: "m".into(),
             status,
             reason: "r".into(),
+            retry_after: None,
         };
         let cases = [
             (
@@ -2609,6 +2612,7 @@ mod tests {
                 GatewayError::Unavailable {
                     message: "m".into(),
                     retry_after: Some(1),
+                    rate_limited: false,
                 },
                 503,
                 "overloaded_error",

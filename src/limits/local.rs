@@ -281,6 +281,11 @@ struct KeyLocal {
     /// Settled requests not yet sent, by (source, model, day).
     pending: BTreeMap<(Source, String, u64), Charge>,
     pending_since_ms: Option<u64>,
+    /// `pending` settles a request the object admitted itself: its
+    /// reservation holds the key's budget at the object until the batch
+    /// arrives, so the batch goes at once, not a flush interval later
+    /// (a key that near its budget would refuse the next request for it).
+    reservation_pending: bool,
     /// A batch sent and not yet acknowledged: resent as is (same `seq`).
     unacked: Option<Sync>,
     /// A batch is on its way.
@@ -508,7 +513,10 @@ impl LocalLimits {
             }
             Ticket::Reservation {
                 id, admitted_ms, ..
-            } => (Source::Reservation { id: *id }, *admitted_ms),
+            } => {
+                k.reservation_pending = true;
+                (Source::Reservation { id: *id }, *admitted_ms)
+            }
             Ticket::Record { admitted_ms, .. } => (Source::Record, *admitted_ms),
         };
         let c = k
@@ -552,7 +560,10 @@ impl LocalLimits {
             return Some(u.clone());
         }
         let due = k.pending_since_ms.is_some_and(|t| {
-            force || now_ms >= t + config.flush_ms || k.pending.len() >= config.max_batch
+            force
+                || k.reservation_pending
+                || now_ms >= t + config.flush_ms
+                || k.pending.len() >= config.max_batch
         });
         let done: Vec<LeaseDone> = k
             .leases
@@ -571,6 +582,7 @@ impl LocalLimits {
         k.leases.retain(|(_, h)| !h.is_done(now_ms));
         let charges: Vec<Charge> = std::mem::take(&mut k.pending).into_values().collect();
         k.pending_since_ms = None;
+        k.reservation_pending = false;
         let seq = if charges.is_empty() && done.is_empty() {
             0
         } else {
@@ -647,6 +659,15 @@ impl LocalLimits {
             .values()
             .filter_map(|k| k.wakeup(&self.config, now_ms))
             .min()
+    }
+
+    /// Whether a settled request the object admitted itself waits here to
+    /// be sent (its reservation still held at the object): the key's next
+    /// question to the object sends it first.
+    pub fn reservation_unsent(&self, object: &str) -> bool {
+        self.keys
+            .get(object)
+            .is_some_and(|k| k.reservation_pending && !k.syncing)
     }
 
     /// Test support: what this isolate holds of a key (leases, pending).
@@ -752,7 +773,7 @@ impl KeyLocal {
     /// the next is looked at a flush interval later.
     fn wakeup(&self, config: &LocalConfig, now_ms: u64) -> Option<u64> {
         let flush = self.pending_since_ms.map(|t| {
-            if self.pending.len() >= config.max_batch {
+            if self.reservation_pending || self.pending.len() >= config.max_batch {
                 t
             } else {
                 t + config.flush_ms

@@ -764,9 +764,23 @@ impl KeyState {
 
     /// Money promised but not yet spent: reservations and lease holds.
     fn reserved(&self) -> Money {
-        let reservations = self.reservations.values().map(|r| r.amount);
-        let leases = self.leases.values().map(|l| l.money);
-        reservations.chain(leases).fold(Money::ZERO, Money::plus)
+        self.reserved_by_requests().plus(self.reserved_by_leases())
+    }
+
+    /// What requests in flight hold (their worst case, until they settle).
+    fn reserved_by_requests(&self) -> Money {
+        self.reservations
+            .values()
+            .map(|r| r.amount)
+            .fold(Money::ZERO, Money::plus)
+    }
+
+    /// What leases hold (until they are returned).
+    fn reserved_by_leases(&self) -> Money {
+        self.leases
+            .values()
+            .map(|l| l.money)
+            .fold(Money::ZERO, Money::plus)
     }
 
     fn check_limits(&self, a: &Admit, now_ms: u64) -> Result<(), Box<Denial>> {
@@ -828,9 +842,30 @@ impl KeyState {
         }
         let reserved = self.reserved();
         for (budget, spent, name, reset) in self.budget_windows(now_ms) {
-            if let Some(budget) = budget
-                && spent.plus(reserved).plus(a.reserve) > budget
+            let Some(budget) = budget else { continue };
+            if spent.plus(reserved).plus(a.reserve) <= budget {
+                continue;
+            }
+            let (msg, wait) = if a.reserve > budget {
+                // No window will ever have room for it: say so, and that a
+                // retry cannot help (no `Retry-After`).
+                let msg = format!(
+                    "This request may cost up to {}, more than your whole {name} budget of {budget}; lower `max_tokens` or ask for a larger budget.",
+                    a.reserve
+                );
+                (msg, None)
+            } else if spent.plus(self.reserved_by_requests()).plus(a.reserve) > budget
+                && spent.plus(a.reserve) <= budget
             {
+                // It fits but for what requests in flight hold: they settle
+                // at what they cost within moments, so retry soon, not
+                // when the window resets.
+                let msg = format!(
+                    "Your {name} budget of {budget} is held by requests in flight: {spent} spent, {reserved} reserved until they finish, this request may cost up to {}. Retry in a moment.",
+                    a.reserve
+                );
+                (msg, Some(1_000))
+            } else {
                 let msg = format!(
                     "You exceeded your {name} budget of {budget}: {spent} spent, {reserved} reserved by requests in flight, this request may cost up to {}.",
                     a.reserve
@@ -839,8 +874,9 @@ impl KeyState {
                     (Some(r), Some(l)) => Some(r.min(l)),
                     (r, l) => r.or(l),
                 };
-                return Err(self.denial(DenialReason::BudgetExceeded, msg, wait, now_ms));
-            }
+                (msg, wait)
+            };
+            return Err(self.denial(DenialReason::BudgetExceeded, msg, wait, now_ms));
         }
         Ok(())
     }

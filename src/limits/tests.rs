@@ -359,7 +359,11 @@ fn budget_admits_exactly_what_the_reservations_allow() {
     assert_eq!(admitted.len(), 3, "3 × $0.30 fits in $1, 4 do not");
     let d = admit_with(&mut s, NOON, usd(0.30), 0).unwrap_err();
     assert_eq!(d.reason, DenialReason::BudgetExceeded);
-    assert_eq!(d.retry_after_ms, None, "a lifetime budget does not reset");
+    assert_eq!(
+        d.retry_after_ms,
+        Some(1_000),
+        "held by the three in flight: retry in a moment"
+    );
     // They cost $0.10 each; the freed reservations admit more.
     for r in &admitted {
         assert!(settle(&mut s, *r, usd(0.10), 10, 10));
@@ -373,6 +377,41 @@ fn budget_admits_exactly_what_the_reservations_allow() {
             .filter(|_| admit_with(&mut s, NOON, usd(0.30), 0).is_ok())
             .count(),
         2
+    );
+}
+
+#[test]
+fn a_budget_refusal_says_when_a_retry_can_pass() {
+    let mut s = virtual_key(budgets(Budgets {
+        total_usd: Some(usd(1.0)),
+        daily_usd: Some(usd(2.0)),
+        ..Budgets::default()
+    }));
+    let first = admit_with(&mut s, NOON, usd(0.6), 0).unwrap();
+    // Only the request in flight stands in the way: it settles soon.
+    let d = admit_with(&mut s, NOON, usd(0.6), 0).unwrap_err();
+    assert_eq!(d.retry_after_ms, Some(1_000));
+    assert!(
+        d.message.contains("held by requests in flight"),
+        "{}",
+        d.message
+    );
+    // Spent, and a lifetime budget never resets: no retry passes.
+    assert!(settle(&mut s, first, usd(0.6), 10, 10));
+    let d = admit_with(&mut s, NOON, usd(0.6), 0).unwrap_err();
+    assert_eq!(d.retry_after_ms, None);
+    assert!(
+        d.message.contains("exceeded your total budget"),
+        "{}",
+        d.message
+    );
+    // Dearer than a whole budget: never, whatever is spent.
+    let d = admit_with(&mut s, NOON, usd(2.5), 0).unwrap_err();
+    assert_eq!(d.retry_after_ms, None);
+    assert!(
+        d.message.contains("more than your whole daily budget"),
+        "{}",
+        d.message
     );
 }
 

@@ -244,6 +244,17 @@ impl Health {
         until.map_or(Availability::Ready, Availability::Until)
     }
 
+    /// Whether the target is skipped only because it is cooling after its
+    /// provider's 429 (no open breaker, no probe out): a caller refused for
+    /// it is rate limited, not facing an outage.
+    pub fn rate_limited(&self, key: &str, now_ms: u64) -> bool {
+        self.targets.borrow().get(key).is_some_and(|t| {
+            t.cooling_until.is_some_and(|c| c > now_ms)
+                && t.open_until.is_none_or(|open| open <= now_ms)
+                && !t.probing
+        })
+    }
+
     /// Claims the right to try the target now: always when ready; for a
     /// half-open breaker, only the first caller gets the probe.
     pub fn acquire(&self, key: &str, now_ms: u64) -> bool {

@@ -108,7 +108,8 @@ pub fn plan<'c>(
         let key = target_key(c.target.name, c.target.model);
         match input.health.availability(&key, input.now_ms) {
             Availability::Until(t) => {
-                skipped.push((key, t));
+                let rate_limited = input.health.rate_limited(&key, input.now_ms);
+                skipped.push((key, t, rate_limited));
                 false
             }
             Availability::Ready | Availability::Probe => true,
@@ -117,19 +118,21 @@ pub fn plan<'c>(
     if list.is_empty() {
         let soonest = skipped
             .iter()
-            .map(|(_, t)| *t)
+            .map(|(_, t, _)| *t)
             .min()
             .unwrap_or(input.now_ms);
         let names: Vec<String> = skipped
             .iter()
-            .map(|(k, t)| format!("{k} for {} ms", t - input.now_ms))
+            .map(|(k, t, _)| format!("{k} for {} ms", t - input.now_ms))
             .collect();
+        let rate_limited = skipped.iter().all(|(_, _, limited)| *limited);
         return Err(GatewayError::Unavailable {
             message: format!(
                 "Every target of `{model}` is temporarily skipped after failures or rate limits: {}.",
                 names.join(", ")
             ),
             retry_after: Some((soonest - input.now_ms).div_ceil(1000).max(1)),
+            rate_limited,
         });
     }
     list.truncate(config.failover.max_attempts);
@@ -178,6 +181,7 @@ fn eligible<'c>(
                     allowed.join(", ")
                 ),
                 retry_after: None,
+                rate_limited: false,
             });
         }
     }

@@ -298,6 +298,46 @@ fn residency_is_never_violated() {
 }
 
 #[test]
+fn targets_cooling_after_429s_refuse_as_a_rate_limit_and_open_breakers_as_an_outage() {
+    let c = regions();
+    let h = Health::new();
+    let eu = Input {
+        origin: eu_origin(),
+        ..Input::default()
+    };
+    let key = target_key("azure-eu", "gpt");
+    // The only EU deployment answered 429 with `Retry-After: 7`.
+    h.record_failure(&key, 1_000, Some(7_000), &c.failover.breaker);
+    let limited = plan_names(&c, "gpt", &eu, &h).unwrap_err();
+    assert!(
+        matches!(
+            limited,
+            GatewayError::Unavailable {
+                rate_limited: true,
+                retry_after: Some(7),
+                ..
+            }
+        ),
+        "{limited:?}"
+    );
+    assert_eq!(limited.status(), 429);
+    // A second failure opens its breaker: an outage, not a rate limit.
+    h.record_failure(&key, 1_000, None, &c.failover.breaker);
+    let down = plan_names(&c, "gpt", &eu, &h).unwrap_err();
+    assert!(
+        matches!(
+            down,
+            GatewayError::Unavailable {
+                rate_limited: false,
+                ..
+            }
+        ),
+        "{down:?}"
+    );
+    assert_eq!(down.status(), 503);
+}
+
+#[test]
 fn key_regions_intersect_origin_rules() {
     let c = regions();
     let h = Health::new();

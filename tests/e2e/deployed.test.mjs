@@ -34,6 +34,8 @@ before(async () => {
     'all-down': { targets: [{ provider: 'mock', model: m('down1', 'status=503') }, { provider: 'mock', model: m('down2', 'status=500') }] },
     plain: { targets: [{ provider: 'mock', model: ok }] },
     'only-429': { targets: [{ provider: 'mock', model: m('alone', 'status=429,retry_after=7') }] },
+    'all-429': { targets: [{ provider: 'mock', model: m('later', 'status=429,retry_after=9') }, { provider: 'mock', model: m('sooner', 'status=429,retry_after=7') }] },
+    'key-refused': { targets: [{ provider: 'mock', model: m('refused', 'status=401') }, { provider: 'mock', model: ok }] },
     hedged: {
       targets: [{ provider: 'mock', model: m('slowpoke', 'headers_delay_ms=2000') }, { provider: 'mock', model: ok }],
       hedge: { after_ms: 200, max_extra: 1 },
@@ -120,6 +122,28 @@ test('whole answer: a lone target\'s 429 reaches the client as a 429 with its Re
   const r = await timed('/v1/chat/completions', ask('only-429'));
   assertError(r, 429);
   assert.equal(r.res.headers.get('retry-after'), '7');
+  // While it cools, the client is still rate limited (not a 503 outage),
+  // told how long is left.
+  const again = await timed('/v1/chat/completions', ask('only-429'));
+  assertError(again, 429, 'rate_limit_error');
+  assert.equal(again.json.error.code, 'rate_limit_exceeded');
+  const left = Number(again.res.headers.get('retry-after'));
+  assert.ok(left >= 1 && left <= 7, `retry-after ${left}`);
+});
+
+test('whole answer: every target rate limited is a 429 with the soonest Retry-After any of them gave', async () => {
+  const r = await timed('/v1/chat/completions', ask('all-429'));
+  assertError(r, 429, 'rate_limit_error');
+  assert.equal(r.json.error.code, 'all_targets_failed');
+  assert.equal(r.res.headers.get('retry-after'), '7');
+  assert.deepEqual(r.json.error.attempts.map((a) => [a.status, a.retry_after]), [[429, 9], [429, 7]]);
+});
+
+test("whole answer: the provider refusing the gateway's key is a 502 no retry can fix", async () => {
+  const r = await timed('/v1/chat/completions', ask('key-refused'));
+  assertError(r, 502, 'server_error');
+  assert.equal(r.json.error.code, 'upstream_auth_failed');
+  assert.equal(r.res.headers.get('x-should-retry'), 'false');
 });
 
 test("whole answer: the provider gets the provider's key and the client's request id, never the gateway key", async () => {

@@ -100,7 +100,9 @@ test('errors are OpenAI-shaped with the right status', async () => {
   e = await errorOf(await chat(gw, ask('demo'), { key: '' }), 401);
   e = await errorOf(await fetch(`${gw.url}/v1/models`), 401);
   e = await errorOf(await chat(gw, ask('demo'), { key: 'sk-wrong' }), 401);
-  assert.equal(e.type, 'authentication_error');
+  // As OpenAI answers a wrong key.
+  assert.equal(e.type, 'invalid_request_error');
+  assert.equal(e.code, 'invalid_api_key');
   // The Anthropic-style header is accepted too.
   const viaHeader = await fetch(`${gw.url}/v1/chat/completions`, {
     method: 'POST', headers: { 'x-api-key': OTHER_KEY }, body: JSON.stringify(ask('demo')),

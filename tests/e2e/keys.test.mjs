@@ -72,7 +72,10 @@ test('admin endpoints refuse a missing or wrong token', async () => {
     for (const [path, method] of [['/admin/keys', 'GET'], ['/admin/keys', 'POST'], ['/admin/config', 'GET'], ['/admin/usage?key=0000000000000000', 'GET']]) {
       const res = await admin(path, { method, token, body: method === 'POST' ? { name: 'x' } : undefined });
       assert.equal(res.status, 401, `${method} ${path} with ${JSON.stringify(token)}`);
-      assert.equal((await res.json()).error.type, 'authentication_error');
+      const { error } = await res.json();
+      // OpenAI's own shape for a wrong key.
+      assert.equal(error.type, 'invalid_request_error');
+      assert.equal(error.code, 'invalid_api_key');
     }
   }
 });

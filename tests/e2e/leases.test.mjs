@@ -106,6 +106,47 @@ describe('leases across two isolates', { concurrency: true }, () => {
     assert.equal(u.reserved_usd, 0);
   });
 
+  test('near its budget, a key serves request after request, each settled before the next', async () => {
+    // $0.01 reserved a request, $0.004 spent: $0.03 a day leaves no room for
+    // a lease, so the object admits each one; six fit, one after another.
+    const { key, secret } = await createKey({ budgets: { daily_usd: 0.03 } });
+    const body = ask('priced', 'hi', { max_tokens: 10 });
+    for (let i = 1; i <= 6; i++) {
+      const res = await chat(env.a, secret, body);
+      assert.equal(res.status, 200, `request ${i}: ${await res.clone().text()}`);
+      await res.text();
+    }
+    // The seventh would pass $0.03: refused until the day ends.
+    const over = await chat(env.a, secret, body);
+    assert.equal(over.status, 429);
+    assert.match((await over.json()).error.message, /exceeded your daily budget/);
+    assert.ok(Number(over.headers.get('retry-after')) > 1, 'retry when the day resets');
+    assert.equal((await usage(key.id)).spent_total_usd, 0.024);
+  });
+
+  test('a budget held by a request in flight says to retry in a second', async () => {
+    // One reservation fits at a time; the slow model keeps it in flight.
+    const { secret } = await createKey({ budgets: { daily_usd: 0.015 } });
+    const body = ask('slow', 'hi', { max_tokens: 10 });
+    const [first, second] = await Promise.all([chat(env.a, secret, body), sleep(300).then(() => chat(env.a, secret, body))]);
+    assert.equal(first.status, 200, await first.clone().text());
+    assert.equal(second.status, 429);
+    assert.equal(second.headers.get('retry-after'), '1');
+    assert.match((await second.json()).error.message, /held by requests in flight/);
+    await first.text();
+  });
+
+  test('a request dearer than the whole budget is refused for good', async () => {
+    const { secret } = await createKey({ budgets: { daily_usd: 0.005 } });
+    const res = await chat(env.a, secret, ask('priced', 'hi', { max_tokens: 10 }));
+    assert.equal(res.status, 429);
+    assert.equal(res.headers.get('retry-after'), null);
+    assert.equal(res.headers.get('x-should-retry'), 'false');
+    const { error } = await res.json();
+    assert.equal(error.code, 'insufficient_quota');
+    assert.match(error.message, /more than your whole daily budget/);
+  });
+
   test('rpm is never exceeded in any 60-second window across both isolates', async () => {
     const rpm = 50;
     const { secret } = await createKey({ limits: { rpm } });

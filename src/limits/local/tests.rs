@@ -165,12 +165,20 @@ fn settled_requests_are_sent_in_one_batch_a_flush_interval_later() {
                 .0,
         );
     }
-    for t in &tickets {
+    // The four admitted from the lease wait for the flush interval.
+    for t in &tickets[1..] {
         iso.settle(t, usd(0.004), &usage(50), NOON + 10);
     }
     assert_eq!(iso.next_wakeup(NOON + 10), Some(NOON + 1_010));
     assert!(iso.take_sync(OBJ, NOON + 500, false).is_none());
-    let sync = iso.take_sync(OBJ, NOON + 1_010, false).unwrap();
+    assert!(!iso.reservation_unsent(OBJ));
+    // The first was admitted by the object itself: its reservation holds
+    // the key's budget there, so settling it sends the batch at once.
+    iso.settle(&tickets[0], usd(0.004), &usage(50), NOON + 600);
+    assert!(iso.reservation_unsent(OBJ));
+    assert!(iso.next_wakeup(NOON + 600).is_some_and(|t| t <= NOON + 600));
+    let sync = iso.take_sync(OBJ, NOON + 600, false).unwrap();
+    assert!(!iso.reservation_unsent(OBJ));
     assert_eq!(sync.seq, 1);
     // One reservation (the first request) and one lease charge of four.
     assert_eq!(sync.charges.len(), 2);
@@ -187,6 +195,62 @@ fn settled_requests_are_sent_in_one_batch_a_flush_interval_later() {
     iso.on_reply(OBJ, 1, &reply, NOON + 1_010);
     let r = report(&mut obj, NOON + 1_010);
     assert_eq!((r.spent_total_usd, r.requests), (usd(0.02), 5));
+}
+
+#[test]
+fn near_its_budget_a_key_admits_the_next_request_once_the_last_has_settled() {
+    // $1.50 a day; each request may cost up to $1.01, so no lease fits and
+    // the object decides each one; each actually costs $0.06.
+    let mut obj = key(KeySettings {
+        budgets: Budgets {
+            daily_usd: Some(usd(1.5)),
+            ..Budgets::default()
+        },
+        ..KeySettings::default()
+    });
+    let mut iso = LocalLimits::new("iso-1".into());
+    let (first, local) = admit(&mut iso, &mut obj, usd(1.01), 100, NOON).unwrap();
+    assert!(!local, "decided by the object");
+    // While it runs, a second one does not fit: retry in a moment, not at midnight.
+    let held = obj.apply(
+        Command::Admit(Admit {
+            auth: Auth::Virtual {
+                secret_hash: HASH.into(),
+            },
+            model: "gpt".into(),
+            reserve: usd(1.01),
+            tokens: 100,
+            lease: None,
+        }),
+        NOON + 1,
+    );
+    match held {
+        Reply::Denied(d) => {
+            assert_eq!(d.retry_after_ms, Some(1_000));
+            assert!(
+                d.message.contains("held by requests in flight"),
+                "{}",
+                d.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // It ends; its settlement goes at once, and the next one fits.
+    iso.settle(&first, usd(0.06), &usage(100), NOON + 2);
+    flush(&mut iso, &mut obj, NOON + 2, false);
+    for i in 0..7 {
+        let (t, _) = admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 3 + i)
+            .unwrap_or_else(|| panic!("request {} refused", i + 2));
+        iso.settle(&t, usd(0.06), &usage(100), NOON + 3 + i);
+        flush(&mut iso, &mut obj, NOON + 3 + i, false);
+    }
+    let r = report(&mut obj, NOON + 10);
+    assert_eq!((r.spent_total_usd, r.requests), (usd(0.48), 8));
+    // Past what is left ($1.02 left, $1.01 fits once more; then $0.96 does not).
+    let (t, _) = admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 11).unwrap();
+    iso.settle(&t, usd(1.01), &usage(100), NOON + 11);
+    flush(&mut iso, &mut obj, NOON + 11, false);
+    assert!(admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 12).is_none());
 }
 
 #[test]
