@@ -153,7 +153,10 @@ pub enum GatewayError {
     Unavailable {
         /// Why, target by target.
         message: String,
-        /// Seconds until a target is expected back.
+        /// Seconds until a target is expected back. Sent as `Retry-After`
+        /// only for a rate limit: through an outage an SDK's own short
+        /// backoff fails fast, where an open breaker's remaining cooldown
+        /// (up to `cooldown_ms`, 30 s by default) would hold every retry.
         retry_after: Option<u64>,
         /// Every target skipped is cooling after its provider's 429: the
         /// client is rate limited (429), as it was when they answered it.
@@ -363,7 +366,11 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Upstream { retry_after, .. }
-            | Self::Unavailable { retry_after, .. }
+            | Self::Unavailable {
+                retry_after,
+                rate_limited: true,
+                ..
+            }
             | Self::RateLimited { retry_after, .. }
             | Self::BudgetExceeded { retry_after, .. } => *retry_after,
             // The soonest a rate-limited target said it takes requests again.
@@ -631,6 +638,7 @@ mod tests {
         assert_eq!(body(&skipped(true))["error"]["code"], "rate_limit_exceeded");
         assert_eq!(skipped(true).retry_after(), Some(7));
         assert_eq!(skipped(false).status(), 503);
+        assert_eq!(skipped(false).retry_after(), None, "an outage: fail fast");
         assert_eq!(body(&skipped(false))["error"]["type"], "server_error");
         assert_eq!(
             body(&skipped(false))["error"]["code"],

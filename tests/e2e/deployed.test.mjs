@@ -168,6 +168,18 @@ test('whole answer: every target down is a 5xx in OpenAI shape, never a provider
   assert.ok(r.res.status === 502 || r.res.status === 503, `status ${r.res.status}: ${r.text}`);
   assertError(r, r.res.status);
   assert.equal(r.res.headers.get('x-gateway-attempts'), '2');
+  // Five failures open both breakers (the default policy); then the
+  // targets are skipped: a 503 at once, with no Retry-After that would hold
+  // an SDK's retries for the breakers' 30 s.
+  let skipped;
+  for (let i = 0; i < 8 && !skipped; i++) {
+    const next = await timed('/v1/chat/completions', ask('all-down'));
+    if (next.json?.error?.code === 'no_target_available') skipped = next;
+  }
+  assert.ok(skipped, 'the breakers opened');
+  assertError(skipped, 503, 'server_error');
+  assert.equal(skipped.res.headers.get('retry-after'), null);
+  assert.match(skipped.json.error.message, /temporarily skipped/);
 });
 
 test('stream: a 503 before the first token is failed over unseen; the stream ends with [DONE]', async () => {
