@@ -305,11 +305,24 @@ impl Entry {
     /// The entry with `usage` (what the provider reported, as settled) when
     /// the answer as the client got it carried none: a stream whose client
     /// did not ask for the usage chunk, which a later client may.
+    /// A completion assembled from such a stream gets it too: a later
+    /// client that does not stream is owed its `usage` like any other.
     pub fn with_usage(mut self, usage: Option<&crate::api::Usage>) -> Entry {
         if self.usage.is_none()
             && let Some(u) = usage
             && let Ok(json) = serde_json::to_string(u)
         {
+            if self.chunks.is_some()
+                && let Ok(Value::Object(mut completion)) =
+                    serde_json::from_str::<Value>(self.completion.get())
+                && !completion.contains_key("usage")
+                && let Ok(value) = serde_json::from_str::<Value>(&json)
+            {
+                completion.insert("usage".into(), value);
+                if let Ok(raw) = RawValue::from_string(Value::Object(completion).to_string()) {
+                    self.completion = raw;
+                }
+            }
             self.usage = RawValue::from_string(json).ok();
         }
         self

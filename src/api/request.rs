@@ -71,6 +71,13 @@ impl<'a> ChatRequest<'a> {
         crate::trust::params::check(crate::trust::params::Params::Chat, &req.fields)?;
         req.stream = req.parse_field::<Option<bool>>("stream")?.unwrap_or(false);
         if let Some(opts) = req.parse_field::<Option<StreamOptions>>("stream_options")? {
+            if !req.stream {
+                // OpenAI's own refusal, word for word.
+                return Err(invalid(
+                    "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                    "stream_options",
+                ));
+            }
             req.include_usage = opts.include_usage.unwrap_or(false);
         }
         let cap = |name: &str| req.parse_field::<Option<u64>>(name);
@@ -553,6 +560,24 @@ mod tests {
             v,
             json!({"model":"b","stream":true,"messages":[{}],"stream_options":{"include_usage":true}})
         );
+    }
+
+    #[test]
+    fn stream_options_need_a_stream() {
+        for body in [
+            r#"{"model":"a","stream_options":{"include_usage":true},"messages":[{}]}"#,
+            r#"{"model":"a","stream":false,"stream_options":{},"messages":[{}]}"#,
+        ] {
+            match parse(body) {
+                Err(GatewayError::InvalidRequest { message, param }) => {
+                    assert_eq!(param.as_deref(), Some("stream_options"));
+                    assert!(message.contains("only allowed when 'stream' is enabled"));
+                }
+                other => panic!("{body}: {:?}", other.map(|r| r.model)),
+            }
+        }
+        // `null` is no options.
+        assert!(parse(r#"{"model":"a","stream_options":null,"messages":[{}]}"#).is_ok());
     }
 
     #[test]

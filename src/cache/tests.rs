@@ -257,4 +257,8 @@ fn a_stream_stored_without_its_usage_chunk_gets_the_settled_usage() {
             .unwrap()
             .contains("usage")
     );
+    // A client that does not stream gets it in its completion.
+    let whole: Value = serde_json::from_slice(&e.to_completion()).unwrap();
+    assert_eq!(whole["usage"]["total_tokens"], 6);
+    assert_eq!(whole["choices"][0]["message"]["content"], "Hi");
 }

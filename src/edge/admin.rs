@@ -14,7 +14,8 @@ use crate::error::GatewayError;
 use crate::gateway::{AdminRoute, Reply};
 use crate::keys;
 use crate::limits::{
-    Auth, Command, KeyPatch, KeyRecord, KeySettings, KeyView, Reply as KeyReply, check_trust,
+    Auth, Command, KeyPatch, KeyRecord, KeySettings, KeyView, Reply as KeyReply, check_name,
+    check_trust,
 };
 
 /// Secret that guards `/admin/*`.
@@ -35,6 +36,9 @@ pub(super) async fn handle(
         (AdminRoute::Keys, _) => list_keys(env).await,
         (AdminRoute::Key(id), "PATCH") => {
             let patch: KeyPatch = parse_json(&read_body(req.inner()).await?)?;
+            if let Some(name) = &patch.name {
+                check_name(name)?;
+            }
             check_trust(
                 patch.data_class.clone().flatten().as_deref(),
                 patch.pii.as_ref().and_then(Option::as_ref),
@@ -119,12 +123,7 @@ struct Issued {
 
 async fn create_key(req: &mut Request, env: &Env) -> Result<Reply, GatewayError> {
     let settings: KeySettings = parse_json(&read_body(req.inner()).await?)?;
-    if settings.name.trim().is_empty() {
-        return Err(GatewayError::InvalidRequest {
-            message: "A key needs a `name`.".into(),
-            param: Some("name".into()),
-        });
-    }
+    check_name(&settings.name)?;
     check_trust(settings.data_class.as_deref(), settings.pii.as_ref())?;
     let (id, secret) = keys::new_virtual_key(&random()?);
     let now = super::now_ms();
@@ -223,6 +222,10 @@ fn expect_key(reply: KeyReply) -> Result<KeyView, GatewayError> {
         KeyReply::Key(view) => Ok(*view),
         KeyReply::Rejected { status: 404, .. } => Err(GatewayError::NotFound {
             path: "no such key".into(),
+        }),
+        KeyReply::Rejected { message, .. } => Err(GatewayError::InvalidRequest {
+            message,
+            param: None,
         }),
         other => Err(key_client::unexpected(other)),
     }

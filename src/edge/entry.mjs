@@ -89,7 +89,7 @@ function panicReply(request, error) {
   const message = 'Internal gateway error: the request failed unexpectedly and was not completed; retrying it is safe.';
   console.error(JSON.stringify({ event: 'panic', request_id: id, error: String(error) }));
   const path = new URL(request.url).pathname.replace(/\/+$/, '');
-  const anthropic = path === '/v1/messages' || path === '/v1/messages/count_tokens';
+  const anthropic = path === '/v1/messages' || path.startsWith('/v1/messages/');
   const body = anthropic
     ? { type: 'error', error: { type: 'api_error', message } }
     : { error: { message, type: 'server_error', code: 'internal_error', param: null } };

@@ -555,6 +555,9 @@ fn paths_name_their_protocol() {
     assert_eq!(Ingress::of_path("/v1/responses"), Ingress::Responses);
     assert_eq!(Ingress::of_path("/v1/chat/completions"), Ingress::Chat);
     assert_eq!(Ingress::of_path("/v1/models"), Ingress::Chat);
+    // A mistyped path under Messages' is an Anthropic client's 404.
+    assert_eq!(Ingress::of_path("/v1/messages/nope"), Ingress::Messages);
+    assert_eq!(Ingress::of_path("/v1/messagesx"), Ingress::Chat);
 }
 
 // ---- Messages to other targets: translated -----------------------------------

@@ -136,9 +136,17 @@ impl Ingress {
     /// does): Messages for `/v1/messages` and `/v1/messages/count_tokens`,
     /// Responses for `/v1/responses`, Chat for anything else.
     pub fn of_path(path: &str) -> Ingress {
-        match path.trim_end_matches('/') {
+        let path = path.trim_end_matches('/');
+        match path {
             messages::MESSAGES_PATH | messages::COUNT_TOKENS_PATH => Ingress::Messages,
             responses::RESPONSES_PATH => Ingress::Responses,
+            // An Anthropic client's mistyped path is told so in its shape.
+            _ if path
+                .strip_prefix(messages::MESSAGES_PATH)
+                .is_some_and(|rest| rest.starts_with('/')) =>
+            {
+                Ingress::Messages
+            }
             _ => Ingress::Chat,
         }
     }

@@ -44,7 +44,9 @@ pub use lease::{
     Charge, Grant, Headroom, KeySnapshot, LeaseAsk, LeaseDone, MAX_LEASE_TTL_MS, Source, Sync,
 };
 pub use money::{CACHE_WRITE_MARKUP, MAX_PRICE_PER_MTOK, Money, Pricing, Tokens};
-pub use record::{Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits, check_trust};
+pub use record::{
+    Budgets, KeyPatch, KeyRecord, KeySettings, KeyView, RateLimits, check_name, check_trust,
+};
 pub use store::Row;
 
 use crate::keys::constant_time_eq;
@@ -603,6 +605,10 @@ impl KeyState {
             },
             Command::Update { patch } => self.edit(now_ms, |r| r.settings.apply(patch)),
             Command::Revoke => self.edit(now_ms, |r| r.revoked = true),
+            // A revoked key stays revoked: a new secret for it would never work.
+            Command::Rotate { .. } if self.record.as_ref().is_some_and(|r| r.revoked) => {
+                rejected(409, "The key is revoked; a revoked key cannot be rotated.")
+            }
             Command::Rotate {
                 secret_hash,
                 secret_hint,

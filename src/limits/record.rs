@@ -151,12 +151,13 @@ pub struct KeyPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub pii: Option<Option<PiiPolicy>>,
-    /// New rate limits (replace all four).
+    /// Rate limits changed one by one: the ones given replace, `null`
+    /// lifts one, the others stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<RateLimits>,
-    /// New budgets (replace all three).
+    pub limits: Option<LimitsPatch>,
+    /// Budgets changed one by one, the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budgets: Option<Budgets>,
+    pub budgets: Option<BudgetsPatch>,
     /// New expiry (`null`: never).
     #[serde(
         default,
@@ -169,11 +170,99 @@ pub struct KeyPatch {
     pub strict_admission: Option<bool>,
 }
 
+/// A change to [`RateLimits`]: each field given replaces that limit
+/// (`null` lifts it); a field left out keeps its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    /// Requests in any sliding 60-second window.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rpm: Option<Option<u64>>,
+    /// Requests per UTC day.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rpd: Option<Option<u64>>,
+    /// Input + output tokens in any sliding 60-second window.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tpm: Option<Option<u64>>,
+    /// Requests in flight at once.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_concurrent: Option<Option<u64>>,
+}
+
+/// A change to [`Budgets`], field by field like [`LimitsPatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsPatch {
+    /// Per UTC day.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub daily_usd: Option<Option<Money>>,
+    /// Per UTC calendar month.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub monthly_usd: Option<Option<Money>>,
+    /// Over the key's life.
+    #[serde(
+        default,
+        deserialize_with = "some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub total_usd: Option<Option<Money>>,
+}
+
+/// `to = new` for each field the patch gives.
+fn patch<T>(to: &mut Option<T>, new: Option<Option<T>>) {
+    if let Some(v) = new {
+        *to = v;
+    }
+}
+
 /// Tells a present `null` (`Some(None)`) from an absent field (`None`).
 fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// The longest `name` a key may have, in characters.
+const MAX_NAME_CHARS: usize = 256;
+
+/// Checks a key's `name`: present and not blank, at most
+/// [`MAX_NAME_CHARS`] characters (it is shown in lists and logs).
+pub fn check_name(name: &str) -> Result<(), GatewayError> {
+    let message = if name.trim().is_empty() {
+        "A key needs a `name`.".to_owned()
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        format!("A key's `name` is at most {MAX_NAME_CHARS} characters.")
+    } else {
+        return Ok(());
+    };
+    Err(GatewayError::InvalidRequest {
+        message,
+        param: Some("name".into()),
+    })
 }
 
 /// Checks a key's trust settings: a data class and PII kinds are names
@@ -231,11 +320,16 @@ impl KeySettings {
         if let Some(v) = p.pii {
             self.pii = v;
         }
-        if let Some(v) = p.limits {
-            self.limits = v;
+        if let Some(l) = p.limits {
+            patch(&mut self.limits.rpm, l.rpm);
+            patch(&mut self.limits.rpd, l.rpd);
+            patch(&mut self.limits.tpm, l.tpm);
+            patch(&mut self.limits.max_concurrent, l.max_concurrent);
         }
-        if let Some(v) = p.budgets {
-            self.budgets = v;
+        if let Some(b) = p.budgets {
+            patch(&mut self.budgets.daily_usd, b.daily_usd);
+            patch(&mut self.budgets.monthly_usd, b.monthly_usd);
+            patch(&mut self.budgets.total_usd, b.total_usd);
         }
         if let Some(v) = p.expires_at_ms {
             self.expires_at_ms = v;
@@ -324,6 +418,54 @@ mod tests {
         );
         assert_eq!(s.budgets.daily_usd, Money::from_usd(2.0));
         assert!(serde_json::from_str::<KeyPatch>(r#"{"secret_hash":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn a_patch_changes_the_limits_and_budgets_it_names_and_keeps_the_others() {
+        let usd = |x| Money::from_usd(x);
+        let mut s: KeySettings = serde_json::from_str(
+            r#"{"name":"k","limits":{"rpm":100,"rpd":1000,"tpm":100000,"max_concurrent":4},
+                "budgets":{"daily_usd":5,"monthly_usd":50,"total_usd":500}}"#,
+        )
+        .unwrap();
+        let p: KeyPatch =
+            serde_json::from_str(r#"{"limits":{"rpm":120},"budgets":{"daily_usd":10}}"#).unwrap();
+        // As it travels to the key's object.
+        let p: KeyPatch = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        s.apply(p);
+        let limits = |s: &KeySettings| {
+            let l = &s.limits;
+            (l.rpm, l.rpd, l.tpm, l.max_concurrent)
+        };
+        assert_eq!(limits(&s), (Some(120), Some(1000), Some(100_000), Some(4)));
+        let b = &s.budgets;
+        assert_eq!(
+            (b.daily_usd, b.monthly_usd, b.total_usd),
+            (usd(10.0), usd(50.0), usd(500.0))
+        );
+        // `null` lifts the one named, nothing else.
+        let p: KeyPatch =
+            serde_json::from_str(r#"{"limits":{"rpm":null},"budgets":{"total_usd":null}}"#)
+                .unwrap();
+        let p: KeyPatch = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        s.apply(p);
+        assert_eq!(limits(&s), (None, Some(1000), Some(100_000), Some(4)));
+        let b = &s.budgets;
+        assert_eq!(
+            (b.daily_usd, b.monthly_usd, b.total_usd),
+            (usd(10.0), usd(50.0), None)
+        );
+        assert!(serde_json::from_str::<KeyPatch>(r#"{"limits":{"rps":1}}"#).is_err());
+    }
+
+    #[test]
+    fn a_name_is_present_and_not_a_novel() {
+        assert!(check_name("team-a").is_ok());
+        assert!(check_name("  ").is_err());
+        assert!(check_name(&"é".repeat(MAX_NAME_CHARS)).is_ok());
+        let long = check_name(&"x".repeat(MAX_NAME_CHARS + 1)).unwrap_err();
+        assert_eq!(long.status(), 400);
+        assert!(long.to_string().contains("at most 256"), "{long}");
     }
 
     #[test]

@@ -601,6 +601,18 @@ fn admin_commands_manage_the_record() {
         KeyState::default().apply(Command::Get, NOON),
         Reply::Rejected { status: 404, .. }
     ));
+    // A revoked key is not brought back by a new secret.
+    s.apply(Command::Revoke, NOON + 6);
+    assert!(matches!(
+        s.apply(
+            Command::Rotate {
+                secret_hash: "hash-3".into(),
+                secret_hint: "h".into(),
+            },
+            NOON + 7,
+        ),
+        Reply::Rejected { status: 409, .. }
+    ));
 }
 
 #[test]

@@ -146,6 +146,24 @@ test('expired keys are refused; scope is enforced before routing', async () => {
   await now.text();
 });
 
+test('PATCH changes the limits and budgets it names and keeps every other cap', async () => {
+  const { key } = await createKey({
+    limits: { rpm: 100, rpd: 1000, tpm: 100000 },
+    budgets: { daily_usd: 5, monthly_usd: 50, total_usd: 500 },
+  });
+  const res = await admin(`/admin/keys/${key.id}`, { method: 'PATCH', body: { limits: { rpm: 120 }, budgets: { daily_usd: 10 } } });
+  assert.equal(res.status, 200);
+  const changed = await res.json();
+  assert.deepEqual(changed.limits, { rpm: 120, rpd: 1000, tpm: 100000 });
+  assert.deepEqual(changed.budgets, { daily_usd: 10, monthly_usd: 50, total_usd: 500 });
+  const lifted = await (await admin(`/admin/keys/${key.id}`, { method: 'PATCH', body: { limits: { rpm: null }, budgets: { total_usd: null } } })).json();
+  assert.deepEqual(lifted.limits, { rpd: 1000, tpm: 100000 });
+  assert.deepEqual(lifted.budgets, { daily_usd: 10, monthly_usd: 50 });
+  // What the object keeps, read back.
+  const read = await (await admin(`/admin/keys/${key.id}`)).json();
+  assert.deepEqual([read.limits, read.budgets], [lifted.limits, lifted.budgets]);
+});
+
 test('requests per minute hold under concurrency, with OpenAI headers', async () => {
   const { secret } = await createKey({ limits: { rpm: 5 } });
   const results = await Promise.all(Array.from({ length: 8 }, () => chat(gw, ask('demo'), { key: secret })));
