@@ -250,7 +250,7 @@ fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 const MAX_NAME_CHARS: usize = 256;
 
 /// Checks a key's `name`: present and not blank, at most
-/// [`MAX_NAME_CHARS`] characters (it is shown in lists and logs).
+/// 256 characters (it is shown in lists and logs).
 pub fn check_name(name: &str) -> Result<(), GatewayError> {
     let message = if name.trim().is_empty() {
         "A key needs a `name`.".to_owned()
