@@ -389,13 +389,18 @@ impl GatewayError {
     /// `x-should-retry: false` for what no retry of the same request can
     /// fix (the official SDKs honour it; without it they retry every 5xx
     /// and 429): the gateway's provider key refused, a budget that never
-    /// resets exhausted. `None`: the SDK's own rules decide.
+    /// resets exhausted, no target where the request may go (residency, a
+    /// binding not configured). `None`: the SDK's own rules decide.
     pub fn should_retry(&self) -> Option<bool> {
         match self {
             Self::Upstream {
                 status: 401 | 403, ..
             } => Some(false),
-            Self::BudgetExceeded { retry_after, .. } if retry_after.is_none() => Some(false),
+            Self::BudgetExceeded { retry_after, .. } | Self::Unavailable { retry_after, .. }
+                if retry_after.is_none() =>
+            {
+                Some(false)
+            }
             _ => None,
         }
     }
@@ -639,6 +644,17 @@ mod tests {
         assert_eq!(skipped(true).retry_after(), Some(7));
         assert_eq!(skipped(false).status(), 503);
         assert_eq!(skipped(false).retry_after(), None, "an outage: fail fast");
+        assert_eq!(skipped(false).should_retry(), None, "the SDK may retry it");
+        let nowhere = GatewayError::Unavailable {
+            message: "No deployment of `m` is in the jurisdictions ...".into(),
+            retry_after: None,
+            rate_limited: false,
+        };
+        assert_eq!(
+            nowhere.should_retry(),
+            Some(false),
+            "residency never changes"
+        );
         assert_eq!(body(&skipped(false))["error"]["type"], "server_error");
         assert_eq!(
             body(&skipped(false))["error"]["code"],

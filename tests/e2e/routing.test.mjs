@@ -238,6 +238,13 @@ test('EU requests stay in the EU, failover included; others go nearest', async (
   // From the US the same model fails over to the US deployment.
   const fromUs = await answered('eu_only_down', { geo: US });
   assert.equal(providerOf(fromUs.res), 'us-up');
+  // A model with no EU deployment at all: refused, and no retry can change that.
+  mock.clear();
+  const nowhere = await answered('ok', { geo: EU });
+  assert.equal(nowhere.res.status, 503);
+  assert.match(nowhere.body.error.message, /jurisdictions this request must stay in/);
+  assert.equal(nowhere.res.headers.get('x-should-retry'), 'false');
+  assert.equal(mock.requests.length, 0);
 });
 
 test('a weighted split lands within tolerance over many requests', async () => {
