@@ -198,6 +198,7 @@ pub(super) async fn admit(
         reserve,
         tokens,
         lease,
+        settle: None,
     };
     match overlap {
         Some(routing) => {
@@ -222,12 +223,14 @@ pub(super) async fn admit(
 /// Asks the key's object to admit one request (and perhaps to grant a
 /// lease); a denial becomes the client's error reply.
 pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admitted, Reply> {
-    // A request this isolate settled and has not sent yet still holds its
-    // reservation at the object: send it first, or this one could be
-    // refused for the other's worst case.
-    if LOCAL.with(|l| l.borrow().reservation_unsent(object)) {
-        flush_key(env, object, false).await;
-    }
+    // What this isolate settled for the key goes with it, applied first:
+    // a request it settled still holds its reservation at the object until
+    // then, and this one must not be refused for that.
+    let mut admit = admit;
+    admit.settle = LOCAL
+        .with(|l| l.borrow_mut().take_for_admit(object, now_ms()))
+        .map(Box::new);
+    let seq = admit.settle.as_ref().map_or(0, |s| s.seq);
     let model = admit.model.clone();
     let asked = admit.lease.is_some();
     let result = key_client::call(env, object, &Command::Admit(admit)).await;
@@ -235,13 +238,13 @@ pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admi
     let reply = match result {
         Ok(reply) => reply,
         Err(e) => {
-            if asked {
-                LOCAL.with(|l| l.borrow_mut().on_failure(object, 0, now_ms()));
+            if asked || seq != 0 {
+                LOCAL.with(|l| l.borrow_mut().on_failure(object, seq, now_ms()));
             }
             return Err(Reply::error(&e));
         }
     };
-    LOCAL.with(|l| l.borrow_mut().on_reply(object, 0, &reply, now));
+    LOCAL.with(|l| l.borrow_mut().on_reply(object, seq, &reply, now));
     match reply {
         KeyReply::Admitted {
             reservation,

@@ -32,6 +32,9 @@ use crate::keys::constant_time_eq;
 const SNAPSHOT_FRESH_MS: u64 = 60_000;
 /// After an ask that got no lease, this long before the next.
 const NO_LEASE_BACKOFF_MS: u64 = 1_000;
+/// How long the settlement of a request the object admitted itself waits
+/// for the key's next admission to carry it before it is sent alone.
+pub const RESERVATION_FLUSH_MS: u64 = 50;
 /// The longest wait before a failed batch is sent again.
 pub const MAX_RETRY_MS: u64 = 30_000;
 
@@ -281,11 +284,12 @@ struct KeyLocal {
     /// Settled requests not yet sent, by (source, model, day).
     pending: BTreeMap<(Source, String, u64), Charge>,
     pending_since_ms: Option<u64>,
-    /// `pending` settles a request the object admitted itself: its
-    /// reservation holds the key's budget at the object until the batch
-    /// arrives, so the batch goes at once, not a flush interval later
-    /// (a key that near its budget would refuse the next request for it).
-    reservation_pending: bool,
+    /// Since when `pending` settles a request the object admitted itself:
+    /// its reservation holds the key's budget at the object until the
+    /// batch arrives (near a budget, the next request would be refused for
+    /// it), so the batch goes with the key's next admission, no call of its
+    /// own, or [`RESERVATION_FLUSH_MS`] later if none comes.
+    reservation_since_ms: Option<u64>,
     /// A batch sent and not yet acknowledged: resent as is (same `seq`).
     unacked: Option<Sync>,
     /// A batch is on its way.
@@ -514,7 +518,7 @@ impl LocalLimits {
             Ticket::Reservation {
                 id, admitted_ms, ..
             } => {
-                k.reservation_pending = true;
+                k.reservation_since_ms.get_or_insert(now_ms);
                 (Source::Reservation { id: *id }, *admitted_ms)
             }
             Ticket::Record { admitted_ms, .. } => (Source::Record, *admitted_ms),
@@ -561,55 +565,40 @@ impl LocalLimits {
         }
         let due = k.pending_since_ms.is_some_and(|t| {
             force
-                || k.reservation_pending
                 || now_ms >= t + config.flush_ms
                 || k.pending.len() >= config.max_batch
+                || k.reservation_since_ms
+                    .is_some_and(|r| now_ms >= r + RESERVATION_FLUSH_MS)
         });
-        let done: Vec<LeaseDone> = k
-            .leases
-            .iter()
-            .filter(|(_, h)| h.is_done(now_ms))
-            .map(|(_, h)| LeaseDone {
-                lease: h.id,
-                used_requests: h.used_requests,
-                used_tokens: h.used_tokens,
-            })
-            .collect();
+        let done = k.done_leases(now_ms);
         let ask = k.refill(&config, &holder, now_ms);
         if !due && done.is_empty() && ask.is_none() {
             return None;
         }
-        k.leases.retain(|(_, h)| !h.is_done(now_ms));
-        let charges: Vec<Charge> = std::mem::take(&mut k.pending).into_values().collect();
-        k.pending_since_ms = None;
-        k.reservation_pending = false;
-        let seq = if charges.is_empty() && done.is_empty() {
-            0
-        } else {
-            k.seq += 1;
-            k.seq
-        };
-        let sync = Sync {
-            holder,
-            seq,
-            charges,
-            done,
-            answered: k.answered,
-            in_flight: k.leases.iter().map(|(_, h)| h.in_flight).sum(),
-            held: k.leases.iter().map(|(_, h)| h.id).collect(),
-            ask,
-        };
-        if seq != 0 {
+        Some(k.batch(holder, done, ask, now_ms))
+    }
+
+    /// The key's settled requests and returned leases, to go with an
+    /// admission the isolate is about to ask of the object (one call for
+    /// both: a settlement never waits behind the next request, and costs
+    /// no call of its own); `None` when there is nothing, or a batch is on
+    /// its way. A lost batch is resent this way too. No lease is asked
+    /// here: the admission asks its own.
+    pub fn take_for_admit(&mut self, object: &str, now_ms: u64) -> Option<Sync> {
+        let holder = self.holder.clone();
+        let k = self.keys.get_mut(object)?;
+        if k.syncing {
+            return None;
+        }
+        if let Some(u) = &k.unacked {
             k.syncing = true;
-            k.unacked = Some(Sync {
-                ask: None,
-                ..sync.clone()
-            });
+            return Some(u.clone());
         }
-        if sync.ask.is_some() {
-            k.asking = true;
+        let done = k.done_leases(now_ms);
+        if k.pending.is_empty() && done.is_empty() {
+            return None;
         }
-        Some(sync)
+        Some(k.batch(holder, done, None, now_ms))
     }
 
     /// Every key with something to send now.
@@ -661,15 +650,6 @@ impl LocalLimits {
             .min()
     }
 
-    /// Whether a settled request the object admitted itself waits here to
-    /// be sent (its reservation still held at the object): the key's next
-    /// question to the object sends it first.
-    pub fn reservation_unsent(&self, object: &str) -> bool {
-        self.keys
-            .get(object)
-            .is_some_and(|k| k.reservation_pending && !k.syncing)
-    }
-
     /// Test support: what this isolate holds of a key (leases, pending).
     pub fn held(&self, object: &str) -> (usize, usize) {
         self.keys
@@ -705,6 +685,61 @@ fn ample(snap: &KeySnapshot, reserve: Money, tokens: u64) -> bool {
 }
 
 impl KeyLocal {
+    /// The leases that are over, for the next batch.
+    fn done_leases(&self, now_ms: u64) -> Vec<LeaseDone> {
+        self.leases
+            .iter()
+            .filter(|(_, h)| h.is_done(now_ms))
+            .map(|(_, h)| LeaseDone {
+                lease: h.id,
+                used_requests: h.used_requests,
+                used_tokens: h.used_tokens,
+            })
+            .collect()
+    }
+
+    /// Takes everything pending into a batch (numbered when it carries
+    /// charges or returns, and kept until acknowledged), with `ask`.
+    fn batch(
+        &mut self,
+        holder: String,
+        done: Vec<LeaseDone>,
+        ask: Option<LeaseAsk>,
+        now_ms: u64,
+    ) -> Sync {
+        self.leases.retain(|(_, h)| !h.is_done(now_ms));
+        let charges: Vec<Charge> = std::mem::take(&mut self.pending).into_values().collect();
+        self.pending_since_ms = None;
+        self.reservation_since_ms = None;
+        let seq = if charges.is_empty() && done.is_empty() {
+            0
+        } else {
+            self.seq += 1;
+            self.seq
+        };
+        let sync = Sync {
+            holder,
+            seq,
+            charges,
+            done,
+            answered: self.answered,
+            in_flight: self.leases.iter().map(|(_, h)| h.in_flight).sum(),
+            held: self.leases.iter().map(|(_, h)| h.id).collect(),
+            ask,
+        };
+        if seq != 0 {
+            self.syncing = true;
+            self.unacked = Some(Sync {
+                ask: None,
+                ..sync.clone()
+            });
+        }
+        if sync.ask.is_some() {
+            self.asking = true;
+        }
+        sync
+    }
+
     /// A lease ask sized from this isolate's recent rate for the key, or
     /// `None` when leases are off or one is already on its way.
     fn lease_ask(
@@ -772,8 +807,9 @@ impl KeyLocal {
     /// When this key next needs a batch sent. While one is on its way,
     /// the next is looked at a flush interval later.
     fn wakeup(&self, config: &LocalConfig, now_ms: u64) -> Option<u64> {
+        let reservation = self.reservation_since_ms.map(|r| r + RESERVATION_FLUSH_MS);
         let flush = self.pending_since_ms.map(|t| {
-            if self.reservation_pending || self.pending.len() >= config.max_batch {
+            if self.pending.len() >= config.max_batch {
                 t
             } else {
                 t + config.flush_ms
@@ -794,6 +830,7 @@ impl KeyLocal {
         let refill = self.wants_refill(config, now_ms).then_some(now_ms);
         let next = flush
             .into_iter()
+            .chain(reservation)
             .chain(resend)
             .chain(returns)
             .chain(refill)

@@ -167,6 +167,12 @@ pub struct Admit {
     /// A lease for the requests that follow, if the isolate wants one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseAsk>,
+    /// The isolate's batch for the key (settled requests, returned
+    /// leases), applied before this request is decided: a settlement rides
+    /// on the next admission instead of a call of its own, and never
+    /// arrives behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<Box<Sync>>,
 }
 
 /// One request's outcome, as accounted.
@@ -569,7 +575,12 @@ impl KeyState {
     /// returned by [`KeyState::take_changes`].
     pub fn apply(&mut self, command: Command, now_ms: u64) -> Reply {
         match command {
-            Command::Admit(a) => self.admit(a, now_ms),
+            Command::Admit(mut a) => {
+                if let Some(batch) = a.settle.take() {
+                    self.sync(*batch, now_ms);
+                }
+                self.admit(a, now_ms)
+            }
             Command::Sync(s) => self.sync(s, now_ms),
             Command::Expire => {
                 self.expire(now_ms);

@@ -40,6 +40,7 @@ fn admit_with(s: &mut KeyState, now: u64, reserve: Money, tokens: u64) -> Result
         reserve,
         tokens,
         lease: None,
+        settle: None,
     };
     match s.apply(Command::Admit(a), now) {
         Reply::Admitted { reservation, .. } => Ok(reservation),
@@ -174,6 +175,7 @@ fn static_keys_have_no_limits_and_are_counted() {
             reserve: usd(1000.0),
             tokens: 1 << 40,
             lease: None,
+            settle: None,
         };
         assert!(matches!(
             s.apply(Command::Admit(a), NOON + i),
@@ -212,6 +214,7 @@ fn unknown_wrong_revoked_and_expired_keys_are_refused() {
         reserve: Money::ZERO,
         tokens: 0,
         lease: None,
+        settle: None,
     };
     assert!(
         matches!(s.apply(Command::Admit(wrong), NOON), Reply::Denied(d) if d.reason == DenialReason::UnknownKey)
@@ -249,6 +252,7 @@ fn model_scope_is_enforced() {
         reserve: Money::ZERO,
         tokens: 0,
         lease: None,
+        settle: None,
     };
     let check = s.apply(Command::Check { auth: auth() }, NOON);
     assert_eq!(
@@ -641,6 +645,7 @@ fn commands_have_a_stable_wire_form() {
         reserve: Money(5),
         tokens: 7,
         lease: None,
+        settle: None,
     });
     assert_eq!(
         serde_json::to_string(&a).unwrap(),
@@ -787,6 +792,7 @@ fn every_reply_crosses_the_object_boundary_as_json() {
         reserve: Money(1),
         tokens: 1,
         lease: Some(ask(1, Money(1), Money(1))),
+        settle: None,
     };
     let mut replies = vec![
         s.apply(Command::Admit(admit()), NOON),

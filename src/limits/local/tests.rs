@@ -69,6 +69,9 @@ fn admit(
     match iso.admit(OBJ, HASH, "gpt", reserve, tokens, now) {
         Local::Admitted(a) => Some((a.ticket, true)),
         Local::Ask { lease, .. } => {
+            // As the edge asks: with whatever the isolate has settled.
+            let settle = iso.take_for_admit(OBJ, now).map(Box::new);
+            let seq = settle.as_ref().map_or(0, |s| s.seq);
             let reply = obj.apply(
                 Command::Admit(Admit {
                     auth: Auth::Virtual {
@@ -78,10 +81,11 @@ fn admit(
                     reserve,
                     tokens,
                     lease,
+                    settle,
                 }),
                 now,
             );
-            iso.on_reply(OBJ, 0, &reply, now);
+            iso.on_reply(OBJ, seq, &reply, now);
             match reply {
                 Reply::Admitted { reservation, .. } => Some((
                     Ticket::Reservation {
@@ -171,14 +175,18 @@ fn settled_requests_are_sent_in_one_batch_a_flush_interval_later() {
     }
     assert_eq!(iso.next_wakeup(NOON + 10), Some(NOON + 1_010));
     assert!(iso.take_sync(OBJ, NOON + 500, false).is_none());
-    assert!(!iso.reservation_unsent(OBJ));
     // The first was admitted by the object itself: its reservation holds
-    // the key's budget there, so settling it sends the batch at once.
+    // the key's budget there, so settling it sends the batch within
+    // RESERVATION_FLUSH_MS (unless an admission carries it sooner).
     iso.settle(&tickets[0], usd(0.004), &usage(50), NOON + 600);
-    assert!(iso.reservation_unsent(OBJ));
-    assert!(iso.next_wakeup(NOON + 600).is_some_and(|t| t <= NOON + 600));
-    let sync = iso.take_sync(OBJ, NOON + 600, false).unwrap();
-    assert!(!iso.reservation_unsent(OBJ));
+    assert_eq!(
+        iso.next_wakeup(NOON + 600),
+        Some(NOON + 600 + RESERVATION_FLUSH_MS)
+    );
+    assert!(iso.take_sync(OBJ, NOON + 620, false).is_none());
+    let sync = iso
+        .take_sync(OBJ, NOON + 600 + RESERVATION_FLUSH_MS, false)
+        .unwrap();
     assert_eq!(sync.seq, 1);
     // One reservation (the first request) and one lease charge of four.
     assert_eq!(sync.charges.len(), 2);
@@ -221,6 +229,7 @@ fn near_its_budget_a_key_admits_the_next_request_once_the_last_has_settled() {
             reserve: usd(1.01),
             tokens: 100,
             lease: None,
+            settle: None,
         }),
         NOON + 1,
     );
@@ -235,22 +244,26 @@ fn near_its_budget_a_key_admits_the_next_request_once_the_last_has_settled() {
         }
         other => panic!("{other:?}"),
     }
-    // It ends; its settlement goes at once, and the next one fits.
+    // It ends; the next admission carries its settlement, applied first,
+    // so the next one fits, and no batch call of its own is needed.
     iso.settle(&first, usd(0.06), &usage(100), NOON + 2);
-    flush(&mut iso, &mut obj, NOON + 2, false);
     for i in 0..7 {
         let (t, _) = admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 3 + i)
             .unwrap_or_else(|| panic!("request {} refused", i + 2));
         iso.settle(&t, usd(0.06), &usage(100), NOON + 3 + i);
-        flush(&mut iso, &mut obj, NOON + 3 + i, false);
     }
-    let r = report(&mut obj, NOON + 10);
+    assert!(
+        iso.take_sync(OBJ, NOON + 10, false).is_none(),
+        "the last one waits for the next admission"
+    );
+    // None comes: it goes alone RESERVATION_FLUSH_MS later.
+    flush(&mut iso, &mut obj, NOON + 9 + RESERVATION_FLUSH_MS, false);
+    let r = report(&mut obj, NOON + 100);
     assert_eq!((r.spent_total_usd, r.requests), (usd(0.48), 8));
     // Past what is left ($1.02 left, $1.01 fits once more; then $0.96 does not).
-    let (t, _) = admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 11).unwrap();
-    iso.settle(&t, usd(1.01), &usage(100), NOON + 11);
-    flush(&mut iso, &mut obj, NOON + 11, false);
-    assert!(admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 12).is_none());
+    let (t, _) = admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 101).unwrap();
+    iso.settle(&t, usd(1.01), &usage(100), NOON + 101);
+    assert!(admit(&mut iso, &mut obj, usd(1.01), 100, NOON + 102).is_none());
 }
 
 #[test]
