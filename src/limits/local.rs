@@ -35,6 +35,8 @@ const NO_LEASE_BACKOFF_MS: u64 = 1_000;
 /// How long the settlement of a request the object admitted itself waits
 /// for the key's next admission to carry it before it is sent alone.
 pub const RESERVATION_FLUSH_MS: u64 = 50;
+/// A batch on its way this long without an answer is sent again.
+pub const SYNC_LOST_MS: u64 = 30_000;
 /// The longest wait before a failed batch is sent again.
 pub const MAX_RETRY_MS: u64 = 30_000;
 
@@ -294,6 +296,10 @@ struct KeyLocal {
     unacked: Option<Sync>,
     /// A batch is on its way.
     syncing: bool,
+    /// Since when (Unix ms): a batch whose answer never came (its request
+    /// was cancelled with the call out) is taken for lost after
+    /// [`SYNC_LOST_MS`] and sent again (a batch is applied once).
+    syncing_since_ms: u64,
     /// After failed sends, the next waits until this (backing off).
     retry_at_ms: u64,
     failures: u32,
@@ -556,11 +562,12 @@ impl LocalLimits {
         let config = self.config;
         let holder = self.holder.clone();
         let k = self.keys.get_mut(object)?;
-        if k.syncing || (!force && now_ms < k.retry_at_ms) {
+        if k.in_flight(now_ms) || (!force && now_ms < k.retry_at_ms) {
             return None;
         }
         if let Some(u) = &k.unacked {
             k.syncing = true;
+            k.syncing_since_ms = now_ms;
             return Some(u.clone());
         }
         let due = k.pending_since_ms.is_some_and(|t| {
@@ -587,11 +594,12 @@ impl LocalLimits {
     pub fn take_for_admit(&mut self, object: &str, now_ms: u64) -> Option<Sync> {
         let holder = self.holder.clone();
         let k = self.keys.get_mut(object)?;
-        if k.syncing {
+        if k.in_flight(now_ms) {
             return None;
         }
         if let Some(u) = &k.unacked {
             k.syncing = true;
+            k.syncing_since_ms = now_ms;
             return Some(u.clone());
         }
         let done = k.done_leases(now_ms);
@@ -606,7 +614,7 @@ impl LocalLimits {
         self.keys
             .iter()
             .filter(|(_, k)| {
-                !k.syncing && k.wakeup(&self.config, now_ms).is_some_and(|t| t <= now_ms)
+                !k.in_flight(now_ms) && k.wakeup(&self.config, now_ms).is_some_and(|t| t <= now_ms)
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -685,6 +693,11 @@ fn ample(snap: &KeySnapshot, reserve: Money, tokens: u64) -> bool {
 }
 
 impl KeyLocal {
+    /// Whether a batch is on its way and not yet taken for lost.
+    fn in_flight(&self, now_ms: u64) -> bool {
+        self.syncing && now_ms < self.syncing_since_ms.saturating_add(SYNC_LOST_MS)
+    }
+
     /// The leases that are over, for the next batch.
     fn done_leases(&self, now_ms: u64) -> Vec<LeaseDone> {
         self.leases
@@ -729,6 +742,7 @@ impl KeyLocal {
         };
         if seq != 0 {
             self.syncing = true;
+            self.syncing_since_ms = now_ms;
             self.unacked = Some(Sync {
                 ask: None,
                 ..sync.clone()

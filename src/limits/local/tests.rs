@@ -295,6 +295,29 @@ fn a_batch_whose_reply_was_lost_is_resent_unchanged() {
 }
 
 #[test]
+fn a_batch_whose_call_never_answered_is_sent_again() {
+    let mut obj = key(settings());
+    let mut iso = LocalLimits::new("iso-1".into());
+    let (t, _) = admit(&mut iso, &mut obj, usd(0.01), 100, NOON).unwrap();
+    iso.settle(&t, usd(0.01), &usage(10), NOON);
+    // Sent, and its request cancelled with the call out: no reply, no failure.
+    let sync = iso.take_sync(OBJ, NOON, true).unwrap();
+    assert!(iso.take_sync(OBJ, NOON + SYNC_LOST_MS - 1, true).is_none());
+    assert!(iso.take_for_admit(OBJ, NOON + SYNC_LOST_MS - 1).is_none());
+    let again = iso.take_sync(OBJ, NOON + SYNC_LOST_MS, false).unwrap();
+    assert_eq!(
+        again, sync,
+        "the same batch: applied once wherever it lands"
+    );
+    let reply = obj.apply(Command::Sync(again), NOON + SYNC_LOST_MS);
+    iso.on_reply(OBJ, sync.seq, &reply, NOON + SYNC_LOST_MS);
+    assert_eq!(
+        report(&mut obj, NOON + SYNC_LOST_MS).spent_total_usd,
+        usd(0.01)
+    );
+}
+
+#[test]
 fn a_lease_is_returned_after_its_time_once_nothing_is_in_flight() {
     let mut obj = key(settings());
     let mut iso = LocalLimits::new("iso-1".into());
