@@ -707,6 +707,18 @@ impl Config {
         if self.models.is_empty() {
             err("models".into(), "at least one model is required".into());
         }
+        // Zero would fail every request (no attempt, or a timeout at once).
+        let f = &self.failover;
+        for (name, value) in [
+            ("connect_timeout_ms", f.connect_timeout_ms),
+            ("first_byte_timeout_ms", f.first_byte_timeout_ms),
+            ("total_timeout_ms", f.total_timeout_ms),
+            ("max_attempts", f.max_attempts as u64),
+        ] {
+            if value == 0 {
+                err(format!("failover.{name}"), "must be greater than 0".into());
+            }
+        }
         if self.limits.max_body_bytes == 0 {
             err(
                 "limits.max_body_bytes".into(),
@@ -952,6 +964,18 @@ impl Config {
                         ),
                     );
                 }
+                // Zero would make the model serve nothing (no output, no room).
+                for (field, value) in [
+                    ("max_output_tokens", info.max_output_tokens),
+                    ("context_window", info.context_window),
+                ] {
+                    if value == Some(0) {
+                        err(
+                            format!("{path}.models.{model}.{field}"),
+                            "must be greater than 0".into(),
+                        );
+                    }
+                }
             }
             for header in p.headers.keys() {
                 let lower = header.to_ascii_lowercase();
@@ -1177,6 +1201,26 @@ mod tests {
                 r#"providers.c.base_url: must start with https:// or http://, got "ftp://x""#,
                 "providers.c.headers.Authorization: credentials belong in a secret, not in the config",
                 "models.m.targets: at least one target is required",
+            ]
+        );
+    }
+
+    #[test]
+    fn zeros_that_would_fail_every_request_are_refused() {
+        let e = errors(
+            r#"{"version":1,"providers":{"p":{"kind":"openai","models":{"x":{"max_output_tokens":0,"context_window":0}}}},
+                "models":{"m":{"targets":[{"provider":"p","model":"x"}]}},
+                "failover":{"max_attempts":0,"connect_timeout_ms":0,"first_byte_timeout_ms":0,"total_timeout_ms":0}}"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "failover.connect_timeout_ms: must be greater than 0",
+                "failover.first_byte_timeout_ms: must be greater than 0",
+                "failover.total_timeout_ms: must be greater than 0",
+                "failover.max_attempts: must be greater than 0",
+                "providers.p.models.x.max_output_tokens: must be greater than 0",
+                "providers.p.models.x.context_window: must be greater than 0",
             ]
         );
     }

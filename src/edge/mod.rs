@@ -625,7 +625,13 @@ async fn chat(
             } else {
                 // Known now: settled here, with no task of its own; only the
                 // batch waits (one flusher per isolate, not per request).
-                settle(pending, reply.usage, 0, false);
+                // No usage from the provider: the output is estimated
+                // from the answer, as a cut stream's is from what it sent.
+                let output = match (&reply.usage, &reply.body) {
+                    (None, ReplyBody::Full(body)) => prepared.whole_output_estimate(body),
+                    _ => 0,
+                };
+                settle(pending, reply.usage, output, false);
                 if let (Some((url, ttl_s)), ReplyBody::Full(body)) = (store_at, &reply.body)
                     && let Some(entry) = cache::Entry::from_completion(body)
                 {

@@ -535,6 +535,21 @@ impl<'a> Prepared<'a> {
         self.body
     }
 
+    /// Output tokens to charge for a whole answer whose provider reported
+    /// no usage: a token per four bytes of the answer as the client got it
+    /// (its text is in there, so never less than what was delivered), at
+    /// most the request's output cap; none for embeddings. Without it such
+    /// an answer's output would cost nothing against the key's budget.
+    pub fn whole_output_estimate(&self, answer: &[u8]) -> u64 {
+        let estimate = (answer.len() as u64).div_ceil(4);
+        let cap = match &self.req {
+            Request::Embeddings(_) => Some(0),
+            Request::Chat(r) => r.max_tokens,
+            Request::Ingress(r) => r.max_output_tokens(),
+        };
+        cap.map_or(estimate, |cap| estimate.min(cap))
+    }
+
     /// A string field of the request's `metadata`.
     pub fn metadata_field(&self, name: &str) -> Option<String> {
         match &self.req {

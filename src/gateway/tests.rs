@@ -883,6 +883,12 @@ fn worst_case_takes_the_dearest_candidate_and_the_output_cap() {
     let capped = br#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#;
     let p = prepare(&config, &ctx, capped).unwrap();
     assert_eq!(p.worst_case().1, capped.len() as u64 + 3_000 + 7);
+    // A whole answer with no usage: its output estimated from its bytes,
+    // within the request's cap.
+    assert_eq!(p.whole_output_estimate(&[b'x'; 20]), 5);
+    assert_eq!(p.whole_output_estimate(&[b'x'; 400]), 7);
+    let uncapped = prepare(&config, &ctx, body).unwrap();
+    assert_eq!(uncapped.whole_output_estimate(&[b'x'; 401]), 101);
 }
 
 #[test]

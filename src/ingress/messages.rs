@@ -26,7 +26,7 @@
 //! | `document`, `search_result`, `container_upload` blocks, `citations` | 400 naming `messages`: the content would be lost and the answer would change |
 //! | server tool blocks in history (`server_tool_use`, `*_tool_result`) | 400 naming `messages` |
 //! | `cache_control` (anywhere, top-level too) | dropped: caching changes cost, not the answer (OpenAI-compatible servers cache prefixes on their own) |
-//! | `stop_sequences` | `stop` |
+//! | `stop_sequences` | `stop` (at most 4; more: 400 naming `stop_sequences`, unless an Anthropic target serves it) |
 //! | `stream` | `stream`, with `stream_options.include_usage: true` always (the usage chunk gives `message_delta` its counts) |
 //! | `temperature`, `top_p` | the same, spelled as sent (Anthropic's 0–1 temperature is within OpenAI's 0–2) |
 //! | `top_k` | `top_k` (read by the Anthropic and Gemini adapters and by open-model servers; OpenAI itself refuses it with a 400 that names it) |
@@ -99,6 +99,8 @@ pub const TOKENS_PER_IMAGE: u64 = 1_600;
 
 /// How the client is named in messages about what a target cannot do.
 const ELSEWHERE: &str = "a non-Anthropic target";
+/// The most stop sequences a chat completion takes (OpenAI's `stop`).
+const MAX_STOP_ELSEWHERE: usize = 4;
 
 // ---- The request -------------------------------------------------------------
 
@@ -601,6 +603,20 @@ pub fn messages_request_to_chat_body(
         None => None,
     };
     let nonnull = |key: &str| req.get(key).filter(|raw| raw.get() != "null");
+    let stop = req
+        .parse_field::<Option<Vec<String>>>("stop_sequences")?
+        .filter(|s| !s.is_empty());
+    if let Some(stop) = &stop
+        && stop.len() > MAX_STOP_ELSEWHERE
+    {
+        return Err(invalid(
+            format!(
+                "stop_sequences: at most {MAX_STOP_ELSEWHERE} are supported by {ELSEWHERE}, got {}",
+                stop.len()
+            ),
+            "stop_sequences",
+        ));
+    }
     let body = ChatBody {
         model,
         messages,
@@ -608,9 +624,7 @@ pub fn messages_request_to_chat_body(
         temperature: nonnull("temperature"),
         top_p: nonnull("top_p"),
         top_k: nonnull("top_k"),
-        stop: req
-            .parse_field::<Option<Vec<String>>>("stop_sequences")?
-            .filter(|s| !s.is_empty()),
+        stop,
         stream: req.stream,
         stream_options: req.stream.then_some(StreamOptions {
             include_usage: true,
@@ -1817,6 +1831,18 @@ mod tests {
         format!(
             r#"{{"model":"c","max_tokens":10,"messages":[{{"role":"user","content":"x"}}]{extra}}}"#
         )
+    }
+
+    #[test]
+    fn more_stop_sequences_than_a_chat_completion_takes_are_a_400_naming_them() {
+        let four = with(r#","stop_sequences":["a","b","c","d"]"#);
+        assert_eq!(
+            chat_body(&four).unwrap()["stop"],
+            json!(["a", "b", "c", "d"])
+        );
+        let (param, message) = rejection(&with(r#","stop_sequences":["a","b","c","d","e"]"#));
+        assert_eq!(param, "stop_sequences");
+        assert!(message.contains("at most 4"), "{message}");
     }
 
     // ---- Requests ------------------------------------------------------------

@@ -27,6 +27,11 @@ pub struct Shape {
     /// a `content` that is not a string, an array or null. What every
     /// provider refuses on sight, found here without parsing a message.
     pub bad_message: Option<BadMessage>,
+    /// The offset of the first `\u` escape that is half a UTF-16
+    /// surrogate pair with no other half: JSON's grammar lets it through,
+    /// no Unicode text holds it, and providers (and this gateway's
+    /// translators) refuse it, each in its own way.
+    pub lone_surrogate: Option<usize>,
 }
 
 /// A message of the wrong shape ([`Shape::bad_message`]).
@@ -146,7 +151,14 @@ pub fn shape(
         let b = json[i];
         match b {
             b'"' => {
-                let end = string_end(json, i);
+                let end = if out.lone_surrogate.is_none() {
+                    let mut pairs = Surrogates::default();
+                    let end = string_end_with(json, i, |at| pairs.escape(json, at));
+                    out.lone_surrogate = pairs.lone();
+                    end
+                } else {
+                    string_end(json, i)
+                };
                 let is_key = stack.last().is_some_and(|f| !f.array && f.expect_key);
                 if is_key {
                     let raw = std::str::from_utf8(&json[i..end]).unwrap_or("\"\"");
@@ -329,11 +341,58 @@ fn end_message(out: &mut Shape, roles: &Roles<'_>, message: Message) {
     });
 }
 
+/// The `\u` escapes of one string, paired: a high surrogate must be
+/// followed at once by a low one, and a low one preceded by a high one.
+#[derive(Default)]
+struct Surrogates {
+    /// A high surrogate's escape (its backslash), waiting for its low half.
+    high: Option<usize>,
+    /// The first escape found unpaired.
+    lone: Option<usize>,
+}
+
+impl Surrogates {
+    /// The escape whose backslash is at `at`.
+    fn escape(&mut self, json: &[u8], at: usize) {
+        if self.lone.is_some() {
+            return;
+        }
+        let unit = (json.get(at + 1) == Some(&b'u'))
+            .then(|| json.get(at + 2..at + 6))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+        let low = matches!(unit, Some(0xDC00..=0xDFFF));
+        if let Some(high) = self.high.take() {
+            if low && at == high + 6 {
+                return;
+            }
+            self.lone = Some(high);
+            return;
+        }
+        match unit {
+            Some(0xD800..=0xDBFF) => self.high = Some(at),
+            _ if low => self.lone = Some(at),
+            _ => {}
+        }
+    }
+
+    /// The first unpaired escape, once the string has ended.
+    fn lone(&self) -> Option<usize> {
+        self.lone.or(self.high)
+    }
+}
+
 /// The offset just past the string that starts at `start` (a `"`), or the
 /// end of the input for an unterminated one. Strings are most of a body's
 /// bytes, so they are skipped eight at a time while no byte of the eight is
 /// a quote or a backslash.
 fn string_end(json: &[u8], start: usize) -> usize {
+    string_end_with(json, start, |_| {})
+}
+
+/// [`string_end`], telling `escape` where each backslash escape starts.
+fn string_end_with(json: &[u8], start: usize, mut escape: impl FnMut(usize)) -> usize {
     let mut i = start + 1;
     loop {
         while i + 8 <= json.len() {
@@ -347,7 +406,10 @@ fn string_end(json: &[u8], start: usize) -> usize {
         }
         match json.get(i) {
             None => return json.len(),
-            Some(b'\\') => i += 2,
+            Some(b'\\') => {
+                escape(i);
+                i += 2;
+            }
             Some(b'"') => return i + 1,
             Some(_) => i += 1,
         }
@@ -577,6 +639,28 @@ mod tests {
         assert!(shape(b"[[[[]]]]", 3, None, None).is_err());
         // Brackets in strings do not count.
         assert_eq!(shape(br#"["[[[[[["]"#, 2, None, None).unwrap().depth, 1);
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_found_and_pairs_are_not() {
+        let lone = |body: &str| {
+            shape(body.as_bytes(), 64, Some("messages"), None)
+                .unwrap()
+                .lone_surrogate
+        };
+        // A pair (U+1F600), escaped in either case, in a key or a value.
+        assert_eq!(lone(r#"{"a":"x\ud83d\ude00y"}"#), None);
+        assert_eq!(lone(r#"{"\uD83D\uDE00":"\u00e9\n"}"#), None);
+        // An escaped backslash before `u` is text, not an escape.
+        assert_eq!(lone(r#"{"a":"\\ud800"}"#), None);
+        // A high half alone (at the end, or before something else), a low half alone.
+        assert_eq!(lone(r#"{"a":"\ud800"}"#), Some(6));
+        assert_eq!(lone(r#"{"a":"\ud800x\udc00"}"#), Some(6));
+        assert_eq!(lone(r#"{"a":"\ud800\u0041"}"#), Some(6));
+        assert_eq!(lone(r#"{"a":"ok","b":"\uDC00"}"#), Some(15));
+        // Truncated escapes are the parser's to refuse, not a panic here.
+        assert_eq!(lone(r#"{"a":"\ud8"#), None);
+        assert_eq!(lone("\"\\\\"), None);
     }
 
     #[test]

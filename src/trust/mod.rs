@@ -76,6 +76,9 @@ pub fn check_shape(limits: &Limits, body: &[u8], ingress: Ingress) -> Result<(),
     };
     let shape = json::shape(body, limits.max_json_depth, Some(messages), Some(&roles))
         .map_err(|at| too_deep(limits, at))?;
+    if let Some(at) = shape.lone_surrogate {
+        return Err(lone_surrogate(body, at));
+    }
     let over = |what: &str, n: u32, max: u32, param: &str| GatewayError::InvalidRequest {
         message: format!("The request has {n} {what}; this gateway takes at most {max}."),
         param: Some(param.to_owned()),
@@ -170,8 +173,27 @@ fn bad_role(ingress: Ingress, at: &str, index: u32, role: &[u8], roles: &[&str])
 
 /// Checks only the nesting depth of a body with no messages (embeddings).
 pub fn check_depth(limits: &Limits, body: &[u8]) -> Result<(), GatewayError> {
-    json::shape(body, limits.max_json_depth, None, None).map_err(|at| too_deep(limits, at))?;
-    Ok(())
+    let shape =
+        json::shape(body, limits.max_json_depth, None, None).map_err(|at| too_deep(limits, at))?;
+    match shape.lone_surrogate {
+        Some(at) => Err(lone_surrogate(body, at)),
+        None => Ok(()),
+    }
+}
+
+/// A `\u` escape at byte `at` that is half a surrogate pair: refused on
+/// every path alike (a pass-through provider would take it or not, a
+/// translator cannot decode it), with its line and column as a parser
+/// gives them.
+fn lone_surrogate(body: &[u8], at: usize) -> GatewayError {
+    let before = &body[..at.min(body.len())];
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
+    GatewayError::InvalidJson {
+        message: format!(
+            "the \\u escape at line {line} column {column} is half of a UTF-16 surrogate pair without its other half (a lone surrogate is not Unicode text)."
+        ),
+    }
 }
 
 fn too_deep(limits: &Limits, at: json::TooDeep) -> GatewayError {

@@ -263,6 +263,9 @@ for (const [why, body, status, param] of [
   ['a message without a role', { model: 'plain', messages: [{ content: 'hi' }] }, 400, 'messages'],
   ['a stream flag that is a string', ask('plain', 'hi', { stream: 'yes' }), 400, 'stream'],
   ['a negative max_tokens', ask('plain', 'hi', { max_tokens: -1 }), 400, 'max_tokens'],
+  ['stream_options without a stream', ask('plain', 'hi', { stream_options: { include_usage: true } }), 400, 'stream_options'],
+  // Passed through as is, a provider might take it; translated, it cannot be decoded: refused alike.
+  ['half a surrogate pair in a \\u escape', '{"model":"plain","messages":[{"role":"user","content":"\\ud800 hi"}]}', 400, null],
 ]) {
   test(`bad input: ${why} is a 400`, async () => {
     const calls = mock.requests.length;

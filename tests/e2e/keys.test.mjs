@@ -22,11 +22,14 @@ before(async () => {
     slow: { targets: [{ provider: 'mock', model: 'slow;headers_delay_ms=1500' }] },
     priced: { targets: [{ provider: 'mock', model: 'priced' }] },
     cut: { targets: [{ provider: 'mock', model: 'cut;cut_after=3,chunks=8' }] },
+    // Answers without `usage`, as some OpenAI-compatible servers do.
+    silent: { targets: [{ provider: 'mock', model: 'silent;usage=0' }] },
   });
   config.providers.mock.models = {
     'slow;headers_delay_ms=1500': PRICED,
     priced: PRICED,
     'cut;cut_after=3,chunks=8': PRICED,
+    'silent;usage=0': PRICED,
   };
   const res = await putConfig(gw, config);
   assert.equal(res.status, 200, await res.text());
@@ -229,6 +232,19 @@ test('a cut stream is charged for what was sent', async () => {
   assert.equal(day.errors, 1);
   assert.equal(day.output_tokens, sent);
   assert.equal(u.spent_total_usd, Number((sent * 0.001).toFixed(6)));
+});
+
+test('a whole answer without usage is charged its output estimated from the answer, within max_tokens', async () => {
+  const { secret } = await createKey({ budgets: { total_usd: 1 } });
+  const res = await chat(gw, ask('silent', 'hi', { max_tokens: 40 }), { key: secret });
+  assert.equal(res.status, 200);
+  const text = await res.text();
+  assert.equal(JSON.parse(text).usage, undefined, 'the provider sent none');
+  const u = await settled(secret);
+  const day = u.by_day.find((d) => d.model === 'silent');
+  const expected = Math.min(Math.ceil(Buffer.byteLength(text) / 4), 40);
+  assert.equal(day.output_tokens, expected);
+  assert.equal(u.spent_total_usd, Number((expected * 0.001).toFixed(6)));
 });
 
 test('key state survives a restart of the runtime', async () => {
