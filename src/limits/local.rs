@@ -35,6 +35,9 @@ const NO_LEASE_BACKOFF_MS: u64 = 1_000;
 /// How long the settlement of a request the object admitted itself waits
 /// for the key's next admission to carry it before it is sent alone.
 pub const RESERVATION_FLUSH_MS: u64 = 50;
+/// A key unused this long, holding nothing, is forgotten by the isolate
+/// (the next request asks its object again, as a new isolate would).
+pub const FORGET_IDLE_MS: u64 = 10 * 60_000;
 /// A batch on its way this long without an answer is sent again.
 pub const SYNC_LOST_MS: u64 = 30_000;
 /// The longest wait before a failed batch is sent again.
@@ -296,6 +299,8 @@ struct KeyLocal {
     unacked: Option<Sync>,
     /// A batch is on its way.
     syncing: bool,
+    /// When a request of the key was last admitted or settled here.
+    used_ms: u64,
     /// Since when (Unix ms): a batch whose answer never came (its request
     /// was cancelled with the call out) is taken for lost after
     /// [`SYNC_LOST_MS`] and sent again (a batch is applied once).
@@ -312,6 +317,13 @@ pub struct LocalLimits {
     holder: String,
     config: LocalConfig,
     keys: HashMap<String, KeyLocal>,
+    /// When idle keys are next looked for ([`FORGET_IDLE_MS`]).
+    next_sweep_ms: u64,
+    /// Above every batch and ask number a forgotten key used: a key seen
+    /// again numbers on from here, so its object (which applies a batch
+    /// only if its number is new for this isolate) never takes a new batch
+    /// for an old one.
+    numbered: u64,
 }
 
 impl LocalLimits {
@@ -321,6 +333,8 @@ impl LocalLimits {
             holder,
             config: LocalConfig::default(),
             keys: HashMap::new(),
+            next_sweep_ms: 0,
+            numbered: 0,
         }
     }
 
@@ -354,7 +368,9 @@ impl LocalLimits {
     ) -> Local {
         let config = self.config;
         let holder = self.holder.clone();
-        let k = self.keys.entry(object.to_owned()).or_default();
+        self.forget_idle(now_ms);
+        let k = self.key(object);
+        k.used_ms = now_ms;
         k.rate.note(now_ms);
         k.typical_tokens = tokens.max(k.typical_tokens * 7 / 8);
         k.typical_money = reserve.max(Money(k.typical_money.0 / 8 * 7));
@@ -499,7 +515,8 @@ impl LocalLimits {
 
     /// Records a settled request for the key's next batch.
     pub fn settle(&mut self, ticket: &Ticket, cost: Money, usage: &UsageEvent, now_ms: u64) {
-        let k = self.keys.entry(ticket.object().to_owned()).or_default();
+        let k = self.key(ticket.object());
+        k.used_ms = now_ms;
         let actual_tokens = usage.input_tokens + usage.output_tokens;
         let (source, admitted_ms) = match ticket {
             Ticket::Lease {
@@ -656,6 +673,50 @@ impl LocalLimits {
             .values()
             .filter_map(|k| k.wakeup(&self.config, now_ms))
             .min()
+    }
+
+    /// Drops what the isolate knows of keys it has not used for
+    /// [`FORGET_IDLE_MS`] and holds nothing of (no lease, nothing to send
+    /// or waiting for an answer): an isolate that serves many keys over its
+    /// life keeps memory for the ones in use. Looks at most once a minute.
+    fn forget_idle(&mut self, now_ms: u64) {
+        if now_ms < self.next_sweep_ms {
+            return;
+        }
+        self.next_sweep_ms = now_ms + 60_000;
+        let mut numbered = self.numbered;
+        self.keys.retain(|_, k| {
+            let keep = now_ms < k.used_ms.saturating_add(FORGET_IDLE_MS)
+                || !k.leases.is_empty()
+                || !k.pending.is_empty()
+                || k.unacked.is_some()
+                || k.syncing
+                || k.asking;
+            if !keep {
+                numbered = numbered.max(k.seq).max(k.ask_seq);
+            }
+            keep
+        });
+        self.numbered = numbered;
+    }
+
+    /// The key's state, new (numbering on from [`Self::numbered`]) if the
+    /// isolate does not know it.
+    fn key(&mut self, object: &str) -> &mut KeyLocal {
+        let numbered = self.numbered;
+        self.keys
+            .entry(object.to_owned())
+            .or_insert_with(|| KeyLocal {
+                seq: numbered,
+                ask_seq: numbered,
+                answered: numbered,
+                ..KeyLocal::default()
+            })
+    }
+
+    /// Test support: how many keys the isolate knows.
+    pub fn known_keys(&self) -> usize {
+        self.keys.len()
     }
 
     /// Test support: what this isolate holds of a key (leases, pending).

@@ -318,6 +318,69 @@ fn a_batch_whose_call_never_answered_is_sent_again() {
 }
 
 #[test]
+fn keys_unused_for_ten_minutes_that_hold_nothing_are_forgotten() {
+    let mut obj = key(settings());
+    let mut iso = LocalLimits::new("iso-1".into());
+    for i in 0..100 {
+        let other = format!("vk:other-{i}");
+        assert!(matches!(
+            iso.admit(&other, HASH, "gpt", usd(0.01), 10, NOON),
+            Local::Ask { .. }
+        ));
+        iso.on_failure(&other, 0, NOON); // its object did not answer
+    }
+    // One key in use, holding a lease.
+    admit(&mut iso, &mut obj, usd(0.01), 100, NOON).unwrap();
+    assert_eq!(iso.known_keys(), 101);
+    iso.admit(
+        "vk:late",
+        HASH,
+        "gpt",
+        usd(0.01),
+        10,
+        NOON + FORGET_IDLE_MS - 1,
+    );
+    assert_eq!(iso.known_keys(), 102, "not yet");
+    iso.admit(
+        "vk:later",
+        HASH,
+        "gpt",
+        usd(0.01),
+        10,
+        NOON + FORGET_IDLE_MS + 60_000,
+    );
+    assert_eq!(
+        iso.known_keys(),
+        3,
+        "the idle ones are gone; the one with a lease, and the two just used, stay"
+    );
+}
+
+#[test]
+fn a_forgotten_key_seen_again_numbers_its_batches_on_and_none_is_lost() {
+    // Strict: no lease, so once its batch is sent the key holds nothing.
+    let mut obj = key(KeySettings {
+        strict_admission: true,
+        ..settings()
+    });
+    let mut iso = LocalLimits::new("iso-1".into());
+    let (t, _) = admit(&mut iso, &mut obj, usd(0.01), 100, NOON).unwrap();
+    iso.settle(&t, usd(0.004), &usage(10), NOON);
+    flush(&mut iso, &mut obj, NOON, true);
+    // Forgotten after ten idle minutes (another key's admission sweeps).
+    let later = NOON + FORGET_IDLE_MS + 60_000;
+    iso.admit("vk:other", HASH, "gpt", usd(0.01), 10, later);
+    iso.on_failure("vk:other", 0, later);
+    assert_eq!(iso.known_keys(), 1, "only the other key");
+    // Back: its next batch must not be taken for the one already applied.
+    let (t, _) = admit(&mut iso, &mut obj, usd(0.01), 100, later).unwrap();
+    iso.settle(&t, usd(0.004), &usage(10), later);
+    flush(&mut iso, &mut obj, later, true);
+    let r = report(&mut obj, later);
+    assert_eq!((r.requests, r.spent_total_usd), (2, usd(0.008)));
+}
+
+#[test]
 fn a_lease_is_returned_after_its_time_once_nothing_is_in_flight() {
     let mut obj = key(settings());
     let mut iso = LocalLimits::new("iso-1".into());
