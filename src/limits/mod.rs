@@ -883,10 +883,14 @@ impl KeyState {
                 );
                 (msg, Some(1_000))
             } else {
-                let msg = format!(
-                    "You exceeded your {name} budget of {budget}: {spent} spent, {reserved} reserved by requests in flight, this request may cost up to {}.",
-                    a.reserve
-                );
+                let msg = if spent >= budget {
+                    format!("You exceeded your {name} budget of {budget}: {spent} spent.")
+                } else {
+                    format!(
+                        "Your {name} budget of {budget} has no room for this request: {spent} spent, {reserved} reserved by requests in flight, and it may cost up to {}.",
+                        a.reserve
+                    )
+                };
                 let wait = match (reset, lease_wait) {
                     (Some(r), Some(l)) => Some(r.min(l)),
                     (r, l) => r.or(l),

@@ -405,7 +405,8 @@ fn a_budget_refusal_says_when_a_retry_can_pass() {
     let d = admit_with(&mut s, NOON, usd(0.6), 0).unwrap_err();
     assert_eq!(d.retry_after_ms, None);
     assert!(
-        d.message.contains("exceeded your total budget"),
+        d.message
+            .contains("total budget of $1.000000 has no room for this request"),
         "{}",
         d.message
     );

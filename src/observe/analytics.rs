@@ -591,6 +591,7 @@ pub const METRICS: &[&str] = &[
     "failovers",
     "cache_hits",
     "hedged",
+    "streams",
     "input_tokens",
     "output_tokens",
     "cached_tokens",
@@ -858,6 +859,8 @@ pub struct Figures {
     pub cache_hits: i64,
     /// Hedged.
     pub hedged: i64,
+    /// Streamed.
+    pub streams: i64,
     /// Input tokens.
     pub input_tokens: i64,
     /// Output tokens.
@@ -908,6 +911,7 @@ impl From<&Counters> for Figures {
             failovers: c.failovers,
             cache_hits: c.cache_hits,
             hedged: c.hedged,
+            streams: c.streams,
             input_tokens: c.input_tokens,
             output_tokens: c.output_tokens,
             cached_tokens: c.cached_tokens,

@@ -91,7 +91,7 @@ pub fn client_request_id(value: &str) -> Option<&str> {
 }
 
 /// Response headers a browser may read (CORS `Access-Control-Expose-Headers`).
-pub const CORS_EXPOSED: &str = "x-request-id, x-gateway-provider, x-gateway-model, x-gateway-attempts, x-gateway-region, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after";
+pub const CORS_EXPOSED: &str = "x-request-id, x-gateway-provider, x-gateway-model, x-gateway-attempts, x-gateway-region, x-gateway-cache, x-gateway-hedge, x-should-retry, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after";
 
 /// Request headers allowed on a preflight when the browser names none.
 pub const CORS_DEFAULT_HEADERS: &str = "authorization, content-type, x-api-key, anthropic-version, anthropic-beta, x-gateway-data-class, x-request-id";

@@ -119,7 +119,7 @@ describe('leases across two isolates', { concurrency: true }, () => {
     // The seventh would pass $0.03: refused until the day ends.
     const over = await chat(env.a, secret, body);
     assert.equal(over.status, 429);
-    assert.match((await over.json()).error.message, /exceeded your daily budget/);
+    assert.match((await over.json()).error.message, /daily budget of \$0\.030000 has no room for this request/);
     assert.ok(Number(over.headers.get('retry-after')) > 1, 'retry when the day resets');
     assert.equal((await usage(key.id)).spent_total_usd, 0.024);
   });
