@@ -190,6 +190,7 @@ pub(super) async fn logs(req: &Request, env: &Env) -> Result<Reply, GatewayError
             .all(|f| param(&pairs, f).is_none_or(|v| r.get(*f).and_then(|x| x.as_str()) == Some(v)))
     };
     let mut data = vec![];
+    let mut more = false;
     'objects: for name in names {
         let Some(object) = bucket.get(&name).execute().await.map_err(failed)? else {
             continue;
@@ -200,13 +201,16 @@ pub(super) async fn logs(req: &Request, env: &Env) -> Result<Reply, GatewayError
             if let Ok(record) = serde_json::from_str::<serde_json::Value>(line)
                 && wanted(&record)
             {
-                data.push(record);
+                // One more than asked for: the answer is cut, say so.
                 if data.len() >= limit {
+                    more = true;
                     break 'objects;
                 }
+                data.push(record);
             }
         }
     }
+    let truncated = truncated || more;
     Ok(Reply::json_value(
         200,
         &Logs {

@@ -144,6 +144,10 @@ test('a logged key has its bodies in R2 after the flush; redaction leaves no mes
   assert.equal(chatRec.redacted, false);
   const streamRec = full.find((r) => r.stream);
   assert.ok(Array.isArray(streamRec.response) && streamRec.response.length > 2, 'a stream is kept as its events');
+  // A limit below what matches says the answer is cut.
+  const one = await adminJson(gw, `/admin/logs?date=${today()}&key=${logged.key.id}&limit=1`);
+  assert.deepEqual([one.data.length, one.truncated], [1, true]);
+  assert.equal((await adminJson(gw, `/admin/logs?date=${today()}&key=${logged.key.id}&limit=2`)).truncated, false);
   // Retention: the old day is gone, the recent one kept.
   assert.deepEqual((await adminJson(gw, `/admin/logs?date=${daysAgo(40)}`)).objects, []);
   assert.equal((await adminJson(gw, `/admin/logs?date=${daysAgo(2)}`)).objects.length, 1);
