@@ -49,6 +49,11 @@ pub enum GatewayError {
         /// The requested path.
         path: String,
     },
+    /// No virtual key has this id (the admin API).
+    KeyNotFound {
+        /// The id asked for.
+        id: String,
+    },
     /// The path exists but not for this method.
     MethodNotAllowed {
         /// The method the client used.
@@ -178,7 +183,7 @@ impl GatewayError {
     /// The HTTP status the client receives.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NotFound { .. } | Self::ModelNotFound { .. } => 404,
+            Self::NotFound { .. } | Self::KeyNotFound { .. } | Self::ModelNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } | Self::PiiDetected { .. } => {
                 400
@@ -223,6 +228,7 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::NotFound { .. }
+            | Self::KeyNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
@@ -247,6 +253,7 @@ impl GatewayError {
     pub fn side(&self) -> Side {
         match self {
             Self::NotFound { .. }
+            | Self::KeyNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
@@ -271,6 +278,7 @@ impl GatewayError {
     fn error_type(&self) -> &'static str {
         match self {
             Self::NotFound { .. }
+            | Self::KeyNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
@@ -307,6 +315,7 @@ impl GatewayError {
     fn code(&self) -> &'static str {
         match self {
             Self::NotFound { .. } => "unknown_url",
+            Self::KeyNotFound { .. } => "key_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InvalidJson { .. } => "invalid_json",
             Self::InvalidRequest { .. } => "invalid_value",
@@ -345,6 +354,7 @@ impl GatewayError {
             Self::PiiDetected { param, .. } => Some(param),
             Self::ModelNotFound { .. } => Some("model"),
             Self::NotFound { .. }
+            | Self::KeyNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::InvalidJson { .. }
             | Self::DataClassDenied { .. }
@@ -476,6 +486,10 @@ impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotFound { path } => write!(f, "Unknown request URL: {path}."),
+            Self::KeyNotFound { id } => write!(
+                f,
+                "No virtual key has the id `{id}` (static keys from GATEWAY_KEYS have no usage report here)."
+            ),
             Self::MethodNotAllowed { method, allowed } => {
                 write!(f, "Method {method} is not allowed here; use {allowed}.")
             }
@@ -660,6 +674,17 @@ mod tests {
             body(&skipped(false))["error"]["code"],
             "no_target_available"
         );
+    }
+
+    #[test]
+    fn an_unknown_key_id_is_a_404_naming_it() {
+        let e = GatewayError::KeyNotFound {
+            id: "static".into(),
+        };
+        assert_eq!(e.status(), 404);
+        assert_eq!(body(&e)["error"]["code"], "key_not_found");
+        assert!(e.to_string().contains("`static`"), "{e}");
+        assert!(!e.is_retryable());
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub(super) async fn handle(
             change_key(env, &id, Command::Revoke).await
         }
         (AdminRoute::Key(id), _) => {
-            let view = expect_key(key_client::call(env, &object(&id)?, &Command::Get).await?)?;
+            let view = expect_key(
+                &id,
+                key_client::call(env, &object(&id)?, &Command::Get).await?,
+            )?;
             Ok(Reply::json_value(200, &view))
         }
         (AdminRoute::RotateKey(id), _) => rotate_key(env, &id).await,
@@ -137,6 +140,7 @@ async fn create_key(req: &mut Request, env: &Env) -> Result<Reply, GatewayError>
         updated_ms: now,
     };
     let view = expect_key(
+        &id,
         key_client::call(
             env,
             &keys::virtual_object_name(&id),
@@ -158,7 +162,7 @@ async fn rotate_key(env: &Env, id: &str) -> Result<Reply, GatewayError> {
         secret_hint: keys::hint(&secret),
     };
     let object = object(id)?;
-    let view = expect_key(key_client::call(env, &object, &command).await?)?;
+    let view = expect_key(id, key_client::call(env, &object, &command).await?)?;
     super::accounting::after_change(env, &object).await;
     register(env, &view).await;
     Ok(Reply::json_value(200, &Issued { key: view, secret }))
@@ -166,7 +170,7 @@ async fn rotate_key(env: &Env, id: &str) -> Result<Reply, GatewayError> {
 
 async fn change_key(env: &Env, id: &str, command: Command) -> Result<Reply, GatewayError> {
     let object = object(id)?;
-    let view = expect_key(key_client::call(env, &object, &command).await?)?;
+    let view = expect_key(id, key_client::call(env, &object, &command).await?)?;
     super::accounting::after_change(env, &object).await;
     register(env, &view).await;
     Ok(Reply::json_value(200, &view))
@@ -212,17 +216,13 @@ fn object(id: &str) -> Result<String, GatewayError> {
 }
 
 fn no_such_key(id: &str) -> GatewayError {
-    GatewayError::NotFound {
-        path: format!("/admin/keys/{id} (no such key)"),
-    }
+    GatewayError::KeyNotFound { id: id.to_owned() }
 }
 
-fn expect_key(reply: KeyReply) -> Result<KeyView, GatewayError> {
+fn expect_key(id: &str, reply: KeyReply) -> Result<KeyView, GatewayError> {
     match reply {
         KeyReply::Key(view) => Ok(*view),
-        KeyReply::Rejected { status: 404, .. } => Err(GatewayError::NotFound {
-            path: "no such key".into(),
-        }),
+        KeyReply::Rejected { status: 404, .. } => Err(no_such_key(id)),
         KeyReply::Rejected { message, .. } => Err(GatewayError::InvalidRequest {
             message,
             param: None,

@@ -149,6 +149,16 @@ test('expired keys are refused; scope is enforced before routing', async () => {
   await now.text();
 });
 
+test('an id no virtual key has is a 404 naming it', async () => {
+  for (const path of ['/admin/usage?key=static', '/admin/keys/0123456789abcdef']) {
+    const res = await admin(path);
+    assert.equal(res.status, 404, path);
+    const { error } = await res.json();
+    assert.equal(error.code, 'key_not_found', path);
+    assert.match(error.message, /No virtual key has the id `(static|0123456789abcdef)`/);
+  }
+});
+
 test('PATCH changes the limits and budgets it names and keeps every other cap', async () => {
   const { key } = await createKey({
     limits: { rpm: 100, rpd: 1000, tpm: 100000 },
