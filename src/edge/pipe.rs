@@ -11,7 +11,7 @@
 //! costs two copies across the JS boundary, two promises and their closures
 //! per chunk; `scripts/bench` measured it at most of the gateway's CPU per
 //! streamed answer (tests/bench/README.md). So the rest is read by the small
-//! JavaScript function below, which passes chunks on as they come, keeps the
+//! JavaScript function below, which passes events on as they come, keeps the
 //! little it must know, and calls back into Rust once, at the end.
 //!
 //! Both bodies are native byte streams (`IdentityTransformStream`) that the
@@ -23,8 +23,10 @@
 //! translated one). A client that goes away errors the body (the runtime
 //! notices at the next chunk written), which stops the provider's fetch.
 //!
-//! The JavaScript is deliberately dumb: it splits events on blank lines, and
-//! parses only the event that carries `"usage":{`. The last events are
+//! The JavaScript is deliberately dumb: it splits events on blank lines,
+//! passes on whole events only (a provider that cuts a stream inside an event
+//! must not leave half of it ahead of the error event that ends the client's
+//! stream), and parses only the event that carries `"usage":{`. The last events are
 //! rendered by Rust: ahead of time for a cut or a timeout ([`NativeStream`]'s
 //! events), or at the end, by the one callback, for an upstream error event.
 
@@ -79,6 +81,17 @@ export function finish(writer, error) {
   (error === undefined ? writer.close() : writer.abort(new Error(error))).catch(ignore);
 }
 
+/** Whether an event's data is whole: `[DONE]`, or JSON that parses. */
+function whole(data) {
+  if (data === null || data === '[DONE]') return true;
+  try {
+    JSON.parse(data);
+    return true;
+  } catch (_) {
+    return false;
+  }
+}
+
 /** The `data:` lines of one event joined, or null for an event without data. */
 function dataOf(ev) {
   let data = null;
@@ -95,7 +108,7 @@ export function pipe_openai_sse(reader, head, partial, strip, finished, events, 
   const [readable, writer] = byte_pipe();
   const put = (bytes) => write(writer, bytes);
   const dec = new TextDecoder();
-  let text = dec.decode(partial, { stream: true });
+  let text = dec.decode(partial, { stream: true }).replace(/\r\n/g, '\n');
   let usage = null, done = false, failed = null, over = false;
   const stop = () => {
     abort.abort();
@@ -115,14 +128,21 @@ export function pipe_openai_sse(reader, head, partial, strip, finished, events, 
       writer.close().catch(() => {});
     }
   };
-  // Takes the complete events off `text`; returns those to pass on.
+  // Takes the complete events off `text`; returns those to pass on. Only
+  // whole events are written, so a stream cut inside one never sends the
+  // client half an event ahead of the error that ends it; at the end, a
+  // last event whose blank line never came goes only if its data is whole.
   const scan = (final) => {
     let out = '';
     for (;;) {
       const i = text.indexOf('\n\n');
       let ev;
       if (i !== -1) { ev = text.slice(0, i); text = text.slice(i + 2); }
-      else if (final && text.trim() !== '') { ev = text; text = ''; }
+      else if (final && text.trim() !== '') {
+        ev = text;
+        text = '';
+        if (!whole(dataOf(ev))) break; // cut inside it: dropped, and the end says cut
+      }
       else break;
       const data = dataOf(ev);
       let keep = true;
@@ -158,7 +178,9 @@ export function pipe_openai_sse(reader, head, partial, strip, finished, events, 
   });
   const pass = async () => {
     put(head);
-    if (!strip && partial.length) put(partial);
+    // Whole events read before the hand-over; a part of one waits in `text`.
+    const first = scan(false);
+    if (first) put(enc.encode(first));
     for (;;) {
       let r;
       try {
@@ -171,7 +193,7 @@ export function pipe_openai_sse(reader, head, partial, strip, finished, events, 
       if (r.done) {
         text += dec.decode();
         const out = scan(true);
-        if (strip && out) put(enc.encode(out));
+        if (out) put(enc.encode(out));
         if (failed !== null) end(true, false);
         else if (done) end(true, true);
         else if (finished) end(true, true, DONE);
@@ -181,14 +203,14 @@ export function pipe_openai_sse(reader, head, partial, strip, finished, events, 
       text = (text + dec.decode(r.value, { stream: true })).replace(/\r\n/g, '\n');
       const out = scan(false);
       if (failed !== null) {
-        if (strip && out) put(enc.encode(out));
+        if (out) put(enc.encode(out));
         stop();
         end(true, false);
         return;
       }
       // Only part of an event: nothing to write yet.
-      const chunk = strip ? (out ? enc.encode(out) : null) : r.value;
-      if (chunk === null) continue;
+      if (!out) continue;
+      const chunk = enc.encode(out);
       // Past the high-water mark: wait for the client to take some.
       if (!put(chunk)) {
         try {

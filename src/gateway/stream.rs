@@ -42,13 +42,19 @@ impl Framing for SseParser {
     type Event = SseEvent;
     fn next(&mut self, at_eof: bool) -> Result<Option<SseEvent>, String> {
         Ok(if at_eof {
-            SseParser::finish(self)
+            self.finish_whole()
         } else {
             self.next_event()
         })
     }
     fn finish(&self) -> Result<(), String> {
-        Ok(()) // an unterminated last event was dispatched by `next`
+        // A whole unterminated last event was dispatched by `next`; one cut
+        // inside its JSON was not, and the stream was cut.
+        if self.was_cut() {
+            Err("the stream was cut inside an event".into())
+        } else {
+            Ok(())
+        }
     }
 }
 

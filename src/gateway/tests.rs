@@ -342,6 +342,27 @@ fn stream_cut_cleanly_mid_answer_is_reported_not_completed() {
 }
 
 #[test]
+fn a_stream_cut_inside_an_event_ends_with_a_clean_error_event_not_the_fragment() {
+    let mut cut = chunk("lo");
+    cut.truncate(cut.len() / 2);
+    let up = Scripted::new(vec![Script::Reply(200, vec![], vec![chunk("Hel"), cut])]);
+    let text = String::from_utf8(full_body(run(&up, STREAM).unwrap())).unwrap();
+    // The fragment is not written; the error event is whole and parses.
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    for e in &events {
+        let data = e
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("{e:?} in {text}"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(data).is_ok(),
+            "{data} in {text}"
+        );
+    }
+    assert!(events.last().unwrap().contains("\"error\":{"), "{text}");
+    assert!(text.contains("cut inside an event"), "{text}");
+}
+
+#[test]
 fn stream_is_passed_through_chunk_by_chunk() {
     let (tx, rx) = mpsc::unbounded();
     tx.unbounded_send(Ok(chunk("one"))).unwrap();

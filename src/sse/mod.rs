@@ -33,6 +33,8 @@ pub struct SseParser {
     event: Option<String>,
     data: String,
     has_data: bool,
+    /// [`SseParser::finish_whole`] dropped a last event cut short.
+    cut: bool,
 }
 
 impl SseParser {
@@ -79,6 +81,31 @@ impl SseParser {
             }
         }
         self.dispatch()
+    }
+
+    /// [`SseParser::finish`] for a relay: a last event whose blank line
+    /// never came is dispatched only when its data is whole (`[DONE]`, or
+    /// JSON that parses); one cut inside its JSON is dropped, and
+    /// [`SseParser::was_cut`] says so, so that nothing half-written reaches
+    /// a client ahead of the error that ends its stream.
+    pub fn finish_whole(&mut self) -> Option<SseEvent> {
+        if let Some(ev) = self.next_event() {
+            return Some(ev);
+        }
+        let ev = self.finish()?;
+        let whole =
+            ev.data == "[DONE]" || serde_json::from_str::<serde::de::IgnoredAny>(&ev.data).is_ok();
+        if whole {
+            Some(ev)
+        } else {
+            self.cut = true;
+            None
+        }
+    }
+
+    /// Whether [`SseParser::finish_whole`] dropped a last event cut short.
+    pub fn was_cut(&self) -> bool {
+        self.cut
     }
 
     /// Finds the next complete line: (start, end excluding terminator, next pos).
@@ -231,6 +258,29 @@ mod tests {
             rest.extend_from_slice(&input[cut..]);
             events.extend(parse_chunks([&rest[..]]));
             assert_eq!(events, whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_last_event_cut_inside_its_json_is_dropped_for_a_relay() {
+        let mut p = SseParser::new();
+        p.push(b"data: {\"a\":1}\n\ndata: {\"b\":");
+        assert_eq!(p.finish_whole(), Some(ev(None, r#"{"a":1}"#)));
+        assert_eq!(p.finish_whole(), None);
+        assert!(p.was_cut());
+        // Whole but unterminated: kept (a provider that forgot the blank line).
+        for last in [
+            &b"data: [DONE]"[..],
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n",
+        ] {
+            let mut p = SseParser::new();
+            p.push(last);
+            assert!(
+                p.finish_whole().is_some(),
+                "{}",
+                String::from_utf8_lossy(last)
+            );
+            assert!(!p.was_cut());
         }
     }
 

@@ -36,6 +36,7 @@ before(async () => {
     'only-429': { targets: [{ provider: 'mock', model: m('alone', 'status=429,retry_after=7') }] },
     'all-429': { targets: [{ provider: 'mock', model: m('later', 'status=429,retry_after=9') }, { provider: 'mock', model: m('sooner', 'status=429,retry_after=7') }] },
     'key-refused': { targets: [{ provider: 'mock', model: m('refused', 'status=401') }, { provider: 'mock', model: ok }] },
+    torn: { targets: [{ provider: 'mock', model: m('torn', 'cut_inside=3,chunks=8') }] },
     hedged: {
       targets: [{ provider: 'mock', model: m('slowpoke', 'headers_delay_ms=2000') }, { provider: 'mock', model: ok }],
       hedge: { after_ms: 200, max_extra: 1 },
@@ -180,6 +181,21 @@ test('whole answer: every target down is a 5xx in OpenAI shape, never a provider
   assertError(skipped, 503, 'server_error');
   assert.equal(skipped.res.headers.get('retry-after'), null);
   assert.match(skipped.json.error.message, /temporarily skipped/);
+});
+
+test('stream: a provider that ends inside an event leaves no half event ahead of the error that ends the stream', async () => {
+  for (const include_usage of [false, true]) {
+    const res = await post('/v1/chat/completions', ask('torn', 'hello', { stream: true, stream_options: { include_usage } }));
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    const events = text.split('\n\n').filter((e) => e.trim() !== '');
+    for (const e of events) {
+      assert.ok(e.startsWith('data: '), `${e} in ${text}`);
+      JSON.parse(e.slice(6)); // every event whole
+    }
+    assert.match(events.at(-1), /"error":\{/);
+    assert.ok(!text.includes('[DONE]'), 'a cut stream never looks complete');
+  }
 });
 
 test('stream: a 503 before the first token is failed over unseen; the stream ends with [DONE]', async () => {

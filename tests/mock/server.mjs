@@ -94,6 +94,7 @@ function faultsOf(d, stream) {
     // A drip without a positive interval would be a synchronous infinite loop.
     interval: drip && interval <= 0 ? DEFAULT_DRIP_INTERVAL_MS : interval,
     cutAfter: int(d.cut_after, -1),
+    cutInside: int(d.cut_inside, -1),
     errorAfter: int(d.error_after, -1),
     malformed: flag(d.malformed),
   };
@@ -1080,6 +1081,13 @@ async function sendStream(res, headers, stream, faults, pause) {
     if (sent === 0 && (await halt())) return;
     // Throws AbortError once the client is gone, which is what stops a drip.
     if (sent > 0 && faults.interval > 0) await pause(faults.interval);
+    if (sent === faults.cutInside) {
+      // Half of the next event, then a clean end: a provider (or a proxy)
+      // that closes inside an event.
+      const bytes = Buffer.from(frame.data);
+      res.end(bytes.subarray(0, Math.floor(bytes.length / 2)));
+      return;
+    }
     res.write(frame.data);
     sent++;
     if (sent === 1 && faults.malformed) res.write(stream.malformedFrame);
