@@ -488,7 +488,7 @@ impl fmt::Display for GatewayError {
             Self::NotFound { path } => write!(f, "Unknown request URL: {path}."),
             Self::KeyNotFound { id } => write!(
                 f,
-                "No virtual key has the id `{id}` (static keys from GATEWAY_KEYS have no usage report here)."
+                "No virtual key has the id `{id}` (keys from GATEWAY_KEYS are not virtual keys)."
             ),
             Self::MethodNotAllowed { method, allowed } => {
                 write!(f, "Method {method} is not allowed here; use {allowed}.")

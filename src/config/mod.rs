@@ -707,23 +707,22 @@ impl Config {
         if self.models.is_empty() {
             err("models".into(), "at least one model is required".into());
         }
-        // Zero would fail every request (no attempt, or a timeout at once).
-        let f = &self.failover;
-        for (name, value) in [
-            ("connect_timeout_ms", f.connect_timeout_ms),
-            ("first_byte_timeout_ms", f.first_byte_timeout_ms),
-            ("total_timeout_ms", f.total_timeout_ms),
-            ("max_attempts", f.max_attempts as u64),
+        // Zero would fail every request (no attempt, a timeout at once, no
+        // body, no message).
+        let (f, l) = (&self.failover, &self.limits);
+        for (path, value) in [
+            ("failover.connect_timeout_ms", f.connect_timeout_ms),
+            ("failover.first_byte_timeout_ms", f.first_byte_timeout_ms),
+            ("failover.total_timeout_ms", f.total_timeout_ms),
+            ("failover.max_attempts", f.max_attempts as u64),
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_messages", u64::from(l.max_messages)),
+            ("limits.max_tools", u64::from(l.max_tools)),
+            ("limits.max_content_parts", u64::from(l.max_content_parts)),
         ] {
             if value == 0 {
-                err(format!("failover.{name}"), "must be greater than 0".into());
+                err(path.into(), "must be greater than 0".into());
             }
-        }
-        if self.limits.max_body_bytes == 0 {
-            err(
-                "limits.max_body_bytes".into(),
-                "must be greater than 0".into(),
-            );
         }
         if self.limits.lease_ttl_ms > crate::limits::MAX_LEASE_TTL_MS {
             err(
@@ -745,15 +744,6 @@ impl Config {
                 "limits.max_json_depth".into(),
                 "must be between 2 and 128".into(),
             );
-        }
-        for (name, value) in [
-            ("max_messages", self.limits.max_messages),
-            ("max_tools", self.limits.max_tools),
-            ("max_content_parts", self.limits.max_content_parts),
-        ] {
-            if value == 0 {
-                err(format!("limits.{name}"), "must be greater than 0".into());
-            }
         }
         if !(100..=60_000).contains(&self.analytics.flush_ms) {
             err(

@@ -222,11 +222,10 @@ pub(super) async fn admit(
 
 /// Asks the key's object to admit one request (and perhaps to grant a
 /// lease); a denial becomes the client's error reply.
-pub(super) async fn decide(env: &Env, object: &str, admit: Admit) -> Result<Admitted, Reply> {
+pub(super) async fn decide(env: &Env, object: &str, mut admit: Admit) -> Result<Admitted, Reply> {
     // What this isolate settled for the key goes with it, applied first:
     // a request it settled still holds its reservation at the object until
     // then, and this one must not be refused for that.
-    let mut admit = admit;
     admit.settle = LOCAL
         .with(|l| l.borrow_mut().take_for_admit(object, now_ms()))
         .map(Box::new);
